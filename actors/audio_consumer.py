@@ -1,0 +1,560 @@
+"""The audio consumer: reads the PCM ring and feeds the sink. Nothing here ever waits on TTS.
+
+This process imports no engine (no onnxruntime, no torch): its heap and GIL stay quiet so the
+PortAudio callback runs on time. Two threads matter:
+
+* the **callback** (``PlaybackCore.render``), run by PortAudio for the device sink or by a
+  real-time clock thread for the ``null``/``wav`` sinks, so TTFA and underruns mean the same on
+  every paced sink. It reads the ring, writes the whole output buffer, zero-fills and counts an
+  underrun when audio that is still expected is missing. It allocates no sample buffer, takes
+  no lock, logs nothing and never blocks.
+* the **control thread** (``ConsumerControl``), which handles ``Segment`` and ``Cancel``
+  messages, publishes what the callback may play, and turns the callback's counters and
+  timing log into events (``playback_started`` with TTFA, ``underrun``, ``request_finished``).
+
+They share two small preallocated numpy arrays (single-element stores are atomic under the
+GIL): ``ctl`` (written by control, read by the callback) and ``stats``/``timelog`` (written
+by the callback, read by control)::
+
+    ctl[PLAY_LIMIT]            frames below this index were announced by the worker
+    ctl[EXPECTING]             1 while an announced request still has audio to come
+    ctl[WIN_TABLE]             which of the two skip-window tables is live (double buffered)
+    windows[t, i] = (from, to) frames in [from, to) are skipped (cancelled or unannounced)
+
+The callback plays only announced frames (below PLAY_LIMIT), so a cancelled request's audio
+that was pushed a moment before the cancel can be skipped rather than heard. When a skip cuts
+audio that is playing, the first ``fade_ms`` of the cut audio is played with a linear ramp to
+zero, so the stop is a fade, not a click.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+import wave
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from actors import wire
+from actors.prebuffer import PlaybackState, PrebufferConfig, PrebufferPolicy
+from actors.runtime import ActorIO, ActorSpec, run_actor
+from config.settings import Settings
+from shm import PcmRing
+
+log = logging.getLogger("skald.audio_consumer")
+
+PLAY_LIMIT, EXPECTING, WIN_TABLE, N_WIN_0, N_WIN_1 = range(5)
+MAX_WINDOWS = 16
+UNDERRUNS, UNDERRUN_FRAMES, BLOCKS, STATE, LOG_COUNT, DEVICE_UNDERFLOWS = range(6)
+LOG_N = 512  # timing-log entries (about 6 s of 256-frame blocks at 22.05 kHz)
+
+
+class PlaybackCore:
+    """The callback body, shared by every sink. ``render`` fills one output block."""
+
+    def __init__(self, ring: PcmRing, blocksize: int, prebuffer: PrebufferPolicy, fade_ms: float) -> None:
+        self.ring = ring
+        self.sample_rate = ring.sample_rate
+        self.blocksize = blocksize
+        self.policy = prebuffer
+        self.ctl = np.zeros(5, dtype=np.int64)
+        self.windows = np.zeros((2, MAX_WINDOWS, 2), dtype=np.int64)
+        self.stats = np.zeros(6, dtype=np.int64)
+        self.timelog = np.zeros((LOG_N, 3), dtype=np.float64)  # r_start, r_end, dac_monotonic
+        self.fade_frames = max(0, int(self.sample_rate * fade_ms / 1000.0))
+        self._ramp = np.linspace(1.0, 0.0, max(self.fade_frames, 1), dtype=np.float32)
+        self._fade_buf = np.zeros(max(self.fade_frames, 1), dtype=np.float32)
+        self._audible = False  # the last frame written was real audio (a cut must fade)
+        self.ctl[PLAY_LIMIT] = ring.read_index
+
+    def render(self, out: np.ndarray, dac_time: float) -> int:
+        """Fill ``out`` (int16, 1-D) completely; return the frames of real audio written."""
+        frames = len(out)
+        r = r_start = self.ring.read_index
+        limit = int(self.ctl[PLAY_LIMIT])
+        expecting = bool(self.ctl[EXPECTING])
+        table = int(self.ctl[WIN_TABLE])
+        nwin = int(self.ctl[N_WIN_0 + table])
+        wins = self.windows[table]
+        buffered = max(0, limit - r)
+        state = self.policy.step(buffered / self.sample_rate, not expecting, expecting or buffered > 0)
+        pos = 0
+        guard = 0
+        while pos < frames and guard < 2 * MAX_WINDOWS + 4:
+            guard += 1
+            # Inside a skip window: jump over it (fading out if it cuts audio mid-sound).
+            jumped = False
+            for w in range(nwin):
+                lo, hi = int(wins[w, 0]), int(wins[w, 1])
+                if lo <= r < hi:
+                    if state == PlaybackState.PLAYING and self._audible and r > lo and self.fade_frames:
+                        k = min(self.fade_frames, hi - r, frames - pos)
+                        got = self.ring.read_into(self._fade_buf, k, start_index=r)
+                        np.multiply(self._fade_buf[:got], self._ramp[:got], out=self._fade_buf[:got])
+                        np.multiply(self._fade_buf[:got], 32767.0, out=self._fade_buf[:got])
+                        out[pos : pos + got] = self._fade_buf[:got]
+                        pos += got
+                    r = hi
+                    self._audible = False
+                    jumped = True
+                    break
+            if jumped:
+                continue
+            if state != PlaybackState.PLAYING:
+                break
+            end = limit
+            for w in range(nwin):
+                lo = int(wins[w, 0])
+                if r < lo < end:
+                    end = lo
+            n = min(frames - pos, end - r)
+            if n <= 0:
+                break
+            got = self.ring.read_into(out[pos : pos + n], n, start_index=r)
+            if got <= 0:
+                break
+            pos += got
+            r += got
+            self._audible = True
+        if r != r_start:
+            self.ring.commit_read(r)
+        if pos < frames:
+            out[pos:] = 0
+            if state == PlaybackState.PLAYING and expecting:
+                self.stats[UNDERRUNS] += 1
+                self.stats[UNDERRUN_FRAMES] += frames - pos
+            self._audible = False
+        i = int(self.stats[LOG_COUNT]) % LOG_N
+        self.timelog[i, 0] = r_start
+        self.timelog[i, 1] = r
+        self.timelog[i, 2] = dac_time
+        self.stats[LOG_COUNT] += 1
+        self.stats[BLOCKS] += 1
+        self.stats[STATE] = int(state)
+        return pos
+
+    def dac_time_of(self, index: int) -> float | None:
+        """When frame ``index`` reached (or reaches) the speaker, from the callback's timing log."""
+        count = int(self.stats[LOG_COUNT])
+        for j in range(count - 1, max(-1, count - LOG_N - 1), -1):
+            r_start, r_end, dac = self.timelog[j % LOG_N]
+            if r_start <= index < r_end:
+                return float(dac) + max(0.0, index - r_start) / self.sample_rate
+            if r_end <= index and j == count - 1:
+                return None  # not played yet
+        return None
+
+
+@dataclass
+class TrackedRequest:
+    request_id: str
+    t_accepted: float
+    ranges: list[list[int]] = field(default_factory=list)  # merged [start, end) of announced audio
+    last_seen: bool = False
+    cancelled: bool = False
+    started: bool = False
+    ttfa_ms: float = -1.0
+    frames: int = 0
+    underruns: int = 0
+
+    @property
+    def first_start(self) -> int:
+        return self.ranges[0][0] if self.ranges else -1
+
+    @property
+    def end(self) -> int:
+        return self.ranges[-1][1] if self.ranges else -1
+
+
+class ConsumerControl:
+    """Tracks requests from ``Segment`` messages and publishes what the callback may play."""
+
+    def __init__(self, core: PlaybackCore, send: Any) -> None:
+        self.core = core
+        self.ring = core.ring
+        self.send = send
+        self.requests: dict[str, TrackedRequest] = {}
+        self.windows: list[list[int]] = []
+        self.announced = self.ring.read_index  # end of the highest announced frame
+        self._last_underruns = 0
+        self.finished: list[str] = []
+
+    # ---------------------------------------------------------------- messages
+    def handle(self, msg: wire.Message) -> None:
+        if isinstance(msg, wire.Segment):
+            self._segment(msg)
+        elif isinstance(msg, wire.Cancel):
+            self._cancel(msg)
+
+    def _segment(self, seg: wire.Segment) -> None:
+        req = self.requests.get(seg.request_id)
+        if req is None:
+            req = self.requests[seg.request_id] = TrackedRequest(seg.request_id, seg.t_accepted)
+        if seg.end > seg.start:
+            if seg.start > self.announced:
+                # Frames pushed but never announced (a worker died between push and message).
+                self._add_window(self.announced, seg.start)
+            if req.ranges and req.ranges[-1][1] == seg.start:
+                req.ranges[-1][1] = seg.end
+            else:
+                req.ranges.append([seg.start, seg.end])
+            req.frames += seg.end - seg.start
+            if req.cancelled:
+                self._add_window(seg.start, seg.end)
+            self.announced = max(self.announced, seg.end)
+        if seg.last:
+            req.last_seen = True
+        self._publish()
+
+    def _cancel(self, msg: wire.Cancel) -> None:
+        r = self.ring.read_index
+        targets = list(self.requests.values()) if msg.all else [self.requests.get(msg.request_id)]
+        for req in targets:
+            if req is None or req.cancelled:
+                continue
+            req.cancelled = True
+            req.last_seen = True
+            for lo, hi in req.ranges:
+                if hi > r:
+                    self._add_window(max(lo, r), hi)
+        if msg.all and self.announced > r:
+            # Whatever is announced but unplayed goes, whoever it belonged to.
+            self._add_window(r, self.announced)
+        self._publish()
+
+    def _add_window(self, lo: int, hi: int) -> None:
+        if hi <= lo:
+            return
+        self.windows.append([lo, hi])
+        self.windows.sort()
+        merged: list[list[int]] = []
+        for w in self.windows:
+            if merged and w[0] <= merged[-1][1]:
+                merged[-1][1] = max(merged[-1][1], w[1])
+            else:
+                merged.append(list(w))
+        self.windows = merged
+
+    def _publish(self) -> None:
+        """Write the inactive window table, then flip: the callback never sees a half-written one."""
+        core = self.core
+        r = self.ring.read_index
+        self.windows = [w for w in self.windows if w[1] > r]
+        live = int(core.ctl[WIN_TABLE])
+        spare = 1 - live
+        # More windows than slots: the earliest MAX_WINDOWS are published and the play limit
+        # stops before the first unpublished one, so nothing cancelled is ever heard.
+        shown = self.windows[:MAX_WINDOWS]
+        for i, (lo, hi) in enumerate(shown):
+            core.windows[spare, i, 0] = lo
+            core.windows[spare, i, 1] = hi
+        limit = self.announced
+        if len(self.windows) > MAX_WINDOWS:
+            limit = min(limit, self.windows[MAX_WINDOWS][0])
+        core.ctl[N_WIN_0 + spare] = len(shown)
+        core.ctl[WIN_TABLE] = spare
+        core.ctl[PLAY_LIMIT] = limit
+        core.ctl[EXPECTING] = int(any(not q.last_seen for q in self.requests.values()))
+
+    # ---------------------------------------------------------------- polling
+    def poll(self) -> None:
+        """Turn the callback's progress into events; called every few milliseconds."""
+        r = self.ring.read_index
+        now = time.monotonic()
+        underruns = int(self.core.stats[UNDERRUNS])
+        playing: TrackedRequest | None = None
+        for req in list(self.requests.values()):
+            if req.cancelled:
+                if not req.ranges or r >= req.end:
+                    del self.requests[req.request_id]
+                continue
+            if req.ranges and req.first_start < r and not req.started:
+                req.started = True
+                dac = self.core.dac_time_of(req.first_start)
+                t_audible = dac if dac is not None else now
+                req.ttfa_ms = max(0.0, (t_audible - req.t_accepted) * 1000.0)
+                self.send(wire.PlaybackStarted(request_id=req.request_id, ttfa_ms=req.ttfa_ms))
+            if req.ranges and req.first_start <= r < req.end:
+                playing = req
+            if req.last_seen and (not req.ranges or r >= req.end):
+                end_dac = self.core.dac_time_of(req.end - 1) if req.ranges else None
+                if end_dac is not None and end_dac > now:
+                    continue  # still in the device buffer; finish when it is audible
+                del self.requests[req.request_id]
+                self.finished.append(req.request_id)
+                self.send(
+                    wire.RequestFinished(
+                        request_id=req.request_id,
+                        status="done",
+                        audio_s=req.frames / self.core.sample_rate,
+                        underruns=req.underruns,
+                        ttfa_ms=req.ttfa_ms,
+                    )
+                )
+        if underruns != self._last_underruns:
+            delta = underruns - self._last_underruns
+            self._last_underruns = underruns
+            target = playing or next((q for q in self.requests.values() if not q.cancelled), None)
+            if target is not None:
+                target.underruns += delta
+            self.send(
+                wire.Underrun(
+                    request_id=target.request_id if target else "",
+                    frames=int(self.core.stats[UNDERRUN_FRAMES]),
+                    count=underruns,
+                )
+            )
+        expecting = int(any(not q.last_seen for q in self.requests.values()))
+        if (self.windows and self.windows[0][1] <= r) or self.core.ctl[EXPECTING] != expecting:
+            self._publish()
+
+    @property
+    def idle(self) -> bool:
+        return not self.requests and self.ring.read_index >= self.announced
+
+
+# -------------------------------------------------------------------- sinks
+class ClockSink:
+    """``null`` and ``wav:PATH`` sinks: a thread calls ``render`` on a real-time schedule.
+
+    Paced, the DAC time of a block is its scheduled start, so TTFA and underruns mean what they
+    mean on a device. Unpaced (``wav_paced = false``), blocks are rendered as soon as audio is
+    there: for offline rendering, where TTFA and underruns are not meaningful.
+    """
+
+    def __init__(self, core: PlaybackCore, wav_path: str | None, paced: bool) -> None:
+        self.core = core
+        self.paced = paced
+        self.wav_path = wav_path
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="clock-sink", daemon=True)
+        self._wav: wave.Wave_write | None = None
+        self.frames_written = 0
+        self.error: str = ""
+
+    def start(self) -> None:
+        if self.wav_path:
+            Path(self.wav_path).parent.mkdir(parents=True, exist_ok=True)
+            self._wav = wave.open(self.wav_path, "wb")  # noqa: SIM115 - closed in stop(), outlives this call
+            self._wav.setnchannels(1)
+            self._wav.setsampwidth(2)
+            self._wav.setframerate(self.core.sample_rate)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        core = self.core
+        period = core.blocksize / core.sample_rate
+        buf = np.zeros(core.blocksize, dtype=np.int16)
+        next_t = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                if self.paced:
+                    delay = next_t - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                    elif delay < -0.5:
+                        next_t = time.monotonic()  # we were suspended; don't burst to catch up
+                elif not self._unpaced_ready():
+                    time.sleep(0.001)
+                    continue
+                dac = next_t if self.paced else time.monotonic()
+                core.render(buf, dac)
+                if self._wav is not None and int(core.stats[STATE]) != PlaybackState.IDLE:
+                    self._wav.writeframes(buf.tobytes())
+                    self.frames_written += len(buf)
+                next_t += period
+        except Exception as exc:  # reported by the control loop as an audio_output error
+            self.error = f"{type(exc).__name__}: {exc}"
+
+    def _unpaced_ready(self) -> bool:
+        core = self.core
+        buffered = int(core.ctl[PLAY_LIMIT]) - core.ring.read_index
+        return buffered >= core.blocksize or (buffered > 0 and not core.ctl[EXPECTING])
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2.0)
+        if self._wav is not None:
+            self._wav.close()
+            self._wav = None
+
+
+class DeviceSink:
+    """A PortAudio output stream in callback mode (int16 mono at the engine rate)."""
+
+    def __init__(self, core: PlaybackCore, device: str, hostapi: str) -> None:
+        from actors.audio_device import negotiate_samplerate, select_output_device
+
+        self.core = core
+        self.info = select_output_device(device or None, hostapi or None)
+        rate = negotiate_samplerate(self.info, core.sample_rate)
+        if rate != core.sample_rate:
+            raise RuntimeError(
+                f"output device {self.info.name!r} refuses {core.sample_rate} Hz (it offers {rate} Hz); "
+                "choose another device with audio.device, or use a voice at a rate the device takes"
+            )
+        self.error = ""
+        self._stream: Any = None
+
+    def start(self) -> None:
+        import sounddevice as sd
+
+        core = self.core
+
+        def callback(outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+            if status.output_underflow:
+                core.stats[DEVICE_UNDERFLOWS] += 1
+            now = time.monotonic()
+            current = time_info.currentTime
+            # PortAudio's clock is the stream's own; translate the DAC time to CLOCK_MONOTONIC.
+            dac = now + (time_info.outputBufferDacTime - current) if current else now
+            core.render(outdata[:, 0], dac)
+
+        self._stream = sd.OutputStream(
+            samplerate=core.sample_rate,
+            blocksize=core.blocksize,
+            channels=1,
+            dtype="int16",
+            device=self.info.index,
+            callback=callback,
+            latency="low",
+        )
+        self._stream.start()
+
+    def stop(self) -> None:
+        if self._stream is not None:
+            try:
+                self._stream.stop()
+                self._stream.close()
+            finally:
+                self._stream = None
+
+
+def build_sink(settings: Settings, core: PlaybackCore) -> ClockSink | DeviceSink:
+    sink = settings.audio.sink
+    if sink == "null":
+        return ClockSink(core, None, paced=True)
+    if sink.startswith("wav:"):
+        return ClockSink(core, sink[4:], paced=settings.audio.wav_paced)
+    return DeviceSink(core, settings.audio.device, settings.audio.hostapi)
+
+
+class AudioConsumer:
+    """Ring + callback core + control + sink; runs in its own process or in-process in tests."""
+
+    def __init__(self, settings: Settings, ring: PcmRing, send: Any) -> None:
+        self.settings = settings
+        self.ring = ring
+        self.send = send
+        ring.clear()  # audio nobody announced to this consumer is never played
+        policy = PrebufferPolicy(
+            PrebufferConfig(
+                start_s=settings.prebuffer.start_s,
+                resume_s=settings.prebuffer.resume_s,
+                low_water_s=settings.prebuffer.low_water_s,
+            )
+        )
+        self.core = PlaybackCore(ring, settings.audio.blocksize, policy, settings.audio.fade_ms)
+        self.control = ConsumerControl(self.core, send)
+        self.sink = build_sink(settings, self.core)
+        self.sink.start()
+        self._last_audio = time.monotonic()
+
+    def ready_info(self) -> dict[str, Any]:
+        import sys
+
+        heavy = sorted(m for m in ("torch", "onnxruntime", "piper", "TTS") if m in sys.modules)
+        info: dict[str, Any] = {
+            "sink": self.settings.audio.sink,
+            "sample_rate": self.core.sample_rate,
+            "blocksize": self.core.blocksize,
+            "heavy_modules": heavy,
+        }
+        if isinstance(self.sink, DeviceSink):
+            info["device"] = self.sink.info.name
+        return info
+
+    def metrics(self) -> dict[str, Any]:
+        try:
+            import psutil
+
+            rss_mb = psutil.Process(os.getpid()).memory_info().rss / 1e6
+        except Exception:
+            rss_mb = -1.0
+        stats = self.core.stats
+        return {
+            "state": PlaybackState(int(stats[STATE])).name.lower(),
+            "buffered_s": round(
+                max(0, int(self.core.ctl[PLAY_LIMIT]) - self.ring.read_index) / self.core.sample_rate, 3
+            ),
+            "underruns": int(stats[UNDERRUNS]),
+            "underrun_frames": int(stats[UNDERRUN_FRAMES]),
+            "device_underflows": int(stats[DEVICE_UNDERFLOWS]),
+            "blocks": int(stats[BLOCKS]),
+            "rebuffers": self.core.policy.rebuffer_count,
+            "rss_mb": round(rss_mb, 1),
+        }
+
+    def run(self, stop: threading.Event, inbox: queue.Queue[wire.Message]) -> None:
+        last_metrics = 0.0
+        reported_error = False
+        while not stop.is_set():
+            try:
+                msg = inbox.get(timeout=0.004)
+                if isinstance(msg, wire.Shutdown):
+                    break
+                self.control.handle(msg)
+            except queue.Empty:
+                pass
+            self.control.poll()
+            if self.sink.error and not reported_error:
+                reported_error = True
+                self.send(wire.Error(kind="audio_output", message=self.sink.error, actor="audio_consumer"))
+            now = time.monotonic()
+            if not self.control.idle:
+                self._last_audio = now
+            if now - last_metrics > 1.0:
+                last_metrics = now
+                self.send(wire.Metrics(role="audio_consumer", values=self.metrics()))
+        # Let the tail of the last request leave the device before the stream closes.
+        pad = self.settings.audio.tail_pad_ms / 1000.0
+        remaining = pad - (time.monotonic() - self._last_audio)
+        if isinstance(self.sink, DeviceSink) and remaining > 0:
+            time.sleep(remaining)
+
+    def close(self) -> None:
+        self.sink.stop()
+
+
+class _AudioConsumerProcess:
+    def __init__(self, spec: ActorSpec, io: ActorIO) -> None:
+        self.io = io
+        self.ring = PcmRing.attach(spec.ring_name, "consumer")
+        self.ring.start_heartbeat()
+        try:
+            self.consumer = AudioConsumer(spec.config, self.ring, io.send)
+        except Exception:
+            self.ring.close()
+            raise
+
+    def ready_info(self) -> dict[str, Any]:
+        return self.consumer.ready_info()
+
+    def run(self, stop: threading.Event) -> None:
+        self.consumer.run(stop, self.io.inbox)
+
+    def close(self) -> None:
+        self.consumer.close()
+        self.ring.close()
+
+
+def run_audio_consumer_process(spec: ActorSpec) -> None:
+    """Entry point of the audio consumer process."""
+    run_actor(spec, _AudioConsumerProcess)

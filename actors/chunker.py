@@ -1,0 +1,904 @@
+"""Semantic chunker: cut narration text at natural pause points into chunks of a few seconds.
+
+The TTS engine synthesizes one chunk while the previous one plays, so chunk *durations* are what
+matter: the first chunk of a request is short (audio starts fast), the rest sit in a 3–7 s band,
+never above ``hard_max_s``. Durations are estimated by :class:`SpeakingRate`, which is calibrated
+from the voice's measured rate and keeps learning from real synthesized durations.
+
+Cut rules (see also the tests):
+
+* Pause points, strongest first: sentence ends (``. ! ? …`` plus closing quotes/brackets after
+  them), clause punctuation (``, ; :``, dashes ``— –`` and a spaced ``-``), and the gap before a
+  conjunction/subordinator (and, but, or, as, while, when, because, until, although, where, which,
+  though, then). Any other space is a word boundary.
+* Never cut inside a word, a number (``3.50``, ``1,000``), an abbreviation or initial (``Dr.`` is
+  not a sentence end, and no cut is placed right after ``Dr.``/``J.``/``Jan.``/``e.g.`` …), a URL
+  (cuts only happen at spaces and dashes) or a short quotation (≤ 60 characters), unless the hard
+  bounds leave no other choice.
+* A period followed by a lowercase word is not a sentence end (an abbreviation we do not know);
+  ``! ? …`` followed by a lowercase word count as clause punctuation (``"Wait!" she said``).
+* First chunk: the first pause point at ``first_chunk_s``…``first_chunk_max_s``; failing that the
+  first word boundary in that window. A whole text under ``hard_min_s`` is one chunk.
+* Later chunks (greedy, one at a time, from the start of the remaining text ``R``):
+
+  1. the earliest sentence end that lands the chunk in the band and leaves at least ``hard_min_s``
+     after it (so a short remainder is never left behind it);
+  2. else if ``R ≤ target_max``: all of it;
+  3. else if ``R ≤ hard_max``: the best clause/conjunction pause in the band that leaves
+     ``≥ hard_min_s``; else all of it (one slightly long chunk beats a cut at a bare word boundary);
+  4. else the best cut in ``[hard_min, hard_max]``: pause points in the band (strongest, then
+     closest to the band's middle), then pause points outside the band, then word boundaries
+     (closest to the middle), then protected places (inside a short quote, after a title), then the
+     last boundary before ``hard_min``, and only then a cut inside a word at ``hard_max``.
+
+  The remainder rule ("a remainder shorter than ``hard_min_s`` is merged into the previous chunk")
+  falls out of 1–3: a cut is only taken early if what follows is long enough, and a remainder that
+  cannot be merged (the merged chunk would pass ``hard_max_s``) stays a short final chunk. The first
+  chunk never absorbs a remainder (it would lose its reason to exist: a fast start).
+
+Streaming: each decision depends only on a bounded window of text (about ``hard_max_s`` plus
+``hard_min_s`` of lookahead, a word, and 60 characters inside an open quote). :meth:`feed` emits a
+chunk as soon as no text that could still arrive would change that decision, so feeding text whole
+or token by token gives *exactly* the same plan. Certainty is checked, not assumed: every
+candidate cut carries its still-unknown attributes (is it inside a short quote? is the text after it
+long enough?), unseen text stands in as a best-case phantom candidate, and a cut is emitted only if
+it wins under every possible completion. Decisions are re-tried only when a word boundary arrives
+or 16 characters have passed, which keeps 1-character feeding linear.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+import re
+import unicodedata
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+from itertools import accumulate
+
+from actors.textprep import TextPreparer, prepare_text
+
+__all__ = ["ChunkPlan", "ChunkerConfig", "SemanticChunker", "SpeakingRate", "plan_chunks"]
+
+
+# ------------------------------------------------------------------------------------------------
+# Configuration
+
+
+@dataclass(frozen=True)
+class ChunkerConfig:
+    """Chunk length targets, in seconds of estimated speech."""
+
+    target_min_s: float = 3.0  # preferred chunk length band
+    target_max_s: float = 7.0
+    hard_min_s: float = 2.4  # hard bounds (except the first chunk and the final remainder)
+    hard_max_s: float = 8.0
+    first_chunk_s: float = 1.2  # first chunk: first pause point after this …
+    first_chunk_max_s: float = 2.5  # … but never later than this
+
+    def __post_init__(self) -> None:
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
+                raise ValueError(f"ChunkerConfig.{f.name} must be a finite number > 0, got {v!r}")
+        order = [
+            ("hard_min_s", "target_min_s"),
+            ("target_min_s", "target_max_s"),
+            ("target_max_s", "hard_max_s"),
+            ("first_chunk_s", "first_chunk_max_s"),
+            ("first_chunk_max_s", "hard_max_s"),
+        ]
+        for lo, hi in order:
+            if getattr(self, lo) > getattr(self, hi):
+                raise ValueError(
+                    f"ChunkerConfig.{hi} ({getattr(self, hi)}) must be >= {lo} ({getattr(self, lo)})"
+                )
+
+
+# ------------------------------------------------------------------------------------------------
+# Speaking rate
+
+_SENT_END = ".!?…"
+_DASHES = "—–"
+_CLOSERS = "\"')]}”’»›"
+_OPENERS = "\"'([{“‘«‹„"
+# Spoken symbols and roughly how many letters the voice says for them ("%" → "percent").
+_SYMBOL_LETTERS = {"%": 7, "&": 3, "+": 4, "=": 6, "@": 2, "$": 6, "€": 5, "£": 6, "°": 7}
+_DEFAULT_PAUSES = {
+    ".": 0.25,
+    "!": 0.25,
+    "?": 0.25,
+    "…": 0.3,
+    ",": 0.1,
+    ";": 0.15,
+    ":": 0.15,
+    "—": 0.12,
+    "–": 0.1,
+}
+# Ordinary narration prose, used to translate between "characters per second" as the engines
+# measure it (len(text) / seconds, punctuation and all) and this model's internal rate.
+_REFERENCE_PROSE = (
+    "The torchlight flickers across the wet stone as you step into the crypt. Somewhere ahead, "
+    "water drips in a slow and patient rhythm, and the air tastes of iron and old dust. As your "
+    "eyes adjust, you notice carvings along the walls, depicting a king who wears a crown of "
+    "thorns, while his subjects kneel before him in silent, endless worship. Suddenly, a low voice "
+    "echoes from the darkness: who dares disturb the sleep of the forgotten?"
+)
+
+_unit_cache: dict[str, int] = {}
+
+
+def _units(ch: str) -> int:
+    """Speech weight of one character, in half-letters (a letter or a space = 2)."""
+    u = _unit_cache.get(ch)
+    if u is None:
+        if ch.isalpha() or ch.isspace():
+            u = 2
+        elif ch.isnumeric():
+            u = 5  # digits are read as words: "1204" → "twelve oh four"; ~2.5 letters per digit
+        elif ch in _SYMBOL_LETTERS:
+            u = 2 * _SYMBOL_LETTERS[ch]
+        elif unicodedata.category(ch).startswith("M"):
+            u = 1  # combining marks belong to the letter before them (decomposed accents)
+        else:
+            u = 0  # punctuation: its cost is the pause, handled separately
+        _unit_cache[ch] = u
+    return u
+
+
+def _dur(units: int, pause_ms: int, overhead_s: float, rate: float) -> float:
+    """The one formula for a duration (shared by estimate() and the chunker: identical floats)."""
+    return overhead_s + units / (2.0 * rate) + pause_ms / 1000.0
+
+
+class SpeakingRate:
+    """Seconds-of-speech estimator for one voice, calibrated at load and updated from real durations.
+
+    Model: ``duration = utterance_s + speakable_chars / rate + pauses``. Speakable characters are
+    letters and spaces (digits weigh 2.5, a few symbols weigh what they are read as), punctuation
+    costs nothing itself but adds a pause when it really pauses (``.`` followed by a space or the
+    end, not the one in ``3.50``). ``utterance_s`` is the fixed lead-in/out of one synthesis call
+    (measured for Piper: ~0.2 s).
+
+    ``chars_per_s`` is in the units the engines measure, ``len(text) / seconds`` over ordinary
+    prose (punctuation included); it is translated to the model's internal rate through a reference
+    paragraph, so ``SpeakingRate(chars_per_s=18.35).estimate(text_of_435_chars)`` ≈ 23.7 s.
+    """
+
+    def __init__(
+        self,
+        chars_per_s: float = 15.0,
+        pause_s: dict[str, float] | None = None,
+        *,
+        utterance_s: float = 0.2,
+    ) -> None:
+        pauses = dict(_DEFAULT_PAUSES if pause_s is None else pause_s)
+        for ch, sec in pauses.items():
+            if len(ch) != 1 or not (0 <= sec <= 5):
+                raise ValueError(f"pause_s[{ch!r}] must be a single character mapped to 0..5 s, got {sec!r}")
+        if not (0 <= utterance_s <= 5):
+            raise ValueError(f"utterance_s must be within 0..5 s, got {utterance_s!r}")
+        self._pause_ms = {ch: round(sec * 1000) for ch, sec in pauses.items()}
+        self._pause_chars = frozenset(self._pause_ms)
+        self._overhead = float(utterance_s)
+        ref_units, ref_ms = self.measure(_REFERENCE_PROSE)
+        self._ref = (len(_REFERENCE_PROSE), ref_units, ref_ms)
+        self._rate = self._internal_rate(chars_per_s)
+        self.observations = 0  # accepted observe() calls
+
+    # -- conversions between the public rate and the internal one ------------------------------
+
+    def _internal_rate(self, chars_per_s: float) -> float:
+        n, units, ms = self._ref
+        if not isinstance(chars_per_s, int | float) or not math.isfinite(chars_per_s) or chars_per_s <= 0:
+            raise ValueError(f"chars_per_s must be a finite number > 0, got {chars_per_s!r}")
+        speech_s = n / chars_per_s - self._overhead - ms / 1000.0
+        if speech_s <= 0.05 * n / chars_per_s:
+            raise ValueError(f"chars_per_s={chars_per_s!r} is too fast to be speech")
+        return units / 2.0 / speech_s
+
+    @property
+    def chars_per_s(self) -> float:
+        """Current rate, as ``len(text) / seconds`` of ordinary prose."""
+        n, units, ms = self._ref
+        return n / _dur(units, ms, self._overhead, self._rate)
+
+    @property
+    def pause_ms(self) -> dict[str, int]:
+        """Pause per punctuation character, in milliseconds (a copy)."""
+        return dict(self._pause_ms)
+
+    @property
+    def utterance_s(self) -> float:
+        """Fixed cost of one synthesis call (lead-in and trailing silence)."""
+        return self._overhead
+
+    def duration(self, units: int, pause_ms: int) -> float:
+        """Seconds for a non-empty text of ``units`` half-letters and ``pause_ms`` of pauses."""
+        return _dur(units, pause_ms, self._overhead, self._rate)
+
+    # -- measuring text --------------------------------------------------------------------------
+
+    def pause_counts(self, text: str, i: int, final: bool) -> bool | None:
+        """Whether the pause character at ``text[i]`` really pauses (None: needs more text).
+
+        It does when the next character after any closing quotes/brackets is whitespace or the end
+        of the text; a dash also pauses before any non-punctuation character ("1204—or").
+        """
+        n = len(text)
+        j = i + 1
+        while j < n and text[j] in _CLOSERS:
+            j += 1
+        if j == n:
+            return True if final else None
+        nxt = text[j]
+        return nxt.isspace() or (text[i] in _DASHES and nxt not in self._pause_chars)
+
+    def measure(self, text: str) -> tuple[int, int]:
+        """(speech units, pause milliseconds) of ``text`` taken as one whole utterance."""
+        units = sum(map(_units, text))
+        ms = 0
+        pm = self._pause_ms
+        for i, ch in enumerate(text):
+            if ch in pm and self.pause_counts(text, i, True):
+                ms += pm[ch]
+        return units, ms
+
+    def estimate(self, text: str) -> float:
+        """Seconds of speech for ``text`` synthesized as one utterance (0.0 when nothing to say)."""
+        units, ms = self.measure(text)
+        if units == 0 and ms == 0:
+            return 0.0
+        return self.duration(units, ms)
+
+    # -- learning ----------------------------------------------------------------------------------
+
+    def _observed_rate(self, text: str, dur_s: float) -> float | None:
+        units, ms = self.measure(text)
+        letters = units / 2
+        if letters < 10 or not math.isfinite(dur_s) or dur_s <= 0:
+            return None  # tiny texts are dominated by the fixed overhead: no information
+        speech_s = dur_s - self._overhead - ms / 1000.0
+        if speech_s < 0.25:
+            return None
+        rate = letters / speech_s
+        if not 4.0 <= rate <= 60.0:  # letters per second; outside this it is not speech (or a bug)
+            return None
+        return rate
+
+    def observe(self, text: str, dur_s: float) -> None:
+        """Update from a real synthesized duration (exponential moving average).
+
+        Ignored: texts under 10 letters, non-positive or absurd durations. A single outlier is
+        clipped to ×1.5 of the current rate before averaging; longer texts weigh more (the fixed
+        overhead blurs short ones).
+        """
+        rate = self._observed_rate(text, dur_s)
+        if rate is None:
+            return
+        cur = self._rate
+        rate = min(max(rate, cur / 1.5), cur * 1.5)
+        letters = self.measure(text)[0] / 2
+        alpha = 0.3 * min(1.0, letters / 80.0)
+        self._rate = cur + alpha * (rate - cur)
+        self.observations += 1
+
+    def calibrate(self, text: str, dur_s: float) -> None:
+        """Set the rate from one measured synthesis (no averaging); ValueError if unusable."""
+        rate = self._observed_rate(text, dur_s)
+        if rate is None:
+            raise ValueError(f"cannot calibrate from {dur_s!r} s for {text!r}")
+        self._rate = rate
+
+
+# ------------------------------------------------------------------------------------------------
+# Plans
+
+WORD, CONJ, CLAUSE, SENTENCE = 0, 1, 2, 3
+_STRENGTH_NAMES = {WORD: "word", CONJ: "conjunction", CLAUSE: "clause", SENTENCE: "sentence"}
+
+
+@dataclass(frozen=True)
+class ChunkPlan:
+    """One chunk to synthesize."""
+
+    index: int  # 0-based within the request
+    text: str  # speakable text for the engine
+    est_s: float  # estimated duration
+    boundary: str  # "sentence" | "clause" | "conjunction" | "word" | "end" (what ended the chunk)
+
+
+CONJUNCTIONS = frozenset(
+    "and but or as while when because until although where which though then".split()
+)
+# Abbreviations after which a period never ends a sentence and no cut is made ("Dr. | O'Neil").
+NO_BREAK_ABBREVIATIONS = frozenset(
+    "mr mrs ms mx dr st prof sr jr rev hon capt cpt gen lt col sgt maj cmdr mt ft vs cf "
+    "e.g i.e jan feb mar apr jun jul aug sep sept oct nov dec".split()
+)
+SHORT_QUOTE_CHARS = 60
+
+_CUT_POINTS = re.compile(r"(?=\s)|(?<=[—–-])")  # where a cut can be: before a space, after a dash
+_QUOTE_CHARS = re.compile(r"[\"“”«»„]")
+_NEXT_WORD = re.compile(r"[^\W\d_]{1,9}")
+_INF = math.inf
+
+
+def _no_break_token(core: str) -> bool:
+    """Is ``core`` (a token ending in '.') a title/abbreviation/initial that must stay attached?"""
+    base = core.lstrip(_OPENERS)[:-1]
+    if len(base) == 1 and base.isalpha() and base.isupper():
+        return True  # an initial: "J. R. Tolkien"
+    return base.lower() in NO_BREAK_ABBREVIATIONS
+
+
+_Key = tuple[Any, ...]
+
+
+class SemanticChunker:
+    """Streaming semantic chunker for one request at a time.
+
+    Feed raw text (markdown and emoji allowed, any split, e.g. LLM tokens) with :meth:`feed`; each
+    call returns the chunks that are decided now. :meth:`finish` flushes the rest and starts a new
+    request (chunk indexes restart at 0). :meth:`reset` drops everything pending (cancel).
+    """
+
+    def __init__(self, rate: SpeakingRate, config: ChunkerConfig | None = None) -> None:
+        self._rate = rate
+        self._cfg = config or ChunkerConfig()
+        self._new_request()
+
+    # -- public API --------------------------------------------------------------------------
+
+    @property
+    def rate(self) -> SpeakingRate:
+        """The speaking-rate estimator used for decisions."""
+        return self._rate
+
+    @property
+    def config(self) -> ChunkerConfig:
+        """Chunk length targets."""
+        return self._cfg
+
+    @property
+    def pending_text(self) -> str:
+        """Text accepted but not yet emitted: prepared text not in a chunk yet, then the raw tail
+        the text preparer still holds back (usually a few characters)."""
+        return self._buf[self._start :] + self._prep.pending
+
+    def feed(self, piece: str) -> list[ChunkPlan]:
+        """Accept a piece of raw text; return the chunks decided now (possibly none)."""
+        prepared = self._prep.feed(piece)
+        return self._ingest(prepared, final=False)
+
+    def finish(self) -> list[ChunkPlan]:
+        """End of text: flush everything left, then get ready for a new request."""
+        plans = self._ingest(self._prep.finish(), final=True)
+        self._new_request()
+        return plans
+
+    def reset(self) -> None:
+        """Drop pending text and start a new request (used on cancel)."""
+        self._new_request()
+
+    # -- state ---------------------------------------------------------------------------------
+
+    def _new_request(self) -> None:
+        self._prep = TextPreparer()
+        self._buf = ""  # prepared text; positions below are indexes into it
+        self._units = array("q", [0])  # _units[i] = speech units of buf[:i]
+        self._pms = array("q", [0])  # _pms[i] = pause ms of buf[:i] (known up to _pknown)
+        self._pknown = 0
+        self._start = 0  # start of the next chunk (never on whitespace)
+        self._index = 0
+        # Classified candidate cuts, in position order: (position, strength, abbreviation-protected).
+        self._cpos: list[int] = []
+        self._cstr: list[int] = []
+        self._cabbr: list[bool] = []
+        self._chead = 0  # first candidate index that may still matter
+        self._scan = 1  # next position to classify
+        # Quotation spans: opening positions, and closing position / -1 open / -2 abandoned.
+        self._qopen: list[int] = []
+        self._qclose: list[int] = []
+        self._qscan = 0
+        self._stale = 0  # characters since the last failed decision attempt
+        self._new_cands = False
+
+    # -- ingest --------------------------------------------------------------------------------
+
+    def _ingest(self, text: str, final: bool) -> list[ChunkPlan]:
+        plans: list[ChunkPlan] = []
+        # Big inputs are taken in slices so the window bookkeeping stays small (memory, trimming).
+        step = 8192
+        for i in range(0, len(text), step):
+            part = text[i : i + step]
+            last = final and i + step >= len(text)
+            self._append(part)
+            self._analyse(last)
+            self._stale += len(part)
+            if last or self._new_cands or self._stale >= 16 or len(part) > 1:
+                self._decide_all(last, plans)
+        if final and not text:
+            self._analyse(True)
+            self._decide_all(True, plans)
+        return plans
+
+    def _append(self, text: str) -> None:
+        self._buf += text
+        it = accumulate(map(_units, text), initial=self._units[-1])
+        next(it)
+        self._units.extend(it)
+
+    def _analyse(self, final: bool) -> None:
+        self._advance_pauses(final)
+        self._advance_quotes(final)
+        self._advance_candidates(final)
+
+    def _advance_pauses(self, final: bool) -> None:
+        buf, rate = self._buf, self._rate
+        pm = rate._pause_ms
+        i, n = self._pknown, len(buf)
+        inc = [0] * (n - i)
+        stop = n
+        for m in _pause_re(rate).finditer(buf, i):
+            p = m.start()
+            counts = rate.pause_counts(buf, p, final)
+            if counts is None:
+                stop = p
+                break
+            if counts:
+                inc[p - i] = pm[buf[p]]
+        it = accumulate(inc[: stop - i], initial=self._pms[-1])
+        next(it)
+        self._pms.extend(it)
+        self._pknown = stop
+
+    def _advance_quotes(self, final: bool) -> None:
+        buf = self._buf
+        n = len(buf)
+        pos = self._qscan
+        for m in _QUOTE_CHARS.finditer(buf, pos):
+            p = m.start()
+            ch = buf[p]
+            if ch == '"':
+                if p + 1 >= n and not final:
+                    pos = p
+                    break
+                prev = buf[p - 1] if p > 0 else " "
+                nxt = buf[p + 1] if p + 1 < n else " "
+                opening = (prev.isspace() or prev in _OPENERS or prev in _DASHES) and not nxt.isspace()
+                closing = not opening and not prev.isspace()
+            else:
+                opening = ch in "“«„"
+                closing = not opening
+            if opening:
+                if self._qclose and self._qclose[-1] == -1:
+                    self._qclose[-1] = -2  # an unclosed quote was not a quotation after all
+                self._qopen.append(p)
+                self._qclose.append(-1)
+            elif closing and self._qclose and self._qclose[-1] == -1:
+                self._qclose[-1] = p
+            pos = p + 1
+        else:
+            pos = n
+        self._qscan = pos
+
+    def _advance_candidates(self, final: bool) -> None:
+        buf = self._buf
+        n = len(buf)
+        c = self._scan
+        while True:
+            m = _CUT_POINTS.search(buf, c)
+            if m is None or m.start() >= n:
+                c = n
+                break
+            cut = m.start()
+            if cut == 0:
+                c = 1
+                continue
+            res = self._classify(cut, final)
+            if res is None:
+                c = cut  # needs look-ahead that has not arrived yet
+                break
+            if res[0] >= 0:
+                self._cpos.append(cut)
+                self._cstr.append(res[0])
+                self._cabbr.append(res[1])
+                self._new_cands = True
+            c = cut + 1
+        self._scan = c
+
+    def _classify(self, c: int, final: bool) -> tuple[int, bool] | None:
+        """Strength of a cut before ``buf[c]`` (-1: not a cut), abbreviation flag; None = need more."""
+        buf = self._buf
+        n = len(buf)
+        prev = buf[c - 1]
+        if prev.isspace():
+            return (-1, False)
+        nxt = buf[c]
+        if not nxt.isspace():
+            # Only an unspaced dash is a cut not at a space: "1204—or", "word--word".
+            if prev == "—" or (prev == "–" and not (buf[c - 2 : c - 1].isdigit() and nxt.isdigit())):
+                return (CLAUSE, False) if nxt not in "—–-" else (-1, False)
+            if prev == "-" and c >= 2 and buf[c - 2] == "-" and nxt != "-":
+                return (CLAUSE, False)
+            return (-1, False)
+        # Token before the cut (bounded look-behind: abbreviations are short).
+        lo = max(0, c - 40)
+        sp = buf.rfind(" ", lo, c)
+        tok = buf[sp + 1 if sp >= 0 else lo : c]
+        core = tok.rstrip(_CLOSERS)
+        # The next word (bounded look-ahead).
+        k = c
+        while k < n and buf[k].isspace():
+            k += 1
+        while k < n and buf[k] in _OPENERS:
+            k += 1
+        if k >= n and not final:
+            return None
+        first = buf[k] if k < n else ""
+        strength = WORD
+        last = core[-1:] if core else ""
+        if last and last in _SENT_END:
+            if last == "." and not core.endswith(".."):
+                if _no_break_token(core):
+                    return (WORD, True)
+                strength = WORD if first.islower() else SENTENCE
+            else:
+                strength = CLAUSE if first.islower() else SENTENCE
+        elif last and last in ",;:":
+            strength = CLAUSE
+        elif (last and last in _DASHES) or core == "-" or core.endswith("--"):
+            strength = CLAUSE
+        if strength < CONJ:
+            j = c
+            while j < n and buf[j].isspace():
+                j += 1
+            m = _NEXT_WORD.match(buf, j)
+            if m:
+                e = m.end()
+                if e >= n and not final:
+                    return None
+                if (e >= n or not buf[e].isalnum()) and m.group().lower() in CONJUNCTIONS:
+                    strength = CONJ
+        return (strength, False)
+
+    # -- measuring -------------------------------------------------------------------------------
+
+    def _est(self, s: int, c: int) -> float:
+        """Estimated seconds of buf[s:c] as one utterance (== rate.estimate(buf[s:c]))."""
+        units = self._units[c] - self._units[s]
+        ms = self._pms[c] - self._pms[s] + self._end_fix(s, c)
+        if units == 0 and ms == 0:
+            return 0.0
+        return self._rate.duration(units, ms)
+
+    def _end_fix(self, s: int, c: int) -> int:
+        """Pause of the chunk's final punctuation when the buffer context did not count it."""
+        buf = self._buf
+        k = c - 1
+        while k >= s and buf[k] in _CLOSERS:
+            k -= 1
+        if k < s:
+            return 0
+        ms = self._rate._pause_ms.get(buf[k])
+        if not ms or self._pms[k + 1] - self._pms[k] > 0:
+            return 0
+        return ms
+
+    def _lower(self, s: int, c: int) -> float:
+        """A lower bound for the estimate of buf[s:x] for any x >= c, whatever text follows."""
+        units = self._units[c] - self._units[s]
+        ms = self._pms[min(c, self._pknown)] - self._pms[min(s, self._pknown)]
+        if units == 0 and ms == 0:
+            return 0.0
+        return self._rate.duration(units, ms)
+
+    def _skip_ws(self, i: int) -> int:
+        buf = self._buf
+        n = len(buf)
+        while i < n and buf[i].isspace():
+            i += 1
+        return i
+
+    def _quote_protected(self, c: int, final: bool) -> bool | None:
+        """Is a cut at ``c`` inside a short quotation? None: not known yet."""
+        i = bisect.bisect_left(self._qopen, c) - 1
+        if i < 0:
+            return False
+        o, e = self._qopen[i], self._qclose[i]
+        if e >= 0:
+            return c <= e and e - o + 1 <= SHORT_QUOTE_CHARS
+        if e == -2 or final or self._qscan - o + 1 > SHORT_QUOTE_CHARS:
+            return False
+        return None
+
+    # -- deciding --------------------------------------------------------------------------------
+
+    def _decide_all(self, final: bool, plans: list[ChunkPlan]) -> None:
+        while True:
+            self._start = self._skip_ws(self._start)
+            if self._start >= len(self._buf):
+                break
+            got = self._decide(final)
+            if got is None:
+                self._stale = 0
+                self._new_cands = False
+                break
+            cut, strength = got
+            text = self._buf[self._start : cut]
+            plans.append(
+                ChunkPlan(
+                    index=self._index,
+                    text=text,
+                    est_s=self._rate.estimate(text),
+                    boundary="end" if strength < 0 else _STRENGTH_NAMES[strength],
+                )
+            )
+            self._index += 1
+            self._start = cut
+        self._trim()
+
+    def _trim(self) -> None:
+        """Forget text well before the chunk start (keep a margin for look-behind)."""
+        cut = self._start - 64
+        if cut < 2048:
+            return
+        self._buf = self._buf[cut:]
+        self._units = self._units[cut:]
+        self._pms = self._pms[cut:]
+        self._pknown -= cut
+        self._start -= cut
+        self._scan -= cut
+        self._qscan -= cut
+        h = bisect.bisect_left(self._cpos, cut + 1)
+        self._cpos = [p - cut for p in self._cpos[h:]]
+        self._cstr = self._cstr[h:]
+        self._cabbr = self._cabbr[h:]
+        self._chead = max(0, self._chead - h)
+        keep = 0
+        while keep < len(self._qopen) - 1 and 0 <= self._qclose[keep] < cut:
+            keep += 1
+        while keep < len(self._qopen) - 1 and self._qclose[keep] == -2 and self._qopen[keep + 1] < cut:
+            keep += 1
+        self._qopen = [o - cut for o in self._qopen[keep:]]
+        self._qclose = [e - cut if e >= 0 else e for e in self._qclose[keep:]]
+
+    def _decide(self, final: bool) -> tuple[int, int] | None:
+        """Next cut (position, strength; strength -1 = end of text) or None if not certain yet."""
+        cfg = self._cfg
+        s = self._start
+        n = len(self._buf)
+        first = self._index == 0
+        seen_lb = _INF if final else self._lower(s, n)
+        total = self._est(s, n) if final else _INF
+
+        if first:
+            if final and total < cfg.hard_min_s:
+                return (n, -1)
+            if not final and seen_lb < cfg.hard_min_s:
+                return None  # the whole text may still turn out shorter than hard_min: one chunk
+            return self._select(
+                self._key_first, cfg.first_chunk_max_s, final, _phantom_first(cfg, self), (2,)
+            )
+
+        # Quick exit (saves work when streaming): while case A is possible, only a sentence end in the
+        # band followed by >= hard_min of text can be certain; the two estimates overlap by at most
+        # one utterance overhead and one pause.
+        slack = self._rate.utterance_s + max(self._rate.pause_ms.values(), default=0) / 1000.0
+        if not final and seen_lb < min(cfg.target_max_s, cfg.target_min_s + cfg.hard_min_s - slack):
+            return None
+        if not final and self._lower(s, min(self._scan, n)) <= cfg.target_max_s:
+            # Unclassified text may still hold an in-band sentence end (the phantom's key starts
+            # with 0), so only a certain in-band sentence end can win: skip the full ranking if
+            # there is none.
+            if not self._band_sentence(s):
+                return None
+        cases: list[str]
+        if final:
+            cases = ["A" if total <= cfg.target_max_s else "B" if total <= cfg.hard_max_s else "C"]
+        else:
+            cases = ["C"]
+            if seen_lb <= cfg.hard_max_s:
+                cases.append("B")
+            if seen_lb <= cfg.target_max_s:
+                cases.append("A")
+        result: tuple[int, int] | None = None
+        for case in cases:
+            key, fallback = {
+                "A": (self._key_a, (1,)),
+                "B": (self._key_b, (2,)),
+                "C": (self._key_c, (9,)),
+            }[case]
+            got = self._select(key, cfg.hard_max_s, final, _phantom(case, cfg, self), fallback)
+            if got is None or (result is not None and got != result):
+                return None
+            result = got
+        if result is not None and result[1] == -1 and not final:
+            return None
+        return result
+
+    def _band_sentence(self, s: int) -> bool:
+        """Is there a sentence-end candidate that would put the chunk in the target band?"""
+        cfg = self._cfg
+        cpos, cstr = self._cpos, self._cstr
+        for i in range(self._chead, len(cpos)):
+            c = cpos[i]
+            if c <= s or cstr[i] != SENTENCE:
+                continue
+            if self._lower(s, c) > cfg.target_max_s:
+                break
+            if cfg.target_min_s <= self._est(s, c) <= cfg.target_max_s:
+                return True
+        return False
+
+    # Each key function ranks a candidate: a smaller tuple is better, None = not allowed.
+    # Arguments: strength, protected, rest-too-short, estimated length, position.
+
+    def _key_first(self, st: int, prot: bool, rs: bool, length: float, c: float) -> _Key | None:
+        cfg = self._cfg
+        if length > cfg.first_chunk_max_s:
+            return None
+        if length >= cfg.first_chunk_s:
+            return (0, prot, st == WORD, c)
+        return (1, -length, c)
+
+    def _s0(self, st: int, prot: bool, rs: bool, length: float) -> bool:
+        cfg = self._cfg
+        return st == SENTENCE and not prot and not rs and cfg.target_min_s <= length <= cfg.target_max_s
+
+    def _key_a(self, st: int, prot: bool, rs: bool, length: float, c: float) -> _Key | None:
+        return (0, length, c) if self._s0(st, prot, rs, length) else None
+
+    def _key_b(self, st: int, prot: bool, rs: bool, length: float, c: float) -> _Key | None:
+        cfg = self._cfg
+        if self._s0(st, prot, rs, length):
+            return (0, length, c)
+        if prot or rs or st == WORD or not cfg.target_min_s <= length <= cfg.target_max_s:
+            return None
+        ideal = (cfg.target_min_s + cfg.target_max_s) / 2
+        return (1, 3 - st, abs(length - ideal), c)
+
+    def _key_c(self, st: int, prot: bool, rs: bool, length: float, c: float) -> _Key | None:
+        cfg = self._cfg
+        if length > cfg.hard_max_s:
+            return None
+        if length < cfg.hard_min_s:
+            return (2, -length, c)
+        if self._s0(st, prot, rs, length):
+            return (0, length, c)
+        inband = cfg.target_min_s <= length <= cfg.target_max_s
+        if st != WORD:
+            tier = (0 if inband else 1, 3 - st)
+        else:
+            tier = (2 if inband else 3, 0)
+        if inband:
+            dist = abs(length - (cfg.target_min_s + cfg.target_max_s) / 2)
+        else:
+            dist = cfg.target_min_s - length if length < cfg.target_min_s else length - cfg.target_max_s
+        return (1, prot, tier, rs, dist, c)
+
+    def _select(
+        self,
+        keyfn: Callable[[int, bool, bool, float, float], _Key | None],
+        limit: float,
+        final: bool,
+        phantom: _Key | None,
+        fallback: _Key,
+    ) -> tuple[int, int] | None:
+        """The certainly-best cut under ``keyfn``, or None when more text could change it.
+
+        Every option has a best-case and a worst-case key over its unknown attributes (None worst
+        case: it may turn out not allowed). The winner must be certainly allowed and its worst case
+        must beat every other option's best case, including the phantom standing for positions not
+        classified yet. ``fallback`` (all of the text, or a forced cut) is always allowed.
+        """
+        cfg = self._cfg
+        s = self._start
+        n = len(self._buf)
+        cpos, cstr, cabbr = self._cpos, self._cstr, self._cabbr
+        h = self._chead
+        while h < len(cpos) and cpos[h] <= s:
+            h += 1
+        self._chead = h
+        # (best key, worst key or None, position, strength); position -1 = phantom, -2 = fallback
+        options: list[tuple[_Key, _Key | None, int, int]] = [(fallback, fallback, -2, -2)]
+        if phantom is not None and not final:
+            options.append((phantom, None, -1, -1))
+        for i in range(h, len(cpos)):
+            c = cpos[i]
+            if self._lower(s, c) > limit:
+                break
+            length = self._est(s, c)
+            if length > limit:
+                continue
+            qp = False if cabbr[i] else self._quote_protected(c, final)
+            prots = [True] if cabbr[i] else ([False, True] if qp is None else [qp])
+            c2 = self._skip_ws(c)
+            if final:
+                rss = [self._est(c2, n) < cfg.hard_min_s]
+            elif self._lower(c2, n) >= cfg.hard_min_s:
+                rss = [False]
+            else:
+                rss = [False, True]  # the text after the cut may still end too soon
+            keys = [keyfn(cstr[i], p, r, length, c) for p in prots for r in rss]
+            known = [k for k in keys if k is not None]
+            if known:
+                worst = max(known) if len(known) == len(keys) else None
+                options.append((min(known), worst, c, cstr[i]))
+        win = -1
+        for i, opt in enumerate(options):
+            w = opt[1]
+            if w is not None and (win < 0 or w < options[win][1]):  # type: ignore[operator]
+                win = i
+        wkey = options[win][1]
+        assert wkey is not None
+        if any(not wkey < opt[0] for i, opt in enumerate(options) if i != win):
+            return None
+        pos, strength = options[win][2], options[win][3]
+        if pos >= 0:
+            return (pos, strength)
+        if keyfn in (self._key_a, self._key_b):
+            return (n, -1) if final else None  # all of the text (only known at its end)
+        return self._forced_cut(limit, final)
+
+    def _forced_cut(self, limit: float, final: bool) -> tuple[int, int] | None:
+        """No boundary anywhere: cut at the limit, preferring a non-letter neighbour (URL slash)."""
+        s = self._start
+        n = len(self._buf)
+        if not final and self._lower(s, self._pknown) <= limit:
+            return None
+        last_ok = s + 1
+        c = s + 1
+        top = n if final else self._pknown
+        while c <= top and self._lower(s, c) <= limit:
+            if self._est(s, c) <= limit:
+                last_ok = c
+            c += 1
+        if final and last_ok >= n:
+            return (n, -1)
+        buf = self._buf
+        for p in range(last_ok, max(s + 1, last_ok - 32) - 1, -1):
+            if p < n and not (buf[p - 1].isalnum() and buf[p].isalnum()):
+                return (p, WORD)
+        return (last_ok, WORD)
+
+
+def _phantom_first(cfg: ChunkerConfig, ch: SemanticChunker) -> _Key | None:
+    """Best key any not-yet-classified position could get for the first chunk."""
+    lb = ch._lower(ch._start, min(ch._scan, len(ch._buf)))
+    return (0, False, False, _INF) if lb <= cfg.first_chunk_max_s else None
+
+
+def _phantom(case: str, cfg: ChunkerConfig, ch: SemanticChunker) -> _Key | None:
+    """Best key any not-yet-classified (or not yet arrived) position could get in ``case``."""
+    lb = ch._lower(ch._start, min(ch._scan, len(ch._buf)))
+    if lb <= cfg.target_max_s:
+        return (0, max(lb, cfg.target_min_s), _INF)
+    if case == "C" and lb <= cfg.hard_max_s:
+        return (1, False, (1, 0), False, 0.0, _INF)
+    return None
+
+
+_pause_re_cache: dict[frozenset[str], re.Pattern[str]] = {}
+
+
+def _pause_re(rate: SpeakingRate) -> re.Pattern[str]:
+    key = rate._pause_chars
+    pat = _pause_re_cache.get(key)
+    if pat is None:
+        pat = re.compile("[" + "".join(re.escape(c) for c in sorted(key)) + "]" if key else r"(?!)")
+        _pause_re_cache[key] = pat
+    return pat
+
+
+def plan_chunks(text: str, rate: SpeakingRate, config: ChunkerConfig | None = None) -> list[ChunkPlan]:
+    """Plan a whole text at once: ``feed(text) + finish()``."""
+    chunker = SemanticChunker(rate, config)
+    return chunker.feed(text) + chunker.finish()
+
+
+# Re-exported for convenience (tests and tools call prepare_text to see what the chunker reads).
+__all__ += ["prepare_text"]

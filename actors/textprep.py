@@ -1,0 +1,327 @@
+"""Text preparation: language-model markdown and emoji → plain text a TTS voice can read.
+
+Language models write markdown (``**bold**``, ``# headings``, ``* bullets``, ``[links](url)``) and
+emoji; a TTS engine would either read the symbols aloud ("asterisk asterisk") or choke on them.
+:class:`TextPreparer` turns such text into plain, speakable prose, and does it *streaming*: it is fed
+the model's tokens one by one and passes text on as soon as it is safe, holding back only a short
+tail whose meaning is not settled yet (a ``*`` that may be a bullet, a ``[`` that may open a link,
+a line end whose pause depends on the next line).
+
+Rules (each one is a deliberate choice, see the tests):
+
+* ``*``, `````, ``#``, ``\\`` and emoji / pictographs / other symbols (Unicode ``So``, format and
+  private-use characters, variation selectors, skin-tone modifiers, keycap marks) are dropped.
+* ``_`` is dropped when it marks emphasis (``_word_``, ``__word__``); inside a word
+  (``snake_case``) it becomes a space so the voice reads two words.
+* A line starting with ``#`` is a heading; ``-``/``*``/``+``/``•`` followed by a space is a bullet
+  (the mark is dropped); ``>`` quote marks are dropped; a line made only of ``-`` or ``=`` (a rule
+  or a setext underline) is dropped. Ordered-list numbers are kept but spoken as a count:
+  ``"1. Swords"`` → ``"1, Swords"`` (a period after a bare number reads as a full stop, a comma
+  gives the short pause a reader makes after the item number).
+* ``[text](url)`` and ``![alt](url)`` become ``text`` / ``alt``: **the URL of a markdown link is
+  dropped** (nobody wants a URL read aloud). This is the only place where letters or digits of the
+  input are removed; everything else keeps every letter and digit, in order. Bare URLs and domains
+  (``library.example/scrolls``) are kept as written.
+* Whitespace is normalised to single spaces. A line break becomes a pause: a period is inserted
+  when the line does not already end in punctuation (``. ! ? … : ; , — –``, closing quotes and
+  brackets looked through). The exception is a soft-wrapped line: when the next line starts with a
+  lowercase letter (and the line is not a heading and no blank line follows), the break is just a
+  space. A heading always ends with a pause. At the very end of the text nothing is inserted.
+* Unicode letters, digits and combining marks are never touched (no normalisation).
+
+Only ``\\n`` counts as a line break (``\\r`` and other separators are plain whitespace).
+"""
+
+from __future__ import annotations
+
+import re
+import unicodedata
+from dataclasses import dataclass
+
+__all__ = ["TextPreparer", "prepare_text"]
+
+# Characters that end a line "with punctuation": no period is inserted after them.
+_TERMINAL = frozenset(".!?…:;,—–")
+# Closing quotes/brackets are looked through when checking a line's final punctuation.
+_CLOSERS = "\"')]}”’»›"
+
+# Markdown link / image. Bounded lengths keep the streaming hold-back short: a "[" that is not
+# closed within 200 characters (or whose URL runs past 500) is just a bracket.
+_LINK = re.compile(r"!?\[([^\[\]\n]{0,200})\]\(([^()\n]{0,500})\)")
+# A prefix of a possible link, reaching the end of the available text: hold it back.
+_LINK_PARTIAL = re.compile(r"!?\[[^\[\]\n]{0,200}(?:\](?:\([^()\n]{0,500})?)?\Z")
+
+_LINE_WS = re.compile(r"[^\S\n]*")
+_BLOCKQUOTE = re.compile(r"(?:>[^\S\n]*)+")
+_RULE_FULL = re.compile(r"([-=])(?:[^\S\n]*\1){2,}[^\S\n]*(?:\n|\Z)")
+_RULE_PARTIAL = re.compile(r"[-=](?:[^\S\n]*[-=])*[^\S\n]*\Z")
+_HEADING = re.compile(r"#+[^\S\n]*")
+_BULLET = re.compile(r"[-*+][^\S\n]+|[•‣◦▪●][^\S\n]*")
+_ORDERED = re.compile(r"(\d{1,9})[.)][^\S\n]+")
+_ORDERED_PARTIAL = re.compile(r"\d{1,9}[.)]?\Z")
+_UNDERSCORES = re.compile(r"_+")
+_NON_ASCII = re.compile(r"[^\x00-\x7f]")
+
+# ASCII characters that are never spoken: markdown emphasis/code/heading marks, escapes, controls
+# (tab, newline, CR, FF, VT are whitespace and handled separately).
+_ASCII_DROP = {ord(c): None for c in "*`#\\"}
+_ASCII_DROP.update({c: None for c in range(32) if chr(c) not in "\t\n\r\x0b\x0c\x1c\x1d\x1e\x1f"})
+_ASCII_DROP[0x7F] = None
+
+_DROP_CATEGORIES = frozenset({"So", "Cf", "Co", "Cs", "Cn", "Cc"})
+_drop_cache: dict[str, bool] = {}
+
+
+def _is_dropped(ch: str) -> bool:
+    """Whether a non-ASCII character is a pictograph/symbol that must not reach the voice."""
+    hit = _drop_cache.get(ch)
+    if hit is None:
+        cp = ord(ch)
+        if ch.isalnum() or ch.isspace():
+            hit = False  # letters and digits always survive, whatever block they live in
+        else:
+            hit = (
+                unicodedata.category(ch) in _DROP_CATEGORIES
+                or 0x1F000 <= cp <= 0x1FAFF  # emoji blocks (incl. ones newer than this Python's table)
+                or 0x2600 <= cp <= 0x27BF  # miscellaneous symbols, dingbats
+                or 0xFE00 <= cp <= 0xFE0F  # variation selectors (emoji presentation)
+                or 0xE0000 <= cp <= 0xE01EF  # tags, variation selectors supplement
+                or cp in (0x200D, 0x20E3)  # zero-width joiner, combining keycap
+                or ch in "•‣◦▪●"  # bullets that were not at a line start
+            )
+        _drop_cache[ch] = hit
+    return hit
+
+
+def _drop_nonascii(m: re.Match[str]) -> str:
+    ch = m.group()
+    return "" if _is_dropped(ch) else ch
+
+
+@dataclass
+class _LineEnd:
+    """A line break whose rendering (pause or plain space) waits for the next line's first char."""
+
+    heading: bool
+    needs_period: bool
+    blank: bool = False  # a blank line (paragraph break) followed
+
+
+class TextPreparer:
+    """Streaming markdown/emoji → speakable text.
+
+    ``feed()`` returns the text that is safe to pass on; it may hold back a short tail (a possible
+    ``**``, a line start that could be a heading or bullet, an unfinished ``[link](url)``, a line
+    end). ``finish()`` flushes the rest. The concatenation of everything returned is identical to
+    ``prepare_text(whole_text)`` however the input was split. After ``finish()`` the preparer is
+    ready for a new text.
+    """
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self._raw = ""  # input not processed yet (always within the current line)
+        self._at_line_start = True
+        self._heading = False  # current line is a heading
+        self._line_content = False  # current line produced any output
+        self._ctx = ""  # last (link-substituted) raw char of the current line, for the "_" rule
+        self._eol: _LineEnd | None = None
+        self._any_out = False  # anything emitted yet (no leading space)
+        self._space = False  # a space is owed before the next output word
+        self._last_sig = ""  # last output char of the current line, closers looked through
+        self._out: list[str] = []
+
+    @property
+    def pending(self) -> str:
+        """Raw input accepted but not yet passed on (the held-back tail)."""
+        return self._raw
+
+    def feed(self, piece: str) -> str:
+        """Accept a piece of raw text (e.g. one LLM token); return the speakable text now settled."""
+        if piece:
+            self._raw += piece
+            self._process(final=False)
+        return self._take()
+
+    def finish(self) -> str:
+        """End of text: return everything still held back, then reset for a new text."""
+        self._process(final=True)
+        out = self._take()
+        self._reset()
+        return out
+
+    # -- internals ---------------------------------------------------------------------------
+
+    def _take(self) -> str:
+        out = "".join(self._out)
+        self._out.clear()
+        return out
+
+    def _process(self, final: bool) -> None:
+        while self._raw:
+            if self._at_line_start:
+                if not self._line_start(final):
+                    return
+                continue
+            raw = self._raw
+            nl = raw.find("\n")
+            if nl >= 0:
+                # A complete line: nothing in it is ambiguous any more.
+                self._inline(raw[:nl])
+                self._raw = raw[nl + 1 :]
+                self._end_line()
+                continue
+            end = len(raw) if final else self._safe_end(raw)
+            if end:
+                self._inline(raw[:end])
+                self._raw = raw[end:]
+            return
+
+    def _line_start(self, final: bool) -> bool:
+        """Classify the start of a line (heading, bullet, list number, rule); False = need more."""
+        raw = self._raw
+        i = _LINE_WS.match(raw).end()  # type: ignore[union-attr]
+        if i == len(raw):
+            self._raw = ""  # leading whitespace carries no meaning
+            return False
+        if raw[i] == "\n":  # blank line: a paragraph break
+            if self._eol is not None:
+                self._eol.blank = True
+            self._raw = raw[i + 1 :]
+            return True
+        m = _BLOCKQUOTE.match(raw, i)
+        if m:
+            i = m.end()
+            if i == len(raw):
+                self._raw = ""  # the quote marks carry no meaning; wait for the line's text
+                return False
+            if raw[i] == "\n":  # an empty quoted line is a blank line
+                if self._eol is not None:
+                    self._eol.blank = True
+                self._raw = raw[i + 1 :]
+                return True
+        if self._eol is not None:
+            self._resolve_eol(raw[i])
+        # A line of only "-" or "=" is a rule / setext underline: it says nothing.
+        if not final and _RULE_PARTIAL.match(raw, i):
+            self._raw = raw[i:]
+            return False
+        m = _RULE_FULL.match(raw, i)
+        if m:
+            self._raw = raw[m.end() :]
+            return True  # still at a line start (the rule line produced nothing)
+        m = _HEADING.match(raw, i)
+        if m:
+            self._heading = True
+            i = m.end()
+        else:
+            if not final and raw[i] in "-*+" and i + 1 == len(raw):
+                self._raw = raw[i:]  # "*" could be a bullet or the start of "**bold**"
+                return False
+            m = _BULLET.match(raw, i)
+            if m:
+                i = m.end()
+            else:
+                if not final and _ORDERED_PARTIAL.match(raw, i):
+                    self._raw = raw[i:]  # "12" or "12." could be a list number
+                    return False
+                m = _ORDERED.match(raw, i)
+                if m:
+                    self._emit(m.group(1) + ", ")
+                    i = m.end()
+        self._at_line_start = False
+        self._raw = raw[i:]
+        return True
+
+    def _resolve_eol(self, first: str) -> None:
+        """Render the previous line break, now that the next line's first character is known."""
+        eol = self._eol
+        assert eol is not None
+        self._eol = None
+        pause = eol.heading or eol.blank or not first.islower()
+        if pause and eol.needs_period:
+            self._out.append(".")
+        self._space = True
+
+    def _end_line(self) -> None:
+        if self._line_content:
+            self._eol = _LineEnd(heading=self._heading, needs_period=self._last_sig not in _TERMINAL)
+        self._at_line_start = True
+        self._heading = False
+        self._line_content = False
+        self._ctx = ""
+        self._last_sig = ""
+
+    def _safe_end(self, raw: str) -> int:
+        """Length of the prefix of a partial line that can be processed without more input."""
+        end = len(raw)
+        j = raw.find("[")
+        while 0 <= j < end:
+            start = j - 1 if j > 0 and raw[j - 1] == "!" else j
+            m = _LINK.match(raw, start) or _LINK.match(raw, j)
+            if m:
+                j = raw.find("[", m.end())
+                continue
+            if _LINK_PARTIAL.match(raw, start):
+                end = start  # a link may be in the making: hold it back
+                break
+            j = raw.find("[", j + 1)
+        # Hold a trailing "_" run (emphasis or snake_case? depends on the next char) and a trailing
+        # "!" (may start "![image]").
+        while end and raw[end - 1] in "_!":
+            end -= 1
+        return end
+
+    def _inline(self, seg: str) -> None:
+        """Process a stretch of line body (never splits a link, never ends in a pending '_')."""
+        if not seg:
+            return
+        if "[" in seg:
+            seg = _LINK.sub(r"\1", seg)
+            if not seg:
+                return
+        if "_" in seg:
+            seg = _UNDERSCORES.sub(self._underscore, seg)
+        self._ctx = seg[-1] if seg else self._ctx
+        seg = seg.translate(_ASCII_DROP)
+        if not seg.isascii():
+            seg = _NON_ASCII.sub(_drop_nonascii, seg)
+        self._emit(seg)
+
+    def _underscore(self, m: re.Match[str]) -> str:
+        s = m.string
+        before = s[m.start() - 1] if m.start() > 0 else self._ctx
+        after = s[m.end()] if m.end() < len(s) else ""
+        return " " if before.isalnum() and after.isalnum() else ""
+
+    def _emit(self, text: str) -> None:
+        """Append text, collapsing whitespace (a space is only written before the next word)."""
+        if not text:
+            return
+        words = text.split()
+        if not words:
+            self._space = True
+            return
+        out = self._out
+        if text[0].isspace():
+            self._space = True
+        for w in words:
+            if self._space and self._any_out:
+                out.append(" ")
+            out.append(w)
+            self._any_out = True
+            self._space = True
+        self._space = text[-1].isspace()
+        self._line_content = True
+        sig = words[-1].rstrip(_CLOSERS)
+        if sig:
+            self._last_sig = sig[-1]
+        elif not self._last_sig:
+            self._last_sig = words[-1][-1]
+
+
+def prepare_text(text: str) -> str:
+    """Whole-text convenience: ``TextPreparer().feed(text) + finish()``."""
+    p = TextPreparer()
+    return p.feed(text) + p.finish()

@@ -1,0 +1,361 @@
+"""Every message that crosses a process boundary in skald, typed, in one place.
+
+Wire format (one ZeroMQ multipart message per skald message)::
+
+    frame 0: kind      ASCII name, e.g. b"speak"  -- receivers dispatch on it before decoding
+    frame 1: payload   msgpack map of the message's fields, always with "v" (protocol version)
+
+Why msgspec: it decodes msgpack straight into typed ``Struct`` classes and validates every
+field's type in C while doing so, so a malformed message becomes one ``WireError`` at the
+socket edge instead of a ``KeyError`` deep inside an actor. The bytes on the wire are plain
+msgpack: any client with a msgpack library can talk to skald (``docs/protocol.md`` uses the
+``msgpack`` package on purpose to show it).
+
+Compatibility rules: fields are only ever appended, always with a default; unknown fields
+are ignored on decode, so an older peer can read a newer message. A message whose ``v`` is
+greater than ``PROTOCOL_VERSION`` is rejected with an error event (its meaning may have
+changed). PCM never travels here; it goes through ``shm.PcmRing``.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any, ClassVar
+
+import msgspec
+
+PROTOCOL_VERSION = 1
+
+#: Hard cap on a payload the decoder will even look at; the configured limit is usually lower.
+ABSOLUTE_MAX_PAYLOAD = 64 * 1024 * 1024
+
+
+class WireError(Exception):
+    """A message could not be accepted. ``kind`` is the error kind reported to the sender."""
+
+    def __init__(self, kind: str, message: str, request_id: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.message = message
+        self.request_id = request_id
+
+
+class Message(msgspec.Struct, kw_only=True, forbid_unknown_fields=False):
+    """Base of every wire message. ``KIND`` is the first ZeroMQ frame."""
+
+    KIND: ClassVar[bytes] = b""
+    v: int = PROTOCOL_VERSION
+
+
+# --------------------------------------------------------------------------------------------
+# Requests: orchestrator client -> supervisor
+# --------------------------------------------------------------------------------------------
+
+
+class Speak(Message, kw_only=True):
+    """Speak ``text``. With ``streaming=True`` more text follows in ``Append`` and ``End``.
+
+    ``request_id`` may be empty: the supervisor then assigns one and returns it in ``Accepted``.
+    ``priority``: higher is served first among queued requests (0 = normal).
+    ``prelude``: optional opener spoken before ``text`` (the prelude actor's input).
+    """
+
+    KIND: ClassVar[bytes] = b"speak"
+    request_id: str = ""
+    text: str = ""
+    voice: str = ""
+    priority: int = 0
+    streaming: bool = False
+    prelude: str = ""
+
+
+class Append(Message, kw_only=True):
+    """More text for a streaming request (e.g. tokens from a language model)."""
+
+    KIND: ClassVar[bytes] = b"append"
+    request_id: str
+    text: str
+
+
+class End(Message, kw_only=True):
+    """No more text will follow for a streaming request."""
+
+    KIND: ClassVar[bytes] = b"end"
+    request_id: str
+
+
+class Cancel(Message, kw_only=True):
+    """Stop a request (or every request with ``all=True``) at once: nothing more of it is heard."""
+
+    KIND: ClassVar[bytes] = b"cancel"
+    request_id: str = ""
+    all: bool = False
+
+
+class StatusQuery(Message, kw_only=True):
+    """Ask for a ``Status`` reply."""
+
+    KIND: ClassVar[bytes] = b"status"
+
+
+# --------------------------------------------------------------------------------------------
+# Events: supervisor -> clients (published; replies to the sender use the same types)
+# --------------------------------------------------------------------------------------------
+
+
+class Accepted(Message, kw_only=True):
+    """The request was accepted; ``t_accepted`` is CLOCK_MONOTONIC seconds on the server."""
+
+    KIND: ClassVar[bytes] = b"accepted"
+    request_id: str
+    t_accepted: float
+
+
+class ChunkPlanned(Message, kw_only=True):
+    """The chunker decided a chunk (text as it will be spoken, estimated seconds)."""
+
+    KIND: ClassVar[bytes] = b"chunk_planned"
+    request_id: str
+    index: int
+    text: str
+    est_s: float
+
+
+class ChunkSynthesized(Message, kw_only=True):
+    """A chunk's audio is in the ring: real duration and synthesis wall time."""
+
+    KIND: ClassVar[bytes] = b"chunk_synthesized"
+    request_id: str
+    index: int
+    dur_s: float
+    synth_ms: float
+    engine: str = ""
+
+
+class PlaybackStarted(Message, kw_only=True):
+    """The request's first sample reached the sink. ``ttfa_ms`` runs from acceptance to the
+    moment the first sample is audible (PortAudio's ``outputBufferDacTime`` on a device)."""
+
+    KIND: ClassVar[bytes] = b"playback_started"
+    request_id: str
+    ttfa_ms: float
+
+
+class Underrun(Message, kw_only=True):
+    """The sink needed audio that was not there while a request was playing."""
+
+    KIND: ClassVar[bytes] = b"underrun"
+    request_id: str
+    frames: int
+    count: int
+
+
+class RequestFinished(Message, kw_only=True):
+    """Terminal event of a request. ``status``: ``done`` | ``cancelled`` | ``failed``."""
+
+    KIND: ClassVar[bytes] = b"request_finished"
+    request_id: str
+    status: str
+    audio_s: float = 0.0
+    underruns: int = 0
+    ttfa_ms: float = -1.0
+    reason: str = ""
+
+
+class Error(Message, kw_only=True):
+    """An error, as data. ``kind`` is machine-readable (see ``ERROR_KINDS``)."""
+
+    KIND: ClassVar[bytes] = b"error"
+    kind: str
+    message: str
+    actor: str = ""
+    request_id: str = ""
+
+
+class Status(Message, kw_only=True):
+    """Reply to ``StatusQuery``: actors, active requests, ring fill and counters."""
+
+    KIND: ClassVar[bytes] = b"status_reply"
+    actors: dict[str, dict[str, Any]] = msgspec.field(default_factory=dict)
+    requests: list[dict[str, Any]] = msgspec.field(default_factory=list)
+    ring: dict[str, Any] = msgspec.field(default_factory=dict)
+    uptime_s: float = 0.0
+
+
+ERROR_KINDS = (
+    "malformed",  # payload is not msgpack / fields of the wrong type / invalid UTF-8
+    "unknown_kind",  # first frame names no message
+    "wrong_version",  # v > PROTOCOL_VERSION
+    "oversized",  # payload or text over the configured limit
+    "bad_request",  # well-formed but meaningless (empty text, control characters, unknown id)
+    "actor_crashed",  # a child process died; it is being restarted
+    "actor_failed",  # a child process could not be (re)started; giving up
+    "synthesis_failed",  # the engine raised on a chunk
+    "audio_output",  # the sink failed (device lost, ...)
+    "internal",
+)
+
+
+# --------------------------------------------------------------------------------------------
+# Internal: supervisor <-> actors
+# --------------------------------------------------------------------------------------------
+
+
+class Ready(Message, kw_only=True):
+    """Startup handshake: the actor is built and listening. ``info`` is role-specific."""
+
+    KIND: ClassVar[bytes] = b"ready"
+    role: str
+    pid: int
+    info: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class OpenRequest(Message, kw_only=True):
+    """Supervisor -> tts worker: a request exists; its text arrives as ``TextPiece``s."""
+
+    KIND: ClassVar[bytes] = b"open_request"
+    request_id: str
+    voice: str = ""
+    priority: int = 0
+    t_accepted: float = 0.0
+    has_prelude: bool = False
+
+
+class TextPiece(Message, kw_only=True):
+    """Text actor -> tts worker: the next piece of a request's text, in order.
+
+    ``source`` is ``prelude`` or ``narrative``; the worker speaks the whole prelude first.
+    ``final`` marks the last piece from that source.
+    """
+
+    KIND: ClassVar[bytes] = b"text_piece"
+    request_id: str
+    source: str
+    text: str
+    final: bool = False
+
+
+class Segment(Message, kw_only=True):
+    """Tts worker -> audio consumer: ring frames ``[start, end)`` hold chunk ``index`` of a
+    request. Sent after the frames are pushed, so the consumer never plays audio it has not
+    been told about. ``last`` marks the request's final audio."""
+
+    KIND: ClassVar[bytes] = b"segment"
+    request_id: str
+    index: int
+    start: int
+    end: int
+    last: bool = False
+    t_accepted: float = 0.0
+
+
+class Shutdown(Message, kw_only=True):
+    """Supervisor -> actor: finish the current block and exit cleanly."""
+
+    KIND: ClassVar[bytes] = b"shutdown"
+    reason: str = ""
+
+
+class Metrics(Message, kw_only=True):
+    """Actor -> supervisor: periodic figures for ``status`` (rss, queue depth, ring fill...)."""
+
+    KIND: ClassVar[bytes] = b"metrics"
+    role: str
+    values: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+_ALL: tuple[type[Message], ...] = (
+    Speak,
+    Append,
+    End,
+    Cancel,
+    StatusQuery,
+    Accepted,
+    ChunkPlanned,
+    ChunkSynthesized,
+    PlaybackStarted,
+    Underrun,
+    RequestFinished,
+    Error,
+    Status,
+    Ready,
+    OpenRequest,
+    TextPiece,
+    Segment,
+    Shutdown,
+    Metrics,
+)
+
+MESSAGE_TYPES: dict[bytes, type[Message]] = {cls.KIND: cls for cls in _ALL}
+_DECODERS: dict[bytes, msgspec.msgpack.Decoder[Any]] = {
+    kind: msgspec.msgpack.Decoder(cls) for kind, cls in MESSAGE_TYPES.items()
+}
+_ENCODER = msgspec.msgpack.Encoder()
+
+#: Requests a client may send to the supervisor's control socket.
+CLIENT_REQUESTS: frozenset[bytes] = frozenset({Speak.KIND, Append.KIND, End.KIND, Cancel.KIND, StatusQuery.KIND})
+
+
+def encode(msg: Message) -> list[bytes]:
+    """Return the multipart frames ``[kind, payload]`` for ``msg``."""
+    return [msg.KIND, _ENCODER.encode(msg)]
+
+
+def decode(frames: list[bytes], max_payload: int = ABSOLUTE_MAX_PAYLOAD) -> Message:
+    """Decode ``[kind, payload]`` frames into a typed message, or raise ``WireError``.
+
+    Never raises anything else for any input bytes: the caller turns ``WireError`` into an
+    ``Error`` event for the sender and carries on.
+    """
+    if len(frames) != 2:
+        raise WireError("malformed", f"expected 2 frames [kind, payload], got {len(frames)}")
+    kind, payload = bytes(frames[0]), frames[1]
+    decoder = _DECODERS.get(kind)
+    if decoder is None:
+        shown = kind[:40].decode("ascii", "backslashreplace")
+        known = ", ".join(sorted(k.decode() for k in MESSAGE_TYPES))
+        raise WireError("unknown_kind", f"unknown message kind {shown!r}; known kinds: {known}")
+    if len(payload) > min(max_payload, ABSOLUTE_MAX_PAYLOAD):
+        raise WireError(
+            "oversized",
+            f"{kind.decode()} payload is {len(payload)} bytes; the limit is {max_payload} bytes "
+            "(protocol.max_message_bytes)",
+        )
+    try:
+        msg: Message = decoder.decode(payload)
+    except msgspec.ValidationError as exc:
+        raise WireError("malformed", f"{kind.decode()}: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as exc:
+        raise WireError("malformed", f"{kind.decode()}: payload is not valid msgpack: {exc}") from None
+    if msg.v > PROTOCOL_VERSION or msg.v < 1:
+        raise WireError(
+            "wrong_version",
+            f"{kind.decode()} has protocol version {msg.v}; this server speaks version {PROTOCOL_VERSION}",
+            getattr(msg, "request_id", ""),
+        )
+    return msg
+
+
+# Unicode category Cc minus tab, newline and carriage return: C0/C1 controls and DEL are
+# never speech and usually mean a binary payload or a broken encoder upstream.
+_FORBIDDEN_CONTROL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\x9f]")
+
+
+def validate_text(text: str, max_chars: int, *, allow_empty: bool = False, request_id: str = "") -> None:
+    """Raise ``WireError`` if ``text`` cannot be narration: empty, too long, or with controls."""
+    if not text.strip() and not allow_empty:
+        raise WireError("bad_request", "text is empty; nothing to speak", request_id)
+    if len(text) > max_chars:
+        raise WireError(
+            "oversized",
+            f"text is {len(text)} characters; the limit is {max_chars} (protocol.max_text_chars). "
+            "Send long narration as a streaming request (speak streaming=true, then append pieces).",
+            request_id,
+        )
+    bad = _FORBIDDEN_CONTROL.search(text)
+    if bad is not None:
+        raise WireError(
+            "bad_request",
+            f"text contains control character U+{ord(bad.group()):04X} at offset {bad.start()}",
+            request_id,
+        )

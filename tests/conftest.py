@@ -1,0 +1,167 @@
+"""Fixtures shared by the suite.
+
+``no_leaks`` (autouse) checks after every test that the test left no skald process, no
+``/dev/shm/skald-*`` segment and no run directory (ipc socket files) behind -- including after
+tests that SIGKILL actors or the supervisor itself.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import psutil
+import pytest
+
+# The real audio device (PulseAudio null sink), one daemon for the whole session.
+from tests.audio_rig import pulse_sink  # noqa: F401
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = Path(__file__).resolve().parent / "data"
+SHARED_TEXTS = ROOT.parent / "shared" / "texts"
+SKALD = [sys.executable, "-m", "supervisor"]
+
+
+def sample_text(name: str) -> str:
+    """A narration text: the repo's copy, else ../shared/texts."""
+    for base in (ROOT / "config" / "samples", DATA, SHARED_TEXTS):
+        if (base / name).is_file():
+            return (base / name).read_text(encoding="utf-8")
+    raise FileNotFoundError(name)
+
+
+def _skald_processes() -> dict[int, str]:
+    found: dict[int, str] = {}
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            cmd = " ".join(proc.info["cmdline"] or [])
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
+        if proc.info["pid"] == os.getpid():
+            continue
+        if cmd.startswith("skald::") or re.search(r"(-m supervisor|bin/skald)\b", cmd):
+            found[proc.info["pid"]] = cmd
+    return found
+
+
+def _shm_entries() -> set[str]:
+    try:
+        return {e for e in os.listdir("/dev/shm") if e.startswith("skald-")}
+    except FileNotFoundError:
+        return set()
+
+
+@pytest.fixture(autouse=True)
+def no_leaks() -> Iterator[None]:
+    procs_before = set(_skald_processes())
+    shm_before = _shm_entries()
+    yield
+    deadline = time.monotonic() + 5.0
+    while True:
+        leaked = {pid: cmd for pid, cmd in _skald_processes().items() if pid not in procs_before}
+        shm_left = _shm_entries() - shm_before
+        if (not leaked and not shm_left) or time.monotonic() > deadline:
+            break
+        time.sleep(0.05)
+    for pid in leaked:  # clean up so one failure does not cascade, then fail loudly
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not leaked, f"processes left behind: {leaked}"
+    assert not shm_left, f"/dev/shm segments left behind: {sorted(shm_left)}"
+
+
+@pytest.fixture
+def run_dir() -> Iterator[Path]:
+    """A short private directory for a server's ipc sockets (unix socket paths max ~107 bytes).
+
+    Its parent is created here and must be empty afterwards: no ipc file, no run dir left."""
+    parent = Path(tempfile.mkdtemp(prefix="skt", dir="/tmp"))
+    path = parent / "run"
+    yield path
+    left = list(parent.iterdir())
+    shutil.rmtree(parent, ignore_errors=True)
+    assert not left, f"run dir left behind: {[str(p) for p in left]}"
+
+
+class Server:
+    """A real ``skald serve`` subprocess (null sink unless told otherwise)."""
+
+    def __init__(self, run_dir: Path, env: dict[str, str], args: list[str]) -> None:
+        self.run_dir = run_dir
+        self.log_path = run_dir.parent / "server.log"
+        self._log = self.log_path.open("wb")
+        self.proc = subprocess.Popen(
+            [*SKALD, "--log-info", "serve", "--run-dir", str(run_dir), *args],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=self._log,
+        )
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + 60
+        line = b""
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if b"skald serving" in line or not line:
+                break
+        if b"skald serving" not in line:
+            self.proc.kill()
+            self.proc.wait()
+            raise AssertionError(f"server did not start:\n{self.log()}")
+
+    def client(self, timeout_s: float = 10.0):  # type: ignore[no-untyped-def]
+        from actors.client import SkaldClient
+
+        return SkaldClient.for_run_dir(str(self.run_dir), timeout_s=timeout_s)
+
+    def actor_pids(self) -> dict[str, int]:
+        with self.client() as c:
+            return {role: info["pid"] for role, info in c.status()["actors"].items()}
+
+    def log(self) -> str:
+        self._log.flush()
+        return self.log_path.read_text(errors="replace")
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait()
+        self._log.close()
+        if self.proc.stdout is not None:
+            self.proc.stdout.close()
+        return code
+
+
+def server_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(overrides)
+    return env
+
+
+@pytest.fixture
+def make_server(run_dir: Path) -> Iterator:  # type: ignore[type-arg]
+    servers: list[Server] = []
+
+    def start(*args: str, **env: str) -> Server:
+        server = Server(run_dir, server_env(**env), list(args) or ["--sink", "null"])
+        servers.append(server)
+        return server
+
+    yield start
+    for server in servers:
+        server.stop()
