@@ -164,6 +164,7 @@ class RequestRecord:
     chunks: dict[int, dict[str, Any]] = field(default_factory=dict)
     ttfa_ms: float = -1.0
     underruns: int = 0
+    device_underflows: int = 0
     audio_s: float = 0.0
     reason: str = ""
 
@@ -496,6 +497,7 @@ class Supervisor:
             if rec is not None and rec.status == "active":
                 rec.audio_s = msg.audio_s
                 rec.underruns = msg.underruns
+                rec.device_underflows = msg.device_underflows
                 if msg.ttfa_ms >= 0:
                     rec.ttfa_ms = msg.ttfa_ms
                 self._finish(rec, msg.status, msg.reason)
@@ -535,6 +537,7 @@ class Supervisor:
                 underruns=rec.underruns,
                 ttfa_ms=rec.ttfa_ms,
                 reason=reason,
+                device_underflows=rec.device_underflows,
             )
         )
         # Keep a bounded history for status and reports.
@@ -790,7 +793,9 @@ def cmd_speak(args: argparse.Namespace) -> int:
             Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
         print(
             f"skald: {rec.status}; TTFA {report['ttfa_ms']:.0f} ms, RTF {report['rtf']:.3f}, "
-            f"underruns {report['underruns']}, {report['audio_seconds']:.2f} s of audio"
+            f"underruns {report['underruns']}"
+            + (f", device underflows {report['device_underflows']}" if report["device_underflows"] else "")
+            + f", {report['audio_seconds']:.2f} s of audio"
             + (f" -> {settings.audio.sink[4:]}" if settings.audio.sink.startswith("wav:") else ""),
             file=sys.stderr,
         )
@@ -821,6 +826,7 @@ def _report(sup: Supervisor, rec: RequestRecord) -> dict[str, Any]:
         "ttfa_ms": rec.ttfa_ms,
         "rtf": synth_s / audio_s if audio_s else 0.0,
         "underruns": rec.underruns,
+        "device_underflows": rec.device_underflows,
         "audio_seconds": audio_s,
         "chunks": chunks,
         "engine": worker.get("engine", ""),

@@ -162,6 +162,7 @@ class TrackedRequest:
     ttfa_ms: float = -1.0
     frames: int = 0
     underruns: int = 0
+    underflows_at_start: int = -1
 
     @property
     def first_start(self) -> int:
@@ -276,6 +277,7 @@ class ConsumerControl:
                 continue
             if req.ranges and req.first_start < r and not req.started:
                 req.started = True
+                req.underflows_at_start = int(self.core.stats[DEVICE_UNDERFLOWS])
                 dac = self.core.dac_time_of(req.first_start)
                 t_audible = dac if dac is not None else now
                 req.ttfa_ms = max(0.0, (t_audible - req.t_accepted) * 1000.0)
@@ -295,6 +297,9 @@ class ConsumerControl:
                         audio_s=req.frames / self.core.sample_rate,
                         underruns=req.underruns,
                         ttfa_ms=req.ttfa_ms,
+                        device_underflows=max(0, int(self.core.stats[DEVICE_UNDERFLOWS]) - req.underflows_at_start)
+                        if req.started
+                        else 0,
                     )
                 )
         if underruns != self._last_underruns:
@@ -389,7 +394,7 @@ class ClockSink:
 class DeviceSink:
     """A PortAudio output stream in callback mode (int16 mono at the engine rate)."""
 
-    def __init__(self, core: PlaybackCore, device: str, hostapi: str) -> None:
+    def __init__(self, core: PlaybackCore, device: str, hostapi: str, latency: str = "high") -> None:
         from actors.audio_device import negotiate_samplerate, select_output_device
 
         self.core = core
@@ -400,6 +405,7 @@ class DeviceSink:
                 f"output device {self.info.name!r} refuses {core.sample_rate} Hz (it offers {rate} Hz); "
                 "choose another device with audio.device, or use a voice at a rate the device takes"
             )
+        self.latency: str | float = latency if latency in ("low", "high") else float(latency)
         self.error = ""
         self._stream: Any = None
 
@@ -424,7 +430,7 @@ class DeviceSink:
             dtype="int16",
             device=self.info.index,
             callback=callback,
-            latency="low",
+            latency=self.latency,
         )
         self._stream.start()
 
@@ -443,7 +449,7 @@ def build_sink(settings: Settings, core: PlaybackCore) -> ClockSink | DeviceSink
         return ClockSink(core, None, paced=True)
     if sink.startswith("wav:"):
         return ClockSink(core, sink[4:], paced=settings.audio.wav_paced)
-    return DeviceSink(core, settings.audio.device, settings.audio.hostapi)
+    return DeviceSink(core, settings.audio.device, settings.audio.hostapi, settings.audio.latency)
 
 
 class AudioConsumer:

@@ -18,7 +18,10 @@ Cut rules (see also the tests):
 * A period followed by a lowercase word is not a sentence end (an abbreviation we do not know);
   ``! ? …`` followed by a lowercase word count as clause punctuation (``"Wait!" she said``).
 * First chunk: the first pause point at ``first_chunk_s``…``first_chunk_max_s``; failing that the
-  first word boundary in that window. A whole text under ``hard_min_s`` is one chunk.
+  first word boundary in that window; failing that the last boundary before the window; places
+  inside a short quotation or right after a title only if nothing else is left; a cut inside a word
+  at ``first_chunk_max_s`` as the very last resort. A whole text under ``hard_min_s`` is one chunk
+  (so the first chunk waits until ``hard_min_s`` of text is in).
 * Later chunks (greedy, one at a time, from the start of the remaining text ``R``):
 
   1. the earliest sentence end that lands the chunk in the band and leaves at least ``hard_min_s``
@@ -28,13 +31,21 @@ Cut rules (see also the tests):
      ``≥ hard_min_s``; else all of it (one slightly long chunk beats a cut at a bare word boundary);
   4. else the best cut in ``[hard_min, hard_max]``: pause points in the band (strongest, then
      closest to the band's middle), then pause points outside the band, then word boundaries
-     (closest to the middle), then protected places (inside a short quote, after a title), then the
-     last boundary before ``hard_min``, and only then a cut inside a word at ``hard_max``.
+     (closest to the middle), then protected places (inside a short quote, after a title); within
+     each of those, a cut leaving ``≥ hard_min_s`` after it first. Then the last boundary before
+     ``hard_min``, and only then a cut inside a word at ``hard_max``.
 
   The remainder rule ("a remainder shorter than ``hard_min_s`` is merged into the previous chunk")
   falls out of 1–3: a cut is only taken early if what follows is long enough, and a remainder that
   cannot be merged (the merged chunk would pass ``hard_max_s``) stays a short final chunk. The first
   chunk never absorbs a remainder (it would lose its reason to exist: a fast start).
+
+  One deliberate exception, for latency: the **second** chunk (index 1) takes rule 1's sentence end
+  without the "leaves at least ``hard_min_s``" condition, i.e. as soon as the next word confirms
+  it. It has to be ready while the deliberately short first chunk plays (~1.5 s); waiting for
+  another ``hard_min_s`` of text cost 1–1.4 s of silence on three of the four recorded LLM streams
+  (models stream only ~2× faster than speech). The price: a text that ends less than
+  ``hard_min_s`` after the second chunk's sentence end gets a short last chunk instead of a merge.
 
 Streaming: each decision depends only on a bounded window of text (about ``hard_max_s`` plus
 ``hard_min_s`` of lookahead, a word, and 60 characters inside an open quote). :meth:`feed` emits a
@@ -55,10 +66,10 @@ import unicodedata
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any
 from itertools import accumulate
+from typing import Any
 
-from actors.textprep import TextPreparer, prepare_text
+from actors.textprep import TextPreparer
 
 __all__ = ["ChunkPlan", "ChunkerConfig", "SemanticChunker", "SpeakingRate", "plan_chunks"]
 
@@ -92,9 +103,7 @@ class ChunkerConfig:
         ]
         for lo, hi in order:
             if getattr(self, lo) > getattr(self, hi):
-                raise ValueError(
-                    f"ChunkerConfig.{hi} ({getattr(self, hi)}) must be >= {lo} ({getattr(self, lo)})"
-                )
+                raise ValueError(f"ChunkerConfig.{hi} ({getattr(self, hi)}) must be >= {lo} ({getattr(self, lo)})")
 
 
 # ------------------------------------------------------------------------------------------------
@@ -248,6 +257,8 @@ class SpeakingRate:
 
     def estimate(self, text: str) -> float:
         """Seconds of speech for ``text`` synthesized as one utterance (0.0 when nothing to say)."""
+        if not text or text.isspace():
+            return 0.0
         units, ms = self.measure(text)
         if units == 0 and ms == 0:
             return 0.0
@@ -311,13 +322,20 @@ class ChunkPlan:
 
 
 CONJUNCTIONS = frozenset(
-    "and but or as while when because until although where which though then".split()
+    {"and", "but", "or", "as", "while", "when", "because", "until", "although", "where", "which", "though", "then"}
 )
 # Abbreviations after which a period never ends a sentence and no cut is made ("Dr. | O'Neil").
 NO_BREAK_ABBREVIATIONS = frozenset(
-    "mr mrs ms mx dr st prof sr jr rev hon capt cpt gen lt col sgt maj cmdr mt ft vs cf "
-    "e.g i.e jan feb mar apr jun jul aug sep sept oct nov dec".split()
-)
+    {
+        # titles
+        "mr", "mrs", "ms", "mx", "dr", "st", "prof", "sr", "jr", "rev", "hon",
+        "capt", "cpt", "gen", "lt", "col", "sgt", "maj", "cmdr", "mt", "ft",
+        # Latin and friends
+        "vs", "cf", "e.g", "i.e",
+        # months
+        "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec",
+    }
+)  # fmt: skip
 SHORT_QUOTE_CHARS = 60
 
 _CUT_POINTS = re.compile(r"(?=\s)|(?<=[—–-])")  # where a cut can be: before a space, after a dash
@@ -402,6 +420,7 @@ class SemanticChunker:
         # Quotation spans: opening positions, and closing position / -1 open / -2 abandoned.
         self._qopen: list[int] = []
         self._qclose: list[int] = []
+        self._qkind: list[str] = []
         self._qscan = 0
         self._stale = 0  # characters since the last failed decision attempt
         self._new_cands = False
@@ -456,30 +475,40 @@ class SemanticChunker:
         self._pknown = stop
 
     def _advance_quotes(self, final: bool) -> None:
+        """Track quotation spans. Curly/guillemet quotes pair by type; a straight quote opens or
+        closes by context (a space before it and none after opens it). A straight quote inside a
+        curly quotation is nested and ignored."""
         buf = self._buf
         n = len(buf)
         pos = self._qscan
+        qopen, qclose, qkind = self._qopen, self._qclose, self._qkind
         for m in _QUOTE_CHARS.finditer(buf, pos):
             p = m.start()
             ch = buf[p]
+            is_open = bool(qclose) and qclose[-1] == -1
+            kind = qkind[-1] if is_open else ""
             if ch == '"':
                 if p + 1 >= n and not final:
-                    pos = p
+                    pos = p  # context not known yet
                     break
                 prev = buf[p - 1] if p > 0 else " "
                 nxt = buf[p + 1] if p + 1 < n else " "
                 opening = (prev.isspace() or prev in _OPENERS or prev in _DASHES) and not nxt.isspace()
                 closing = not opening and not prev.isspace()
+                if kind and kind != '"':
+                    opening = closing = False  # nested in a curly quotation
             else:
                 opening = ch in "“«„"
-                closing = not opening
+                closing = (ch == "”" and kind in "“„") or (ch == "»" and kind == "«")
+                closing = closing and is_open
             if opening:
-                if self._qclose and self._qclose[-1] == -1:
-                    self._qclose[-1] = -2  # an unclosed quote was not a quotation after all
-                self._qopen.append(p)
-                self._qclose.append(-1)
-            elif closing and self._qclose and self._qclose[-1] == -1:
-                self._qclose[-1] = p
+                if is_open:
+                    qclose[-1] = -2  # an unclosed quote was not a quotation after all
+                qopen.append(p)
+                qclose.append(-1)
+                qkind.append(ch)
+            elif closing and is_open:
+                qclose[-1] = p
             pos = p + 1
         else:
             pos = n
@@ -498,6 +527,9 @@ class SemanticChunker:
             if cut == 0:
                 c = 1
                 continue
+            if cut > self._pknown:
+                c = cut  # estimates at this cut need pauses that are not settled yet
+                break
             res = self._classify(cut, final)
             if res is None:
                 c = cut  # needs look-ahead that has not arrived yet
@@ -519,7 +551,10 @@ class SemanticChunker:
             return (-1, False)
         nxt = buf[c]
         if not nxt.isspace():
-            # Only an unspaced dash is a cut not at a space: "1204—or", "word--word".
+            # Only an unspaced dash is a cut not at a space: "1204—or", "word--word" (not "—)":
+            # the closer stays with the dash, the cut comes after it).
+            if nxt in _CLOSERS:
+                return (-1, False)
             if prev == "—" or (prev == "–" and not (buf[c - 2 : c - 1].isdigit() and nxt.isdigit())):
                 return (CLAUSE, False) if nxt not in "—–-" else (-1, False)
             if prev == "-" and c >= 2 and buf[c - 2] == "-" and nxt != "-":
@@ -548,9 +583,7 @@ class SemanticChunker:
                 strength = WORD if first.islower() else SENTENCE
             else:
                 strength = CLAUSE if first.islower() else SENTENCE
-        elif last and last in ",;:":
-            strength = CLAUSE
-        elif (last and last in _DASHES) or core == "-" or core.endswith("--"):
+        elif (last and last in ",;:") or (last and last in _DASHES) or core == "-" or core.endswith("--"):
             strength = CLAUSE
         if strength < CONJ:
             j = c
@@ -658,12 +691,13 @@ class SemanticChunker:
         self._cstr = self._cstr[h:]
         self._cabbr = self._cabbr[h:]
         self._chead = max(0, self._chead - h)
+        # Spans closed before the trim point (or abandoned) protect nothing any more: for a later cut
+        # "no span" and "a span that ended before it" mean the same.
         keep = 0
-        while keep < len(self._qopen) - 1 and 0 <= self._qclose[keep] < cut:
-            keep += 1
-        while keep < len(self._qopen) - 1 and self._qclose[keep] == -2 and self._qopen[keep + 1] < cut:
+        while keep < len(self._qopen) and (0 <= self._qclose[keep] < cut or self._qclose[keep] == -2):
             keep += 1
         self._qopen = [o - cut for o in self._qopen[keep:]]
+        self._qkind = self._qkind[keep:]
         self._qclose = [e - cut if e >= 0 else e for e in self._qclose[keep:]]
 
     def _decide(self, final: bool) -> tuple[int, int] | None:
@@ -680,22 +714,22 @@ class SemanticChunker:
                 return (n, -1)
             if not final and seen_lb < cfg.hard_min_s:
                 return None  # the whole text may still turn out shorter than hard_min: one chunk
-            return self._select(
-                self._key_first, cfg.first_chunk_max_s, final, _phantom_first(cfg, self), (2,)
-            )
+            return self._select(self._key_first, cfg.first_chunk_max_s, final, _phantom_first(cfg, self), (9,))
 
         # Quick exit (saves work when streaming): while case A is possible, only a sentence end in the
-        # band followed by >= hard_min of text can be certain; the two estimates overlap by at most
-        # one utterance overhead and one pause.
-        slack = self._rate.utterance_s + max(self._rate.pause_ms.values(), default=0) / 1000.0
-        if not final and seen_lb < min(cfg.target_max_s, cfg.target_min_s + cfg.hard_min_s - slack):
+        # band followed by >= hard_min of text can be certain (the two estimates overlap by at most
+        # one utterance overhead and one pause); for the second chunk, only a sentence end in the band.
+        if self._index == 1:
+            need = cfg.target_min_s
+        else:
+            slack = self._rate.utterance_s + max(self._rate.pause_ms.values(), default=0) / 1000.0
+            need = min(cfg.target_max_s, cfg.target_min_s + cfg.hard_min_s - slack)
+        if not final and seen_lb < need:
             return None
-        if not final and self._lower(s, min(self._scan, n)) <= cfg.target_max_s:
-            # Unclassified text may still hold an in-band sentence end (the phantom's key starts
-            # with 0), so only a certain in-band sentence end can win: skip the full ranking if
-            # there is none.
-            if not self._band_sentence(s):
-                return None
+        # Unclassified text may still hold an in-band sentence end (the phantom's key starts with 0),
+        # so only a certain in-band sentence end can win: skip the full ranking if there is none.
+        if not final and self._lower(s, min(self._scan, n)) <= cfg.target_max_s and not self._band_sentence(s):
+            return None
         cases: list[str]
         if final:
             cases = ["A" if total <= cfg.target_max_s else "B" if total <= cfg.hard_max_s else "C"]
@@ -741,13 +775,20 @@ class SemanticChunker:
         cfg = self._cfg
         if length > cfg.first_chunk_max_s:
             return None
-        if length >= cfg.first_chunk_s:
-            return (0, prot, st == WORD, c)
-        return (1, -length, c)
+        inwin = length >= cfg.first_chunk_s
+        # In the window: the first pause point, else the first word boundary. Before it (no
+        # boundary in the window): the latest one. Inside a short quotation / after a title only if
+        # nothing else is left before first_chunk_max_s.
+        if inwin:
+            return (2 if prot else 0, st == WORD, c)
+        return (3 if prot else 1, -length, c)
 
     def _s0(self, st: int, prot: bool, rs: bool, length: float) -> bool:
         cfg = self._cfg
-        return st == SENTENCE and not prot and not rs and cfg.target_min_s <= length <= cfg.target_max_s
+        # The chunk after the (deliberately short) first one has the least time to get ready: it takes
+        # its sentence end at once instead of waiting to see whether the text ends right after it.
+        rest_ok = not rs or self._index == 1
+        return st == SENTENCE and not prot and rest_ok and cfg.target_min_s <= length <= cfg.target_max_s
 
     def _key_a(self, st: int, prot: bool, rs: bool, length: float, c: float) -> _Key | None:
         return (0, length, c) if self._s0(st, prot, rs, length) else None
@@ -770,10 +811,7 @@ class SemanticChunker:
         if self._s0(st, prot, rs, length):
             return (0, length, c)
         inband = cfg.target_min_s <= length <= cfg.target_max_s
-        if st != WORD:
-            tier = (0 if inband else 1, 3 - st)
-        else:
-            tier = (2 if inband else 3, 0)
+        tier = (0 if inband else 1, 3 - st) if st != WORD else (2 if inband else 3, 0)
         if inband:
             dist = abs(length - (cfg.target_min_s + cfg.target_max_s) / 2)
         else:
@@ -869,7 +907,7 @@ class SemanticChunker:
 def _phantom_first(cfg: ChunkerConfig, ch: SemanticChunker) -> _Key | None:
     """Best key any not-yet-classified position could get for the first chunk."""
     lb = ch._lower(ch._start, min(ch._scan, len(ch._buf)))
-    return (0, False, False, _INF) if lb <= cfg.first_chunk_max_s else None
+    return (0, False, _INF) if lb <= cfg.first_chunk_max_s else None
 
 
 def _phantom(case: str, cfg: ChunkerConfig, ch: SemanticChunker) -> _Key | None:
@@ -898,7 +936,3 @@ def plan_chunks(text: str, rate: SpeakingRate, config: ChunkerConfig | None = No
     """Plan a whole text at once: ``feed(text) + finish()``."""
     chunker = SemanticChunker(rate, config)
     return chunker.feed(text) + chunker.finish()
-
-
-# Re-exported for convenience (tests and tools call prepare_text to see what the chunker reads).
-__all__ += ["prepare_text"]

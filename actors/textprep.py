@@ -314,11 +314,11 @@ class TextPreparer:
             self._space = True
         self._space = text[-1].isspace()
         self._line_content = True
-        sig = words[-1].rstrip(_CLOSERS)
-        if sig:
-            self._last_sig = sig[-1]
-        elif not self._last_sig:
-            self._last_sig = words[-1][-1]
+        for w in reversed(words):  # the line's last char that is not a closing quote/bracket
+            sig = w.rstrip(_CLOSERS)
+            if sig:
+                self._last_sig = sig[-1]
+                break
 
 
 def prepare_text(text: str) -> str:

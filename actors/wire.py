@@ -160,6 +160,7 @@ class RequestFinished(Message, kw_only=True):
     underruns: int = 0
     ttfa_ms: float = -1.0
     reason: str = ""
+    device_underflows: int = 0  # the device itself ran dry (callback late): a gap skald did not cause
 
 
 class Error(Message, kw_only=True):

@@ -80,6 +80,7 @@ class AudioSettings:
     device: str = ""
     hostapi: str = ""
     blocksize: int = 256
+    latency: str = "high"
     fade_ms: float = 8.0
     tail_pad_ms: float = 150.0
 
@@ -307,6 +308,13 @@ def _validated(settings: Settings, origins: Mapping[str, str]) -> Settings:
     sink = settings.audio.sink
     if sink not in ("device", "null") and not (sink.startswith("wav:") and len(sink) > 4):
         fail("audio.sink", "must be device, null or wav:PATH")
+    latency = settings.audio.latency
+    if latency not in ("low", "high"):
+        try:
+            if not 0.001 <= float(latency) <= 2.0:
+                raise ValueError
+        except ValueError:
+            fail("audio.latency", 'must be "low", "high" or seconds between 0.001 and 2')
     if settings.ring.max_fill_s > settings.ring.capacity_s:
         fail("ring.max_fill_s", f"must not exceed ring.capacity_s ({settings.ring.capacity_s:g})")
     c = settings.chunker

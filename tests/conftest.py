@@ -28,6 +28,10 @@ ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 SHARED_TEXTS = ROOT.parent / "shared" / "texts"
 SKALD = [sys.executable, "-m", "supervisor"]
+# Every process a test starts carries this in its environment (spawned actors inherit it), so
+# the leak check sees only this session's processes, not those of another suite running beside.
+SESSION_VAR = "SKALD_TESTRUN_ID"
+SESSION_ID = f"{os.getpid()}-{time.time_ns()}"
 
 
 def sample_text(name: str) -> str:
@@ -40,23 +44,40 @@ def sample_text(name: str) -> str:
 
 def _skald_processes() -> dict[int, str]:
     found: dict[int, str] = {}
-    for proc in psutil.process_iter(["pid", "cmdline"]):
+    for proc in psutil.process_iter(["pid", "cmdline", "status"]):
         try:
+            if proc.info["status"] == psutil.STATUS_ZOMBIE:
+                continue  # exited; only waiting for its (possibly re-parented) parent to reap it
             cmd = " ".join(proc.info["cmdline"] or [])
         except (psutil.NoSuchProcess, psutil.AccessDenied):
             continue
         if proc.info["pid"] == os.getpid():
             continue
         if cmd.startswith("skald::") or re.search(r"(-m supervisor|bin/skald)\b", cmd):
+            try:
+                if proc.environ().get(SESSION_VAR) != SESSION_ID:
+                    continue
+            except (psutil.NoSuchProcess, psutil.AccessDenied):
+                continue
             found[proc.info["pid"]] = cmd
     return found
 
 
 def _shm_entries() -> set[str]:
+    # Rings are named skald-<supervisor pid>-pcm: the check covers rings of this session's servers.
     try:
-        return {e for e in os.listdir("/dev/shm") if e.startswith("skald-")}
+        return {e for e in os.listdir("/dev/shm") if re.fullmatch(r"skald-\d+-pcm", e)}
     except FileNotFoundError:
         return set()
+
+
+def _foreign_and_alive(ring_name: str) -> bool:
+    pid = int(ring_name.split("-")[1])
+    try:
+        proc = psutil.Process(pid)
+        return proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(SESSION_VAR) != SESSION_ID
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return False
 
 
 @pytest.fixture(autouse=True)
@@ -67,7 +88,8 @@ def no_leaks() -> Iterator[None]:
     deadline = time.monotonic() + 5.0
     while True:
         leaked = {pid: cmd for pid, cmd in _skald_processes().items() if pid not in procs_before}
-        shm_left = _shm_entries() - shm_before
+        # A ring of a live supervisor that is not ours belongs to a suite running beside us.
+        shm_left = {e for e in _shm_entries() - shm_before if not _foreign_and_alive(e)}
         if (not leaked and not shm_left) or time.monotonic() > deadline:
             break
         time.sleep(0.05)
@@ -88,7 +110,7 @@ def run_dir() -> Iterator[Path]:
     parent = Path(tempfile.mkdtemp(prefix="skt", dir="/tmp"))
     path = parent / "run"
     yield path
-    left = list(parent.iterdir())
+    left = [p for p in parent.iterdir() if p.suffix != ".log"]
     shutil.rmtree(parent, ignore_errors=True)
     assert not left, f"run dir left behind: {[str(p) for p in left]}"
 
@@ -129,7 +151,8 @@ class Server:
             return {role: info["pid"] for role, info in c.status()["actors"].items()}
 
     def log(self) -> str:
-        self._log.flush()
+        if not self._log.closed:
+            self._log.flush()
         return self.log_path.read_text(errors="replace")
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
@@ -149,6 +172,7 @@ class Server:
 def server_env(**overrides: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
     env["PYTHONUNBUFFERED"] = "1"
+    env[SESSION_VAR] = SESSION_ID
     env.update(overrides)
     return env
 
