@@ -12,8 +12,10 @@ plug in here later behind the same ``TextBackend`` interface; the TTS worker onl
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
+import time
 from typing import Any
 
 from actors import wire
@@ -74,8 +76,22 @@ class TextSourceActor:
         self.pieces_sent += 1
         self._send(wire.TextPiece(request_id=request_id, source=self.role, text=text, final=final))
 
+    def metrics(self) -> dict[str, Any]:
+        try:
+            import psutil
+
+            rss_mb = psutil.Process(os.getpid()).memory_info().rss / 1e6
+        except Exception:
+            rss_mb = -1.0
+        return {"pieces_sent": self.pieces_sent, "open_streams": len(self._open), "rss_mb": round(rss_mb, 1)}
+
     def run(self, stop: threading.Event, inbox: queue.Queue[wire.Message]) -> None:
+        last_metrics = 0.0
         while not stop.is_set():
+            now = time.monotonic()
+            if now - last_metrics > 1.0:
+                last_metrics = now
+                self._send(wire.Metrics(role=self.role, values=self.metrics()))
             try:
                 msg = inbox.get(timeout=0.1)
             except queue.Empty:

@@ -27,6 +27,9 @@ Rules (each one is a deliberate choice, see the tests):
   brackets looked through). The exception is a soft-wrapped line: when the next line starts with a
   lowercase letter (and the line is not a heading and no blank line follows), the break is just a
   space. A heading always ends with a pause. At the very end of the text nothing is inserted.
+  (Blockquote ``>`` marks are looked through: ``"> a\\n> b"`` is one soft-wrapped quote.)
+* List items therefore end with a period unless they end in punctuation already; a lowercase
+  continuation line of an item joins it with a space.
 * Unicode letters, digits and combining marks are never touched (no normalisation).
 
 Only ``\\n`` counts as a line break (``\\r`` and other separators are plain whitespace).

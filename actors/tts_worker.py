@@ -55,6 +55,7 @@ class RequestState:
     chunker: SemanticChunker
     has_prelude: bool
     prelude_done: bool = False
+    narrative_started: bool = False
     narrative_done: bool = False
     held_narrative: list[wire.TextPiece] = field(default_factory=list)
     next_index: int = 0
@@ -169,7 +170,11 @@ class TtsWorker:
                 self._feed(req, early)
 
     def _feed(self, req: RequestState, piece: wire.TextPiece) -> None:
-        plans = req.chunker.feed(piece.text) if piece.text else []
+        text = piece.text
+        if piece.source == NARRATIVE and req.has_prelude and not req.narrative_started and text:
+            req.narrative_started = True
+            text = " " + text  # the prelude may end without a space: "done." + "The" must not merge
+        plans = req.chunker.feed(text) if text else []
         if piece.final:
             if piece.source == PRELUDE:
                 req.prelude_done = True

