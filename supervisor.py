@@ -58,6 +58,7 @@ import zmq
 from actors import wire
 from actors.runtime import ActorSpec, configure_logging
 from config.settings import ConfigError, Settings, load_settings
+from shm import pid_running
 
 log = logging.getLogger("skald.supervisor")
 shutdown_log = logging.getLogger("skald.shutdown")
@@ -100,20 +101,6 @@ def default_run_dir(settings: Settings, shared: bool) -> Path:
     return base / f"skald-{os.getuid()}.{os.getpid()}"
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as fh:
-            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (FileNotFoundError, IndexError, PermissionError):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-
-
 def sweep_stale(run_dir_base: Path) -> list[str]:
     """Remove rings and run dirs left by supervisors that are gone (SIGKILL, power loss)."""
     removed: list[str] = []
@@ -121,7 +108,7 @@ def sweep_stale(run_dir_base: Path) -> list[str]:
     if shm_dir.is_dir():
         for entry in shm_dir.iterdir():
             match = _SHM_NAME.match(entry.name)
-            if match and not _pid_alive(int(match.group(1))):
+            if match and not pid_running(int(match.group(1))):
                 with contextlib.suppress(OSError):
                     entry.unlink()
                     removed.append(str(entry))
@@ -132,7 +119,7 @@ def sweep_stale(run_dir_base: Path) -> list[str]:
                 pid = int(pidfile.read_text().strip())
             except (OSError, ValueError):
                 continue
-            if not _pid_alive(pid):
+            if not pid_running(pid):
                 shutil.rmtree(entry, ignore_errors=True)
                 removed.append(str(entry))
     return removed
@@ -266,7 +253,7 @@ class Supervisor:
         if pidfile.exists():
             with contextlib.suppress(OSError, ValueError):
                 other = int(pidfile.read_text().strip())
-                if other != os.getpid() and _pid_alive(other):
+                if other != os.getpid() and pid_running(other):
                     raise SupervisorError(
                         f"another skald supervisor (pid {other}) owns {self.run_dir}; stop it or set "
                         "supervisor.run_dir (SKALD_SUPERVISOR_RUN_DIR) to another directory"
@@ -355,7 +342,9 @@ class Supervisor:
                 return True
             if deadline is not None and time.monotonic() >= deadline:
                 return False
-            self._poll_once(20)
+            # Sockets and child sentinels wake the poll at once; the timeout only paces
+            # housekeeping (restart backoff, READY deadlines), which needs no finer grain.
+            self._poll_once(100)
         return until is not None and until()
 
     def _poll_once(self, timeout_ms: int) -> None:

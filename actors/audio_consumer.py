@@ -81,6 +81,13 @@ class PlaybackCore:
         expecting = bool(self.ctl[EXPECTING])
         table = int(self.ctl[WIN_TABLE])
         nwin = int(self.ctl[N_WIN_0 + table])
+        if limit <= r and not expecting and nwin == 0 and self.policy.state == PlaybackState.IDLE:
+            # Idle fast path: most callbacks between utterances. Less work here is less time
+            # stolen from the inference threads on a small machine.
+            out.fill(0)
+            self._audible = False
+            self._log_block(r, r, dac_time, PlaybackState.IDLE)
+            return 0
         wins = self.windows[table]
         buffered = max(0, limit - r)
         state = self.policy.step(buffered / self.sample_rate, not expecting, expecting or buffered > 0)
@@ -130,14 +137,17 @@ class PlaybackCore:
                 self.stats[UNDERRUNS] += 1
                 self.stats[UNDERRUN_FRAMES] += frames - pos
             self._audible = False
+        self._log_block(r_start, r, dac_time, state)
+        return pos
+
+    def _log_block(self, r_start: int, r_end: int, dac_time: float, state: int) -> None:
         i = int(self.stats[LOG_COUNT]) % LOG_N
         self.timelog[i, 0] = r_start
-        self.timelog[i, 1] = r
+        self.timelog[i, 1] = r_end
         self.timelog[i, 2] = dac_time
         self.stats[LOG_COUNT] += 1
         self.stats[BLOCKS] += 1
-        self.stats[STATE] = int(state)
-        return pos
+        self.stats[STATE] = state
 
     def dac_time_of(self, index: int) -> float | None:
         """When frame ``index`` reached (or reaches) the speaker, from the callback's timing log."""
@@ -512,8 +522,12 @@ class AudioConsumer:
         last_metrics = 0.0
         reported_error = False
         while not stop.is_set():
+            # Every wake-up here preempts the TTS worker's inference threads on a small machine,
+            # so poll only as often as events need: 10 ms while audio is queued or playing (event
+            # timing comes from the callback's timing log, not from this loop), else 50 ms. A
+            # Segment or Cancel wakes the loop at once either way.
             try:
-                msg = inbox.get(timeout=0.004)
+                msg = inbox.get(timeout=0.05 if self.control.idle else 0.01)
                 if isinstance(msg, wire.Shutdown):
                     break
                 self.control.handle(msg)

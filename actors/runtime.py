@@ -135,7 +135,8 @@ class ActorIO:
         poller.register(outbox, zmq.POLLIN)
         try:
             while not self._stop.is_set():
-                for sock, _ in poller.poll(50):
+                # Both sockets wake the poll at once; the timeout only bounds how long close() waits.
+                for sock, _ in poller.poll(200):
                     if sock is outbox:
                         dealer.send_multipart(outbox.recv_multipart())
                     else:

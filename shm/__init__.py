@@ -9,6 +9,7 @@ from shm.ring import (
     PeerDeadError,
     PeerState,
     Role,
+    pid_running,
 )
 
 __all__ = [
@@ -20,4 +21,5 @@ __all__ = [
     "PeerDeadError",
     "PeerState",
     "Role",
+    "pid_running",
 ]

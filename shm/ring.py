@@ -114,6 +114,7 @@ __all__ = [
     "PeerDeadError",
     "PeerState",
     "Role",
+    "pid_running",
 ]
 
 Role = Literal["producer", "consumer"]
@@ -172,7 +173,7 @@ class PeerDeadError(RuntimeError):
         self.pid: int = pid
 
 
-def _pid_running(pid: int) -> bool:
+def pid_running(pid: int) -> bool:
     """True if ``pid`` exists and is not a zombie (a SIGKILLed child stays a zombie until reaped)."""
     if _HAVE_PROC:
         try:
@@ -931,7 +932,7 @@ class PcmRing:
         if pid == 0:
             return "absent"
         hb = self._a_hb[side].load()
-        if hb == 0 or not _pid_running(pid):
+        if hb == 0 or not pid_running(pid):
             return "dead"
         return "alive" if time.monotonic_ns() - hb < timeout_s * 1e9 else "dead"
 

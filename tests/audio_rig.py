@@ -57,6 +57,8 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
+from shm import pid_running
+
 __all__ = [
     "DEFAULT_SILENCE_THRESHOLD",
     "TAIL_PAD_S",
@@ -96,26 +98,9 @@ _ENV_KEYS = ("XDG_RUNTIME_DIR", "PULSE_SERVER", "PULSE_COOKIE")
 
 
 def pid_alive(pid: int) -> bool:
-    """True while ``pid`` exists and is not a zombie (a zombie holds no resources, only its entry).
-
-    The daemon is re-parented to init when it daemonizes, so its exit leaves a
-    zombie until init reaps it; that counts as gone.
-    """
-    if not os.path.isdir("/proc"):
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            return False
-        except PermissionError:
-            return True
-        return True
-    try:
-        with open(f"/proc/{pid}/stat", encoding="ascii", errors="replace") as fh:
-            # Format: "pid (comm) S ..."; comm may contain spaces/parens, so split at the last ')'.
-            state = fh.read().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state not in ("Z", "X")
+    """True while ``pid`` exists and is not a zombie. The daemon is re-parented to init when it
+    daemonizes, so its exit leaves a zombie until init reaps it; that counts as gone."""
+    return pid_running(pid)
 
 
 def _is_pulseaudio(pid: int) -> bool:

@@ -14,15 +14,19 @@ from tests.conftest import ROOT, sample_text, server_env
 SKALD = [sys.executable, "-m", "supervisor"]
 
 
+def _skald(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SKALD, *args], input=stdin, capture_output=True, text=True, cwd=ROOT, env=server_env(**env), timeout=60
+    )
+
+
 def _letters(text: str) -> str:
     return "".join(ch for ch in text if ch.isalnum())
 
 
 def test_chunk_prints_the_plan_as_json_lines() -> None:
     text = sample_text("crypt.txt")
-    out = subprocess.run(
-        [*SKALD, "chunk"], input=text, capture_output=True, text=True, cwd=ROOT, env=server_env(), timeout=60
-    )
+    out = _skald("chunk", stdin=text)
     assert out.returncode == 0, out.stderr
     plans = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(plans) >= 3
@@ -80,52 +84,23 @@ def test_chunk_stream_emits_chunks_while_input_is_still_arriving() -> None:
 
 
 def test_bad_config_and_bad_arguments_fail_clearly(tmp_path: Path) -> None:
-    env = server_env(SKALD_AUDIO_BLOCKSIZE="9999")
-    out = subprocess.run([*SKALD, "speak", "Hi."], capture_output=True, text=True, cwd=ROOT, env=env, timeout=60)
+    out = _skald("speak", "Hi.", SKALD_AUDIO_BLOCKSIZE="9999")
     assert out.returncode != 0
     assert "audio.blocksize = 9999 (from SKALD_AUDIO_BLOCKSIZE): must be between 256 and 512" in out.stderr
-    out = subprocess.run(
-        [*SKALD, "speak", "--file", str(tmp_path / "missing.txt")],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=server_env(),
-        timeout=60,
-    )
+    out = _skald("speak", "--file", str(tmp_path / "missing.txt"))
     assert out.returncode != 0 and "cannot read --file" in out.stderr
-    out = subprocess.run(
-        [*SKALD, "speak", "--sink", "null", "   "],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=server_env(),
-        timeout=60,
-    )
+    out = _skald("speak", "--sink", "null", "   ")
     assert out.returncode == 2 and "[bad_request] text is empty" in out.stderr
 
 
 def test_status_without_a_server_says_so(tmp_path: Path) -> None:
-    out = subprocess.run(
-        [*SKALD, "status", "--run-dir", str(tmp_path / "none"), "--timeout", "0.5"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=server_env(),
-        timeout=60,
-    )
+    out = _skald("status", "--run-dir", str(tmp_path / "none"), "--timeout", "0.5")
     assert out.returncode == 1 and "no answer from" in out.stderr
 
 
 def test_status_and_the_protocol_doc_example_against_a_real_server(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     server = make_server()
-    out = subprocess.run(
-        [*SKALD, "status", "--run-dir", str(server.run_dir)],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-        env=server_env(),
-        timeout=60,
-    )
+    out = _skald("status", "--run-dir", str(server.run_dir))
     assert out.returncode == 0, out.stderr
     status = json.loads(out.stdout)
     assert set(status["actors"]) == {"prelude", "narrative", "tts_worker", "audio_consumer"}
