@@ -260,7 +260,9 @@ class SpeakingRate:
         if not text or text.isspace():
             return 0.0
         units, ms = self.measure(text)
-        if units == 0 and ms == 0:
+        if units == 0:
+            # Punctuation alone is nothing to say: a pause needs speech around it. (Counting a
+            # lone "." as 0.45 s but ".\x1b" as 0 made estimates jump when text was appended.)
             return 0.0
         return self.duration(units, ms)
 

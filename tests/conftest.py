@@ -20,9 +20,16 @@ from pathlib import Path
 
 import psutil
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 # The real audio device (PulseAudio null sink), one daemon for the whole session.
 from tests.audio_rig import pulse_sink  # noqa: F401
+
+# CI runs the same examples every time (a red CI names a real regression, reproducibly); local
+# runs keep exploring new ones, which is how the property tests find bugs.
+hypothesis_settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    hypothesis_settings.load_profile("ci")
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
@@ -80,10 +87,25 @@ def _foreign_and_alive(ring_name: str) -> bool:
         return False
 
 
+def _private_run_dirs() -> set[str]:
+    """``skald speak`` run dirs (skald-<uid>.<pid>) whose supervisor is gone: leaks if new."""
+    base = Path(os.environ.get("XDG_RUNTIME_DIR") or "/tmp")
+    found = set()
+    for entry in base.glob(f"skald-{os.getuid()}.*"):
+        try:
+            pid = int(entry.name.rsplit(".", 1)[1])
+        except ValueError:
+            continue
+        if not psutil.pid_exists(pid):
+            found.add(str(entry))
+    return found
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     procs_before = set(_skald_processes())
     shm_before = _shm_entries()
+    dirs_before = _private_run_dirs()
     yield
     deadline = time.monotonic() + 5.0
     while True:
@@ -100,6 +122,8 @@ def no_leaks() -> Iterator[None]:
             pass
     assert not leaked, f"processes left behind: {leaked}"
     assert not shm_left, f"/dev/shm segments left behind: {sorted(shm_left)}"
+    dirs_left = _private_run_dirs() - dirs_before
+    assert not dirs_left, f"run dirs (ipc sockets) left behind: {sorted(dirs_left)}"
 
 
 @pytest.fixture

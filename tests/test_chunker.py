@@ -147,7 +147,9 @@ def test_estimate_basics() -> None:
     r = rate()
     assert r.estimate("") == 0.0
     assert r.estimate("   ") == 0.0
-    assert r.estimate("...") > 0
+    # punctuation alone is nothing to say; after speech it is a pause
+    assert r.estimate("...") == 0.0 and r.estimate(".\x1b") == 0.0
+    assert r.estimate("Hmm...") > r.estimate("Hmm")
     assert r.estimate("a b c") < r.estimate("a b c d e f")
     # punctuation that pauses costs time; a number's decimal point does not
     assert r.estimate("one, two") > r.estimate("one two")
