@@ -101,6 +101,11 @@ def default_run_dir(settings: Settings, shared: bool) -> Path:
     return base / f"skald-{os.getuid()}.{os.getpid()}"
 
 
+def control_endpoint(settings: Settings, run_dir: Path) -> str:
+    """Where clients send requests: the configured endpoint, else the run dir's ipc socket."""
+    return settings.supervisor.control_endpoint or f"ipc://{run_dir}/control.sock"
+
+
 def sweep_stale(run_dir_base: Path) -> list[str]:
     """Remove rings and run dirs left by supervisors that are gone (SIGKILL, power loss)."""
     removed: list[str] = []
@@ -200,11 +205,14 @@ class Supervisor:
         self._started = time.monotonic()
         self._closed = False
         self._finalizer: weakref.finalize[Any, Any] | None = None
+        self._poller: zmq.Poller | None = None
+        self._sentinels: dict[int, Child] = {}
+        self._poll_key: tuple[int, ...] = ()
 
     # ------------------------------------------------------------------ endpoints
     @property
     def control_endpoint(self) -> str:
-        return self.settings.supervisor.control_endpoint or f"ipc://{self.run_dir}/control.sock"
+        return control_endpoint(self.settings, self.run_dir)
 
     @property
     def events_endpoint(self) -> str:
@@ -347,15 +355,26 @@ class Supervisor:
             self._poll_once(100)
         return until is not None and until()
 
+    def _watch_set(self) -> tuple[zmq.Poller, dict[int, Child]]:
+        """The poll set: both ROUTERs and the sentinel of every live child. Rebuilt only when a
+        child is spawned or dies, not on every loop turn."""
+        key = tuple(
+            c.proc.sentinel if c.proc is not None and c.restart_at is None else -1 for c in self.children.values()
+        )
+        if self._poll_key != key or self._poller is None:
+            poller = zmq.Poller()
+            poller.register(self._backend, zmq.POLLIN)
+            poller.register(self._frontend, zmq.POLLIN)
+            sentinels: dict[int, Child] = {}
+            for child in self.children.values():
+                if child.proc is not None and child.restart_at is None:
+                    sentinels[child.proc.sentinel] = child
+                    poller.register(child.proc.sentinel, zmq.POLLIN)
+            self._poller, self._sentinels, self._poll_key = poller, sentinels, key
+        return self._poller, self._sentinels
+
     def _poll_once(self, timeout_ms: int) -> None:
-        poller = zmq.Poller()
-        poller.register(self._backend, zmq.POLLIN)
-        poller.register(self._frontend, zmq.POLLIN)
-        sentinels: dict[int, Child] = {}
-        for child in self.children.values():
-            if child.proc is not None and child.restart_at is None:
-                sentinels[child.proc.sentinel] = child
-                poller.register(child.proc.sentinel, zmq.POLLIN)
+        poller, sentinels = self._watch_set()
         try:
             events = poller.poll(timeout_ms)
         except zmq.ZMQError as exc:
@@ -850,10 +869,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     overrides = {"supervisor.run_dir": args.run_dir} if args.run_dir else {}
     settings = _settings(args, overrides)
-    probe = Supervisor.__new__(Supervisor)
-    probe.settings = settings
-    probe.run_dir = default_run_dir(settings, shared=True)
-    endpoint = args.endpoint or probe.control_endpoint
+    endpoint = args.endpoint or control_endpoint(settings, default_run_dir(settings, shared=True))
     try:
         with SkaldClient(endpoint, events_endpoint=None, timeout_s=args.timeout) as client:
             status = client.status()
