@@ -30,7 +30,6 @@ zero, so the stop is a fade, not a click.
 from __future__ import annotations
 
 import logging
-import os
 import queue
 import threading
 import time
@@ -43,7 +42,7 @@ import numpy as np
 
 from actors import wire
 from actors.prebuffer import PlaybackState, PrebufferConfig, PrebufferPolicy
-from actors.runtime import ActorIO, ActorSpec, run_actor
+from actors.runtime import ActorIO, ActorSpec, process_rss_mb, run_actor
 from config.settings import Settings
 from shm import PcmRing
 
@@ -498,12 +497,6 @@ class AudioConsumer:
         return info
 
     def metrics(self) -> dict[str, Any]:
-        try:
-            import psutil
-
-            rss_mb = psutil.Process(os.getpid()).memory_info().rss / 1e6
-        except Exception:
-            rss_mb = -1.0
         stats = self.core.stats
         return {
             "state": PlaybackState(int(stats[STATE])).name.lower(),
@@ -515,7 +508,7 @@ class AudioConsumer:
             "device_underflows": int(stats[DEVICE_UNDERFLOWS]),
             "blocks": int(stats[BLOCKS]),
             "rebuffers": self.core.policy.rebuffer_count,
-            "rss_mb": round(rss_mb, 1),
+            "rss_mb": process_rss_mb(),
         }
 
     def run(self, stop: threading.Event, inbox: queue.Queue[wire.Message]) -> None:

@@ -172,6 +172,16 @@ class ActorIO:
             self._senders.clear()
 
 
+def process_rss_mb() -> float:
+    """This process's resident memory in MB for ``Metrics`` (-1.0 when it cannot be read)."""
+    try:
+        import psutil
+
+        return round(psutil.Process(os.getpid()).memory_info().rss / 1e6, 1)
+    except Exception:  # metrics must never take an actor down
+        return -1.0
+
+
 def configure_logging(level: int) -> None:
     logging.basicConfig(
         level=level,

@@ -12,14 +12,13 @@ plug in here later behind the same ``TextBackend`` interface; the TTS worker onl
 
 from __future__ import annotations
 
-import os
 import queue
 import threading
 import time
 from typing import Any
 
 from actors import wire
-from actors.runtime import ActorIO, ActorSpec, run_actor
+from actors.runtime import ActorIO, ActorSpec, process_rss_mb, run_actor
 
 PRELUDE = "prelude"
 NARRATIVE = "narrative"
@@ -77,13 +76,7 @@ class TextSourceActor:
         self._send(wire.TextPiece(request_id=request_id, source=self.role, text=text, final=final))
 
     def metrics(self) -> dict[str, Any]:
-        try:
-            import psutil
-
-            rss_mb = psutil.Process(os.getpid()).memory_info().rss / 1e6
-        except Exception:
-            rss_mb = -1.0
-        return {"pieces_sent": self.pieces_sent, "open_streams": len(self._open), "rss_mb": round(rss_mb, 1)}
+        return {"pieces_sent": self.pieces_sent, "open_streams": len(self._open), "rss_mb": process_rss_mb()}
 
     def run(self, stop: threading.Event, inbox: queue.Queue[wire.Message]) -> None:
         last_metrics = 0.0

@@ -22,7 +22,6 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
-import os
 import queue
 import threading
 import time
@@ -34,7 +33,7 @@ import numpy as np
 from actors import wire
 from actors.chunker import ChunkerConfig, ChunkPlan, SemanticChunker, SpeakingRate
 from actors.engines.base import CancelToken, EngineError, TtsEngine, VoiceInfo
-from actors.runtime import ActorIO, ActorSpec, run_actor
+from actors.runtime import ActorIO, ActorSpec, process_rss_mb, run_actor
 from config.settings import Settings
 from shm import PcmRing, PeerDeadError
 
@@ -298,17 +297,11 @@ class TtsWorker:
         return True
 
     def metrics(self) -> dict[str, Any]:
-        try:
-            import psutil
-
-            rss_mb = psutil.Process(os.getpid()).memory_info().rss / 1e6
-        except Exception:
-            rss_mb = -1.0
         return {
             "queued_chunks": len(self._queue),
             "open_requests": len(self.requests),
             "chunks_synthesized": self.chunks_synthesized,
-            "rss_mb": round(rss_mb, 1),
+            "rss_mb": process_rss_mb(),
             "chars_per_s": {v: round(r.chars_per_s, 2) for v, r in self.rates.items()},
         }
 
