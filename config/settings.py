@@ -54,6 +54,29 @@ class TtsSettings:
     voice: str = "en_US-joe-medium"
     noise_scale: float = -1.0
     noise_w_scale: float = -1.0
+    fallback_engine: str = "piper"
+    parallel_streams: int = -1
+
+
+@dataclass(frozen=True)
+class XttsSettings:
+    model_dir: str = ""
+    stream_chunk_tokens: int = 20
+
+
+@dataclass(frozen=True)
+class VoicesSettings:
+    dir: str = ""
+
+
+@dataclass(frozen=True)
+class GpuSettings:
+    profile: str = "auto"
+
+
+@dataclass(frozen=True)
+class DspSettings:
+    crossfade_ms: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -102,6 +125,10 @@ class Settings:
     protocol: ProtocolSettings = field(default_factory=ProtocolSettings)
     ring: RingSettings = field(default_factory=RingSettings)
     tts: TtsSettings = field(default_factory=TtsSettings)
+    xtts: XttsSettings = field(default_factory=XttsSettings)
+    voices: VoicesSettings = field(default_factory=VoicesSettings)
+    gpu: GpuSettings = field(default_factory=GpuSettings)
+    dsp: DspSettings = field(default_factory=DspSettings)
     chunker: ChunkerSettings = field(default_factory=ChunkerSettings)
     prebuffer: PrebufferSettings = field(default_factory=PrebufferSettings)
     audio: AudioSettings = field(default_factory=AudioSettings)
@@ -147,12 +174,17 @@ _RANGES: dict[str, tuple[float, float]] = {
     "prebuffer.low_water_s": (0.0, 30.0),
     "tts.noise_scale": (-1.0, 2.0),
     "tts.noise_w_scale": (-1.0, 2.0),
+    "tts.parallel_streams": (-1, 3),
+    "xtts.stream_chunk_tokens": (1, 400),
+    "dsp.crossfade_ms": (0.0, 50.0),
     "audio.blocksize": (256, 512),
     "audio.fade_ms": (0.0, 10.0),
     "audio.tail_pad_ms": (0.0, 5000.0),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "tts.engine": ("piper",),
+    "tts.fallback_engine": ("", "piper"),
+    "gpu.profile": ("auto", "high_performance", "balanced", "modest"),
     "actors.prelude.backend": ("text",),
     "actors.narrative.backend": ("text",),
 }

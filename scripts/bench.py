@@ -183,8 +183,18 @@ def bench_core(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+# Benchmarks that live in their own module scripts/bench_<name>.py, each with main(argv) -> int.
+MODULE_BENCHES = ("xtts", "gpu", "quality", "cancel", "turn")
+
+
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="scripts/bench")
+    if len(sys.argv) > 1 and sys.argv[1] in MODULE_BENCHES:
+        import importlib
+
+        sys.path.insert(0, str(ROOT / "scripts"))
+        module = importlib.import_module(f"bench_{sys.argv[1]}")
+        return int(module.main(sys.argv[2:]))
+    parser = argparse.ArgumentParser(prog="scripts/bench", epilog="also: " + ", ".join(MODULE_BENCHES))
     sub = parser.add_subparsers(dest="which", required=True)
     core = sub.add_parser("core", help="TTFA, RTF, underruns and memory of the core pipeline (Piper, CPU)")
     core.add_argument("--json", help="also write the figures to this file")
