@@ -497,6 +497,9 @@ class Supervisor:
                 self._to_actor(TTS_WORKER, msg)
         elif isinstance(msg, wire.Segment):
             self._to_actor(AUDIO_CONSUMER, msg)
+        elif isinstance(msg, wire.PreludeDone):
+            if self._active(msg.request_id):
+                self._to_actor(NARRATIVE, msg)
         elif isinstance(msg, wire.Metrics):
             if child is not None:
                 child.metrics = dict(msg.values)
@@ -594,6 +597,8 @@ class Supervisor:
         limit = self.settings.protocol.max_text_chars
         if isinstance(msg, wire.Speak):
             return [self._speak(msg, client)]
+        if isinstance(msg, wire.Turn):
+            return [self._turn(msg, client)]
         if isinstance(msg, wire.Append):
             rec = self._open_stream(msg.request_id)
             wire.validate_text(msg.text, limit, allow_empty=True, request_id=msg.request_id)
@@ -610,16 +615,66 @@ class Supervisor:
             return [self.status()]
         raise wire.WireError("unknown_kind", f"{msg.KIND.decode()} is not a client request")
 
-    def _speak(self, msg: wire.Speak, client: list[bytes] | None) -> wire.Message:
-        limit = self.settings.protocol.max_text_chars
-        request_id = msg.request_id or uuid.uuid4().hex[:12]
+    def _new_request_id(self, requested: str, barge_in: str) -> str:
+        request_id = requested or uuid.uuid4().hex[:12]
         if len(request_id) > 128:
             raise wire.WireError("bad_request", "request_id is longer than 128 characters")
         if request_id in self.requests and self.requests[request_id].status == "active":
             raise wire.WireError("bad_request", f"request {request_id!r} is already active", request_id)
+        if barge_in not in ("queue", "interrupt"):
+            raise wire.WireError(
+                "bad_request", f"barge_in must be 'queue' or 'interrupt', not {barge_in!r}", request_id
+            )
+        return request_id
+
+    def _barge_in(self, policy: str) -> None:
+        """``interrupt``: everything still playing or queued stops before the new request starts."""
+        if policy == "interrupt" and any(r.status == "active" for r in self.requests.values()):
+            self._cancel(wire.Cancel(all=True), reason="interrupted by a new request")
+
+    def _turn(self, msg: wire.Turn, client: list[bytes] | None) -> wire.Message:
+        limit = self.settings.protocol.max_text_chars
+        request_id = self._new_request_id(msg.request_id, msg.barge_in)
+        backends = {role: getattr(self.settings.actors, role).backend for role in (PRELUDE, NARRATIVE)}
+        if "text" in backends.values():
+            raise wire.WireError(
+                "bad_request",
+                "a turn needs language-model backends for both text actors; configured: "
+                + ", ".join(f"actors.{role}.backend = {b!r}" for role, b in backends.items()),
+                request_id,
+            )
+        wire.validate_text(msg.player_action, limit, request_id=request_id)
+        wire.validate_text(msg.context, limit, allow_empty=True, request_id=request_id)
+        self._barge_in(msg.barge_in)
+        now = time.monotonic()
+        self.requests[request_id] = RequestRecord(request_id, client, now, False, False)
+        self._to_actor(
+            TTS_WORKER,
+            wire.OpenRequest(
+                request_id=request_id, voice=msg.voice, priority=msg.priority, t_accepted=now, has_prelude=True
+            ),
+        )
+        forwarded = wire.Turn(
+            request_id=request_id,
+            context=msg.context,
+            player_action=msg.player_action,
+            voice=msg.voice,
+            priority=msg.priority,
+        )
+        # Both models start at the same moment; the narrative gets the prelude's text later
+        # (PreludeDone) and continues it.
+        self._to_actors(forwarded, (PRELUDE, NARRATIVE))
+        accepted = wire.Accepted(request_id=request_id, t_accepted=now)
+        self._publish(accepted)
+        return accepted
+
+    def _speak(self, msg: wire.Speak, client: list[bytes] | None) -> wire.Message:
+        limit = self.settings.protocol.max_text_chars
+        request_id = self._new_request_id(msg.request_id, msg.barge_in)
         wire.validate_text(msg.text, limit, allow_empty=msg.streaming or bool(msg.prelude), request_id=request_id)
         if msg.prelude:
             wire.validate_text(msg.prelude, limit, request_id=request_id)
+        self._barge_in(msg.barge_in)
         now = time.monotonic()
         self.requests[request_id] = RequestRecord(request_id, client, now, msg.streaming, msg.streaming)
         has_prelude = bool(msg.prelude)
@@ -654,7 +709,7 @@ class Supervisor:
             )
         return rec
 
-    def _cancel(self, msg: wire.Cancel) -> wire.Message:
+    def _cancel(self, msg: wire.Cancel, reason: str = "cancelled by client") -> wire.Message:
         if msg.all:
             targets = [r for r in self.requests.values() if r.status == "active"]
         else:
@@ -665,7 +720,7 @@ class Supervisor:
         # The consumer first: it is the one that makes the silence.
         self._to_actors(msg, (AUDIO_CONSUMER, TTS_WORKER, NARRATIVE, PRELUDE))
         for rec in targets:
-            self._finish(rec, "cancelled", "cancelled by client")
+            self._finish(rec, "cancelled", reason)
         return wire.Accepted(request_id="*" if msg.all else msg.request_id, t_accepted=time.monotonic())
 
     def status(self) -> wire.Status:

@@ -67,6 +67,24 @@ class Speak(Message, kw_only=True):
     priority: int = 0
     streaming: bool = False
     prelude: str = ""
+    barge_in: str = "queue"  # "queue": after what is playing; "interrupt": cancel everything first
+
+
+class Turn(Message, kw_only=True):
+    """A game turn: the prelude model speaks a short opener at once while the narrative model
+    writes the continuation; both are spoken as one request (prelude first, no gap).
+
+    ``context`` is the story so far (or a summary), ``player_action`` what the player just did.
+    Needs language-model backends on both text actors (``actors.prelude/narrative.backend``).
+    """
+
+    KIND: ClassVar[bytes] = b"turn"
+    request_id: str = ""
+    context: str = ""
+    player_action: str
+    voice: str = ""
+    priority: int = 0
+    barge_in: str = "queue"
 
 
 class Append(Message, kw_only=True):
@@ -250,6 +268,15 @@ class Segment(Message, kw_only=True):
     t_accepted: float = 0.0
 
 
+class PreludeDone(Message, kw_only=True):
+    """Prelude actor -> narrative actor (relayed by the supervisor): the full opener that was
+    spoken, so the narrative continues it instead of repeating it."""
+
+    KIND: ClassVar[bytes] = b"prelude_done"
+    request_id: str
+    text: str
+
+
 class Shutdown(Message, kw_only=True):
     """Supervisor -> actor: finish the current block and exit cleanly."""
 
@@ -267,6 +294,7 @@ class Metrics(Message, kw_only=True):
 
 _ALL: tuple[type[Message], ...] = (
     Speak,
+    Turn,
     Append,
     End,
     Cancel,
@@ -283,6 +311,7 @@ _ALL: tuple[type[Message], ...] = (
     OpenRequest,
     TextPiece,
     Segment,
+    PreludeDone,
     Shutdown,
     Metrics,
 )
@@ -294,7 +323,9 @@ _DECODERS: dict[bytes, msgspec.msgpack.Decoder[Any]] = {
 _ENCODER = msgspec.msgpack.Encoder()
 
 #: Requests a client may send to the supervisor's control socket.
-CLIENT_REQUESTS: frozenset[bytes] = frozenset({Speak.KIND, Append.KIND, End.KIND, Cancel.KIND, StatusQuery.KIND})
+CLIENT_REQUESTS: frozenset[bytes] = frozenset(
+    {Speak.KIND, Turn.KIND, Append.KIND, End.KIND, Cancel.KIND, StatusQuery.KIND}
+)
 
 
 def encode(msg: Message) -> list[bytes]:

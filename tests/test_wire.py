@@ -13,6 +13,7 @@ from actors import wire
 def test_every_message_round_trips() -> None:
     samples = [
         wire.Speak(request_id="r1", text="Hello.", voice="v", priority=2, streaming=True, prelude="Hm."),
+        wire.Turn(request_id="t1", context="A crypt.", player_action="I open the door.", barge_in="interrupt"),
         wire.Append(request_id="r1", text=" more"),
         wire.End(request_id="r1"),
         wire.Cancel(all=True),
@@ -29,6 +30,7 @@ def test_every_message_round_trips() -> None:
         wire.OpenRequest(request_id="r1"),
         wire.TextPiece(request_id="r1", source="narrative", text="a", final=True),
         wire.Segment(request_id="r1", index=0, start=0, end=10, last=False),
+        wire.PreludeDone(request_id="t1", text="The door creaks."),
         wire.Shutdown(reason="x"),
         wire.Metrics(role="tts_worker", values={"q": 1}),
     ]
