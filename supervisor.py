@@ -53,6 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import zmq
 
 from actors import wire
@@ -935,6 +936,108 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+def _client(args: argparse.Namespace, events: bool = False) -> Any:
+    from actors.client import SkaldClient
+
+    overrides = {"supervisor.run_dir": args.run_dir} if args.run_dir else {}
+    settings = _settings(args, overrides)
+    run_dir = default_run_dir(settings, shared=True)
+    endpoint = args.endpoint or control_endpoint(settings, run_dir)
+    events_ep = settings.supervisor.events_endpoint or f"ipc://{run_dir}/events.sock"
+    client = SkaldClient(endpoint, events_endpoint=events_ep if events else None, timeout_s=args.timeout)
+    if events:
+        time.sleep(0.2)  # ZeroMQ "slow joiner": let the subscription reach the publisher before we ask
+    return client
+
+
+def _event_line(msg: wire.Message) -> str:
+    return json.dumps({"event": msg.KIND.decode(), **msgspec.structs.asdict(msg)}, ensure_ascii=False)
+
+
+def _follow(client: Any, request_id: str, as_json: bool) -> int:
+    """Print a request's events until it finishes; exit status 0 only if it ended ``done``."""
+    for event in client.events():
+        if getattr(event, "request_id", None) not in (request_id, "", None) and not isinstance(event, wire.Error):
+            continue
+        if as_json:
+            print(_event_line(event), flush=True)
+        elif isinstance(event, wire.ChunkPlanned):
+            print(f"  chunk {event.index}: {event.text}", flush=True)
+        elif isinstance(event, wire.PlaybackStarted):
+            print(f"  playback started, TTFA {event.ttfa_ms:.0f} ms", flush=True)
+        elif isinstance(event, wire.Error):
+            print(f"  error [{event.kind}] {event.actor}: {event.message}", flush=True)
+        if isinstance(event, wire.RequestFinished) and event.request_id == request_id:
+            if not as_json:
+                print(f"{request_id}: {event.status} ({event.audio_s:.2f} s of audio, {event.underruns} underruns)")
+            return 0 if event.status == "done" else 1
+    return 1
+
+
+def cmd_say(args: argparse.Namespace) -> int:
+    """Send text (or a turn) to a running server; with --wait, follow it to the end."""
+    from actors.client import SkaldClientError
+
+    try:
+        with _client(args, events=args.wait) as client:
+            if args.command == "turn":
+                rid = client.turn(
+                    " ".join(args.action),
+                    args.context or "",
+                    voice=args.voice or "",
+                    priority=args.priority,
+                    barge_in="queue" if args.queue else "interrupt",
+                )
+            else:
+                rid = client.speak(
+                    _read_text(args),
+                    voice=args.voice or "",
+                    priority=args.priority,
+                    barge_in="interrupt" if args.interrupt else "queue",
+                )
+            print(rid, flush=True)
+            return _follow(client, rid, args.json) if args.wait else 0
+    except SkaldClientError as exc:
+        print(f"skald {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_cancel(args: argparse.Namespace) -> int:
+    from actors.client import SkaldClientError
+
+    if bool(args.request_id) == bool(args.all):
+        raise SystemExit("skald cancel: give a REQUEST_ID or --all")
+    try:
+        with _client(args) as client:
+            client.cancel(args.request_id or "", all=args.all)
+    except SkaldClientError as exc:
+        print(f"skald cancel: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def cmd_events(args: argparse.Namespace) -> int:
+    """Print every published event as one JSON line (until interrupted or --count reached)."""
+    from actors.client import SkaldClientError
+
+    seen = 0
+    try:
+        with _client(args, events=True) as client:
+            for event in client.events(timeout_s=args.idle_timeout):
+                if args.request and getattr(event, "request_id", None) != args.request:
+                    continue
+                print(_event_line(event), flush=True)
+                seen += 1
+                if args.count and seen >= args.count:
+                    break
+    except SkaldClientError as exc:
+        print(f"skald events: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
+
+
 def cmd_chunk(args: argparse.Namespace) -> int:
     from actors.chunker import ChunkerConfig, SemanticChunker, SpeakingRate
     from actors.engines import EngineError, create_engine
@@ -1002,6 +1105,46 @@ def build_parser() -> argparse.ArgumentParser:
     status.add_argument("--run-dir", help="the server's run dir")
     status.add_argument("--timeout", type=float, default=2.0)
     status.set_defaults(func=cmd_status)
+
+    def client_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--endpoint", help="control endpoint (default: the serve run dir's control.sock)")
+        p.add_argument("--run-dir", help="the server's run dir")
+        p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server's reply")
+
+    say = sub.add_parser("say", help="send text to a running `skald serve`; prints the request id at once")
+    say.add_argument("text", nargs="*", help="text to speak")
+    say.add_argument("--file", "-f", help="read the text from a file")
+    say.add_argument("--voice", help="voice name")
+    say.add_argument("--priority", type=int, default=0, help="higher is synthesized before queued work")
+    say.add_argument("--interrupt", action="store_true", help="barge in: cancel what is playing first")
+    say.add_argument("--wait", action="store_true", help="follow the request's events until it finishes")
+    say.add_argument("--json", action="store_true", help="with --wait: events as JSON lines")
+    client_options(say)
+    say.set_defaults(func=cmd_say)
+
+    turn = sub.add_parser("turn", help="a game turn: prelude model speaks at once, narrative model continues")
+    turn.add_argument("action", nargs="+", help="what the player just did")
+    turn.add_argument("--context", help="the story so far")
+    turn.add_argument("--voice", help="voice name")
+    turn.add_argument("--priority", type=int, default=0)
+    turn.add_argument("--queue", action="store_true", help="play after what is playing (default: interrupt it)")
+    turn.add_argument("--wait", action="store_true", help="follow the turn's events until it finishes")
+    turn.add_argument("--json", action="store_true", help="with --wait: events as JSON lines")
+    client_options(turn)
+    turn.set_defaults(func=cmd_say)
+
+    cancel = sub.add_parser("cancel", help="stop a request (or --all) on a running server, with a fade")
+    cancel.add_argument("request_id", nargs="?", help="the id `skald say` printed")
+    cancel.add_argument("--all", action="store_true", help="stop everything playing or queued")
+    client_options(cancel)
+    cancel.set_defaults(func=cmd_cancel)
+
+    events = sub.add_parser("events", help="print a running server's events as JSON lines")
+    events.add_argument("--request", help="only this request's events")
+    events.add_argument("--count", type=int, default=0, help="exit after this many events")
+    events.add_argument("--idle-timeout", type=float, default=None, help="exit after this many seconds with none")
+    client_options(events)
+    events.set_defaults(func=cmd_events)
 
     chunk = sub.add_parser("chunk", help="print the chunk plan of standard input as JSON lines")
     chunk.add_argument("--voice", help="voice whose speaking rate sizes the chunks")

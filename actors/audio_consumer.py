@@ -50,7 +50,7 @@ log = logging.getLogger("skald.audio_consumer")
 
 PLAY_LIMIT, EXPECTING, WIN_TABLE, N_WIN_0, N_WIN_1 = range(5)
 MAX_WINDOWS = 16
-UNDERRUNS, UNDERRUN_FRAMES, BLOCKS, STATE, LOG_COUNT, DEVICE_UNDERFLOWS = range(6)
+UNDERRUNS, UNDERRUN_FRAMES, BLOCKS, STATE, LOG_COUNT, DEVICE_UNDERFLOWS, CUTS = range(7)
 LOG_N = 512  # timing-log entries (about 6 s of 256-frame blocks at 22.05 kHz)
 
 
@@ -64,7 +64,11 @@ class PlaybackCore:
         self.policy = prebuffer
         self.ctl = np.zeros(5, dtype=np.int64)
         self.windows = np.zeros((2, MAX_WINDOWS, 2), dtype=np.int64)
-        self.stats = np.zeros(6, dtype=np.int64)
+        self.stats = np.zeros(7, dtype=np.int64)
+        # DAC time at which the output went silent (or moved on) after the last skip-window
+        # jump, and the ring index the jump started from; stats[CUTS] counts jumps. Written by
+        # the callback before it bumps the count, read by control after it sees the count move.
+        self.cutlog = np.zeros(2, dtype=np.float64)
         self.timelog = np.zeros((LOG_N, 3), dtype=np.float64)  # r_start, r_end, dac_monotonic
         self.fade_frames = max(0, int(self.sample_rate * fade_ms / 1000.0))
         self._ramp = np.linspace(1.0, 0.0, max(self.fade_frames, 1), dtype=np.float32)
@@ -99,13 +103,16 @@ class PlaybackCore:
             for w in range(nwin):
                 lo, hi = int(wins[w, 0]), int(wins[w, 1])
                 if lo <= r < hi:
-                    if state == PlaybackState.PLAYING and self._audible and r > lo and self.fade_frames:
+                    if state == PlaybackState.PLAYING and self._audible and self.fade_frames:
                         k = min(self.fade_frames, hi - r, frames - pos)
                         got = self.ring.read_into(self._fade_buf, k, start_index=r)
                         np.multiply(self._fade_buf[:got], self._ramp[:got], out=self._fade_buf[:got])
                         np.multiply(self._fade_buf[:got], 32767.0, out=self._fade_buf[:got])
                         out[pos : pos + got] = self._fade_buf[:got]
                         pos += got
+                    self.cutlog[0] = dac_time + pos / self.sample_rate
+                    self.cutlog[1] = r
+                    self.stats[CUTS] += 1
                     r = hi
                     self._audible = False
                     jumped = True
@@ -194,6 +201,9 @@ class ConsumerControl:
         self.announced = self.ring.read_index  # end of the highest announced frame
         self._last_underruns = 0
         self.finished: list[str] = []
+        # Cancels whose silence is not yet measured: request_id -> (cuts seen at cancel, lo, hi)
+        # where [lo, hi) is the cancelled audio still ahead of the read index at that moment.
+        self._silencing: dict[str, tuple[int, int, int, bool, float]] = {}
 
     # ---------------------------------------------------------------- messages
     def handle(self, msg: wire.Message) -> None:
@@ -225,14 +235,19 @@ class ConsumerControl:
     def _cancel(self, msg: wire.Cancel) -> None:
         r = self.ring.read_index
         targets = list(self.requests.values()) if msg.all else [self.requests.get(msg.request_id)]
+        cuts = int(self.core.stats[CUTS])
         for req in targets:
             if req is None or req.cancelled:
                 continue
             req.cancelled = True
             req.last_seen = True
-            for lo, hi in req.ranges:
-                if hi > r:
-                    self._add_window(max(lo, r), hi)
+            ahead = [(max(lo, r), hi) for lo, hi in req.ranges if hi > r]
+            for lo, hi in ahead:
+                self._add_window(lo, hi)
+            if req.ranges:
+                lo = ahead[0][0] if ahead else req.end
+                hi = ahead[-1][1] if ahead else req.end
+                self._silencing[req.request_id] = (cuts, lo, hi, req.started, time.monotonic())
         if msg.all and self.announced > r:
             # Whatever is announced but unplayed goes, whoever it belonged to.
             self._add_window(r, self.announced)
@@ -272,11 +287,32 @@ class ConsumerControl:
         core.ctl[PLAY_LIMIT] = limit
         core.ctl[EXPECTING] = int(any(not q.last_seen for q in self.requests.values()))
 
+    def _measure_silence(self, r: int, now: float) -> None:
+        """Report when each cancelled request's audio stopped reaching the speaker."""
+        cuts = int(self.core.stats[CUTS])
+        for request_id, (cuts_at_cancel, lo, hi, audible, seen) in list(self._silencing.items()):
+            t_silent: float | None = None
+            if lo >= hi:
+                # Everything had already been rendered: silence comes when its end leaves the device.
+                end_dac = self.core.dac_time_of(lo - 1)
+                t_silent = max(now, end_dac) if end_dac is not None else now
+            elif cuts > cuts_at_cancel and lo <= self.core.cutlog[1] < hi:
+                t_silent = float(self.core.cutlog[0])
+            elif r >= hi:
+                t_silent = now  # jumped over by a later cut: it was silenced no later than now
+            if t_silent is not None:
+                del self._silencing[request_id]
+                self.send(
+                    wire.Silenced(request_id=request_id, t_silent=t_silent, was_audible=audible, t_cancel_seen=seen)
+                )
+
     # ---------------------------------------------------------------- polling
     def poll(self) -> None:
         """Turn the callback's progress into events; called every few milliseconds."""
         r = self.ring.read_index
         now = time.monotonic()
+        if self._silencing:
+            self._measure_silence(r, now)
         underruns = int(self.core.stats[UNDERRUNS])
         playing: TrackedRequest | None = None
         for req in list(self.requests.values()):
@@ -330,7 +366,7 @@ class ConsumerControl:
 
     @property
     def idle(self) -> bool:
-        return not self.requests and self.ring.read_index >= self.announced
+        return not self.requests and not self._silencing and self.ring.read_index >= self.announced
 
 
 # -------------------------------------------------------------------- sinks

@@ -82,11 +82,47 @@ class SkaldClient:
         request_id: str = "",
         streaming: bool = False,
         prelude: str = "",
+        barge_in: str = "queue",
     ) -> str:
-        """Queue text to be spoken; returns the request id at once (does not wait for audio)."""
+        """Queue text to be spoken; returns the request id at once (does not wait for audio).
+
+        ``barge_in="interrupt"`` cancels everything playing or queued first (with a fade);
+        ``"queue"`` plays after it. A higher ``priority`` is synthesized before queued work.
+        """
         reply = self.request(
             wire.Speak(
-                request_id=request_id, text=text, voice=voice, priority=priority, streaming=streaming, prelude=prelude
+                request_id=request_id,
+                text=text,
+                voice=voice,
+                priority=priority,
+                streaming=streaming,
+                prelude=prelude,
+                barge_in=barge_in,
+            )
+        )
+        assert isinstance(reply, wire.Accepted)
+        return reply.request_id
+
+    def turn(
+        self,
+        player_action: str,
+        context: str = "",
+        *,
+        voice: str = "",
+        priority: int = 0,
+        request_id: str = "",
+        barge_in: str = "interrupt",
+    ) -> str:
+        """Start a game turn (prelude model speaks at once, narrative model continues it);
+        returns the request id at once. A turn interrupts by default: the player acted."""
+        reply = self.request(
+            wire.Turn(
+                request_id=request_id,
+                context=context,
+                player_action=player_action,
+                voice=voice,
+                priority=priority,
+                barge_in=barge_in,
             )
         )
         assert isinstance(reply, wire.Accepted)

@@ -181,6 +181,19 @@ class RequestFinished(Message, kw_only=True):
     device_underflows: int = 0  # the device itself ran dry (callback late): a gap skald did not cause
 
 
+class Silenced(Message, kw_only=True):
+    """A cancelled request's audio has stopped: ``t_silent`` (server CLOCK_MONOTONIC seconds) is
+    when the end of its fade-out reaches the speaker, by the device's DAC clock. A client that
+    noted ``time.monotonic()`` when it sent the cancel gets cancel-to-silence as the difference.
+    ``was_audible`` is false when nothing of the request had been heard yet."""
+
+    KIND: ClassVar[bytes] = b"silenced"
+    request_id: str
+    t_silent: float
+    was_audible: bool = True
+    t_cancel_seen: float = 0.0  # when the audio consumer applied the cancel (same clock)
+
+
 class Error(Message, kw_only=True):
     """An error, as data. ``kind`` is machine-readable (see ``ERROR_KINDS``)."""
 
@@ -305,6 +318,7 @@ _ALL: tuple[type[Message], ...] = (
     PlaybackStarted,
     Underrun,
     RequestFinished,
+    Silenced,
     Error,
     Status,
     Ready,

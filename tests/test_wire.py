@@ -24,6 +24,7 @@ def test_every_message_round_trips() -> None:
         wire.PlaybackStarted(request_id="r1", ttfa_ms=90.0),
         wire.Underrun(request_id="r1", frames=256, count=1),
         wire.RequestFinished(request_id="r1", status="done", audio_s=1.0),
+        wire.Silenced(request_id="r1", t_silent=2.5),
         wire.Error(kind="bad_request", message="no", actor="supervisor", request_id="r1"),
         wire.Status(actors={"a": {"pid": 1}}, requests=[], ring={}, uptime_s=1.0),
         wire.Ready(role="tts_worker", pid=1, info={"x": 1}),
