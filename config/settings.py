@@ -3,7 +3,7 @@
 Settings are frozen dataclasses, one per TOML section. Loading validates every key; an error
 names the key, the value and what is allowed, e.g.::
 
-    config error: audio.blocksize = 1000 (from SKALD_AUDIO_BLOCKSIZE): must be between 256 and 512
+    config error: audio.blocksize = 5000 (from SKALD_AUDIO_BLOCKSIZE): must be between 64 and 1024
 """
 
 from __future__ import annotations
@@ -62,6 +62,8 @@ class TtsSettings:
 class XttsSettings:
     model_dir: str = ""
     stream_chunk_tokens: int = 20
+    device: str = "cuda"
+    language: str = "en"
 
 
 @dataclass(frozen=True)
@@ -71,7 +73,12 @@ class VoicesSettings:
 
 @dataclass(frozen=True)
 class GpuSettings:
+    # -1 = take the value from the detected (or profile-forced) tier; see actors/gpu.py, docs/gpu.md.
     profile: str = "auto"
+    vram_limit_gb: float = -1.0
+    prebuffer_s: float = -1.0
+    util_target_low: float = -1.0
+    util_target_high: float = -1.0
 
 
 @dataclass(frozen=True)
@@ -102,8 +109,8 @@ class AudioSettings:
     wav_paced: bool = True
     device: str = ""
     hostapi: str = ""
-    blocksize: int = 256
-    latency: str = "high"
+    blocksize: int = 128
+    latency: str = "low"
     fade_ms: float = 8.0
     tail_pad_ms: float = 150.0
 
@@ -111,6 +118,16 @@ class AudioSettings:
 @dataclass(frozen=True)
 class TextActorSettings:
     backend: str = "text"
+    model: str = ""
+    endpoint: str = "http://127.0.0.1:8000/v1"
+    api_key_env: str = ""
+    device: str = "auto"
+    max_words: int = 12
+    max_tokens: int = 400
+    temperature: float = 0.8
+    system_prompt: str = ""
+    timeout_s: float = 30.0
+    prefill: bool = True
 
 
 @dataclass(frozen=True)
@@ -175,18 +192,50 @@ _RANGES: dict[str, tuple[float, float]] = {
     "tts.noise_scale": (-1.0, 2.0),
     "tts.noise_w_scale": (-1.0, 2.0),
     "tts.parallel_streams": (-1, 3),
+    "gpu.vram_limit_gb": (-1.0, 1024.0),
+    "gpu.prebuffer_s": (-1.0, 30.0),
+    "gpu.util_target_low": (-1.0, 100.0),
+    "gpu.util_target_high": (-1.0, 100.0),
     "xtts.stream_chunk_tokens": (1, 400),
     "dsp.crossfade_ms": (0.0, 50.0),
-    "audio.blocksize": (256, 512),
+    "audio.blocksize": (64, 1024),
     "audio.fade_ms": (0.0, 10.0),
     "audio.tail_pad_ms": (0.0, 5000.0),
+    "actors.prelude.max_words": (1, 60),
+    "actors.prelude.max_tokens": (1, 32768),
+    "actors.prelude.temperature": (0.0, 2.0),
+    "actors.prelude.timeout_s": (0.5, 600.0),
+    "actors.narrative.max_words": (1, 60),
+    "actors.narrative.max_tokens": (1, 32768),
+    "actors.narrative.temperature": (0.0, 2.0),
+    "actors.narrative.timeout_s": (0.5, 600.0),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
-    "tts.engine": ("piper",),
+    "tts.engine": ("piper", "xtts"),
+    "xtts.device": ("cuda", "cpu"),
+    "xtts.language": (
+        "en",
+        "es",
+        "fr",
+        "de",
+        "it",
+        "pt",
+        "pl",
+        "tr",
+        "ru",
+        "nl",
+        "cs",
+        "ar",
+        "zh-cn",
+        "hu",
+        "ko",
+        "ja",
+        "hi",
+    ),
     "tts.fallback_engine": ("", "piper"),
     "gpu.profile": ("auto", "high_performance", "balanced", "modest"),
-    "actors.prelude.backend": ("text",),
-    "actors.narrative.backend": ("text",),
+    "actors.prelude.backend": ("text", "openai", "transformers"),
+    "actors.narrative.backend": ("text", "openai", "transformers"),
 }
 
 
@@ -233,6 +282,14 @@ def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
+# Short names for the GPU knobs (docs/gpu.md); each stands for exactly one dotted key.
+ENV_ALIASES: dict[str, str] = {
+    "SKALD_PARALLEL_STREAMS": "tts.parallel_streams",
+    "SKALD_VRAM_LIMIT_GB": "gpu.vram_limit_gb",
+    "SKALD_PREBUFFER_S": "gpu.prebuffer_s",
+}
+
+
 def _env_overrides(env: Mapping[str, str], defaults: Mapping[str, Any]) -> dict[str, tuple[str, str]]:
     """Map ``SKALD_AUDIO_SINK`` -> ``audio.sink`` using the known keys (so ``_`` inside a key
     name, as in ``max_fill_s``, is unambiguous). Unknown ``SKALD_`` variables that look like
@@ -241,6 +298,16 @@ def _env_overrides(env: Mapping[str, str], defaults: Mapping[str, Any]) -> dict[
     found: dict[str, tuple[str, str]] = {}
     for var, raw in env.items():
         if not var.startswith(ENV_PREFIX):
+            continue
+        alias = ENV_ALIASES.get(var)
+        if alias is not None:
+            long_var = ENV_PREFIX + alias.replace(".", "_").upper()
+            if long_var in env:
+                if env[long_var] != raw:
+                    both = f"{var}={raw!r} and {long_var}={env[long_var]!r}"
+                    raise ConfigError(f"config error: {both} both set {alias}; use one")
+                continue  # the same value under both names: the long name is reported as the origin
+            found[alias] = (raw, var)
             continue
         key = var[len(ENV_PREFIX) :]
         if key in known:

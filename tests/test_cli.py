@@ -86,7 +86,7 @@ def test_chunk_stream_emits_chunks_while_input_is_still_arriving() -> None:
 def test_bad_config_and_bad_arguments_fail_clearly(tmp_path: Path) -> None:
     out = _skald("speak", "Hi.", SKALD_AUDIO_BLOCKSIZE="9999")
     assert out.returncode != 0
-    assert "audio.blocksize = 9999 (from SKALD_AUDIO_BLOCKSIZE): must be between 256 and 512" in out.stderr
+    assert "audio.blocksize = 9999 (from SKALD_AUDIO_BLOCKSIZE): must be between 64 and 1024" in out.stderr
     out = _skald("speak", "--file", str(tmp_path / "missing.txt"))
     assert out.returncode != 0 and "cannot read --file" in out.stderr
     out = _skald("speak", "--sink", "null", "   ")

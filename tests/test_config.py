@@ -12,7 +12,7 @@ from config.settings import ConfigError, Settings, load_settings
 def test_defaults_load_and_round_trip() -> None:
     settings = load_settings(env={})
     assert settings.tts.engine == "piper"
-    assert settings.audio.blocksize == 256
+    assert settings.audio.blocksize == 128
     assert Settings.from_dict(settings.to_dict()) == settings
 
 
@@ -30,8 +30,8 @@ def test_precedence_cli_over_env_over_file_over_defaults(tmp_path: Path) -> None
     ("env", "fragment"),
     [
         (
-            {"SKALD_AUDIO_BLOCKSIZE": "1000"},
-            "audio.blocksize = 1000 (from SKALD_AUDIO_BLOCKSIZE): must be between 256 and 512",
+            {"SKALD_AUDIO_BLOCKSIZE": "5000"},
+            "audio.blocksize = 5000 (from SKALD_AUDIO_BLOCKSIZE): must be between 64 and 1024",
         ),
         ({"SKALD_AUDIO_SINK": "speakers"}, "must be device, null or wav:PATH"),
         ({"SKALD_RING_MAX_FILL_S": "lots"}, "ring.max_fill_s = 'lots' (from SKALD_RING_MAX_FILL_S): must be a number"),
@@ -67,4 +67,4 @@ def test_replace_validates() -> None:
     settings = load_settings(env={})
     assert settings.replace({"audio.sink": "wav:/tmp/x.wav"}).audio.sink == "wav:/tmp/x.wav"
     with pytest.raises(ConfigError, match=r"audio\.blocksize"):
-        settings.replace({"audio.blocksize": 64})
+        settings.replace({"audio.blocksize": 32})
