@@ -529,6 +529,16 @@ class Supervisor:
             chunk = rec.chunks.setdefault(msg.index, {})
             chunk["dur_s"] = round(msg.dur_s, 3)
             chunk["synth_ms"] = round(msg.synth_ms, 2)
+            chunk["engine"] = msg.engine
+            if msg.out_end >= 0:
+                chunk["span"] = {
+                    "out_start": msg.out_start,
+                    "out_end": msg.out_end,
+                    "lead_pad": msg.lead_pad,
+                    "src_start": msg.src_start,
+                    "kept": msg.kept,
+                    "overlap_in": msg.overlap_in,
+                }
         elif isinstance(msg, wire.PlaybackStarted):
             rec.ttfa_ms = msg.ttfa_ms
         elif isinstance(msg, wire.Underrun):
@@ -878,6 +888,8 @@ def _report(sup: Supervisor, rec: RequestRecord) -> dict[str, Any]:
             "est_s": c.get("est_s", 0.0),
             "dur_s": c.get("dur_s", 0.0),
             "synth_ms": c.get("synth_ms", 0.0),
+            "engine": c.get("engine", ""),
+            "span": c.get("span", {}),
         }
         for _, c in sorted(rec.chunks.items())
     ]

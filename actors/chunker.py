@@ -47,6 +47,17 @@ Cut rules (see also the tests):
   (models stream only ~2× faster than speech). The price: a text that ends less than
   ``hard_min_s`` after the second chunk's sentence end gets a short last chunk instead of a merge.
 
+Voice tags (``[voice:NAME]`` in the text; syntax in :mod:`actors.textprep`): the text up to a tag
+that changes the voice is planned as if the text ended there (all the rules above, "whole text under
+``hard_min_s``" and the remainder merge included), and its chunks are emitted at once. So no chunk
+spans a voice change, and the chunk before a tag may be as short as it has to be: ``hard_min_s``
+does not hold at a voice switch. That chunk's ``boundary`` is ``"voice"`` (also when nothing follows
+the tag). The following chunks carry ``ChunkPlan.voice`` = the tag's name (None after ``[voice:]``:
+the request's own voice) and are sized with that voice's :class:`SpeakingRate` (``rate_for``).
+Chunk indexes go on across a switch, so only a request's very first chunk gets the short first-chunk
+rule (a tag before any text does not count as a switch: the new voice speaks chunk 0). A tag naming
+the voice already in effect changes nothing and forces no boundary.
+
 Streaming: each decision depends only on a bounded window of text (about ``hard_max_s`` plus
 ``hard_min_s`` of lookahead, a word, and 60 characters inside an open quote). :meth:`feed` emits a
 chunk as soon as no text that could still arrive would change that decision, so feeding text whole
@@ -69,7 +80,7 @@ from dataclasses import dataclass, fields
 from itertools import accumulate
 from typing import Any
 
-from actors.textprep import TextPreparer
+from actors.textprep import TextPreparer, VoiceSwitch
 
 __all__ = ["ChunkPlan", "ChunkerConfig", "SemanticChunker", "SpeakingRate", "plan_chunks"]
 
@@ -320,7 +331,8 @@ class ChunkPlan:
     index: int  # 0-based within the request
     text: str  # speakable text for the engine
     est_s: float  # estimated duration
-    boundary: str  # "sentence" | "clause" | "conjunction" | "word" | "end" (what ended the chunk)
+    boundary: str  # "sentence" | "clause" | "conjunction" | "word" | "end" | "voice" (what ended the chunk)
+    voice: str | None = None  # voice from an inline [voice:NAME] tag; None = the request's voice
 
 
 CONJUNCTIONS = frozenset(
@@ -360,13 +372,26 @@ _Key = tuple[Any, ...]
 class SemanticChunker:
     """Streaming semantic chunker for one request at a time.
 
-    Feed raw text (markdown and emoji allowed, any split, e.g. LLM tokens) with :meth:`feed`; each
-    call returns the chunks that are decided now. :meth:`finish` flushes the rest and starts a new
-    request (chunk indexes restart at 0). :meth:`reset` drops everything pending (cancel).
+    Feed raw text (markdown, emoji and ``[voice:NAME]`` tags allowed, any split, e.g. LLM tokens)
+    with :meth:`feed`; each call returns the chunks that are decided now. :meth:`finish` flushes the
+    rest and starts a new request (chunk indexes restart at 0, the voice goes back to the request's).
+    :meth:`reset` drops everything pending (cancel).
+
+    ``rate`` sizes the request's own voice. ``rate_for(name)`` gives the rate of a tagged voice; it
+    is called once per switch to that voice, and returning None (an unknown voice) keeps the rate in
+    effect. Without ``rate_for`` every voice is sized with ``rate``. It must answer the same for the
+    same name within a request, or streaming and batch plans could differ.
     """
 
-    def __init__(self, rate: SpeakingRate, config: ChunkerConfig | None = None) -> None:
-        self._rate = rate
+    def __init__(
+        self,
+        rate: SpeakingRate,
+        config: ChunkerConfig | None = None,
+        *,
+        rate_for: Callable[[str], SpeakingRate | None] | None = None,
+    ) -> None:
+        self._request_rate = rate
+        self._rate_for = rate_for
         self._cfg = config or ChunkerConfig()
         self._new_request()
 
@@ -374,8 +399,13 @@ class SemanticChunker:
 
     @property
     def rate(self) -> SpeakingRate:
-        """The speaking-rate estimator used for decisions."""
-        return self._rate
+        """The speaking-rate estimator of the request's own voice."""
+        return self._request_rate
+
+    @property
+    def voice(self) -> str | None:
+        """The voice of the text being fed now (None: the request's own voice)."""
+        return self._voice
 
     @property
     def config(self) -> ChunkerConfig:
@@ -390,12 +420,11 @@ class SemanticChunker:
 
     def feed(self, piece: str) -> list[ChunkPlan]:
         """Accept a piece of raw text; return the chunks decided now (possibly none)."""
-        prepared = self._prep.feed(piece)
-        return self._ingest(prepared, final=False)
+        return self._take_parts(self._prep.feed_parts(piece), final=False)
 
     def finish(self) -> list[ChunkPlan]:
         """End of text: flush everything left, then get ready for a new request."""
-        plans = self._ingest(self._prep.finish(), final=True)
+        plans = self._take_parts(self._prep.finish_parts(), final=True)
         self._new_request()
         return plans
 
@@ -407,12 +436,18 @@ class SemanticChunker:
 
     def _new_request(self) -> None:
         self._prep = TextPreparer()
-        self._buf = ""  # prepared text; positions below are indexes into it
+        self._index = 0
+        self._voice: str | None = None
+        self._rate = self._request_rate  # the rate of self._voice
+        self._new_segment()
+
+    def _new_segment(self) -> None:
+        """Forget the planned text: what comes next is planned as a text of its own (same request)."""
+        self._buf = ""  # prepared text of the current voice; positions below are indexes into it
         self._units = array("q", [0])  # _units[i] = speech units of buf[:i]
         self._pms = array("q", [0])  # _pms[i] = pause ms of buf[:i] (known up to _pknown)
         self._pknown = 0
         self._start = 0  # start of the next chunk (never on whitespace)
-        self._index = 0
         # Classified candidate cuts, in position order: (position, strength, abbreviation-protected).
         self._cpos: list[int] = []
         self._cstr: list[int] = []
@@ -429,7 +464,29 @@ class SemanticChunker:
 
     # -- ingest --------------------------------------------------------------------------------
 
-    def _ingest(self, text: str, final: bool) -> list[ChunkPlan]:
+    def _take_parts(self, parts: list[str | VoiceSwitch], final: bool) -> list[ChunkPlan]:
+        plans: list[ChunkPlan] = []
+        for part in parts:
+            if isinstance(part, str):
+                plans += self._ingest(part, final=False)
+            elif part.voice != self._voice:
+                # The text so far is complete for its voice: plan it as if the text ended here.
+                plans += self._ingest("", final=True, end="voice")
+                self._switch_voice(part.voice)
+        if final:
+            plans += self._ingest("", final=True)
+        return plans
+
+    def _switch_voice(self, voice: str | None) -> None:
+        rate = self._request_rate
+        if voice is not None:
+            # None: a voice the caller does not know; it keeps the current voice, so keep its rate.
+            rate = (self._rate_for(voice) if self._rate_for else None) or self._rate
+        self._voice = voice
+        self._rate = rate
+        self._new_segment()
+
+    def _ingest(self, text: str, final: bool, end: str = "end") -> list[ChunkPlan]:
         plans: list[ChunkPlan] = []
         # Big inputs are taken in slices so the window bookkeeping stays small (memory, trimming).
         step = 8192
@@ -440,10 +497,10 @@ class SemanticChunker:
             self._analyse(last)
             self._stale += len(part)
             if last or self._new_cands or self._stale >= 16 or len(part) > 1:
-                self._decide_all(last, plans)
+                self._decide_all(last, plans, end)
         if final and not text:
             self._analyse(True)
-            self._decide_all(True, plans)
+            self._decide_all(True, plans, end)
         return plans
 
     def _append(self, text: str) -> None:
@@ -652,7 +709,8 @@ class SemanticChunker:
 
     # -- deciding --------------------------------------------------------------------------------
 
-    def _decide_all(self, final: bool, plans: list[ChunkPlan]) -> None:
+    def _decide_all(self, final: bool, plans: list[ChunkPlan], end: str = "end") -> None:
+        """Emit every chunk that is certain now; ``end`` names the boundary of a final chunk."""
         while True:
             self._start = self._skip_ws(self._start)
             if self._start >= len(self._buf):
@@ -669,7 +727,8 @@ class SemanticChunker:
                     index=self._index,
                     text=text,
                     est_s=self._rate.estimate(text),
-                    boundary="end" if strength < 0 else _STRENGTH_NAMES[strength],
+                    boundary=end if strength < 0 else _STRENGTH_NAMES[strength],
+                    voice=self._voice,
                 )
             )
             self._index += 1
@@ -934,7 +993,13 @@ def _pause_re(rate: SpeakingRate) -> re.Pattern[str]:
     return pat
 
 
-def plan_chunks(text: str, rate: SpeakingRate, config: ChunkerConfig | None = None) -> list[ChunkPlan]:
-    """Plan a whole text at once: ``feed(text) + finish()``."""
-    chunker = SemanticChunker(rate, config)
+def plan_chunks(
+    text: str,
+    rate: SpeakingRate,
+    config: ChunkerConfig | None = None,
+    *,
+    rate_for: Callable[[str], SpeakingRate | None] | None = None,
+) -> list[ChunkPlan]:
+    """Plan a whole text at once: ``feed(text) + finish()`` (see :class:`SemanticChunker`)."""
+    chunker = SemanticChunker(rate, config, rate_for=rate_for)
     return chunker.feed(text) + chunker.finish()

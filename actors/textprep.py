@@ -19,9 +19,11 @@ Rules (each one is a deliberate choice, see the tests):
   ``"1. Swords"`` → ``"1, Swords"`` (a period after a bare number reads as a full stop, a comma
   gives the short pause a reader makes after the item number).
 * ``[text](url)`` and ``![alt](url)`` become ``text`` / ``alt``: **the URL of a markdown link is
-  dropped** (nobody wants a URL read aloud). This is the only place where letters or digits of the
-  input are removed; everything else keeps every letter and digit, in order. Bare URLs and domains
-  (``library.example/scrolls``) are kept as written.
+  dropped** (nobody wants a URL read aloud). Bare URLs and domains (``library.example/scrolls``) are
+  kept as written.
+* Inline voice tags ``[voice:NAME]`` switch the voice (narrator vs. an NPC); see *Voice tags* below.
+  The URL of a link and voice tags are the only places where letters or digits of the input are
+  removed; everything else keeps every letter and digit, in order.
 * Whitespace is normalised to single spaces. A line break becomes a pause: a period is inserted
   when the line does not already end in punctuation (``. ! ? … : ; , — –``, closing quotes and
   brackets looked through). The exception is a soft-wrapped line: when the next line starts with a
@@ -33,6 +35,27 @@ Rules (each one is a deliberate choice, see the tests):
 * Unicode letters, digits and combining marks are never touched (no normalisation).
 
 Only ``\\n`` counts as a line break (``\\r`` and other separators are plain whitespace).
+
+Voice tags:
+
+* A tag is exactly ``[voice:NAME]``: the keyword ``voice`` in any letter case, a colon, then a name of
+  0 to 64 characters from ``A-Z a-z 0-9 _ . -``, then ``]``, no spaces anywhere. ``NAME`` is kept as
+  written (voice names are case-sensitive). **The empty name, ``[voice:]``, restores the request's
+  own voice** (it cannot clash with a voice name, which has at least one character).
+* Anything else in brackets stays text (``[sic]``, ``[voice: npc]``, ``[voice:two words]``). A tag
+  still unterminated when the text ends (``... [voice:np`` then ``finish()``) is text as well;
+  while streaming it is held back until its ``]`` (or anything that rules out a tag) arrives.
+* A tag wins over link syntax: ``[voice:npc](x)`` is a tag followed by the text ``(x)``; a tag inside
+  a link's URL is part of the URL and dropped with it.
+* A tag is never spoken. It stands between words like a space (``up.[voice:npc]Rooms`` →
+  ``up.`` | ``Rooms``) and nothing is added before it: the text before a tag is complete, like the
+  end of the text, so a line break right after a tag inserts no period (the chunker ends the chunk
+  there anyway). A tag at the start of a line is looked through like any other character: the
+  previous line's pause is decided by ``[`` (not lowercase, so it pauses).
+* :meth:`TextPreparer.feed_parts` / :meth:`~TextPreparer.finish_parts` return the text with a
+  :class:`VoiceSwitch` where each tag was; :meth:`~TextPreparer.feed` / :meth:`~TextPreparer.finish`
+  and :func:`prepare_text` return only the text (tags dropped). Every tag gives a ``VoiceSwitch``,
+  also one naming the voice already in effect: whether it changes anything is the caller's call.
 """
 
 from __future__ import annotations
@@ -41,16 +64,25 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
-__all__ = ["TextPreparer", "prepare_text"]
+__all__ = ["TextPreparer", "VoiceSwitch", "prepare_parts", "prepare_text"]
 
 # Characters that end a line "with punctuation": no period is inserted after them.
 _TERMINAL = frozenset(".!?…:;,—–")
 # Closing quotes/brackets are looked through when checking a line's final punctuation.
 _CLOSERS = "\"')]}”’»›"
 
+# Voice tag (see the module docstring). The keyword is spelled out per letter rather than with an
+# IGNORECASE flag, which would also let non-ASCII case variants ("İ" for "i") through.
+_TAG_SRC = r"\[[vV][oO][iI][cC][eE]:(?P<voice>[A-Za-z0-9_.-]{0,64})\]"
+_TAG = re.compile(_TAG_SRC)
 # Markdown link / image. Bounded lengths keep the streaming hold-back short: a "[" that is not
-# closed within 200 characters (or whose URL runs past 500) is just a bracket.
-_LINK = re.compile(r"!?\[([^\[\]\n]{0,200})\]\(([^()\n]{0,500})\)")
+# closed within 200 characters (or whose URL runs past 500) is just a bracket. A "[" that opens a
+# voice tag never opens a link (the tag wins; the "!" of "![voice:x](u)" stays text).
+_NOT_TAG = "(?!" + _TAG_SRC.replace("?P<voice>", "?:") + ")"
+_LINK_SRC = r"!?" + _NOT_TAG + r"\[(?P<text>[^\[\]\n]{0,200})\]\([^()\n]{0,500}\)"
+_LINK = re.compile(_LINK_SRC)
+# Tags and links in one left-to-right scan, so a tag inside a link's URL goes with the link.
+_TAG_OR_LINK = re.compile(_TAG_SRC + "|" + _LINK_SRC)
 # A prefix of a possible link, reaching the end of the available text: hold it back.
 _LINK_PARTIAL = re.compile(r"!?\[[^\[\]\n]{0,200}(?:\](?:\([^()\n]{0,500})?)?\Z")
 
@@ -101,6 +133,16 @@ def _drop_nonascii(m: re.Match[str]) -> str:
     return "" if _is_dropped(ch) else ch
 
 
+@dataclass(frozen=True)
+class VoiceSwitch:
+    """A voice tag's place in the prepared text: what follows is spoken by ``voice``.
+
+    ``voice`` is the tag's name as written, or None for ``[voice:]`` (the request's own voice).
+    """
+
+    voice: str | None
+
+
 @dataclass
 class _LineEnd:
     """A line break whose rendering (pause or plain space) waits for the next line's first char."""
@@ -114,10 +156,14 @@ class TextPreparer:
     """Streaming markdown/emoji → speakable text.
 
     ``feed()`` returns the text that is safe to pass on; it may hold back a short tail (a possible
-    ``**``, a line start that could be a heading or bullet, an unfinished ``[link](url)``, a line
-    end). ``finish()`` flushes the rest. The concatenation of everything returned is identical to
-    ``prepare_text(whole_text)`` however the input was split. After ``finish()`` the preparer is
-    ready for a new text.
+    ``**``, a line start that could be a heading or bullet, an unfinished ``[link](url)`` or
+    ``[voice:name]`` tag, a line end). ``finish()`` flushes the rest. The concatenation of everything
+    returned is identical to ``prepare_text(whole_text)`` however the input was split. After
+    ``finish()`` the preparer is ready for a new text.
+
+    ``feed_parts()`` / ``finish_parts()`` are the same with voice tags kept as :class:`VoiceSwitch`
+    items between the text pieces; the sequence of parts (adjacent strings joined) is also the same
+    however the input was split.
     """
 
     def __init__(self) -> None:
@@ -133,7 +179,7 @@ class TextPreparer:
         self._any_out = False  # anything emitted yet (no leading space)
         self._space = False  # a space is owed before the next output word
         self._last_sig = ""  # last output char of the current line, closers looked through
-        self._out: list[str] = []
+        self._out: list[str | VoiceSwitch] = []
 
     @property
     def pending(self) -> str:
@@ -142,13 +188,21 @@ class TextPreparer:
 
     def feed(self, piece: str) -> str:
         """Accept a piece of raw text (e.g. one LLM token); return the speakable text now settled."""
+        return _text_only(self.feed_parts(piece))
+
+    def finish(self) -> str:
+        """End of text: return everything still held back, then reset for a new text."""
+        return _text_only(self.finish_parts())
+
+    def feed_parts(self, piece: str) -> list[str | VoiceSwitch]:
+        """Like :meth:`feed`, with a :class:`VoiceSwitch` where each voice tag was."""
         if piece:
             self._raw += piece
             self._process(final=False)
         return self._take()
 
-    def finish(self) -> str:
-        """End of text: return everything still held back, then reset for a new text."""
+    def finish_parts(self) -> list[str | VoiceSwitch]:
+        """Like :meth:`finish`, with a :class:`VoiceSwitch` where each voice tag was."""
         self._process(final=True)
         out = self._take()
         self._reset()
@@ -156,10 +210,22 @@ class TextPreparer:
 
     # -- internals ---------------------------------------------------------------------------
 
-    def _take(self) -> str:
-        out = "".join(self._out)
+    def _take(self) -> list[str | VoiceSwitch]:
+        """The output so far as parts: adjacent strings joined, never an empty string."""
+        parts: list[str | VoiceSwitch] = []
+        run: list[str] = []
+        for item in self._out:
+            if isinstance(item, str):
+                run.append(item)
+                continue
+            if run:
+                parts.append("".join(run))
+                run = []
+            parts.append(item)
+        if run:
+            parts.append("".join(run))
         self._out.clear()
-        return out
+        return parts
 
     def _process(self, final: bool) -> None:
         while self._raw:
@@ -262,7 +328,9 @@ class TextPreparer:
         j = raw.find("[")
         while 0 <= j < end:
             start = j - 1 if j > 0 and raw[j - 1] == "!" else j
-            m = _LINK.match(raw, start) or _LINK.match(raw, j)
+            # A complete tag is settled (it wins over link syntax); an incomplete one looks like a
+            # link in the making to _LINK_PARTIAL below and is held back with it.
+            m = _TAG.match(raw, j) or _LINK.match(raw, start) or _LINK.match(raw, j)
             if m:
                 j = raw.find("[", m.end())
                 continue
@@ -277,13 +345,39 @@ class TextPreparer:
         return end
 
     def _inline(self, seg: str) -> None:
-        """Process a stretch of line body (never splits a link, never ends in a pending '_')."""
+        """Process a stretch of line body (never splits a link or a tag, never ends in a pending '_')."""
+        if "[" not in seg:
+            self._inline_text(seg)
+            return
+        run: list[str] = []  # link-substituted text since the last tag
+        pos = 0
+        for m in _TAG_OR_LINK.finditer(seg):
+            run.append(seg[pos : m.start()])
+            pos = m.end()
+            voice = m.group("voice")
+            if voice is None:
+                run.append(m.group("text"))
+                continue
+            self._inline_text("".join(run))
+            run = []
+            self._voice_tag(voice)
+        run.append(seg[pos:])
+        self._inline_text("".join(run))
+
+    def _voice_tag(self, voice: str) -> None:
+        self._out.append(VoiceSwitch(voice or None))
+        # The tag separates words like a space ("up.[voice:x]Rooms" is two words) ...
+        self._space = True
+        self._ctx = " "
+        # ... and closes the text before it like the end of the text: a line break after it inserts
+        # no period (it would land after the switch, at the start of the new voice's text).
+        self._line_content = False
+        self._last_sig = ""
+
+    def _inline_text(self, seg: str) -> None:
+        """Process line body without tags or links (those are already resolved)."""
         if not seg:
             return
-        if "[" in seg:
-            seg = _LINK.sub(r"\1", seg)
-            if not seg:
-                return
         if "_" in seg:
             seg = _UNDERSCORES.sub(self._underscore, seg)
         self._ctx = seg[-1] if seg else self._ctx
@@ -324,7 +418,28 @@ class TextPreparer:
                 break
 
 
+def _text_only(parts: list[str | VoiceSwitch]) -> str:
+    return "".join(p for p in parts if isinstance(p, str))
+
+
 def prepare_text(text: str) -> str:
-    """Whole-text convenience: ``TextPreparer().feed(text) + finish()``."""
+    """Whole-text convenience: ``TextPreparer().feed(text) + finish()`` (voice tags dropped)."""
     p = TextPreparer()
     return p.feed(text) + p.finish()
+
+
+def prepare_parts(text: str) -> list[str | VoiceSwitch]:
+    """Whole-text convenience: ``feed_parts(text) + finish_parts()``, adjacent strings joined."""
+    p = TextPreparer()
+    parts = p.feed_parts(text) + p.finish_parts()
+    return _join_parts(parts)
+
+
+def _join_parts(parts: list[str | VoiceSwitch]) -> list[str | VoiceSwitch]:
+    out: list[str | VoiceSwitch] = []
+    for part in parts:
+        if isinstance(part, str) and out and isinstance(out[-1], str):
+            out[-1] += part
+        else:
+            out.append(part)
+    return out

@@ -3,18 +3,33 @@
 Flow per request::
 
     OpenRequest ──┐
-    TextPiece* ───┴─> SemanticChunker ──ChunkPlan──> queue ──> engine.synthesize ──blocks──> PcmRing
-                                                                                    └─> Segment (to consumer)
+    TextPiece* ───┴─> SemanticChunker ──ChunkPlan──> queue ──> synthesis threads ──blocks──┐
+                                                                                         │
+          PcmRing <── ChunkJoiner (DC, trim, crossfade) <── resample to the ring rate <──┘
+             └─> Segment (to the consumer), ChunkPlanned / ChunkSynthesized / Error (events)
 
-* Prelude text is spoken before narrative text of the same request; narrative pieces that
-  arrive early wait until the prelude's final piece.
-* Chunks are served by (priority desc, request arrival, chunk index), so the chunk needed next
-  always goes first. The worker synthesizes chunk N+1 while the consumer plays chunk N:
-  nothing here waits for playback except the ring's overfill guard.
-* Every pushed block is announced with a ``Segment`` *after* it is in the ring; the consumer
-  plays only announced frames, so it can never play audio of a request it has not heard of.
-* Cancel is eager: the IO thread sets the current chunk's cancel token at once (the engine
-  stops between blocks); the ordered copy of the message then drops the request's queue.
+* **Order.** Chunks are served by (priority desc, request arrival, chunk index), so the chunk
+  needed next (N+1) always outranks look-ahead (N+2, ...) and an urgent request's chunks go
+  before queued ones, starting at the next chunk seam. Prelude text is spoken before narrative
+  text of the same request.
+* **Parallel streams.** With ``parallel_streams`` = 2-3 that many chunks are synthesized at
+  once (each call on its own CUDA stream in the XTTS engine). Their audio still enters the ring
+  strictly in dispatch order: the head chunk streams straight through, the others are held in
+  memory until it is done. 0/1 = one chunk at a time.
+* **Main thread = dispatcher + pusher.** It never blocks on an engine: it takes messages,
+  dispatches chunks to the synthesis threads, and moves finished blocks through the joiner
+  into the ring. Every pushed block is announced with a ``Segment`` *after* it is in the
+  ring; the consumer plays only announced frames.
+* **Joining.** Each request has a ``ChunkJoiner``: DC removal, silence trimmed to a natural
+  pause for the boundary, and an equal-power crossfade at each seam. It holds back only the
+  crossfade length; if the next chunk is late (the ring runs low) or another request's audio
+  comes next, the held tail is released with a short fade-out, so nothing is lost.
+* **Cancel** is eager: the IO thread sets the request's cancel token at once (engines stop
+  between blocks or generated tokens); the ordered copy of the message then drops the
+  request's queue, its in-flight chunks and its held audio.
+* **Degradation.** When the main engine cannot be loaded (no CUDA, model files missing) or a
+  chunk fails twice, an ``Error`` event says so and — with ``tts.fallback_engine`` set — the
+  fallback engine (Piper) speaks the rest of the request, so the listener hears no hole.
 """
 
 from __future__ import annotations
@@ -22,9 +37,12 @@ from __future__ import annotations
 import heapq
 import itertools
 import logging
+import os
 import queue
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -32,6 +50,7 @@ import numpy as np
 
 from actors import wire
 from actors.chunker import ChunkerConfig, ChunkPlan, SemanticChunker, SpeakingRate
+from actors.dsp import ChunkJoiner, Resampler, pause_kind
 from actors.engines.base import CancelToken, EngineError, TtsEngine, VoiceInfo
 from actors.runtime import ActorIO, ActorSpec, process_rss_mb, run_actor
 from config.settings import Settings
@@ -40,6 +59,45 @@ from shm import PcmRing, PeerDeadError
 log = logging.getLogger("skald.tts_worker")
 
 PRELUDE, NARRATIVE = "prelude", "narrative"
+# Release a held crossfade tail when less than this much audio is left ahead of the speaker.
+RELEASE_AHEAD_S = 0.12
+
+
+class FaultPlan:
+    """Failure injection for tests and drills (``SKALD_FAULT_INJECT``), never on by default.
+
+    ``load`` — the main engine fails to load; ``chunk=I`` — synthesizing chunk I (any request)
+    on the main engine raises, ``times=N`` times (default 2: the retry fails too). Combine with
+    commas: ``chunk=1,times=2``. The failure is a real exception raised in the engine call path,
+    handled by the same code as any engine failure.
+    """
+
+    def __init__(self, spec: str) -> None:
+        self.fail_load = False
+        self.chunk = -1
+        self.times = 2
+        for part in filter(None, (p.strip() for p in spec.split(","))):
+            key, _, value = part.partition("=")
+            if key == "load":
+                self.fail_load = True
+            elif key == "chunk":
+                self.chunk = int(value)
+            elif key == "times":
+                self.times = int(value)
+            else:
+                raise ValueError(f"SKALD_FAULT_INJECT: unknown fault {part!r} (known: load, chunk=I, times=N)")
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_env(cls) -> FaultPlan | None:
+        spec = os.environ.get("SKALD_FAULT_INJECT", "")
+        return cls(spec) if spec else None
+
+    def check_chunk(self, index: int) -> None:
+        with self._lock:
+            if index == self.chunk and self.times > 0:
+                self.times -= 1
+                raise EngineError(f"injected fault (SKALD_FAULT_INJECT) in chunk {index}")
 
 
 @dataclass
@@ -52,14 +110,17 @@ class RequestState:
     t_accepted: float
     arrival: int
     chunker: SemanticChunker
+    joiner: ChunkJoiner
     has_prelude: bool
     prelude_done: bool = False
     narrative_started: bool = False
     narrative_done: bool = False
     held_narrative: list[wire.TextPiece] = field(default_factory=list)
     next_index: int = 0
-    queued: int = 0  # chunks planned but not yet synthesized
+    queued: int = 0  # chunks planned but not yet fully pushed
     frames_pushed: int = 0
+    degraded: bool = False  # the main engine failed: the fallback speaks the rest
+    bad_voices: set[str] = field(default_factory=set)
     cancel: CancelToken = field(default_factory=CancelToken)
 
     @property
@@ -67,16 +128,78 @@ class RequestState:
         return self.narrative_done and (self.prelude_done or not self.has_prelude)
 
 
+_DONE = object()
+
+
+@dataclass
+class Job:
+    """One chunk in flight: synthesized on a thread, pushed by the main thread in ``seq`` order."""
+
+    seq: int
+    req: RequestState
+    index: int
+    plan: ChunkPlan
+    engine: TtsEngine | None = None  # chosen at dispatch (main thread)
+    voice: str = ""
+    blocks: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
+    started: float = field(default_factory=time.perf_counter)
+    engine_used: str = ""
+    frames: int = 0  # frames pushed to the ring (after joining)
+    failed: str = ""
+    opened: bool = False  # the joiner's chunk is open
+
+
+class GpuHooks:
+    """What the worker asks of GPU control (``actors.gpu_control``); no-ops on CPU."""
+
+    def streams(self, configured: int) -> int:
+        return configured
+
+    def pause_before_dispatch(self, ring_buffered_s: float) -> float:
+        return 0.0
+
+    def after_cancel(self) -> None:
+        pass
+
+    def after_request(self) -> None:
+        pass
+
+    def status(self) -> dict[str, Any]:
+        return {}
+
+
 class TtsWorker:
     """The worker's logic; runs in its own process via ``run_tts_worker_process`` or in-process
-    in tests (``send`` is any callable taking a wire message)."""
+    in tests (``send`` is any thread-safe callable taking a wire message).
 
-    def __init__(self, settings: Settings, engine: TtsEngine, ring: PcmRing, send: Any) -> None:
+    ``engine`` is the main engine, or None when it could not be loaded (``engine_error`` says
+    why); ``fallback`` speaks for it then, and after a chunk fails twice.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        engine: TtsEngine | None,
+        ring: PcmRing,
+        send: Any,
+        *,
+        fallback: TtsEngine | None = None,
+        engine_error: str = "",
+        parallel_streams: int = 1,
+        gpu: GpuHooks | None = None,
+        faults: FaultPlan | None = None,
+    ) -> None:
+        if engine is None and fallback is None:
+            raise EngineError(engine_error or "no TTS engine")
         self.settings = settings
         self.engine = engine
+        self.fallback = fallback
+        self.engine_error = engine_error
         self.ring = ring
         self.send = send
-        self.default_voice = settings.tts.voice
+        self.gpu = gpu or GpuHooks()
+        self.faults = faults
+        self.parallel_streams = max(1, parallel_streams)
         self.chunker_config = ChunkerConfig(
             target_min_s=settings.chunker.target_min_s,
             target_max_s=settings.chunker.target_max_s,
@@ -86,48 +209,82 @@ class TtsWorker:
             first_chunk_max_s=settings.chunker.first_chunk_max_s,
         )
         self.voices: dict[str, VoiceInfo] = {}
+        self.voice_engine: dict[str, TtsEngine] = {}
         self.rates: dict[str, SpeakingRate] = {}
         self.requests: dict[str, RequestState] = {}
         self._queue: list[tuple[int, int, int, ChunkPlan, str]] = []
         self._arrivals = itertools.count()
-        self._current: RequestState | None = None
-        self._lock = threading.Lock()  # guards _current against the eager cancel hook
+        self._seqs = itertools.count()
+        self._inflight: list[Job] = []  # dispatch order = push order
+        self._pool = ThreadPoolExecutor(max_workers=self.parallel_streams, thread_name_prefix="synth")
+        self._lock = threading.Lock()  # guards _inflight against the eager cancel hook
+        self._last_pushed: RequestState | None = None  # whose joiner may hold a tail
+        self._next_dispatch = 0.0
         self.chunks_synthesized = 0
+        self.fallback_chunks = 0
+        self.default_voice = settings.tts.voice if engine is not None else settings.tts.fallback_voice
         self.load_voice(self.default_voice)
+        if fallback is not None:
+            self.load_voice(settings.tts.fallback_voice)  # warm: a failure mid-request must not wait for it
 
     # ---------------------------------------------------------------- voices
+    @property
+    def engine_name(self) -> str:
+        return self.engine.name if self.engine is not None else (self.fallback.name if self.fallback else "")
+
     def load_voice(self, voice: str) -> VoiceInfo:
+        """Load ``voice`` from the main engine, else from the fallback (a Piper voice named in an
+        XTTS request); ``EngineError`` names what is missing."""
         voice = voice or self.default_voice
         info = self.voices.get(voice)
-        if info is None:
-            info = self.engine.load_voice(voice)
-            if info.sample_rate != self.ring.sample_rate:
-                raise EngineError(
-                    f"voice {voice!r} is {info.sample_rate} Hz but the ring runs at "
-                    f"{self.ring.sample_rate} Hz; voices of one server must share a rate"
-                )
+        if info is not None:
+            return info
+        errors = []
+        for engine in (self.engine, self.fallback):
+            if engine is None:
+                continue
+            try:
+                info = engine.load_voice(voice)
+            except EngineError as exc:
+                errors.append(f"{engine.name}: {exc}")
+                continue
             self.voices[voice] = info
+            self.voice_engine[voice] = engine
             self.rates[voice] = SpeakingRate(chars_per_s=info.chars_per_s)
-        return info
+            return info
+        raise EngineError(f"unknown voice {voice!r} ({'; '.join(errors)})")
+
+    def _rate_for(self, voice: str) -> SpeakingRate | None:
+        try:
+            self.load_voice(voice)
+        except EngineError:
+            return None  # the chunker keeps the current rate; the chunk reports the error
+        return self.rates[voice]
 
     def ready_info(self) -> dict[str, Any]:
         info = self.voices[self.default_voice]
-        return {
-            "engine": self.engine.name,
+        ready: dict[str, Any] = {
+            "engine": self.engine_name,
             "voice": info.name,
-            "sample_rate": info.sample_rate,
+            "sample_rate": self.ring.sample_rate,
+            "voice_sample_rate": info.sample_rate,
             "chars_per_s": round(info.chars_per_s, 2),
+            "parallel_streams": self.parallel_streams,
+            "fallback": self.fallback.name if self.fallback is not None else "",
         }
+        if self.engine_error:
+            ready["degraded"] = self.engine_error
+        return ready
 
     # ---------------------------------------------------------------- messages
     def eager(self, msg: wire.Message) -> None:
-        """Called on the IO thread the moment a Cancel arrives: stop the chunk in progress."""
+        """Called on the IO thread the moment a Cancel arrives: stop the chunks in progress."""
         if not isinstance(msg, wire.Cancel):
             return
         with self._lock:
-            current = self._current
-            if current is not None and (msg.all or msg.request_id == current.request_id):
-                current.cancel.cancel()
+            for job in self._inflight:
+                if msg.all or msg.request_id == job.req.request_id:
+                    job.req.cancel.cancel()
 
     def handle(self, msg: wire.Message) -> None:
         if isinstance(msg, wire.OpenRequest):
@@ -151,7 +308,8 @@ class TtsWorker:
             priority=msg.priority,
             t_accepted=msg.t_accepted,
             arrival=next(self._arrivals),
-            chunker=SemanticChunker(self.rates[voice], self.chunker_config),
+            chunker=SemanticChunker(self.rates[voice], self.chunker_config, rate_for=self._rate_for),
+            joiner=ChunkJoiner.from_settings(self.settings.dsp, self.ring.sample_rate),
             has_prelude=msg.has_prelude,
         )
 
@@ -183,7 +341,7 @@ class TtsWorker:
                 plans += req.chunker.finish()
         for plan in plans:
             self._enqueue(req, plan)
-        if req.text_complete and req.queued == 0 and self._current is not req:
+        if req.text_complete and req.queued == 0:
             self._finish_request(req)
 
     def _enqueue(self, req: RequestState, plan: ChunkPlan) -> None:
@@ -191,7 +349,11 @@ class TtsWorker:
         req.next_index += 1
         req.queued += 1
         heapq.heappush(self._queue, (-req.priority, req.arrival, index, plan, req.request_id))
-        self.send(wire.ChunkPlanned(request_id=req.request_id, index=index, text=plan.text, est_s=plan.est_s))
+        self.send(
+            wire.ChunkPlanned(
+                request_id=req.request_id, index=index, text=plan.text, est_s=plan.est_s, voice=plan.voice or ""
+            )
+        )
 
     def _cancel(self, msg: wire.Cancel) -> None:
         doomed = list(self.requests) if msg.all else [msg.request_id]
@@ -200,12 +362,21 @@ class TtsWorker:
             if req is not None:
                 req.cancel.cancel()
                 req.chunker.reset()
+                req.joiner.reset()  # held audio of a cancelled request is never pushed
+                if self._last_pushed is req:
+                    self._last_pushed = None
         self._queue = [item for item in self._queue if item[4] in self.requests]
         heapq.heapify(self._queue)
+        with self._lock:
+            self._inflight = [job for job in self._inflight if not job.req.cancel.cancelled]
+        self.gpu.after_cancel()
 
     def _finish_request(self, req: RequestState) -> None:
         """All of the request's audio is in the ring: tell the consumer where it ends."""
         self.requests.pop(req.request_id, None)
+        if self._last_pushed is req:
+            self._release(req)
+            self._last_pushed = None
         end = self.ring.write_index
         self.send(
             wire.Segment(
@@ -217,124 +388,368 @@ class TtsWorker:
                 t_accepted=req.t_accepted,
             )
         )
+        self.gpu.after_request()
 
-    # ---------------------------------------------------------------- synthesis
+    # ---------------------------------------------------------------- synthesis threads
     @property
     def has_work(self) -> bool:
-        return bool(self._queue)
+        return bool(self._queue or self._inflight)
 
-    def synthesize_next(self, stop: threading.Event | None = None) -> None:
-        """Synthesize the most urgent queued chunk and push it into the ring."""
-        _prio, _arrival, index, plan, request_id = heapq.heappop(self._queue)
-        req = self.requests.get(request_id)
-        if req is None:
-            return
-        with self._lock:
-            self._current = req
-        started = time.perf_counter()
-        frames = 0
-        failed = ""
-        try:
-            for block in self.engine.synthesize(plan.text, req.voice, req.cancel):
-                if req.cancel.cancelled:
-                    break
-                start = self.ring.write_index
-                if not self._push_all(block, req.cancel, stop):
-                    break
-                frames += len(block)
+    def _choose_engine(self, job: Job) -> tuple[TtsEngine, str]:
+        """The engine and voice for a chunk: the inline voice tag, else the request's voice; the
+        fallback when the request is degraded."""
+        req = job.req
+        voice = job.plan.voice or req.voice
+        if voice != req.voice:
+            try:
+                self.load_voice(voice)
+            except EngineError as exc:
+                if voice not in req.bad_voices:
+                    req.bad_voices.add(voice)
+                    self.send(
+                        wire.Error(
+                            kind="bad_request",
+                            message=f"{exc}; chunk {job.index} keeps the voice {req.voice!r}",
+                            actor="tts_worker",
+                            request_id=req.request_id,
+                        )
+                    )
+                voice = req.voice
+        engine = self.voice_engine[voice]
+        if req.degraded and engine is self.engine and self.fallback is not None:
+            return self.fallback, self.settings.tts.fallback_voice
+        return engine, voice
+
+    def _synthesize_job(self, job: Job) -> None:
+        """Run on a synthesis thread: the chunk's blocks, resampled to the ring rate, into
+        ``job.blocks``; retry once, then the fallback engine. Never raises."""
+        req = job.req
+        engine, voice = job.engine, job.voice
+        assert engine is not None
+        attempts: list[tuple[TtsEngine, str]] = [(engine, voice)]
+        if engine is self.engine:
+            attempts.append((engine, voice))  # a chunk must fail twice before we give up on it
+            if self.fallback is not None:
+                attempts.append((self.fallback, self.settings.tts.fallback_voice))
+        emitted = False
+        for n, (eng, name) in enumerate(attempts):
+            if req.cancel.cancelled:
+                break
+            if n and emitted:
+                job.blocks.put("restart")  # part of this chunk was heard: close it, speak it again
+                emitted = False
+            try:
+                if eng is self.engine and self.faults is not None:
+                    self.faults.check_chunk(job.index)
+                info = self.voices[name]  # loaded on the main thread at dispatch or start-up
+                resampler = Resampler(info.sample_rate, self.ring.sample_rate)
+                for block in eng.synthesize(job.plan.text, name, req.cancel):
+                    if req.cancel.cancelled:
+                        break
+                    out = resampler.process(block)
+                    if len(out):
+                        job.blocks.put(out)
+                        emitted = True
+                if not req.cancel.cancelled:
+                    tail = resampler.flush()
+                    if len(tail):
+                        job.blocks.put(tail)
+                job.engine_used = eng.name
+                break
+            except Exception as exc:  # an engine failure is reported as data, the worker lives on
+                job.failed = f"{type(exc).__name__}: {exc}"
+                log.warning(
+                    "chunk %d of %s failed on %s (attempt %d): %s", job.index, req.request_id, eng.name, n + 1, exc
+                )
+                if eng is self.engine and n == 1 and self.fallback is not None:
+                    req.degraded = True
+                    self.send(
+                        wire.Error(
+                            kind="engine_failed",
+                            message=f"{eng.name} failed twice on chunk {job.index} ({job.failed}); "
+                            f"{self.fallback.name} speaks the rest of this request",
+                            actor="tts_worker",
+                            request_id=req.request_id,
+                        )
+                    )
+        else:
+            if not req.cancel.cancelled:
                 self.send(
-                    wire.Segment(
-                        request_id=request_id,
-                        index=index,
-                        start=start,
-                        end=start + len(block),
-                        t_accepted=req.t_accepted,
+                    wire.Error(
+                        kind="synthesis_failed", message=job.failed, actor="tts_worker", request_id=req.request_id
                     )
                 )
-        except Exception as exc:  # an engine failure is reported as data, the worker lives on
-            failed = f"{type(exc).__name__}: {exc}"
-            log.exception("chunk %d of %s failed", index, request_id)
-        finally:
+        if job.engine_used and job.engine_used != (self.engine.name if self.engine else ""):
+            self.fallback_chunks += 1
+        job.blocks.put(_DONE)
+
+    def _dispatch(self) -> None:
+        """Start queued chunks while fewer than the allowed number are in flight."""
+        limit = self.gpu.streams(self.parallel_streams)
+        while self._queue and len(self._inflight) < max(1, limit):
+            now = time.monotonic()
+            if now < self._next_dispatch:
+                return
+            if self._inflight or self.ring.buffer_length_seconds() > RELEASE_AHEAD_S * 4:
+                # GPU yield: a pause sized by the utilization controller, only while the ring has
+                # audio to spare (the buffer wins when they conflict).
+                pause = self.gpu.pause_before_dispatch(self.ring.buffer_length_seconds())
+                if pause > 0:
+                    self._next_dispatch = now + pause
+                    return
+            _prio, _arrival, index, plan, request_id = heapq.heappop(self._queue)
+            req = self.requests.get(request_id)
+            if req is None:
+                continue
+            job = Job(seq=next(self._seqs), req=req, index=index, plan=plan)
+            job.engine, job.voice = self._choose_engine(job)
             with self._lock:
-                self._current = None
-        synth_ms = (time.perf_counter() - started) * 1000.0
-        req.queued -= 1
-        req.frames_pushed += frames
+                self._inflight.append(job)
+            self._pool.submit(self._synthesize_job, job)
+
+    # ---------------------------------------------------------------- pushing
+    def _release(self, req: RequestState) -> None:
+        """Push the request's held crossfade tail (faded out): its next chunk is not coming now."""
+        if req.joiner.in_chunk:
+            return
+        self._push(req, req.next_index - 1, req.joiner.release(), None)
+
+    def _push(self, req: RequestState, index: int, audio: np.ndarray, stop: threading.Event | None) -> int:
+        """Push ``audio`` into the ring and announce it; frames pushed (fewer if cancelled)."""
+        if not len(audio):
+            return 0
+        start = self.ring.write_index
+        offset = 0
+        while offset < len(audio):
+            offset += self.ring.push(audio[offset:])
+            if offset < len(audio):
+                try:
+                    ok = self.ring.wait_for_space(
+                        min(len(audio) - offset, 4096),
+                        timeout=0.05,
+                        cancel=lambda: req.cancel.cancelled or (stop is not None and stop.is_set()),
+                    )
+                except PeerDeadError:
+                    # The consumer died: the supervisor fails this request and restarts it.
+                    # Keeping the rest of this chunk would only replay stale audio later.
+                    req.cancel.cancel()
+                    break
+                if not ok and (req.cancel.cancelled or (stop is not None and stop.is_set())):
+                    break
+        if offset:
+            self.send(
+                wire.Segment(
+                    request_id=req.request_id, index=index, start=start, end=start + offset, t_accepted=req.t_accepted
+                )
+            )
+        req.frames_pushed += offset
+        return offset
+
+    def pump(self, stop: threading.Event | None = None, wait_s: float = 0.005) -> None:
+        """Move the head chunk's finished blocks into the ring (waiting up to ``wait_s``)."""
+        if not self._inflight:
+            self._maybe_release()
+            return
+        job = self._inflight[0]
+        req = job.req
+        if req.cancel.cancelled:
+            with self._lock:
+                if self._inflight and self._inflight[0] is job:
+                    self._inflight.pop(0)
+            return
+        if not job.opened:
+            if self._last_pushed is not None and self._last_pushed is not req:
+                self._release(self._last_pushed)  # another request's audio comes next
+            req.joiner.start_chunk(pause_kind(job.plan.boundary, job.plan.text))
+            job.opened = True
+            self._last_pushed = req
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                item = job.blocks.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                self._maybe_release()
+                return
+            if item is _DONE:
+                self._complete(job, stop)
+                return
+            if isinstance(item, str):  # "restart": the chunk is spoken again from its start
+                job.frames += self._push(req, job.index, req.joiner.end_chunk(), stop)
+                job.frames += self._push(req, job.index, req.joiner.release(), stop)
+                req.joiner.start_chunk(pause_kind(job.plan.boundary, job.plan.text))
+                continue
+            job.frames += self._push(req, job.index, req.joiner.feed(item), stop)
+            if req.cancel.cancelled or time.monotonic() >= deadline:
+                return
+
+    def _complete(self, job: Job, stop: threading.Event | None) -> None:
+        req = job.req
+        with self._lock:
+            if self._inflight and self._inflight[0] is job:
+                self._inflight.pop(0)
         if req.cancel.cancelled:
             return
-        if failed:
-            self.send(wire.Error(kind="synthesis_failed", message=failed, actor="tts_worker", request_id=request_id))
-        dur_s = frames / self.ring.sample_rate
+        job.frames += self._push(req, job.index, req.joiner.end_chunk(), stop)
+        synth_ms = (time.perf_counter() - job.started) * 1000.0
+        req.queued -= 1
+        span = req.joiner.spans[-1] if req.joiner.spans else None
+        dur_s = (span.end - span.start) / self.ring.sample_rate if span is not None and span.end >= 0 else 0.0
         self.chunks_synthesized += 1
-        self.rates[req.voice].observe(plan.text, dur_s)
+        if job.engine_used and span is not None and span.engine_frames:
+            voice = job.plan.voice or req.voice
+            if voice in self.rates and self.voice_engine.get(voice) is not None:
+                self.rates[voice].observe(job.plan.text, span.engine_frames / self.ring.sample_rate)
         self.send(
             wire.ChunkSynthesized(
-                request_id=request_id, index=index, dur_s=dur_s, synth_ms=synth_ms, engine=self.engine.name
+                request_id=req.request_id,
+                index=job.index,
+                dur_s=dur_s,
+                synth_ms=synth_ms,
+                engine=job.engine_used or "none",
+                **_span_fields(span),
             )
         )
         if req.text_complete and req.queued == 0:
             self._finish_request(req)
 
-    def _push_all(self, block: np.ndarray, cancel: CancelToken, stop: threading.Event | None) -> bool:
-        """Push every frame of ``block``, waiting on the overfill guard; False if cancelled."""
-        offset = 0
-        while offset < len(block):
-            offset += self.ring.push(block[offset:])
-            if offset < len(block):
-                try:
-                    ok = self.ring.wait_for_space(
-                        min(len(block) - offset, 4096),
-                        timeout=0.05,
-                        cancel=lambda: cancel.cancelled or (stop is not None and stop.is_set()),
-                    )
-                except PeerDeadError:
-                    # The consumer died: the supervisor fails this request and restarts it.
-                    # Keeping the rest of this chunk would only replay stale audio later.
-                    cancel.cancel()
-                    return False
-                if not ok and (cancel.cancelled or (stop is not None and stop.is_set())):
-                    return False
-        return True
+    def _maybe_release(self) -> None:
+        """The next chunk is late: release the held tail before the speaker reaches it."""
+        req = self._last_pushed
+        if req is None or req.joiner.held_frames == 0 or req.joiner.in_chunk:
+            return
+        if self.ring.buffer_length_seconds() < RELEASE_AHEAD_S:
+            self._release(req)
+
+    def synthesize_next(self, stop: threading.Event | None = None) -> None:
+        """Dispatch and push until the current head chunk is done (tests and tools)."""
+        self._dispatch()
+        while self._inflight:
+            head = self._inflight[0]
+            self.pump(stop, wait_s=0.05)
+            if not self._inflight or self._inflight[0] is not head:
+                return
 
     def metrics(self) -> dict[str, Any]:
-        return {
+        values: dict[str, Any] = {
             "queued_chunks": len(self._queue),
+            "inflight_chunks": len(self._inflight),
             "open_requests": len(self.requests),
             "chunks_synthesized": self.chunks_synthesized,
+            "fallback_chunks": self.fallback_chunks,
             "rss_mb": process_rss_mb(),
             "chars_per_s": {v: round(r.chars_per_s, 2) for v, r in self.rates.items()},
         }
+        gpu = self.gpu.status()
+        if gpu:
+            values["gpu"] = gpu
+        return values
 
     def run(self, stop: threading.Event, inbox: queue.Queue[wire.Message]) -> None:
         last_metrics = 0.0
+        if self.engine_error:
+            self.send(wire.Error(kind="engine_unavailable", message=self.engine_error, actor="tts_worker"))
         while not stop.is_set():
-            # Drain every pending message before choosing the next chunk, so a cancel or a
-            # higher-priority request that arrived during the last synthesis is honoured.
+            # Drain every pending message before dispatching, so a cancel or a higher-priority
+            # request that arrived meanwhile is honoured at the next chunk seam.
+            held = self._last_pushed is not None and self._last_pushed.joiner.held_frames > 0
             try:
-                msg = inbox.get(timeout=0 if self.has_work else 0.05)
+                msg = inbox.get(timeout=0 if self.has_work else (0.005 if held else 0.05))
                 if isinstance(msg, wire.Shutdown):
                     return
                 self.handle(msg)
                 continue
             except queue.Empty:
                 pass
-            if self.has_work:
-                self.synthesize_next(stop)
+            self._dispatch()
+            self.pump(stop)
             now = time.monotonic()
             if now - last_metrics > 1.0:
                 last_metrics = now
                 self.send(wire.Metrics(role="tts_worker", values=self.metrics()))
 
+    def close(self) -> None:
+        for req in list(self.requests.values()):
+            req.cancel.cancel()
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _span_fields(span: Any) -> dict[str, int]:
+    if span is None or span.end < 0:
+        return {}
+    return {
+        "out_start": span.start,
+        "out_end": span.end,
+        "lead_pad": span.lead_pad,
+        "src_start": span.src_start,
+        "kept": span.kept,
+        "overlap_in": span.overlap_in,
+        # Known only once the next chunk is mixed; the joiner holds at most `crossfade` frames.
+        "overlap_out": span.overlap_out,
+    }
+
+
+def build_engines(settings: Settings) -> tuple[TtsEngine | None, TtsEngine | None, str]:
+    """The main engine (or None, with the reason) and the fallback engine (or None)."""
+    from actors.engines import create_engine
+
+    faults = FaultPlan.from_env()
+    main: TtsEngine | None = None
+    error = ""
+    try:
+        if faults is not None and faults.fail_load:
+            raise EngineError("injected fault (SKALD_FAULT_INJECT=load)")
+        main = create_engine(settings.tts.engine, settings)
+        main.load_voice(settings.tts.voice)
+    except Exception as exc:
+        error = f"{settings.tts.engine} unavailable: {exc}"
+        if main is not None:
+            main.close()
+        main = None
+    fallback: TtsEngine | None = None
+    name = settings.tts.fallback_engine
+    if name and name != settings.tts.engine:
+        fallback = create_engine(name, settings)
+    elif name and main is None:
+        raise EngineError(error)
+    if main is None and fallback is None:
+        raise EngineError(error)
+    if error:
+        log.error("%s; %s speaks instead", error, fallback.name if fallback else "nothing")
+    return main, fallback, error
+
+
+def resolve_parallel_streams(settings: Settings, gpu_config: dict[str, Any] | None) -> int:
+    """``tts.parallel_streams`` if set (0-3), else the GPU tier's value; 0 and 1 are sequential."""
+    if settings.tts.parallel_streams >= 0:
+        return max(1, settings.tts.parallel_streams)
+    if gpu_config and isinstance(gpu_config.get("parallel_streams"), int):
+        return max(1, int(gpu_config["parallel_streams"]))
+    return 1
+
 
 class _TtsWorkerProcess:
     def __init__(self, spec: ActorSpec, io: ActorIO) -> None:
-        from actors.engines import create_engine
-
         settings = spec.config
         self.io = io
         self.ring = PcmRing.attach(spec.ring_name, "producer")
         self.ring.start_heartbeat()
-        self.worker = TtsWorker(settings, create_engine(settings.tts.engine, settings), self.ring, io.send)
+        try:
+            main, fallback, error = build_engines(settings)
+            gpu_config: dict[str, Any] | None = getattr(spec, "gpu", None)
+            self.worker = TtsWorker(
+                settings,
+                main,
+                self.ring,
+                io.send,
+                fallback=fallback,
+                engine_error=error,
+                parallel_streams=resolve_parallel_streams(settings, gpu_config),
+                gpu=_gpu_hooks(settings, gpu_config, main),
+                faults=FaultPlan.from_env(),
+            )
+        except Exception:
+            self.ring.close()
+            raise
 
     def ready_info(self) -> dict[str, Any]:
         return self.worker.ready_info()
@@ -343,8 +758,23 @@ class _TtsWorkerProcess:
         self.worker.run(stop, self.io.inbox)
 
     def close(self) -> None:
-        self.worker.engine.close()
+        self.worker.close()
+        for engine in (self.worker.engine, self.worker.fallback):
+            if engine is not None:
+                engine.close()
         self.ring.close()
+
+
+def _gpu_hooks(settings: Settings, gpu_config: dict[str, Any] | None, engine: TtsEngine | None) -> GpuHooks:
+    """GPU control for engines that run on CUDA; plain no-ops otherwise."""
+    if engine is None or getattr(engine, "device", "cpu") == "cpu":
+        return GpuHooks()
+    import importlib
+
+    factory: Callable[..., GpuHooks] | None = getattr(
+        importlib.import_module("actors.gpu_control"), "worker_gpu_hooks", None
+    )
+    return factory(settings, gpu_config) if factory is not None else GpuHooks()
 
 
 def _eager(actor: Any, msg: wire.Message) -> None:

@@ -137,6 +137,7 @@ class ChunkPlanned(Message, kw_only=True):
     index: int
     text: str
     est_s: float
+    voice: str = ""  # set when an inline [voice:NAME] tag chose another voice for this chunk
 
 
 class ChunkSynthesized(Message, kw_only=True):
@@ -148,6 +149,16 @@ class ChunkSynthesized(Message, kw_only=True):
     dur_s: float
     synth_ms: float
     engine: str = ""
+    # Where the chunk lies in the request's joined audio (frames from the request's first frame):
+    # output frame out_start + lead_pad + i is engine frame src_start + i for 0 <= i < kept; the
+    # first overlap_in and last overlap_out frames are crossfaded with the neighbours.
+    out_start: int = -1
+    out_end: int = -1
+    lead_pad: int = 0
+    src_start: int = 0
+    kept: int = 0
+    overlap_in: int = 0
+    overlap_out: int = 0
 
 
 class PlaybackStarted(Message, kw_only=True):

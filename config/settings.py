@@ -55,6 +55,7 @@ class TtsSettings:
     noise_scale: float = -1.0
     noise_w_scale: float = -1.0
     fallback_engine: str = "piper"
+    fallback_voice: str = "en_US-joe-medium"
     parallel_streams: int = -1
 
 
@@ -84,6 +85,16 @@ class GpuSettings:
 @dataclass(frozen=True)
 class DspSettings:
     crossfade_ms: float = 30.0
+    trim_silence: bool = True
+    silence_db: float = -50.0
+    lead_ms: float = 10.0
+    pause_paragraph_ms: float = 700.0
+    pause_sentence_ms: float = 300.0
+    pause_clause_ms: float = 250.0
+    pause_conjunction_ms: float = 100.0
+    pause_word_ms: float = 50.0
+    pause_end_ms: float = 200.0
+    dither: bool = False
 
 
 @dataclass(frozen=True)
@@ -198,6 +209,14 @@ _RANGES: dict[str, tuple[float, float]] = {
     "gpu.util_target_high": (-1.0, 100.0),
     "xtts.stream_chunk_tokens": (1, 400),
     "dsp.crossfade_ms": (0.0, 50.0),
+    "dsp.silence_db": (-90.0, -20.0),
+    "dsp.lead_ms": (0.0, 100.0),
+    "dsp.pause_paragraph_ms": (0.0, 3000.0),
+    "dsp.pause_sentence_ms": (0.0, 3000.0),
+    "dsp.pause_clause_ms": (0.0, 3000.0),
+    "dsp.pause_conjunction_ms": (0.0, 3000.0),
+    "dsp.pause_word_ms": (0.0, 3000.0),
+    "dsp.pause_end_ms": (0.0, 3000.0),
     "audio.blocksize": (64, 1024),
     "audio.fade_ms": (0.0, 10.0),
     "audio.tail_pad_ms": (0.0, 5000.0),

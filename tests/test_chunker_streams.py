@@ -4,19 +4,25 @@ Recordings: tests/data/llm-streams/stream-{1..4}.txt (see the README there), rec
 ``TOKEN!@#SECONDS``. Besides the plan invariants, these tests check *when* chunks are decided: the
 first chunk early in the stream, every other chunk long before the stream ends, and how the
 resulting audio would line up with the token timing (``test_report`` prints a table; run with -s).
+
+The property tests at the end feed generated narration with inline ``[voice:NAME]`` tags (well-formed,
+malformed, split anywhere) and check that streaming still gives exactly the batch plan.
 """
 
 from __future__ import annotations
 
+import itertools
 import random
 import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from actors.chunker import ChunkerConfig, ChunkPlan, SemanticChunker, SpeakingRate, plan_chunks
-from tests.test_chunker import PIPER_RATE, check_plan, stream_plan
+from tests.test_chunker import PIPER_RATE, SEPARATORS, SUFFIXES, WORDS, check_plan, configs, stream_plan
 
 STREAMS = Path(__file__).resolve().parent / "data" / "llm-streams"
 RECORD = re.compile(r"(.*?)!@#(\d+(?:\.\d+)?)(?:\n|$)", re.DOTALL)
@@ -127,3 +133,98 @@ def test_report(runs: dict[int, Run], capsys: pytest.CaptureFixture[str]) -> Non
         )
     with capsys.disabled():
         print("\n" + "\n".join(lines))
+
+
+# --- voice tags --------------------------------------------------------------------------------------
+
+# Per-voice rates for the tagged tests: "a.b-c_9" is a voice the caller does not know (rate_for gives
+# None: the rate in effect is kept).
+VOICE_RATES = {"npc": 11.0, "innkeeper": 24.0, "slow": 7.5, "Npc": 16.0}
+TAGS = [
+    "[voice:npc]", "[voice:]", "[VOICE:innkeeper]", "[Voice:slow]", "[voice:Npc]", "[voice:a.b-c_9]",
+    # not tags: they stay text
+    "[sic]", "[voice: npc]", "[voice:two words]", "[voic:npc]", "[voice:npc", "voice:npc]", "[[voice:npc]",
+    "[voice:" + "x" * 65 + "]", "[voice:npc](x)", "![voice:npc]", "[a](http://u.example/[voice:npc])",
+]  # fmt: skip
+# Endings that are an unterminated tag when the text stops: text, not a tag.
+UNTERMINATED = ["[", "[voi", "[voice", "[voice:", "[voice:npc", "![voice:np"]
+
+
+def voice_rates() -> dict[str, SpeakingRate]:
+    return {name: SpeakingRate(chars_per_s=cps) for name, cps in VOICE_RATES.items()}
+
+
+@st.composite
+def tagged_narration(draw: st.DrawFn, max_words: int = 80) -> str:
+    """Narration (as in test_chunker) with voice tags and tag look-alikes between and inside words."""
+    n = draw(st.integers(0, max_words))
+    parts: list[str] = []
+    for i in range(n):
+        if draw(st.integers(0, 8)) == 0:
+            parts.append(draw(st.sampled_from(TAGS)))
+            parts.append(draw(st.sampled_from(["", " ", " ", "\n"])))
+        if draw(st.integers(0, 30)) == 0:
+            parts.append(draw(st.sampled_from(["# ", "* ", "- ", "1. ", '"', "“", "("])))
+        parts.append(draw(st.sampled_from(WORDS)))
+        parts.append(draw(st.sampled_from(SUFFIXES)))
+        if i < n - 1:
+            parts.append(draw(st.sampled_from([*SEPARATORS, ""])))
+    if draw(st.integers(0, 5)) == 0:
+        parts.append(draw(st.sampled_from(TAGS + UNTERMINATED)))
+    return "".join(parts)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=tagged_narration(), data=st.data())
+def test_tagged_streaming_equals_batch(raw: str, data: st.DataObject) -> None:
+    r = SpeakingRate(chars_per_s=PIPER_RATE)
+    rates = voice_rates()
+    batch = plan_chunks(raw, r, rate_for=rates.get)
+    # cuts anywhere, so also inside tags ("[voi" + "ce:npc]") and between a tag and its "]"
+    cuts = data.draw(st.lists(st.integers(1, max(1, len(raw) - 1)), max_size=60))
+    bounds = [0, *sorted(set(cuts)), len(raw)]
+    ch = SemanticChunker(r, rate_for=rates.get)
+    streamed: list[ChunkPlan] = []
+    for a, b in itertools.pairwise(bounds):
+        streamed += ch.feed(raw[a:b])
+    assert streamed + ch.finish() == batch
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(raw=tagged_narration(max_words=40), cfg=configs(), cps=st.floats(8.0, 30.0))
+def test_tagged_one_char_streaming_equals_batch(raw: str, cfg: ChunkerConfig, cps: float) -> None:
+    r = SpeakingRate(chars_per_s=cps)
+    rates = voice_rates()
+    ch = SemanticChunker(r, cfg, rate_for=rates.get)
+    streamed: list[ChunkPlan] = []
+    for c in raw:
+        streamed += ch.feed(c)
+    assert streamed + ch.finish() == plan_chunks(raw, r, cfg, rate_for=rates.get)
+
+
+@pytest.mark.parametrize("n", [1, 2, 4])
+def test_recorded_stream_with_tags_split_across_tokens(n: int) -> None:
+    """A real token stream with NPC lines tagged in, each tag split over three tokens."""
+    tokens = [tok for tok, _ in load(n)]
+    tagged: list[str] = []
+    npc = False
+    for i, tok in enumerate(tokens):
+        tagged.append(tok)
+        if i % 37 == 36:  # every ~5 s of tokens, hand the voice over, mid-sentence or not
+            tag = "[voice:]" if npc else "[Voice:npc]"
+            tagged += [" " + tag[:3], tag[3:7], tag[7:] + " "]
+            npc = not npc
+    r = SpeakingRate(chars_per_s=PIPER_RATE)
+    rates = voice_rates()
+    ch = SemanticChunker(r, rate_for=rates.get)
+    streamed: list[ChunkPlan] = []
+    for tok in tagged:
+        streamed += ch.feed(tok)
+    streamed += ch.finish()
+    assert streamed == plan_chunks("".join(tagged), r, rate_for=rates.get)
+    assert {p.voice for p in streamed} == {None, "npc"}
+    assert not any("voice" in p.text.lower() for p in streamed)
+    for p in streamed:
+        assert p.est_s == (rates["npc"] if p.voice == "npc" else r).estimate(p.text)
+    switches = sum(a.voice != b.voice for a, b in itertools.pairwise(streamed))
+    assert sum(p.boundary == "voice" for p in streamed) >= switches > 0

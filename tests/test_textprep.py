@@ -11,8 +11,10 @@ from hypothesis import strategies as st
 
 from actors.textprep import TextPreparer, prepare_text
 
-# The markdown link syntax whose URL part the preparer drops (documented in actors/textprep.py).
-LINK = re.compile(r"!?\[([^\[\]\n]{0,200})\]\(([^()\n]{0,500})\)")
+# What the preparer removes letters from (documented in actors/textprep.py): voice tags, and the URL
+# part of markdown links. A "[" that opens a tag never opens a link; a tag inside a URL goes with it.
+TAG = r"\[[vV][oO][iI][cC][eE]:[A-Za-z0-9_.-]{0,64}\]"
+TAG_OR_LINK = re.compile(rf"(?P<tag>{TAG})|!?(?!{TAG})\[(?P<text>[^\[\]\n]{{0,200}})\]\([^()\n]{{0,500}}\)")
 FORBIDDEN = re.compile(r"[*#`\U0001F000-\U0001FAFF\u2600-\u27BF\uFE0F\u200D]")
 
 
@@ -28,8 +30,8 @@ def alnum(text: str) -> str:
 
 
 def expected_alnum(raw: str) -> str:
-    """Letters/digits that must survive: all of them, except the URL part of markdown links."""
-    return alnum(LINK.sub(r"\1", raw))
+    """Letters/digits that must survive: all of them, except voice tags and the URL part of links."""
+    return alnum(TAG_OR_LINK.sub(lambda m: " " if m.group("tag") else m.group("text"), raw))
 
 
 def streamed(raw: str, cuts: list[int]) -> str:
@@ -82,6 +84,15 @@ def streamed(raw: str, cuts: list[int]) -> str:
         ("> quoted\n>\n> more", "quoted. more"),
         ("Ends with heading\n# H", "Ends with heading. H"),
         ("[not a link] and (parens)", "[not a link] and (parens)"),
+        # voice tags: dropped, a space between words, no period inserted after them
+        ("The innkeeper looks up. [voice:innkeeper] Rooms. [voice:] Ok.", "The innkeeper looks up. Rooms. Ok."),
+        ("up.[voice:npc]Rooms", "up. Rooms"),
+        ("Hello [voice:npc]\nWorld", "Hello World"),
+        ("Hello\n[VOICE:npc] world", "Hello. world"),
+        ("[sic] [voice: npc] [voice:two words] [voic:x]", "[sic] [voice: npc] [voice:two words] [voic:x]"),
+        ("Ends with [voice", "Ends with [voice"),
+        ("Ends with [voice:npc", "Ends with [voice:npc"),
+        ("[voice:npc](x) and [a](http://u.example/[voice:npc]) too", "(x) and a too"),
         ('He said "stop"\nThen left.', 'He said "stop". Then left.'),
         ("", ""),
         ("  \n\n \t ", ""),
@@ -138,6 +149,7 @@ MD_TOKENS = st.sampled_from(
         "---", "===", "[", "]", "(", ")", "[a link](http://u.example/p)", "![img](x.png)", "🐉", "👍🏽",
         "👨‍👩‍👧", "1️⃣", "🇫🇷", "™", " ", "  ", "\t", ".", ",", "!", "?", ":", "—", "...", '"', "'",
         "Dr.", "3.50", "1,000", "snake_case", "Zoë", "Ærenfell", "word", "The", "and", "x", "\r\n",
+        "[voice:npc]", "[Voice:]", "[voice:", "voice:", "npc", "[voice:a.b-c_9] ",
     ]
 )  # fmt: skip
 MD_TEXT = st.lists(MD_TOKENS, max_size=40).map("".join)

@@ -2,6 +2,10 @@
 
 Engines are imported lazily so the audio consumer, which never synthesizes, never loads
 onnxruntime or torch.
+
+* ``piper``: ONNX on CPU, the embedded default voice (``piper_engine``).
+* ``xtts``: XTTS v2 on CUDA (or CPU for offline rendering) with cloned voice profiles
+  (``xtts_engine``; profiles in ``actors.voices``; random-weight models in ``xtts_random``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ if TYPE_CHECKING:
 
 __all__ = ["CancelToken", "EngineError", "TtsEngine", "VoiceInfo", "create_engine", "engine_sample_rate"]
 
-ENGINES = ("piper",)
+ENGINES = ("piper", "xtts")
 
 
 def create_engine(name: str, settings: Settings | None = None) -> TtsEngine:
@@ -30,6 +34,12 @@ def create_engine(name: str, settings: Settings | None = None) -> TtsEngine:
             noise_scale=tts.noise_scale if tts.noise_scale >= 0 else None,
             noise_w_scale=tts.noise_w_scale if tts.noise_w_scale >= 0 else None,
         )
+    if name == "xtts":
+        from actors.engines.xtts_engine import XttsEngine
+        from config.settings import load_settings
+
+        # Without settings, the defaults plus SKALD_* variables (SKALD_XTTS_MODEL_DIR ...).
+        return XttsEngine.from_settings(settings if settings is not None else load_settings())
     raise EngineError(f"unknown TTS engine {name!r}; available: {', '.join(ENGINES)}")
 
 
@@ -39,4 +49,8 @@ def engine_sample_rate(name: str, voice: str) -> int:
         from actors.engines.piper_engine import voice_sample_rate
 
         return voice_sample_rate(voice)
+    if name == "xtts":
+        from actors.engines.xtts_engine import SAMPLE_RATE  # a constant: no torch, no model load
+
+        return SAMPLE_RATE
     raise EngineError(f"unknown TTS engine {name!r}; available: {', '.join(ENGINES)}")
