@@ -189,8 +189,17 @@ def _shutdown_children(children: Iterable[Child], timeout: float) -> None:
 class Supervisor:
     """Owns the actors, the sockets, the ring and the run dir. One per process."""
 
-    def __init__(self, settings: Settings, *, shared_run_dir: bool = False, log_level: int = logging.INFO) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        shared_run_dir: bool = False,
+        log_level: int = logging.INFO,
+        origins: dict[str, str] | None = None,
+    ) -> None:
         self.settings = settings
+        self.origins = origins or {}
+        self.gpu: Any = None  # ResolvedGpuConfig, from detection at start()
         self.log_level = log_level
         self.run_dir = default_run_dir(settings, shared_run_dir)
         self.shared_run_dir = shared_run_dir
@@ -227,6 +236,23 @@ class Supervisor:
     def ring_name(self) -> str:
         return f"skald-{os.getpid()}-pcm"
 
+    def _resolve_gpu(self) -> Any:
+        """Detect the GPU once (NVML: no torch in the supervisor) and resolve the tier's config;
+        the actors get it in their spec. A bad GPU knob fails start-up with the key named."""
+        from actors.gpu import detect_gpus, resolve_gpu_config
+
+        try:
+            resolved = resolve_gpu_config(self.settings, detect_gpus(use_torch=False), self.origins)
+        except ConfigError as exc:
+            raise SupervisorError(str(exc)) from None
+        log.info(
+            "GPU tier %s (profile %s)%s",
+            resolved.tier.value,
+            resolved.profile,
+            f": {resolved.fallback_reason}" if resolved.fallback_reason else "",
+        )
+        return resolved
+
     # ------------------------------------------------------------------ start
     def start(self) -> None:
         """Create the run dir, ring and sockets; start every actor and wait for READY."""
@@ -236,6 +262,7 @@ class Supervisor:
         removed = sweep_stale(self.run_dir.parent)
         if removed:
             log.info("removed leftovers of dead supervisors: %s", ", ".join(removed))
+        self.gpu = self._resolve_gpu()
         self._claim_run_dir()
         rate = engine_sample_rate(self.settings.tts.engine, self.settings.tts.voice)
         ring_cfg = self.settings.ring
@@ -292,6 +319,7 @@ class Supervisor:
             ring_name=self.ring_name,
             shm_names=(self.ring_name,),
             log_level=self.log_level,
+            extra={"gpu": self.gpu.to_dict()} if self.gpu is not None else {},
         )
         child.proc = self._mp.Process(target=_entry(child.role), args=(spec,), name=f"skald::{child.role}")
         child.proc.start()
@@ -761,6 +789,7 @@ class Supervisor:
             ],
             ring=ring,
             uptime_s=round(time.monotonic() - self._started, 3),
+            gpu=self.gpu.report() if self.gpu is not None else {},
         )
 
     # ------------------------------------------------------------------ shutdown
@@ -819,15 +848,33 @@ def _settings(args: argparse.Namespace, overrides: dict[str, Any] | None = None)
         raise SystemExit(f"skald: {exc}") from None
 
 
-def cmd_speak(args: argparse.Namespace) -> int:
-    text = _read_text(args)
-    overrides: dict[str, Any] = {}
+def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """Overrides shared by ``speak`` and ``serve``: sink, engine, voice and the GPU knobs."""
+    from actors.gpu import gpu_overrides_from_args
+
+    overrides: dict[str, Any] = dict(gpu_overrides_from_args(args))
     if args.sink:
         overrides["audio.sink"] = args.sink
+    if getattr(args, "engine", None):
+        overrides["tts.engine"] = args.engine
+    return overrides
+
+
+def _supervisor(args: argparse.Namespace, overrides: dict[str, Any], shared_run_dir: bool) -> Supervisor:
+    from actors.gpu import setting_origins
+
+    settings = _settings(args, overrides)
+    origins = setting_origins(args.config, overrides=overrides)
+    return Supervisor(settings, shared_run_dir=shared_run_dir, log_level=args.log_level, origins=origins)
+
+
+def cmd_speak(args: argparse.Namespace) -> int:
+    text = _read_text(args)
+    overrides = _run_overrides(args)
     if args.unpaced:
         overrides["audio.wav_paced"] = False
-    settings = _settings(args, overrides)
-    sup = Supervisor(settings, log_level=args.log_level)
+    sup = _supervisor(args, overrides, shared_run_dir=False)
+    settings = sup.settings
     sup.install_signal_handlers()
     progress = not args.quiet
 
@@ -913,12 +960,10 @@ def _report(sup: Supervisor, rec: RequestRecord) -> dict[str, Any]:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    overrides: dict[str, Any] = {}
-    if args.sink:
-        overrides["audio.sink"] = args.sink
+    overrides = _run_overrides(args)
     if args.run_dir:
         overrides["supervisor.run_dir"] = args.run_dir
-    sup = Supervisor(_settings(args, overrides), shared_run_dir=True, log_level=args.log_level)
+    sup = _supervisor(args, overrides, shared_run_dir=True)
     sup.install_signal_handlers()
     try:
         sup.start()
@@ -1089,6 +1134,10 @@ def cmd_chunk(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from actors.engines import ENGINES
+    from actors.gpu import add_gpu_arguments, add_gpu_parser
+    from actors.voices import add_voice_parser, run_voice_command
+
     parser = argparse.ArgumentParser(prog="skald", description="Real-time streaming narration engine.")
     parser.add_argument("--config", help="TOML file overriding config/default.toml")
     parser.add_argument(
@@ -1105,12 +1154,19 @@ def build_parser() -> argparse.ArgumentParser:
     speak.add_argument("--unpaced", action="store_true", help="wav sink: write as fast as possible (offline render)")
     speak.add_argument("--report", help="write a JSON report (ttfa_ms, rtf, underruns, audio_seconds, chunks)")
     speak.add_argument("--quiet", "-q", action="store_true", help="no per-chunk progress lines")
+    speak.add_argument("--engine", choices=ENGINES, help="TTS engine (default: tts.engine)")
+    add_gpu_arguments(speak)
     speak.set_defaults(func=cmd_speak)
 
     serve = sub.add_parser("serve", help="run until SIGINT/SIGTERM; orchestrators connect over ZeroMQ")
     serve.add_argument("--sink", help="device | null | wav:PATH")
     serve.add_argument("--run-dir", help="directory for the ipc sockets (default: $XDG_RUNTIME_DIR/skald-UID)")
+    serve.add_argument("--engine", choices=ENGINES, help="TTS engine (default: tts.engine)")
+    add_gpu_arguments(serve)
     serve.set_defaults(func=cmd_serve)
+
+    add_voice_parser(sub).set_defaults(func=lambda a: run_voice_command(a, _settings(a)))
+    add_gpu_parser(sub)
 
     status = sub.add_parser("status", help="print a running server's status as JSON")
     status.add_argument("--endpoint", help="control endpoint (default: the serve run dir's control.sock)")

@@ -500,14 +500,14 @@ def build_sink(settings: Settings, core: PlaybackCore) -> ClockSink | DeviceSink
 class AudioConsumer:
     """Ring + callback core + control + sink; runs in its own process or in-process in tests."""
 
-    def __init__(self, settings: Settings, ring: PcmRing, send: Any) -> None:
+    def __init__(self, settings: Settings, ring: PcmRing, send: Any, start_s: float | None = None) -> None:
         self.settings = settings
         self.ring = ring
         self.send = send
         ring.clear()  # audio nobody announced to this consumer is never played
         policy = PrebufferPolicy(
             PrebufferConfig(
-                start_s=settings.prebuffer.start_s,
+                start_s=settings.prebuffer.start_s if start_s is None else start_s,
                 resume_s=settings.prebuffer.resume_s,
                 low_water_s=settings.prebuffer.low_water_s,
             )
@@ -604,7 +604,10 @@ class _AudioConsumerProcess:
         self.ring = PcmRing.attach(spec.ring_name, "consumer")
         self.ring.start_heartbeat()
         try:
-            self.consumer = AudioConsumer(spec.config, self.ring, io.send)
+            gpu = spec.extra.get("gpu")
+            # The GPU tier sizes the pre-buffer (0.5 s on a High-End card, 3 s on a Low-End one).
+            start_s = float(gpu["config"]["prebuffer_s"]) if gpu else None
+            self.consumer = AudioConsumer(spec.config, self.ring, io.send, start_s=start_s)
         except Exception:
             self.ring.close()
             raise

@@ -140,7 +140,13 @@ class SkaldClient:
     def status(self) -> dict[str, Any]:
         reply = self.request(wire.StatusQuery())
         assert isinstance(reply, wire.Status)
-        return {"actors": reply.actors, "requests": reply.requests, "ring": reply.ring, "uptime_s": reply.uptime_s}
+        return {
+            "actors": reply.actors,
+            "requests": reply.requests,
+            "ring": reply.ring,
+            "uptime_s": reply.uptime_s,
+            "gpu": reply.gpu,
+        }
 
     # ------------------------------------------------------------------ events
     def events(self, timeout_s: float | None = None) -> Iterator[wire.Message]:

@@ -41,7 +41,6 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -152,11 +151,17 @@ class Job:
 class GpuHooks:
     """What the worker asks of GPU control (``actors.gpu_control``); no-ops on CPU."""
 
+    def chunk_bias(self) -> float:
+        return 1.0
+
     def streams(self, configured: int) -> int:
         return configured
 
     def pause_before_dispatch(self, ring_buffered_s: float) -> float:
         return 0.0
+
+    def on_error(self, exc: BaseException) -> None:
+        pass
 
     def after_cancel(self) -> None:
         pass
@@ -222,7 +227,7 @@ class TtsWorker:
         self._next_dispatch = 0.0
         self.chunks_synthesized = 0
         self.fallback_chunks = 0
-        self.default_voice = settings.tts.voice if engine is not None else settings.tts.fallback_voice
+        self.default_voice = main_voice(settings) if engine is not None else settings.tts.fallback_voice
         self.load_voice(self.default_voice)
         if fallback is not None:
             self.load_voice(settings.tts.fallback_voice)  # warm: a failure mid-request must not wait for it
@@ -308,10 +313,21 @@ class TtsWorker:
             priority=msg.priority,
             t_accepted=msg.t_accepted,
             arrival=next(self._arrivals),
-            chunker=SemanticChunker(self.rates[voice], self.chunker_config, rate_for=self._rate_for),
+            chunker=SemanticChunker(self.rates[voice], self._chunker_config(), rate_for=self._rate_for),
             joiner=ChunkJoiner.from_settings(self.settings.dsp, self.ring.sample_rate),
             has_prelude=msg.has_prelude,
         )
+
+    def _chunker_config(self) -> ChunkerConfig:
+        """The configured chunk sizes, scaled by the GPU tier's bias (smaller under VRAM pressure)."""
+        bias = self.gpu.chunk_bias()
+        if bias == 1.0:
+            return self.chunker_config
+        from actors.gpu import biased_chunk_targets
+
+        lo, hi = biased_chunk_targets(self.settings, bias)
+        c = self.chunker_config
+        return ChunkerConfig(lo, hi, c.hard_min_s, c.hard_max_s, c.first_chunk_s, c.first_chunk_max_s)
 
     def _text(self, piece: wire.TextPiece) -> None:
         req = self.requests.get(piece.request_id)
@@ -458,6 +474,7 @@ class TtsWorker:
                 break
             except Exception as exc:  # an engine failure is reported as data, the worker lives on
                 job.failed = f"{type(exc).__name__}: {exc}"
+                self.gpu.on_error(exc)  # a CUDA OOM frees memory and lowers parallelism first
                 log.warning(
                     "chunk %d of %s failed on %s (attempt %d): %s", job.index, req.request_id, eng.name, n + 1, exc
                 )
@@ -688,6 +705,15 @@ def _span_fields(span: Any) -> dict[str, int]:
     }
 
 
+def main_voice(settings: Settings) -> str:
+    """The main engine's default voice. ``tts.voice`` names a Piper voice by default; with another
+    engine that default means "the engine's own default voice" ("" = XTTS's first speaker)."""
+    tts = settings.tts
+    if tts.engine != "piper" and tts.voice == tts.fallback_voice:
+        return ""
+    return tts.voice
+
+
 def build_engines(settings: Settings) -> tuple[TtsEngine | None, TtsEngine | None, str]:
     """The main engine (or None, with the reason) and the fallback engine (or None)."""
     from actors.engines import create_engine
@@ -699,7 +725,7 @@ def build_engines(settings: Settings) -> tuple[TtsEngine | None, TtsEngine | Non
         if faults is not None and faults.fail_load:
             raise EngineError("injected fault (SKALD_FAULT_INJECT=load)")
         main = create_engine(settings.tts.engine, settings)
-        main.load_voice(settings.tts.voice)
+        main.load_voice(main_voice(settings))
     except Exception as exc:
         error = f"{settings.tts.engine} unavailable: {exc}"
         if main is not None:
@@ -718,15 +744,6 @@ def build_engines(settings: Settings) -> tuple[TtsEngine | None, TtsEngine | Non
     return main, fallback, error
 
 
-def resolve_parallel_streams(settings: Settings, gpu_config: dict[str, Any] | None) -> int:
-    """``tts.parallel_streams`` if set (0-3), else the GPU tier's value; 0 and 1 are sequential."""
-    if settings.tts.parallel_streams >= 0:
-        return max(1, settings.tts.parallel_streams)
-    if gpu_config and isinstance(gpu_config.get("parallel_streams"), int):
-        return max(1, int(gpu_config["parallel_streams"]))
-    return 1
-
-
 class _TtsWorkerProcess:
     def __init__(self, spec: ActorSpec, io: ActorIO) -> None:
         settings = spec.config
@@ -734,8 +751,12 @@ class _TtsWorkerProcess:
         self.ring = PcmRing.attach(spec.ring_name, "producer")
         self.ring.start_heartbeat()
         try:
+            gpu_config: dict[str, Any] | None = spec.extra.get("gpu")
+            gpu, resolved = _gpu_hooks(settings, gpu_config)  # the VRAM limit is set before loading
             main, fallback, error = build_engines(settings)
-            gpu_config: dict[str, Any] | None = getattr(spec, "gpu", None)
+            streams = settings.tts.parallel_streams
+            if streams < 0:
+                streams = resolved.config.parallel_streams if resolved is not None else 1
             self.worker = TtsWorker(
                 settings,
                 main,
@@ -743,8 +764,8 @@ class _TtsWorkerProcess:
                 io.send,
                 fallback=fallback,
                 engine_error=error,
-                parallel_streams=resolve_parallel_streams(settings, gpu_config),
-                gpu=_gpu_hooks(settings, gpu_config, main),
+                parallel_streams=streams,
+                gpu=gpu,
                 faults=FaultPlan.from_env(),
             )
         except Exception:
@@ -765,16 +786,61 @@ class _TtsWorkerProcess:
         self.ring.close()
 
 
-def _gpu_hooks(settings: Settings, gpu_config: dict[str, Any] | None, engine: TtsEngine | None) -> GpuHooks:
-    """GPU control for engines that run on CUDA; plain no-ops otherwise."""
-    if engine is None or getattr(engine, "device", "cpu") == "cpu":
-        return GpuHooks()
-    import importlib
+class GpuControlHooks(GpuHooks):
+    """``GpuHooks`` backed by ``actors.gpu_control``: the VRAM limit, pressure and OOM handling,
+    and the utilization controller's yield and parallelism (the ring's fill wins over both)."""
 
-    factory: Callable[..., GpuHooks] | None = getattr(
-        importlib.import_module("actors.gpu_control"), "worker_gpu_hooks", None
-    )
-    return factory(settings, gpu_config) if factory is not None else GpuHooks()
+    def __init__(self, resolved: Any) -> None:
+        from actors.gpu_control import UtilizationController, VramManager
+
+        self.resolved = resolved
+        self.vram = VramManager.for_worker(resolved)
+        self.vram.apply_limit()  # before the model is loaded, so the limit covers it
+        self.util = UtilizationController.for_worker(resolved)
+        self._streams = resolved.config.concurrency
+
+    def streams(self, configured: int) -> int:
+        return max(1, min(configured, self._streams, self.vram.max_streams))
+
+    def chunk_bias(self) -> float:
+        return self.vram.chunk_bias  # the tier's bias, lowered further under memory pressure
+
+    def pause_before_dispatch(self, ring_buffered_s: float) -> float:
+        pressure = self.vram.check()
+        decision = self.util.decide(ring_buffered_s, streams_cap=pressure.max_streams)
+        self._streams = decision.parallel_streams
+        return decision.yield_s
+
+    def on_error(self, exc: BaseException) -> None:
+        from actors.gpu_control import is_oom_error
+
+        if is_oom_error(exc):
+            self.vram.oom_count += 1
+            self.vram.pressure = self.vram.governor.note_oom()  # fewer streams, smaller chunks
+            self.vram.release("oom")
+
+    def after_cancel(self) -> None:
+        self.vram.release("cancel")
+
+    def after_request(self) -> None:
+        self.vram.release("request_done")
+
+    def status(self) -> dict[str, Any]:
+        from actors.gpu_control import control_status
+
+        return control_status(self.resolved, self.vram, self.util)
+
+
+def _gpu_hooks(settings: Settings, gpu_config: dict[str, Any] | None) -> tuple[GpuHooks, Any]:
+    """GPU control when the engine runs on CUDA (XTTS); plain no-ops otherwise (no torch import)."""
+    if not gpu_config or settings.tts.engine != "xtts" or settings.xtts.device == "cpu":
+        return GpuHooks(), None
+    from actors.gpu import ResolvedGpuConfig, confirm_with_torch
+
+    resolved = confirm_with_torch(settings, ResolvedGpuConfig.from_dict(gpu_config))
+    if not resolved.on_gpu:
+        return GpuHooks(), resolved
+    return GpuControlHooks(resolved), resolved
 
 
 def _eager(actor: Any, msg: wire.Message) -> None:

@@ -223,6 +223,7 @@ class Status(Message, kw_only=True):
     requests: list[dict[str, Any]] = msgspec.field(default_factory=list)
     ring: dict[str, Any] = msgspec.field(default_factory=dict)
     uptime_s: float = 0.0
+    gpu: dict[str, Any] = msgspec.field(default_factory=dict)  # detection, tier, configuration in force
 
 
 ERROR_KINDS = (

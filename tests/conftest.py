@@ -213,3 +213,12 @@ def make_server(run_dir: Path) -> Iterator:  # type: ignore[type-arg]
     yield start
     for server in servers:
         server.stop()
+
+
+@pytest.fixture(scope="session")
+def xtts_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real XTTS v2 architecture, tiny config, random weights: built once per test session.
+    Timing and code paths only; what it says is noise."""
+    from actors.engines.xtts_random import cached_model_dir
+
+    return cached_model_dir("tiny", tmp_path_factory.getbasetemp() / "xtts-random")

@@ -23,7 +23,6 @@ pytest.importorskip("TTS.tts.models.xtts", reason="the xtts extra (coqui-tts) is
 
 from actors.engines import EngineError
 from actors.engines.xtts_engine import XttsEngine
-from actors.engines.xtts_random import cached_model_dir
 from actors.voices import (
     PROFILE_FORMAT,
     PROFILE_VERSION,
@@ -35,12 +34,6 @@ from actors.voices import (
     validate_voice_name,
 )
 from config.settings import load_settings
-
-
-@pytest.fixture(scope="session")
-def xtts_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random model, built once per session (shared with test_xtts_engine.py)."""
-    return cached_model_dir("tiny", tmp_path_factory.getbasetemp() / "xtts-random")
 
 
 @pytest.fixture(scope="module")

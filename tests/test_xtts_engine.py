@@ -34,7 +34,6 @@ from actors.engines.xtts_engine import (
     XttsEngine,
     tokens_to_frames,
 )
-from actors.engines.xtts_random import cached_model_dir
 from config.settings import load_settings
 from tests.conftest import ROOT
 
@@ -48,12 +47,6 @@ def _refuse_network(self: socket.socket, address: Any) -> None:
 
 
 _real_connect = socket.socket.connect
-
-
-@pytest.fixture(scope="session")
-def xtts_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny random model, built once per session (shared with test_voices.py)."""
-    return cached_model_dir("tiny", tmp_path_factory.getbasetemp() / "xtts-random")
 
 
 @pytest.fixture(scope="module")
