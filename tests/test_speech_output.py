@@ -12,6 +12,7 @@ import itertools
 import json
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -199,3 +200,65 @@ def test_real_device_playback_is_complete_and_gap_free(tmp_path: Path, pulse_sin
     times = np.array([t for t, _ in scores])
     for seam in seams:
         assert np.any((times < seam) & (times > seam - 1.0)) and np.any((times > seam) & (times < seam + 1.0))
+
+
+@pytest.mark.device
+def test_prelude_to_narrative_seam_has_no_gap_and_no_overlap(make_server, pulse_sink: PulseNullSink) -> None:  # type: ignore[no-untyped-def]
+    """Issue 6: the prelude is heard first, then the narrative, joined like any chunk seam: the
+    recording is exactly the joined reference around the seam (a gap or an overlap would
+    shift everything after it), and the silence there is the sentence pause, not more."""
+    from actors import wire
+
+    server = make_server("--sink", "device", **pulse_sink.env, **DETERMINISTIC)
+    with server.client() as ctl, MonitorRecorder(rate=22050, env=pulse_sink.env) as recorder:
+        events = server.client()
+        try:
+            time.sleep(0.2)
+            rid = ctl.speak(
+                "Beyond it, a stair winds down into the dark, and the air smells of old rain.",
+                prelude="The door groans open.",
+            )
+            seen: list[wire.Message] = []
+            for event in events.events(timeout_s=30):
+                seen.append(event)
+                if isinstance(event, wire.RequestFinished) and event.request_id == rid:
+                    break
+        finally:
+            events.close()
+        time.sleep(0.3)
+        recording = recorder.stop()
+    finished = next(e for e in seen if isinstance(e, wire.RequestFinished))
+    assert finished.status == "done" and finished.underruns == 0
+    planned = sorted((e for e in seen if isinstance(e, wire.ChunkPlanned)), key=lambda e: e.index)
+    assert planned[0].text.startswith("The door groans open.")
+    synthesized = {e.index: e for e in seen if isinstance(e, wire.ChunkSynthesized)}
+    report = {
+        "chunks": [
+            {
+                "text": p.text,
+                "span": {
+                    k: getattr(synthesized[p.index], k)
+                    for k in ("out_start", "out_end", "lead_pad", "src_start", "kept", "overlap_in")
+                },
+            }
+            for p in planned
+        ]
+    }
+    rate = 22050
+    parts = [_raw_piper([c["text"]])[0] for c in report["chunks"]]
+    reference, _ = joined_reference(report, parts, rate)
+    offset, score = align(reference, recording, rate)
+    assert score >= 0.98, f"correlation {score:.4f}"
+    scores = _window_scores(reference, recording, offset, rate)
+    assert min(s for _, s in scores) >= 0.95, scores
+    seam = report["chunks"][1]["span"]["out_start"]
+    # Voiced windows on both sides of the seam line up, and the pause there is a sentence pause.
+    times = np.array([t for t, _ in scores])
+    assert np.any((times < seam / rate) & (times > seam / rate - 1.0))
+    assert np.any((times > seam / rate) & (times < seam / rate + 1.0))
+    heard = np.abs(recording[offset : offset + len(reference)].astype(np.int32)) > 60
+    quiet, longest = 0, 0
+    for h in heard[max(0, seam - rate) : seam + rate]:
+        quiet = 0 if h else quiet + 1
+        longest = max(longest, quiet)
+    assert longest / rate <= 0.40, f"{longest / rate:.3f} s of silence at the prelude/narrative seam"
