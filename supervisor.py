@@ -524,7 +524,7 @@ class Supervisor:
         elif isinstance(msg, wire.TextPiece):
             if self._active(msg.request_id):
                 self._to_actor(TTS_WORKER, msg)
-        elif isinstance(msg, wire.Segment):
+        elif isinstance(msg, (wire.Segment, wire.Skip)):
             self._to_actor(AUDIO_CONSUMER, msg)
         elif isinstance(msg, wire.PreludeDone):
             if self._active(msg.request_id):

@@ -234,7 +234,11 @@ ERROR_KINDS = (
     "bad_request",  # well-formed but meaningless (empty text, control characters, unknown id)
     "actor_crashed",  # a child process died; it is being restarted
     "actor_failed",  # a child process could not be (re)started; giving up
-    "synthesis_failed",  # the engine raised on a chunk
+    "synthesis_failed",  # the engine raised on a chunk (and on its retry, with no fallback)
+    "engine_failed",  # the main engine failed a chunk twice: the fallback engine finishes the request
+    "engine_unavailable",  # the main engine could not be loaded (no CUDA, model files missing)
+    "model_unavailable",  # a language model cannot be loaded or its server cannot be reached
+    "generation_failed",  # a language model failed mid-turn (HTTP error, broken stream, timeout)
     "audio_output",  # the sink failed (device lost, ...)
     "internal",
 )
@@ -293,6 +297,18 @@ class Segment(Message, kw_only=True):
     t_accepted: float = 0.0
 
 
+class Skip(Message, kw_only=True):
+    """Tts worker -> audio consumer: never play ring frames ``[start, end)``; an urgent request
+    goes first and the worker pushes that audio again after it. ``reopen`` lists requests whose
+    end the consumer must wait for again (a new ``Segment`` with ``last`` will come)."""
+
+    KIND: ClassVar[bytes] = b"skip"
+    start: int
+    end: int
+    reopen: list[str] = msgspec.field(default_factory=list)
+    reason: str = ""
+
+
 class PreludeDone(Message, kw_only=True):
     """Prelude actor -> narrative actor (relayed by the supervisor): the full opener that was
     spoken, so the narrative continues it instead of repeating it."""
@@ -337,6 +353,7 @@ _ALL: tuple[type[Message], ...] = (
     OpenRequest,
     TextPiece,
     Segment,
+    Skip,
     PreludeDone,
     Shutdown,
     Metrics,

@@ -124,6 +124,7 @@ class AudioSettings:
     latency: str = "low"
     fade_ms: float = 8.0
     tail_pad_ms: float = 150.0
+    device_rate: int = 0
 
 
 @dataclass(frozen=True)
@@ -139,6 +140,7 @@ class TextActorSettings:
     system_prompt: str = ""
     timeout_s: float = 30.0
     prefill: bool = True
+    threads: int = 0
 
 
 @dataclass(frozen=True)
@@ -220,14 +222,17 @@ _RANGES: dict[str, tuple[float, float]] = {
     "audio.blocksize": (64, 1024),
     "audio.fade_ms": (0.0, 10.0),
     "audio.tail_pad_ms": (0.0, 5000.0),
+    "audio.device_rate": (0, 192000),
     "actors.prelude.max_words": (1, 60),
     "actors.prelude.max_tokens": (1, 32768),
     "actors.prelude.temperature": (0.0, 2.0),
     "actors.prelude.timeout_s": (0.5, 600.0),
+    "actors.prelude.threads": (0, 256),
     "actors.narrative.max_words": (1, 60),
     "actors.narrative.max_tokens": (1, 32768),
     "actors.narrative.temperature": (0.0, 2.0),
     "actors.narrative.timeout_s": (0.5, 600.0),
+    "actors.narrative.threads": (0, 256),
 }
 _CHOICES: dict[str, tuple[str, ...]] = {
     "tts.engine": ("piper", "xtts"),

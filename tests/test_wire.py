@@ -32,6 +32,7 @@ def test_every_message_round_trips() -> None:
         wire.TextPiece(request_id="r1", source="narrative", text="a", final=True),
         wire.Segment(request_id="r1", index=0, start=0, end=10, last=False),
         wire.PreludeDone(request_id="t1", text="The door creaks."),
+        wire.Skip(start=10, end=20, reopen=["r1"], reason="preempted"),
         wire.Shutdown(reason="x"),
         wire.Metrics(role="tts_worker", values={"q": 1}),
     ]
