@@ -5,9 +5,12 @@ PortAudio callback runs on time. Two threads matter:
 
 * the **callback** (``PlaybackCore.render``), run by PortAudio for the device sink or by a
   real-time clock thread for the ``null``/``wav`` sinks, so TTFA and underruns mean the same on
-  every paced sink. It reads the ring, writes the whole output buffer, zero-fills and counts an
-  underrun when audio that is still expected is missing. It allocates no sample buffer, takes
-  no lock, logs nothing and never blocks.
+  every paced sink. It reads the ring as float32, writes the whole output buffer, zero-fills and
+  counts an underrun when audio that is still expected is missing, and converts to int16 with
+  ``actors.dsp.Int16Converter`` (rounded, clipped, optional TPDF dither). When the device refuses
+  the ring's rate it runs at a whole multiple of it and the callback upsamples
+  (``actors.dsp.IntegerUpsampler``). It allocates no sample buffer, takes no lock, logs nothing
+  and never blocks.
 * the **control thread** (``ConsumerControl``), which handles ``Segment`` and ``Cancel``
   messages, publishes what the callback may play, and turns the callback's counters and
   timing log into events (``playback_started`` with TTFA, ``underrun``, ``request_finished``).
@@ -41,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from actors import wire
+from actors.dsp import Int16Converter, IntegerUpsampler
 from actors.prebuffer import PlaybackState, PrebufferConfig, PrebufferPolicy
 from actors.runtime import ActorIO, ActorSpec, process_rss_mb, run_actor
 from config.settings import Settings
@@ -55,9 +59,27 @@ LOG_N = 512  # timing-log entries (about 6 s of 256-frame blocks at 22.05 kHz)
 
 
 class PlaybackCore:
-    """The callback body, shared by every sink. ``render`` fills one output block."""
+    """The callback body, shared by every sink. ``render`` fills one output block.
 
-    def __init__(self, ring: PcmRing, blocksize: int, prebuffer: PrebufferPolicy, fade_ms: float) -> None:
+    Samples travel as float32 from the ring to the last step: the ring is read into a
+    preallocated float32 block, the cut fade is applied there, the block is upsampled when the
+    device runs at a whole multiple of the ring rate (``upsample``, ``IntegerUpsampler``), and
+    ``Int16Converter`` rounds (optionally with TPDF dither) and clips into the device's int16
+    buffer. Every buffer is allocated here, once.
+    """
+
+    def __init__(
+        self,
+        ring: PcmRing,
+        blocksize: int,
+        prebuffer: PrebufferPolicy,
+        fade_ms: float,
+        *,
+        upsample: int = 1,
+        dither: bool = False,
+        dither_seed: int | None = None,
+        max_frames: int = 0,
+    ) -> None:
         self.ring = ring
         self.sample_rate = ring.sample_rate
         self.blocksize = blocksize
@@ -71,14 +93,38 @@ class PlaybackCore:
         self.cutlog = np.zeros(2, dtype=np.float64)
         self.timelog = np.zeros((LOG_N, 3), dtype=np.float64)  # r_start, r_end, dac_monotonic
         self.fade_frames = max(0, int(self.sample_rate * fade_ms / 1000.0))
-        self._ramp = np.linspace(1.0, 0.0, max(self.fade_frames, 1), dtype=np.float32)
-        self._fade_buf = np.zeros(max(self.fade_frames, 1), dtype=np.float32)
+        # Raised-cosine fade-out: its slope goes to zero at the end, so the last samples before
+        # silence move by far less than a linear ramp's (the stop is inaudible, not a tick).
+        n = max(self.fade_frames, 1)
+        self._ramp = (0.5 * (1.0 + np.cos(np.pi * np.arange(1, n + 1) / n))).astype(np.float32)
         self._audible = False  # the last frame written was real audio (a cut must fade)
+        self._fade_done = 0  # ramp frames already played of a fade that goes on in the next block
+        self._fade_from = 0  # ring index where the cut being faded began
         self.ctl[PLAY_LIMIT] = ring.read_index
+        # Ring frames one render may be asked for: the sink's block, with room for hosts that
+        # hand the callback more than it asked for.
+        self.max_frames = max(int(max_frames), 4 * blocksize, 4096)
+        self.upsample = int(upsample)
+        self.device_rate = self.sample_rate * self.upsample
+        self._float = np.zeros(self.max_frames, dtype=np.float32)
+        self._upsampler: IntegerUpsampler | None = None
+        self._up = self._float
+        self.output_delay_s = 0.0  # from a ring frame's DAC time to when it is centred in the output
+        self._filter_tail = 0  # ring frames of silence the upsampler still needs to ring out
+        if self.upsample > 1:
+            self._upsampler = IntegerUpsampler(self.upsample, self.max_frames)
+            self._up = np.zeros(self.max_frames * self.upsample, dtype=np.float32)
+            self.output_delay_s = self._upsampler.delay_s(self.sample_rate)
+        self._int16 = Int16Converter(self.max_frames * self.upsample, dither=dither, seed=dither_seed)
 
     def render(self, out: np.ndarray, dac_time: float) -> int:
-        """Fill ``out`` (int16, 1-D) completely; return the frames of real audio written."""
-        frames = len(out)
+        """Fill ``out`` (int16, 1-D, ``upsample`` × the ring frames of this block) completely;
+        return the ring frames of real audio written. ``dac_time`` is when ``out[0]`` is heard."""
+        up = self.upsample
+        frames = len(out) // up
+        if frames * up != len(out) or frames > self.max_frames:
+            raise ValueError(f"render: {len(out)} output frames is not a multiple of {up} up to {self.max_frames}")
+        dac_time += self.output_delay_s
         r = r_start = self.ring.read_index
         limit = int(self.ctl[PLAY_LIMIT])
         expecting = bool(self.ctl[EXPECTING])
@@ -87,10 +133,17 @@ class PlaybackCore:
         if limit <= r and not expecting and nwin == 0 and self.policy.state == PlaybackState.IDLE:
             # Idle fast path: most callbacks between utterances. Less work here is less time
             # stolen from the inference threads on a small machine.
-            out.fill(0)
             self._audible = False
+            if self._filter_tail > 0:
+                # The upsampler still rings with the end of the last sound: play that out.
+                self._float[:frames] = 0.0
+                self._emit(frames, out)
+                self._filter_tail -= frames
+            else:
+                out.fill(0)
             self._log_block(r, r, dac_time, PlaybackState.IDLE)
             return 0
+        buf = self._float
         wins = self.windows[table]
         buffered = max(0, limit - r)
         state = self.policy.step(buffered / self.sample_rate, not expecting, expecting or buffered > 0)
@@ -103,15 +156,29 @@ class PlaybackCore:
             for w in range(nwin):
                 lo, hi = int(wins[w, 0]), int(wins[w, 1])
                 if lo <= r < hi:
-                    if state == PlaybackState.PLAYING and self._audible and self.fade_frames:
-                        k = min(self.fade_frames, hi - r, frames - pos)
-                        got = self.ring.read_into(self._fade_buf, k, start_index=r)
-                        np.multiply(self._fade_buf[:got], self._ramp[:got], out=self._fade_buf[:got])
-                        np.multiply(self._fade_buf[:got], 32767.0, out=self._fade_buf[:got])
-                        out[pos : pos + got] = self._fade_buf[:got]
+                    done = self._fade_done
+                    if done or (state == PlaybackState.PLAYING and self._audible and self.fade_frames):
+                        # The first fade_frames of the cut audio are played under a ramp to zero. A
+                        # fade longer than what is left of this block goes on in the next one (the
+                        # read index moves through the faded frames), so the ramp always ends at 0.
+                        if not done:
+                            self._fade_from = r
+                        k = min(self.fade_frames - done, hi - r, frames - pos)
+                        got = self.ring.read_into(buf[pos : pos + k], k, start_index=r)
+                        seg = buf[pos : pos + got]
+                        np.multiply(seg, self._ramp[done : done + got], out=seg)
                         pos += got
+                        r += got
+                        done += got
+                        if got == k and done < self.fade_frames and r < hi:
+                            self._fade_done = done  # the block is full: the fade continues next time
+                            jumped = True
+                            break
+                    else:
+                        self._fade_from = r
+                    self._fade_done = 0
                     self.cutlog[0] = dac_time + pos / self.sample_rate
-                    self.cutlog[1] = r
+                    self.cutlog[1] = self._fade_from
                     self.stats[CUTS] += 1
                     r = hi
                     self._audible = False
@@ -129,7 +196,8 @@ class PlaybackCore:
             n = min(frames - pos, end - r)
             if n <= 0:
                 break
-            got = self.ring.read_into(out[pos : pos + n], n, start_index=r)
+            self._fade_done = 0  # (a fade whose window went away ends here)
+            got = self.ring.read_into(buf[pos : pos + n], n, start_index=r)
             if got <= 0:
                 break
             pos += got
@@ -138,13 +206,24 @@ class PlaybackCore:
         if r != r_start:
             self.ring.commit_read(r)
         if pos < frames:
-            out[pos:] = 0
+            buf[pos:frames] = 0.0
             if state == PlaybackState.PLAYING and expecting:
                 self.stats[UNDERRUNS] += 1
                 self.stats[UNDERRUN_FRAMES] += frames - pos
             self._audible = False
+        self._emit(frames, out)
+        if self._upsampler is not None:
+            self._filter_tail = self._upsampler.taps_per_phase if pos > 0 else self._filter_tail - frames
         self._log_block(r_start, r, dac_time, state)
         return pos
+
+    def _emit(self, frames: int, out: np.ndarray) -> None:
+        """float32 block → (upsampled) → int16 ``out``."""
+        if self._upsampler is None:
+            self._int16.convert(self._float[:frames], out)
+        else:
+            n = self._upsampler.process_into(self._float[:frames], self._up)
+            self._int16.convert(self._up[:n], out)
 
     def _log_block(self, r_start: int, r_end: int, dac_time: float, state: int) -> None:
         i = int(self.stats[LOG_COUNT]) % LOG_N
@@ -161,7 +240,7 @@ class PlaybackCore:
         for j in range(count - 1, max(-1, count - LOG_N - 1), -1):
             r_start, r_end, dac = self.timelog[j % LOG_N]
             if r_start <= index < r_end:
-                return float(dac) + max(0.0, index - r_start) / self.sample_rate
+                return float(dac + max(0.0, index - r_start) / self.sample_rate)
             if r_end <= index and j == count - 1:
                 return None  # not played yet
         return None
@@ -211,6 +290,22 @@ class ConsumerControl:
             self._segment(msg)
         elif isinstance(msg, wire.Cancel):
             self._cancel(msg)
+        elif isinstance(msg, wire.Skip):
+            self._skip(msg)
+
+    def _skip(self, msg: wire.Skip) -> None:
+        """An urgent request goes first: never play ``[start, end)``; the worker pushes that audio
+        again after it, so the requests it belonged to end only at their new last segment."""
+        faded = msg.start + self.core.fade_frames  # heard as the fade-out; not pushed again
+        for req in self.requests.values():
+            for lo, hi in req.ranges:
+                overlap = min(hi, msg.end) - max(lo, faded)
+                if overlap > 0:
+                    req.frames -= overlap  # heard later, from the frames pushed again
+            if req.request_id in msg.reopen and not req.cancelled:
+                req.last_seen = False
+        self._add_window(msg.start, msg.end)
+        self._publish()
 
     def _segment(self, seg: wire.Segment) -> None:
         req = self.requests.get(seg.request_id)
@@ -436,20 +531,65 @@ class ClockSink:
             self._wav = None
 
 
-class DeviceSink:
-    """A PortAudio output stream in callback mode (int16 mono at the engine rate)."""
+MAX_UPSAMPLE = 8  # 8 × 24 kHz = 192 kHz, the highest device rate worth trying
 
-    def __init__(self, core: PlaybackCore, device: str, hostapi: str, latency: str = "high") -> None:
-        from actors.audio_device import negotiate_samplerate, select_output_device
 
-        self.core = core
-        self.info = select_output_device(device or None, hostapi or None)
-        rate = negotiate_samplerate(self.info, core.sample_rate)
-        if rate != core.sample_rate:
+def choose_upsample(device: Any, ring_rate: int, device_rate: int = 0) -> int:
+    """The whole factor to open ``device`` at: its rate is ``ring_rate × factor``.
+
+    ``device_rate = 0`` (``audio.device_rate``): the ring rate when the device takes it (factor 1),
+    else the device's default rate when it is a whole multiple of the ring rate (48 kHz for 16 or
+    24 kHz), else the smallest multiple the device takes (44.1 kHz for 22.05 kHz). A nonzero
+    ``device_rate`` must be a multiple of the ring rate and is used as is (the tests force the
+    upsampling path with it on a device that takes the ring rate). Raises ``RuntimeError`` naming
+    the device and every rate tried when none works.
+    """
+    from actors.audio_device import AudioDeviceError, negotiate_samplerate
+
+    def accepts(rate: int) -> bool:
+        try:
+            return negotiate_samplerate(device, rate) == rate
+        except AudioDeviceError:
+            return False
+
+    name = getattr(device, "name", str(device))
+    if device_rate:
+        factor, rest = divmod(int(device_rate), ring_rate)
+        if rest or not 1 <= factor <= MAX_UPSAMPLE:
             raise RuntimeError(
-                f"output device {self.info.name!r} refuses {core.sample_rate} Hz (it offers {rate} Hz); "
-                "choose another device with audio.device, or use a voice at a rate the device takes"
+                f"audio.device_rate = {device_rate} Hz is not a whole multiple (1-{MAX_UPSAMPLE}×) of the voice's "
+                f"{ring_rate} Hz; use e.g. {2 * ring_rate}, or 0 to choose automatically"
             )
+        if not accepts(int(device_rate)):
+            raise RuntimeError(
+                f"output device {name!r} refuses audio.device_rate = {device_rate} Hz; "
+                "use 0 to choose automatically, or another device with audio.device"
+            )
+        return factor
+    if accepts(ring_rate):
+        return 1
+    default = round(float(getattr(device, "default_samplerate", 0.0)))
+    factors = [k for k in range(2, MAX_UPSAMPLE + 1) if k * ring_rate <= 192000]
+    if default % ring_rate == 0 and default // ring_rate in factors:
+        factors.remove(default // ring_rate)
+        factors.insert(0, default // ring_rate)
+    for k in factors:
+        if accepts(k * ring_rate):
+            return k
+    tried = ", ".join(str(r) for r in [ring_rate, *(k * ring_rate for k in factors)])
+    raise RuntimeError(
+        f"output device {name!r} refuses {ring_rate} Hz and every whole multiple of it tried ({tried} Hz; it "
+        f"offers {default} Hz); choose another device with audio.device, or use a voice at a rate the device takes"
+    )
+
+
+class DeviceSink:
+    """A PortAudio output stream in callback mode: int16 mono at the core's ``device_rate``
+    (the ring rate, or a whole multiple of it that the core upsamples to)."""
+
+    def __init__(self, core: PlaybackCore, info: Any, latency: str = "high") -> None:
+        self.core = core
+        self.info = info
         self.latency: str | float = latency if latency in ("low", "high") else float(latency)
         self.error = ""
         self._stream: Any = None
@@ -469,8 +609,8 @@ class DeviceSink:
             core.render(outdata[:, 0], dac)
 
         self._stream = sd.OutputStream(
-            samplerate=core.sample_rate,
-            blocksize=core.blocksize,
+            samplerate=core.device_rate,
+            blocksize=core.blocksize * core.upsample,  # blocksize ring frames per callback
             channels=1,
             dtype="int16",
             device=self.info.index,
@@ -488,13 +628,18 @@ class DeviceSink:
                 self._stream = None
 
 
-def build_sink(settings: Settings, core: PlaybackCore) -> ClockSink | DeviceSink:
+def build_sink(settings: Settings, core: PlaybackCore, device: Any = None) -> ClockSink | DeviceSink:
+    """The sink ``audio.sink`` names; ``device`` is the selected ``DeviceInfo`` for the device sink."""
     sink = settings.audio.sink
     if sink == "null":
         return ClockSink(core, None, paced=True)
     if sink.startswith("wav:"):
         return ClockSink(core, sink[4:], paced=settings.audio.wav_paced)
-    return DeviceSink(core, settings.audio.device, settings.audio.hostapi, settings.audio.latency)
+    if device is None:
+        from actors.audio_device import select_output_device
+
+        device = select_output_device(settings.audio.device or None, settings.audio.hostapi or None)
+    return DeviceSink(core, device, settings.audio.latency)
 
 
 class AudioConsumer:
@@ -512,9 +657,23 @@ class AudioConsumer:
                 low_water_s=settings.prebuffer.low_water_s,
             )
         )
-        self.core = PlaybackCore(ring, settings.audio.blocksize, policy, settings.audio.fade_ms)
+        device: Any = None
+        upsample = 1
+        if settings.audio.sink == "device":
+            from actors.audio_device import select_output_device
+
+            device = select_output_device(settings.audio.device or None, settings.audio.hostapi or None)
+            upsample = choose_upsample(device, ring.sample_rate, settings.audio.device_rate)
+        self.core = PlaybackCore(
+            ring,
+            settings.audio.blocksize,
+            policy,
+            settings.audio.fade_ms,
+            upsample=upsample,
+            dither=settings.dsp.dither,
+        )
         self.control = ConsumerControl(self.core, send)
-        self.sink = build_sink(settings, self.core)
+        self.sink = build_sink(settings, self.core, device)
         self.sink.start()
         self._last_audio = time.monotonic()
 
@@ -530,6 +689,10 @@ class AudioConsumer:
         }
         if isinstance(self.sink, DeviceSink):
             info["device"] = self.sink.info.name
+            info["device_rate"] = self.core.device_rate
+            info["upsample"] = self.core.upsample
+            info["filter_delay_ms"] = round(self.core.output_delay_s * 1000.0, 3)
+        info["dither"] = self.settings.dsp.dither
         return info
 
     def metrics(self) -> dict[str, Any]:

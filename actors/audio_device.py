@@ -107,9 +107,7 @@ def _sounddevice() -> ModuleType:
         # sounddevice raises a bare OSError when ctypes cannot find libportaudio.
         raise AudioDeviceError(f"{_INSTALL_HINT} ({exc})") from exc
     except ImportError as exc:
-        raise AudioDeviceError(
-            f"the sounddevice package is not installed: pip install sounddevice ({exc})"
-        ) from exc
+        raise AudioDeviceError(f"the sounddevice package is not installed: pip install sounddevice ({exc})") from exc
     return sounddevice
 
 
@@ -166,8 +164,7 @@ def _resolve_hostapi(hostapi: str, names: list[str], devices: list[DeviceInfo]) 
         return matches[0]
     problem = "matches no host API" if not matches else f"is ambiguous, it matches {matches}"
     raise AudioDeviceError(
-        f"host API {hostapi!r} {problem}; host APIs here: {names}\n"
-        f"Output devices:\n{_device_listing(devices)}"
+        f"host API {hostapi!r} {problem}; host APIs here: {names}\nOutput devices:\n{_device_listing(devices)}"
     )
 
 
@@ -207,9 +204,7 @@ def select_output_device(name: str | None = None, hostapi: str | None = None) ->
             if d.index == int(default_index):
                 return d
         where = f" for host API {api_name!r}" if api_name else ""
-        raise AudioDeviceError(
-            f"no default output device{where}. Output devices:\n{_device_listing(devices)}"
-        )
+        raise AudioDeviceError(f"no default output device{where}. Output devices:\n{_device_listing(devices)}")
 
     matches = [candidates[i] for i in _match_one(name, [d.name for d in candidates])]
     if len(matches) > 1 and all(m.name == matches[0].name for m in matches):

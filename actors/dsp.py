@@ -7,8 +7,9 @@ engine. Where each stage runs::
     ┌──────────────────────────────── ChunkJoiner ────────────────────────────────┐
     engine ─> to_mono ─> DcBlocker ─> silence trim ─> equal-power crossfade ─> [Resampler] ─> PcmRing
     blocks    float32    per chunk    to a natural    held tail of N meets                      │
-                                      pause           the head of N+1         callback: Int16Converter
-                                                                               (no allocation) ─> device
+                                      pause           the head of N+1    callback (no allocation):
+                                                                         fade, [IntegerUpsampler],
+                                                                         Int16Converter ─> device
 
 Latency. Nothing here delays speech by more than the crossfade length: the joiner holds back the
 last ``crossfade_ms`` of what it was given (any block may be a chunk's last, and that tail must
@@ -17,7 +18,8 @@ chunk ended there (silence beyond the natural pause). Leading silence is cut, so
 a request starts *earlier* than the raw engine output (Piper: 35–55 ms of lead silence).
 
 Every sample rate inside skald (engine, ring) is 16–24 kHz (``validate_rate``); other rates are
-made at the edges with ``Resampler`` / ``resample``.
+made at the edges with ``Resampler`` / ``resample``, or, for a device that refuses the ring rate,
+at a whole multiple of it by ``IntegerUpsampler`` inside the audio callback.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ __all__ = [
     "DcBlocker",
     "DspError",
     "Int16Converter",
+    "IntegerUpsampler",
     "Resampler",
     "equal_power_gains",
     "float_to_int16",
@@ -849,3 +852,151 @@ class Resampler:
         if self._stream is not None:
             self._stream.clear()
         self.frames_in = self.frames_out = 0
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole-factor upsampling in the audio callback
+
+
+class IntegerUpsampler:
+    """Streaming polyphase FIR interpolator by a whole ``factor`` (2× 22.05 → 44.1 kHz, 3× 16 → 48 kHz),
+    for the audio callback: it allocates no sample buffer after construction.
+
+    Used when the output device refuses the ring's rate but takes a whole multiple of it. Unlike
+    ``Resampler`` (soxr, allocating, tens of ms of delay) it runs inside the callback, so a cancel,
+    a skip window and the fade all stay in ring frames and nothing sits in a second buffer.
+
+    The filter is a Kaiser-windowed sinc (linear phase, odd length ``factor × taps_per_phase − 1``,
+    so the delay is a whole number of output samples), designed at the output rate with its
+    passband up to ``passband`` × the input rate (0.45: 9.9 kHz at 22.05 kHz) and its stopband from
+    ``stopband`` × the input rate (0.5: the input's Nyquist, so every image of every input
+    frequency is in the stopband) down by ``atten_db``. The length comes from Kaiser's formula for
+    that transition width: about 100 taps per phase for 80 dB whatever the factor, ~2.3 ms of
+    delay at 22.05 kHz (``delay_s``). Gain: DC gain ``factor`` of the prototype, so each phase has
+    unit gain and the level does not change.
+
+    Per block of ``n`` input frames the work is one ``np.matmul`` of a strided
+    ``(n, taps_per_phase)`` view of the input history with the ``(taps_per_phase, factor)`` phase
+    matrix, written into ``out`` viewed as ``(n, factor)``: output ``n·factor + p`` is phase ``p``
+    at input frame ``n``. The last ``taps_per_phase − 1`` input frames are kept for the next call,
+    so block-by-block output equals one-shot output (tested). Figures in docs/audio-quality.md.
+    """
+
+    def __init__(
+        self,
+        factor: int,
+        max_frames: int = 4096,
+        *,
+        passband: float = 0.45,
+        stopband: float = 0.5,
+        atten_db: float = 80.0,
+    ) -> None:
+        if isinstance(factor, bool) or not isinstance(factor, int | np.integer) or not 1 <= int(factor) <= 16:
+            raise DspError(f"upsampling factor {factor!r} must be a whole number from 1 to 16")
+        if max_frames < 1:
+            raise DspError(f"max_frames = {max_frames}: must be at least 1")
+        if not 0.0 < passband < stopband <= 0.5 * int(factor):
+            raise DspError(f"passband {passband} < stopband {stopband} (× the input rate) must lie in (0, factor / 2]")
+        if not 20.0 <= atten_db <= 160.0:
+            raise DspError(f"stopband attenuation {atten_db} dB must be between 20 and 160 dB")
+        self.factor = L = int(factor)
+        self.max_frames = int(max_frames)
+        self.passband, self.stopband, self.atten_db = passband, stopband, atten_db
+        if L == 1:
+            taps_pp = 1
+            proto = np.ones(1, dtype=np.float64)
+        else:
+            # Kaiser's estimates, with frequencies as fractions of the output rate.
+            width = (stopband - passband) / L
+            n_est = math.ceil((atten_db - 7.95) / (14.36 * width)) + 1
+            taps_pp = max(2, math.ceil((n_est + 1) / L))
+            taps_pp += taps_pp % 2  # even: L·T − 1 is odd, so the centre is a whole output sample
+            n_taps = L * taps_pp - 1
+            if atten_db > 50:
+                beta = 0.1102 * (atten_db - 8.7)
+            elif atten_db >= 21:
+                beta = 0.5842 * (atten_db - 21) ** 0.4 + 0.07886 * (atten_db - 21)
+            else:
+                beta = 0.0
+            cutoff = 0.5 * (passband + stopband) / L
+            k = np.arange(n_taps, dtype=np.float64) - (n_taps - 1) / 2
+            proto = 2.0 * cutoff * np.sinc(2.0 * cutoff * k) * np.kaiser(n_taps, beta)
+            proto *= L / proto.sum()
+        self.taps: npt.NDArray[np.float64] = proto
+        """The prototype filter at the output rate (for analysis; ``len = factor × taps_per_phase − 1``)."""
+        self.taps_per_phase = taps_pp
+        self.delay_frames_out = (len(proto) - 1) // 2
+        """Group delay in output samples: input frame ``i`` is centred on output sample ``i·factor + delay``."""
+        padded = np.zeros(L * taps_pp, dtype=np.float64)
+        padded[: len(proto)] = proto
+        # _phases[j, p] = h[p + (T − 1 − j)·L]: row j multiplies input frame n − (T − 1 − j).
+        self._phases = np.ascontiguousarray(padded.reshape(taps_pp, L)[::-1], dtype=np.float32)
+        self._hist = taps_pp - 1
+        # One spare frame: a 1-frame block is computed as two rows (see process_into).
+        self._xbuf = np.zeros(self._hist + self.max_frames + 1, dtype=np.float32)
+        self._pair = np.zeros((2, L), dtype=np.float32)
+        self._carry = np.zeros(max(self._hist, 1), dtype=np.float32)
+        self._view_n = -1
+        self._view: npt.NDArray[np.float32] = self._xbuf[:0].reshape(0, 1)
+        self.frames_in = 0
+
+    def delay_s(self, in_rate: float) -> float:
+        """The filter's group delay in seconds at input rate ``in_rate``."""
+        return self.delay_frames_out / (self.factor * float(in_rate))
+
+    def reset(self) -> None:
+        """Forget the input history (the next output starts from silence)."""
+        self._xbuf[: self._hist] = 0.0
+        self.frames_in = 0
+
+    def _windows(self, n: int) -> npt.NDArray[np.float32]:
+        # Row i is xbuf[i : i + T] (a sliding window, no copy). Kept for the next call of the same
+        # size (the callback's), so a steady stream makes no new array object either.
+        if n != self._view_n:
+            step = self._xbuf.strides[0]
+            self._view = np.lib.stride_tricks.as_strided(
+                self._xbuf, shape=(n, self.taps_per_phase), strides=(step, step), writeable=False
+            )
+            self._view_n = n
+        return self._view
+
+    def process_into(self, x: npt.NDArray[np.float32], out: npt.NDArray[np.float32]) -> int:
+        """Upsample ``x`` (1-D float32) into ``out[: len(x) · factor]`` (1-D contiguous float32);
+        returns the output frames written. No allocation of sample buffers."""
+        n_total = len(x)
+        L = self.factor
+        if out.dtype != np.float32 or out.ndim != 1 or len(out) < n_total * L or not out.flags.c_contiguous:
+            raise DspError(
+                f"out must be contiguous 1-D float32 with at least {n_total * L} frames, got {out.dtype} {out.shape}"
+            )
+        if L == 1:
+            np.copyto(out[:n_total], x)
+            self.frames_in += n_total
+            return n_total
+        hist = self._hist
+        i = 0
+        while i < n_total:
+            n = min(n_total - i, self.max_frames)
+            xb = self._xbuf
+            np.copyto(xb[hist : hist + n], x[i : i + n])
+            if n > 1:
+                np.matmul(self._windows(n), self._phases, out=out[i * L : (i + n) * L].reshape(n, L))
+            else:
+                # numpy hands a one-row product to BLAS, which sums in another order; two rows
+                # keep numpy's own loop, so the result is bit-identical whatever the block sizes.
+                np.matmul(self._windows(2), self._phases, out=self._pair)
+                np.copyto(out[i * L : (i + 1) * L], self._pair[0])
+            # Keep the last T − 1 input frames in front (through _carry: the ranges may overlap).
+            if hist:
+                np.copyto(self._carry[:hist], xb[n : n + hist])
+                np.copyto(xb[:hist], self._carry[:hist])
+            i += n
+        self.frames_in += n_total
+        return n_total * L
+
+    def process(self, x: npt.ArrayLike) -> Audio:
+        """Allocating form of ``process_into`` (tests, offline use)."""
+        a = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        out = np.empty(len(a) * self.factor, dtype=np.float32)
+        self.process_into(a, out)
+        return out

@@ -118,6 +118,7 @@ class RequestState:
     next_index: int = 0
     queued: int = 0  # chunks planned but not yet fully pushed
     frames_pushed: int = 0
+    last_pushed_index: int = 0  # the chunk whose audio (or held tail) went into the ring last
     degraded: bool = False  # the main engine failed: the fallback speaks the rest
     bad_voices: set[str] = field(default_factory=set)
     cancel: CancelToken = field(default_factory=CancelToken)
@@ -146,6 +147,25 @@ class Job:
     frames: int = 0  # frames pushed to the ring (after joining)
     failed: str = ""
     opened: bool = False  # the joiner's chunk is open
+    replay: bool = False  # already-joined audio pushed again after an urgent request (preemption)
+
+
+@dataclass
+class PushedAudio:
+    """Audio in the ring that the speaker has not reached yet, kept so that an urgent request can
+    go first at the next chunk seam and this audio be pushed again after it (preemption)."""
+
+    req: RequestState
+    index: int
+    plan: ChunkPlan
+    start: int
+    end: int
+    audio: list[np.ndarray]
+
+
+# An urgent request preempts at the first chunk seam at least this far ahead of the speaker, so
+# the consumer has the skip before it gets there.
+PREEMPT_MARGIN_S = 0.15
 
 
 class GpuHooks:
@@ -224,6 +244,10 @@ class TtsWorker:
         self._pool = ThreadPoolExecutor(max_workers=self.parallel_streams, thread_name_prefix="synth")
         self._lock = threading.Lock()  # guards _inflight against the eager cancel hook
         self._last_pushed: RequestState | None = None  # whose joiner may hold a tail
+        self._ahead: list[PushedAudio] = []  # pushed, not yet played: what preemption can defer
+        self._replays: dict[tuple[str, int], tuple[ChunkPlan, list[np.ndarray]]] = {}
+        self._pushing: Job | None = None
+        self.preemptions = 0
         self._next_dispatch = 0.0
         self.chunks_synthesized = 0
         self.fallback_chunks = 0
@@ -383,6 +407,8 @@ class TtsWorker:
                     self._last_pushed = None
         self._queue = [item for item in self._queue if item[4] in self.requests]
         heapq.heapify(self._queue)
+        self._replays = {k: v for k, v in self._replays.items() if k[0] in self.requests}
+        self._ahead = [rec for rec in self._ahead if not rec.req.cancel.cancelled]
         with self._lock:
             self._inflight = [job for job in self._inflight if not job.req.cancel.cancelled]
         self.gpu.after_cancel()
@@ -519,6 +545,15 @@ class TtsWorker:
             if req is None:
                 continue
             job = Job(seq=next(self._seqs), req=req, index=index, plan=plan)
+            replay = self._replays.pop((request_id, index), None)
+            if replay is not None:
+                job.replay = True  # joined audio, pushed again in order: no synthesis
+                for block in replay[1]:
+                    job.blocks.put(block)
+                job.blocks.put(_DONE)
+                with self._lock:
+                    self._inflight.append(job)
+                continue
             job.engine, job.voice = self._choose_engine(job)
             with self._lock:
                 self._inflight.append(job)
@@ -529,7 +564,7 @@ class TtsWorker:
         """Push the request's held crossfade tail (faded out): its next chunk is not coming now."""
         if req.joiner.in_chunk:
             return
-        self._push(req, req.next_index - 1, req.joiner.release(), None)
+        self._push(req, req.last_pushed_index, req.joiner.release(), None)
 
     def _push(self, req: RequestState, index: int, audio: np.ndarray, stop: threading.Event | None) -> int:
         """Push ``audio`` into the ring and announce it; frames pushed (fewer if cancelled)."""
@@ -559,8 +594,70 @@ class TtsWorker:
                     request_id=req.request_id, index=index, start=start, end=start + offset, t_accepted=req.t_accepted
                 )
             )
+            self._remember(req, index, start, audio[:offset])
         req.frames_pushed += offset
+        req.last_pushed_index = index
         return offset
+
+    def _remember(self, req: RequestState, index: int, start: int, audio: np.ndarray) -> None:
+        played = self.ring.read_index
+        while self._ahead and self._ahead[0].end <= played:
+            self._ahead.pop(0)
+        last = self._ahead[-1] if self._ahead else None
+        if last is not None and last.req is req and last.index == index and last.end == start:
+            last.audio.append(audio.copy())
+            last.end = start + len(audio)
+            return
+        job = self._pushing
+        plan = job.plan if job is not None and job.req is req else ChunkPlan(index, "", 0.0, "sentence")
+        self._ahead.append(PushedAudio(req, index, plan, start, start + len(audio), [audio.copy()]))
+
+    def _preempt(self, urgent: RequestState) -> None:
+        """``urgent`` outranks audio already in the ring: from the first chunk seam far enough
+        ahead of the speaker, the consumer skips the ring, and that audio is pushed again after
+        the urgent request, in its order (it resumes; nothing is cancelled)."""
+        margin = int(PREEMPT_MARGIN_S * self.ring.sample_rate)
+        earliest = self.ring.read_index + margin
+        seam = -1
+        for i, rec in enumerate(self._ahead):
+            if rec.start < earliest:
+                continue
+            if all(r.req.priority < urgent.priority for r in self._ahead[i:]):
+                seam = i
+                break
+        if seam < 0:
+            return
+        deferred = self._ahead[seam:]
+        del self._ahead[seam:]
+        start, end = deferred[0].start, deferred[-1].end
+        # The consumer fades out the first fade_ms of the skipped audio when it jumps (a seam's
+        # pause, so silence in practice): that much is heard already, the replay starts after it.
+        heard = int(self.settings.audio.fade_ms * self.ring.sample_rate / 1000.0)
+        first = deferred[0]
+        while heard > 0 and first.audio:
+            if len(first.audio[0]) <= heard:
+                heard -= len(first.audio.pop(0))
+            else:
+                first.audio[0] = first.audio[0][heard:]
+                heard = 0
+        reopened: list[str] = []
+        for rec in deferred:
+            req = rec.req
+            if req.cancel.cancelled:
+                continue
+            key = (req.request_id, rec.index)
+            if key in self._replays:
+                self._replays[key][1].extend(rec.audio)
+                continue
+            self._replays[key] = (rec.plan, list(rec.audio))
+            if req.request_id not in self.requests:
+                self.requests[req.request_id] = req  # it had finished here; its replay ends it again
+            if req.request_id not in reopened:
+                reopened.append(req.request_id)
+            req.queued += 1
+            heapq.heappush(self._queue, (-req.priority, req.arrival, rec.index, rec.plan, req.request_id))
+        self.preemptions += 1
+        self.send(wire.Skip(start=start, end=end, reopen=reopened, reason=f"preempted by {urgent.request_id}"))
 
     def pump(self, stop: threading.Event | None = None, wait_s: float = 0.005) -> None:
         """Move the head chunk's finished blocks into the ring (waiting up to ``wait_s``)."""
@@ -577,9 +674,13 @@ class TtsWorker:
         if not job.opened:
             if self._last_pushed is not None and self._last_pushed is not req:
                 self._release(self._last_pushed)  # another request's audio comes next
-            req.joiner.start_chunk(pause_kind(job.plan.boundary, job.plan.text))
+            if not job.replay:
+                if self._ahead and any(rec.req.priority < req.priority for rec in self._ahead):
+                    self._preempt(req)
+                req.joiner.start_chunk(pause_kind(job.plan.boundary, job.plan.text))
             job.opened = True
-            self._last_pushed = req
+            self._last_pushed = None if job.replay else req
+        self._pushing = job
         deadline = time.monotonic() + wait_s
         while True:
             try:
@@ -595,7 +696,8 @@ class TtsWorker:
                 job.frames += self._push(req, job.index, req.joiner.release(), stop)
                 req.joiner.start_chunk(pause_kind(job.plan.boundary, job.plan.text))
                 continue
-            job.frames += self._push(req, job.index, req.joiner.feed(item), stop)
+            joined = item if job.replay else req.joiner.feed(item)
+            job.frames += self._push(req, job.index, joined, stop)
             if req.cancel.cancelled or time.monotonic() >= deadline:
                 return
 
@@ -605,6 +707,11 @@ class TtsWorker:
             if self._inflight and self._inflight[0] is job:
                 self._inflight.pop(0)
         if req.cancel.cancelled:
+            return
+        if job.replay:
+            req.queued -= 1
+            if req.text_complete and req.queued == 0:
+                self._finish_request(req)
             return
         job.frames += self._push(req, job.index, req.joiner.end_chunk(), stop)
         synth_ms = (time.perf_counter() - job.started) * 1000.0
@@ -653,6 +760,7 @@ class TtsWorker:
             "open_requests": len(self.requests),
             "chunks_synthesized": self.chunks_synthesized,
             "fallback_chunks": self.fallback_chunks,
+            "preemptions": self.preemptions,
             "rss_mb": process_rss_mb(),
             "chars_per_s": {v: round(r.chars_per_s, 2) for v, r in self.rates.items()},
         }

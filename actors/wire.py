@@ -363,7 +363,20 @@ MESSAGE_TYPES: dict[bytes, type[Message]] = {cls.KIND: cls for cls in _ALL}
 _DECODERS: dict[bytes, msgspec.msgpack.Decoder[Any]] = {
     kind: msgspec.msgpack.Decoder(cls) for kind, cls in MESSAGE_TYPES.items()
 }
-_ENCODER = msgspec.msgpack.Encoder()
+
+
+def _encode_extra(obj: Any) -> Any:
+    """numpy scalars (a float64 from a timing computation, an int64 index) go out as plain
+    numbers: a stray numpy type must never take an actor down while it reports."""
+    item = getattr(obj, "item", None)
+    if callable(item):
+        value = item()
+        if isinstance(value, (int, float, bool)):
+            return value
+    raise NotImplementedError(f"cannot encode {type(obj).__name__}")
+
+
+_ENCODER = msgspec.msgpack.Encoder(enc_hook=_encode_extra)
 
 #: Requests a client may send to the supervisor's control socket.
 CLIENT_REQUESTS: frozenset[bytes] = frozenset(

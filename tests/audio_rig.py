@@ -77,9 +77,7 @@ __all__ = [
     "tone",
 ]
 
-INSTALL_HINT = (
-    "run scripts/install-audio-deps (Debian: pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins)"
-)
+INSTALL_HINT = "run scripts/install-audio-deps (Debian: pulseaudio pulseaudio-utils libportaudio2 libasound2-plugins)"
 
 #: Silence in the rig is digital zero, but two resampling stages (stream rate -> 48 kHz sink ->
 #: recorder rate) leave a little ringing next to hard edges; 100/32768 (-50 dBFS) sits above that
@@ -190,9 +188,7 @@ class PulseNullSink:
             return "(no daemon log)"
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
 
-    def pactl(
-        self, *args: str, timeout_s: float = 5.0, check: bool = True
-    ) -> subprocess.CompletedProcess[str]:
+    def pactl(self, *args: str, timeout_s: float = 5.0, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``pactl`` against this daemon."""
         return subprocess.run(
             ["pactl", *args],
@@ -248,13 +244,10 @@ class PulseNullSink:
             f"--load=module-null-sink sink_name={self.sink_name} rate={self.rate} norewinds=1",
         ]
         # --daemonize returns once the daemon has initialised (or failed); the parent is reaped here.
-        proc = subprocess.run(
-            cmd, env=daemon_env, capture_output=True, text=True, timeout=self.start_timeout_s
-        )
+        proc = subprocess.run(cmd, env=daemon_env, capture_output=True, text=True, timeout=self.start_timeout_s)
         if proc.returncode != 0:
             raise RuntimeError(
-                f"pulseaudio failed to start (exit {proc.returncode}): {proc.stderr.strip()}\n"
-                f"{self._log_tail()}"
+                f"pulseaudio failed to start (exit {proc.returncode}): {proc.stderr.strip()}\n{self._log_tail()}"
             )
         deadline = time.monotonic() + self.start_timeout_s
         while True:
@@ -262,9 +255,7 @@ class PulseNullSink:
             if info.returncode == 0:
                 break
             if time.monotonic() > deadline:
-                raise RuntimeError(
-                    f"pulseaudio did not answer `pactl info`: {info.stderr.strip()}\n{self._log_tail()}"
-                )
+                raise RuntimeError(f"pulseaudio did not answer `pactl info`: {info.stderr.strip()}\n{self._log_tail()}")
             time.sleep(0.05)
         self._pid = int((self._dir / "pulse" / "pid").read_text().strip())
         self.pactl("set-default-sink", self.sink_name)
@@ -568,9 +559,7 @@ def play_through_callback(
     """
     import sounddevice as sd
 
-    sig = np.concatenate(
-        [np.asarray(signal_int16, dtype=np.int16), np.zeros(round(tail_pad_s * rate), np.int16)]
-    )
+    sig = np.concatenate([np.asarray(signal_int16, dtype=np.int16), np.zeros(round(tail_pad_s * rate), np.int16)])
     report = PlaybackReport(rate=rate, blocksize=blocksize)
     done = threading.Event()
     pos = 0
@@ -617,9 +606,7 @@ def tone(freq_hz: float, duration_s: float, rate: int, amplitude: float = 0.5) -
 
 def to_int16(signal_float: npt.ArrayLike) -> npt.NDArray[np.int16]:
     """[-1, 1] floats to int16, clipping."""
-    return np.clip(np.round(np.asarray(signal_float, dtype=np.float64) * 32767.0), -32768, 32767).astype(
-        np.int16
-    )
+    return np.clip(np.round(np.asarray(signal_float, dtype=np.float64) * 32767.0), -32768, 32767).astype(np.int16)
 
 
 def _loud_indices(signal: npt.ArrayLike, threshold: float) -> npt.NDArray[np.intp]:

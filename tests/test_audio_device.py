@@ -9,14 +9,18 @@ produce.
 from __future__ import annotations
 
 import builtins
+import json
+import subprocess
 import sys
 import types
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from actors import audio_device
+from actors.audio_consumer import choose_upsample
 from actors.audio_device import (
     AudioDeviceError,
     DeviceInfo,
@@ -25,7 +29,7 @@ from actors.audio_device import (
     select_output_device,
     wasapi_exclusive_settings,
 )
-from tests.audio_rig import PulseNullSink, pulse_sink  # noqa: F401  # fixture
+from tests.audio_rig import MonitorRecorder, PulseNullSink, align, pulse_sink  # noqa: F401  # fixture
 
 # --- against the real null sink --------------------------------------------------------------------
 
@@ -98,6 +102,55 @@ def test_negotiated_device_really_opens(pulse_sink: PulseNullSink) -> None:  # n
     rate = negotiate_samplerate(device, 22050)
     with sd.OutputStream(device=device.index, samplerate=rate, channels=1, dtype="int16") as stream:
         assert stream.samplerate == rate
+
+
+@pytest.mark.device
+def test_upsampled_device_playback_matches_piper_and_is_gap_free(
+    tmp_path: Path,
+    pulse_sink: PulseNullSink,  # noqa: F811
+) -> None:
+    """``audio.device_rate = 44100`` forces the callback's 2× upsampler although pulse takes
+    22050 Hz: ``skald speak --sink device`` is recorded at 44.1 kHz and compared with raw Piper
+    output (the joiner's reference), upsampled by soxr: same correlation bar as the native-rate
+    test, every voiced 100 ms window in place (a gap or slip anywhere collapses the later ones)."""
+    from actors.dsp import resample
+    from tests.conftest import ROOT, server_env
+    from tests.test_speech_output import DETERMINISTIC, SHORT, _raw_piper, _window_scores, joined_reference
+
+    device_rate = 44100
+    text_file = tmp_path / "text.txt"
+    text_file.write_text(SHORT)
+    report_file = tmp_path / "report.json"
+    cmd = [sys.executable, "-m", "supervisor", "--log-info", "speak", "--file", str(text_file)]
+    cmd += ["--sink", "device", "--report", str(report_file)]
+    env = server_env(**DETERMINISTIC, **pulse_sink.env, SKALD_AUDIO_DEVICE_RATE=str(device_rate))
+    with MonitorRecorder(rate=device_rate, env=pulse_sink.env) as recorder:
+        proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
+        recording = recorder.stop()
+    assert proc.returncode == 0, proc.stderr
+    ready = next(line for line in proc.stderr.splitlines() if "audio_consumer ready" in line)
+    info = json.loads(ready[ready.index("{") :])
+    assert info["sample_rate"] == 22050 and info["device_rate"] == device_rate and info["upsample"] == 2, info
+    assert info["heavy_modules"] == []
+    report = json.loads(report_file.read_text())
+    assert report["underruns"] == 0
+    assert report["device_underflows"] == 0, "the device ran dry (callback late): audible gap"
+    rate = report["sample_rate"]
+    parts = [_raw_piper([c["text"]])[0] for c in report["chunks"]]
+    reference = resample(joined_reference(report, parts, rate)[0], rate, device_rate)
+    offset, score = align(reference, recording, device_rate)
+    # The null sink runs at 48 kHz: resampled there and back, hence not 0.999 (as at 22050 Hz).
+    assert score >= 0.98, f"correlation {score:.4f}"
+    scores = _window_scores(reference, recording, offset, device_rate)
+    assert len(scores) > 30
+    worst = min(scores, key=lambda item: item[1])
+    assert worst[1] >= 0.95, f"recording departs from the reference at {worst[0]:.2f} s (score {worst[1]:.3f})"
+    # Nothing above 11 kHz but the null sink's own resampling residue: no images of the 22.05 kHz audio.
+    played = recording[offset : offset + len(reference)].astype(np.float64)
+    spectrum = np.abs(np.fft.rfft(played * np.hanning(len(played)))) ** 2
+    freqs = np.fft.rfftfreq(len(played), 1.0 / device_rate)
+    images = spectrum[freqs > 0.5 * rate + 200].sum() / spectrum.sum()
+    assert 10 * np.log10(max(images, 1e-30)) < -60.0, f"image energy {10 * np.log10(images):.1f} dB"
 
 
 # --- stand-in sounddevice for the cases the rig cannot produce --------------------------------------
@@ -211,6 +264,38 @@ def test_negotiate_fails_when_nothing_accepted(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setitem(sys.modules, "sounddevice", sd)
     with pytest.raises(AudioDeviceError, match=r"accepts neither 22050 Hz .* nor its default 48000 Hz"):
         negotiate_samplerate(3, 22050)
+
+
+def test_choose_upsample_prefers_the_ring_rate_then_the_device_default(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The consumer's rate choice: the ring rate if taken; else the device's default rate when it
+    is a whole multiple (24 → 48 kHz is 2×, 16 → 48 kHz is 3×); else the smallest multiple taken."""
+    sd = make_fake_sd(accepted_rates={3: {48000}, 1: {44100, 88200}})
+    monkeypatch.setitem(sys.modules, "sounddevice", sd)
+    wasapi = select_output_device("Speakers", "WASAPI")  # index 3, default 48000 Hz, takes only that
+    assert choose_upsample(wasapi, 48000) == 1
+    assert choose_upsample(wasapi, 24000) == 2
+    assert choose_upsample(wasapi, 16000) == 3
+    mme = select_output_device("Speakers", "MME")  # index 1, default 44100 Hz
+    assert choose_upsample(mme, 22050) == 2
+    anything = select_output_device("Headphones", "MME")  # index 2: takes every rate
+    assert choose_upsample(anything, 22050) == 1
+    assert choose_upsample(anything, 22050, device_rate=44100) == 2  # forced (the device tests' hook)
+    assert choose_upsample(anything, 16000, device_rate=48000) == 3
+
+
+def test_choose_upsample_errors_name_the_device_and_the_rates(monkeypatch: pytest.MonkeyPatch) -> None:
+    sd = make_fake_sd(accepted_rates={3: {48000}})
+    monkeypatch.setitem(sys.modules, "sounddevice", sd)
+    wasapi = select_output_device("Speakers", "WASAPI")
+    with pytest.raises(RuntimeError) as excinfo:
+        choose_upsample(wasapi, 22050)  # 48000 is no multiple of 22050
+    message = str(excinfo.value)
+    assert "'Speakers (Realtek)' refuses 22050 Hz" in message
+    assert "22050, 44100, 66150, 88200" in message and "offers 48000 Hz" in message and "audio.device" in message
+    with pytest.raises(RuntimeError, match=r"refuses audio.device_rate = 44100 Hz"):
+        choose_upsample(wasapi, 22050, device_rate=44100)
+    with pytest.raises(RuntimeError, match=r"audio.device_rate = 48000 Hz is not a whole multiple .* 22050 Hz"):
+        choose_upsample(wasapi, 22050, device_rate=48000)
 
 
 def test_wasapi_settings_only_on_windows(fake_sd: Any, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -38,9 +38,7 @@ def test_find_gaps_sample_exact() -> None:
     gap = np.zeros(round(0.05 * RATE))
     short = np.zeros(round(0.005 * RATE))  # below min_gap_ms: not a gap
     sig = to_int16(
-        np.concatenate(
-            [np.zeros(100), tone(440, 0.3, RATE), gap, tone(440, 0.3, RATE), short, tone(440, 0.3, RATE)]
-        )
+        np.concatenate([np.zeros(100), tone(440, 0.3, RATE), gap, tone(440, 0.3, RATE), short, tone(440, 0.3, RATE)])
     )
     gaps = find_gaps(sig, RATE, min_gap_ms=20)
     assert len(gaps) == 1
@@ -170,9 +168,7 @@ def test_gap_round_trip_through_null_sink(pulse_sink: PulseNullSink) -> None:  #
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "install-audio-deps"
 
 
-def _shim_env(
-    tmp_path: Path, *, installed: bool, fail_install_until_update: bool, uid: int
-) -> dict[str, str]:
+def _shim_env(tmp_path: Path, *, installed: bool, fail_install_until_update: bool, uid: int) -> dict[str, str]:
     """PATH with fake dpkg-query/apt-get/id/sudo that log their calls to tmp_path/calls."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()

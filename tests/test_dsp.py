@@ -30,6 +30,7 @@ from actors.dsp import (
     DcBlocker,
     DspError,
     Int16Converter,
+    IntegerUpsampler,
     Resampler,
     equal_power_gains,
     float_to_int16,
@@ -727,3 +728,185 @@ def test_streaming_resampler_matches_one_shot_and_reports_delay() -> None:
     np.testing.assert_array_equal(same.process(x), x)
     with pytest.raises(DspError, match="output rate 0 Hz"):
         Resampler(RATE, 0)
+
+
+# ------------------------------------------------------------------------------------------------
+# Whole-factor upsampling (the audio callback's, when the device refuses the ring rate)
+
+UPSAMPLE_CASES = ((22050, 2), (24000, 2), (16000, 3))  # → 44.1, 48, 48 kHz
+
+
+def tone_fit(y: npt.ArrayLike, freq_hz: float, rate: int, amplitude: float, skip: int) -> tuple[float, float]:
+    """``(gain_db, other_db)`` of ``y`` (at ``rate``) against a tone of ``freq_hz``: a least-squares
+    fit of sin/cos of the exact tone over ``y[skip:-skip]`` (so any constant delay is absorbed);
+    ``other_db`` = RMS of everything else — images, aliases, distortion, noise — re the tone's own
+    RMS at the input (``amplitude / √2``)."""
+    seg = np.asarray(y, dtype=np.float64)[skip:-skip]
+    t = (np.arange(len(seg)) + skip) / rate
+    basis = np.stack((np.sin(2 * np.pi * freq_hz * t), np.cos(2 * np.pi * freq_hz * t)), axis=1)
+    coef, *_ = np.linalg.lstsq(basis, seg, rcond=None)
+    resid = seg - basis @ coef
+    gain = 20.0 * math.log10(math.hypot(coef[0], coef[1]) / amplitude)
+    other = 20.0 * math.log10(max(float(np.sqrt(np.mean(resid**2))), 1e-12) / (amplitude / math.sqrt(2.0)))
+    return gain, other
+
+
+def upsampler_tone_scan(
+    rate: int, factor: int, process: Callable[[F32], F32], amplitude: float = 0.5
+) -> tuple[float, float, float]:
+    """Tones across the input band through ``process`` (×``factor``): ``(passband ripple dB, worst
+    non-tone level dB for tones up to 0.45 × rate, worst for tones in 0.45–0.4975 × rate)``.
+
+    A tone's images lie at k·rate ± f, all above the input Nyquist; a correct interpolator
+    passes the tone and nothing else, so the fit's residual is the image (and noise) level.
+    Tones in the transition band may themselves be attenuated, but their images must not pass.
+    """
+    n = int(0.25 * rate)
+    gains, pass_other, trans_other = [], [], []
+    freqs = [*np.geomspace(50.0, 0.45 * rate, 24), *np.linspace(0.455 * rate, 0.4975 * rate, 8)]
+    for f in freqs:
+        x = (amplitude * np.sin(2 * np.pi * f * np.arange(n) / rate)).astype(np.float32)
+        gain, other = tone_fit(process(x), f, rate * factor, amplitude, skip=int(0.02 * rate * factor))
+        if f <= 0.45 * rate:
+            gains.append(gain)
+            pass_other.append(other)
+        else:
+            trans_other.append(other)
+    return max(gains) - min(gains), max(pass_other), max(trans_other)
+
+
+def upsampler_response_db(up: IntegerUpsampler, nfft: int = 1 << 17) -> tuple[npt.NDArray[np.float64], ...]:
+    """``(freq as a fraction of the input rate, gain dB)`` of the float32 taps the upsampler uses."""
+    taps = up.taps.astype(np.float32).astype(np.float64)
+    mag = np.abs(np.fft.rfft(taps, nfft)) / up.factor
+    return np.arange(len(mag)) * up.factor / nfft, 20.0 * np.log10(np.maximum(mag, 1e-15))
+
+
+def test_upsampler_design_ripple_stopband_linear_phase() -> None:
+    """The filter itself: passband (to 0.45 × the input rate) ripple ≤ 0.1 dB, stopband (from the
+    input's Nyquist) ≥ 70 dB down, symmetric taps (linear phase) centred on a whole output sample."""
+    for factor in (2, 3, 4):
+        up = IntegerUpsampler(factor)
+        f, gain = upsampler_response_db(up)
+        passband, stopband = gain[f <= 0.45], gain[f >= 0.5]
+        assert passband.max() - passband.min() <= 0.1, (factor, passband.max() - passband.min())
+        assert abs(passband.mean()) < 0.01  # unit gain
+        assert stopband.max() <= -70.0, (factor, stopband.max())
+        np.testing.assert_array_equal(up.taps, up.taps[::-1])
+        assert len(up.taps) == factor * up.taps_per_phase - 1 and len(up.taps) % 2 == 1
+        assert up.delay_frames_out == (len(up.taps) - 1) // 2
+
+
+def test_upsampler_tones_pass_flat_and_leave_no_images() -> None:
+    """Measured through ``process_into`` (float32 arithmetic): tones 50 Hz – 0.45 × rate within
+    0.1 dB of each other and nothing else above -70 dB re the tone; tones up to 0.4975 × rate leave
+    no image above -70 dB either."""
+    for rate, factor in UPSAMPLE_CASES:
+        ripple, pass_other, trans_other = upsampler_tone_scan(rate, factor, IntegerUpsampler(factor).process)
+        assert ripple <= 0.1, (rate, factor, ripple)
+        assert pass_other <= -70.0, (rate, factor, pass_other)
+        assert trans_other <= -70.0, (rate, factor, trans_other)
+
+
+def test_upsampler_sweep_alias_and_ripple() -> None:
+    """The resampler sweep (``sweep_response``) through the upsampler: every non-sweep component
+    ≤ -70 dB re the sweep, passband ripple ≤ 0.1 dB (50 Hz – 0.45 × the input rate)."""
+
+    def aligned(factor: int) -> Callable[[F32], F32]:
+        def process(x: F32) -> F32:  # the sweep is scored against t = n / out_rate: take the delay out
+            up = IntegerUpsampler(factor)
+            y = up.process(np.concatenate([x, np.zeros(up.taps_per_phase, np.float32)]))
+            return y[up.delay_frames_out : up.delay_frames_out + len(x) * factor]
+
+        return process
+
+    for rate, factor in UPSAMPLE_CASES:
+        result = sweep_response(rate, rate * factor, process=aligned(factor), duration_s=3.0)
+        assert result.alias_db <= -70.0, (rate, factor, result.alias_db)
+        assert result.ripple_db <= 0.1, (rate, factor, result.ripple_db)
+
+
+def test_upsampler_measurement_catches_a_bad_interpolator() -> None:
+    """The tone scan has teeth: sample repetition (zero-order hold) and linear interpolation leave
+    images far above -70 dB and droop in the passband."""
+    hold = upsampler_tone_scan(22050, 2, lambda x: np.repeat(x, 2))
+    assert hold[0] > 1.0 and hold[1] > -30.0
+
+    def linear(x: F32) -> F32:
+        return np.interp(np.arange(2 * len(x)) / 2.0, np.arange(len(x)), x).astype(np.float32)
+
+    lin = upsampler_tone_scan(22050, 2, linear)
+    assert lin[0] > 1.0 and lin[1] > -40.0
+
+
+def test_upsampler_state_carries_across_blocks() -> None:
+    """Block by block (any sizes, 1 frame to more than ``max_frames``) equals one shot, sample for
+    sample; ``reset()`` starts from silence again."""
+    rng = np.random.default_rng(11)
+    x = (rng.standard_normal(20_000) * 0.2).astype(np.float32)
+    for factor in (2, 3):
+        one_shot = IntegerUpsampler(factor, max_frames=512).process(x)
+        up = IntegerUpsampler(factor, max_frames=512)
+        parts, i = [], 0
+        for n in itertools.cycle((1, 2, 37, 256, 511, 512, 513, 1500, int(rng.integers(1, 700)))):
+            if i >= len(x):
+                break
+            out = np.full(n * factor + 3, np.nan, dtype=np.float32)
+            assert up.process_into(x[i : i + n], out) == len(x[i : i + n]) * factor
+            assert np.all(np.isnan(out[len(x[i : i + n]) * factor :]))  # nothing written past the block
+            parts.append(out[: len(x[i : i + n]) * factor])
+            i += n
+        np.testing.assert_array_equal(np.concatenate(parts), one_shot)
+        up.reset()
+        np.testing.assert_array_equal(up.process(x[:3000]), one_shot[: 3000 * factor])
+
+
+def test_upsampler_delay_and_gain() -> None:
+    """An impulse at input frame i peaks at output i·factor + delay_frames_out; DC passes at unit gain."""
+    for factor in (2, 3):
+        up = IntegerUpsampler(factor)
+        x = np.zeros(400, np.float32)
+        x[100] = 1.0
+        y = up.process(x)
+        assert int(np.argmax(y)) == 100 * factor + up.delay_frames_out
+        assert up.delay_s(22050) == pytest.approx(up.delay_frames_out / (factor * 22050))
+        dc = IntegerUpsampler(factor).process(np.full(1000, 0.5, np.float32))
+        np.testing.assert_allclose(dc[factor * 300 :], 0.5, atol=1e-5)
+    assert IntegerUpsampler(2).delay_s(22050) < 0.003  # ~2.3 ms: a tiny addition to the output latency
+    same = IntegerUpsampler(1)
+    x = np.linspace(-1, 1, 100, dtype=np.float32)
+    np.testing.assert_array_equal(same.process(x), x)
+    assert same.delay_frames_out == 0
+
+
+def test_upsampler_does_not_allocate() -> None:
+    """1000 calls with a 256-frame block (the callback's size) raise the traced peak by less than
+    one float32 copy of the block would (1 KiB), and leave nothing behind."""
+    x = (np.sin(np.arange(256) / 7.0) * 0.5).astype(np.float32)
+    for factor in (2, 3):
+        up = IntegerUpsampler(factor, max_frames=256)
+        out = np.empty(256 * factor, np.float32)
+        up.process_into(x, out)
+        tracemalloc.start()
+        tracemalloc.reset_peak()
+        base = tracemalloc.get_traced_memory()[0]
+        for _ in range(1000):
+            up.process_into(x, out)
+        current, peak = tracemalloc.get_traced_memory()
+        tracemalloc.stop()
+        assert peak - base < 1024, (factor, peak - base)
+        assert current - base < 256, (factor, current - base)
+
+
+def test_upsampler_rejects_bad_arguments() -> None:
+    for bad in (0, 17, 2.0, True, "2"):
+        with pytest.raises(DspError, match="upsampling factor"):
+            IntegerUpsampler(bad)  # type: ignore[arg-type]
+    up = IntegerUpsampler(2)
+    x = np.zeros(100, np.float32)
+    with pytest.raises(DspError, match="at least 200 frames"):
+        up.process_into(x, np.zeros(199, np.float32))
+    with pytest.raises(DspError, match="float32"):
+        up.process_into(x, np.zeros(200, np.int16))
+    with pytest.raises(DspError, match="float32"):
+        up.process_into(x, np.zeros(400, np.float32)[::2])

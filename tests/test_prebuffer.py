@@ -43,9 +43,7 @@ def test_config_defaults() -> None:
         ({"start_s": 2.0, "resume_s": 0.5, "low_water_s": 0.5}, "low_water_s", "0.5"),
     ],
 )
-def test_config_validation_names_field_value_and_range(
-    kwargs: dict[str, float], field: str, value_text: str
-) -> None:
+def test_config_validation_names_field_value_and_range(kwargs: dict[str, float], field: str, value_text: str) -> None:
     with pytest.raises(ValueError) as excinfo:
         PrebufferConfig(**kwargs)
     message = str(excinfo.value)
@@ -361,9 +359,7 @@ TIER_TABLE = {
 @pytest.mark.parametrize("tier_s", sorted(TIER_TABLE))
 def test_tier_threshold_table(tier_s: float) -> None:
     policy = PrebufferPolicy(PrebufferConfig(start_s=tier_s))
-    row = "".join(
-        "S" if policy.should_start_playback(b, input_complete=False) else "." for b in BUFFERED_COLUMNS
-    )
+    row = "".join("S" if policy.should_start_playback(b, input_complete=False) else "." for b in BUFFERED_COLUMNS)
     assert row == TIER_TABLE[tier_s]
     # Once the request is fully synthesised every tier starts on any buffered audio.
     assert all(policy.should_start_playback(b, input_complete=True) for b in BUFFERED_COLUMNS)

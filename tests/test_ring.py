@@ -224,9 +224,7 @@ def test_int16_conversion_clips_instead_of_wrapping(make_pair: Callable[..., Pai
     assert prod.push(x) == len(x)
     out = np.zeros(len(x), np.int16)
     assert cons.read_into(out, len(x)) == len(x)
-    np.testing.assert_array_equal(
-        out, [32767, -32768, 32767, -32767, 16383, -16383, 0, 32767, -32768, 32767, -32768]
-    )
+    np.testing.assert_array_equal(out, [32767, -32768, 32767, -32767, 16383, -16383, 0, 32767, -32768, 32767, -32768])
     np.testing.assert_array_equal(out, np.clip(x.astype(np.float64) * 32767, -32768, 32767).astype(np.int16))
     out2 = np.zeros(len(x), np.int16)
     assert cons.read_nonblocking(out2) == len(x)

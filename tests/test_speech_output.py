@@ -95,6 +95,21 @@ def joined_reference(report: dict, parts: list[np.ndarray], rate: int) -> tuple[
     return ref, exact
 
 
+def joined_from_events(seen: list, request_id: str, rate: int = 22050) -> np.ndarray:
+    """The joined reference of one request, from its ``chunk_planned``/``chunk_synthesized``
+    events (chunks that were never synthesized, e.g. after a cancel, are left out)."""
+    from actors import wire
+
+    synth = {e.index: e for e in seen if isinstance(e, wire.ChunkSynthesized) and e.request_id == request_id}
+    planned = sorted(
+        (e for e in seen if isinstance(e, wire.ChunkPlanned) and e.request_id == request_id and e.index in synth),
+        key=lambda e: e.index,
+    )
+    keys = ("out_start", "out_end", "lead_pad", "src_start", "kept", "overlap_in")
+    report = {"chunks": [{"text": p.text, "span": {k: getattr(synth[p.index], k) for k in keys}} for p in planned]}
+    return joined_reference(report, [_raw_piper([p.text])[0] for p in planned], rate)[0]
+
+
 def test_wav_equals_raw_piper_output_outside_the_crossfades(tmp_path: Path) -> None:
     """Issue 7 (a) and (e): the joined output against raw Piper of the same chunk plan."""
     report = _speak(tmp_path, sample_text("crypt.txt"), f"wav:{tmp_path / 'out.wav'}", "--unpaced")
@@ -231,27 +246,14 @@ def test_prelude_to_narrative_seam_has_no_gap_and_no_overlap(make_server, pulse_
     assert finished.status == "done" and finished.underruns == 0
     planned = sorted((e for e in seen if isinstance(e, wire.ChunkPlanned)), key=lambda e: e.index)
     assert planned[0].text.startswith("The door groans open.")
-    synthesized = {e.index: e for e in seen if isinstance(e, wire.ChunkSynthesized)}
-    report = {
-        "chunks": [
-            {
-                "text": p.text,
-                "span": {
-                    k: getattr(synthesized[p.index], k)
-                    for k in ("out_start", "out_end", "lead_pad", "src_start", "kept", "overlap_in")
-                },
-            }
-            for p in planned
-        ]
-    }
     rate = 22050
-    parts = [_raw_piper([c["text"]])[0] for c in report["chunks"]]
-    reference, _ = joined_reference(report, parts, rate)
+    reference = joined_from_events(seen, rid, rate)
+    synthesized = {e.index: e for e in seen if isinstance(e, wire.ChunkSynthesized)}
     offset, score = align(reference, recording, rate)
     assert score >= 0.98, f"correlation {score:.4f}"
     scores = _window_scores(reference, recording, offset, rate)
     assert min(s for _, s in scores) >= 0.95, scores
-    seam = report["chunks"][1]["span"]["out_start"]
+    seam = synthesized[1].out_start
     # Voiced windows on both sides of the seam line up, and the pause there is a sentence pause.
     times = np.array([t for t, _ in scores])
     assert np.any((times < seam / rate) & (times > seam / rate - 1.0))
@@ -262,3 +264,55 @@ def test_prelude_to_narrative_seam_has_no_gap_and_no_overlap(make_server, pulse_
         quiet = 0 if h else quiet + 1
         longest = max(longest, quiet)
     assert longest / rate <= 0.40, f"{longest / rate:.3f} s of silence at the prelude/narrative seam"
+
+
+def test_an_urgent_line_preempts_at_the_next_seam_and_the_rest_resumes(make_server, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    """Issue 6 (priority): the long request's audio is already in the ring when an urgent one
+    comes. The urgent line is heard from the next chunk seam on; then the long request resumes
+    where it stopped and ends ``done``: nothing cancelled, lost or heard twice."""
+    from actors import wire
+
+    wav_path = tmp_path / "out.wav"
+    server = make_server("--sink", f"wav:{wav_path}", **DETERMINISTIC)
+    with server.client() as ctl:
+        events = server.client()
+        try:
+            time.sleep(0.2)
+            slow = ctl.speak(sample_text("crypt.txt"))
+            seen: list[wire.Message] = []
+            for event in events.events(timeout_s=30):
+                seen.append(event)
+                if isinstance(event, wire.PlaybackStarted) and event.request_id == slow:
+                    break
+            time.sleep(1.0)  # by now the worker has pushed far ahead of the speaker
+            urgent = ctl.speak("Wait! Someone is coming down the stairs.", priority=5)
+            for event in events.events(timeout_s=60):
+                seen.append(event)
+                if isinstance(event, wire.RequestFinished) and event.request_id == slow:
+                    break
+        finally:
+            events.close()
+    assert server.stop() == 0
+    finished = {e.request_id: e for e in seen if isinstance(e, wire.RequestFinished)}
+    assert finished[slow].status == "done" and finished[urgent].status == "done"
+    order = [e.request_id for e in seen if isinstance(e, wire.RequestFinished)]
+    assert order.index(urgent) < order.index(slow), "the urgent line waited for the whole long request"
+    wav, rate = _read_wav(wav_path)
+
+    ref_slow, ref_urgent = joined_from_events(seen, slow, rate), joined_from_events(seen, urgent, rate)
+    start_slow, s1 = align(ref_slow[:rate], wav, rate)
+    start_urgent, s2 = align(ref_urgent, wav, rate)
+    assert s1 > 0.99 and s2 > 0.99, (s1, s2)
+    cut = start_urgent - start_slow  # how much of the long request was heard before the urgent line
+    assert 0 < cut < len(ref_slow) - rate, "the urgent line did not come in the middle of the long request"
+    # Before it: the long request's start; after it: the long request's rest, from the cut on.
+    before = wav[start_slow:start_urgent].astype(np.float64)
+    assert np.corrcoef(before, ref_slow[:cut])[0, 1] > 0.99
+    after = wav[start_urgent + len(ref_urgent) :].astype(np.float64)
+    rest = ref_slow[cut:]
+    n = min(len(rest), len(after))
+    assert n > rate and np.corrcoef(after[:n], rest[:n])[0, 1] > 0.99
+    # Nothing lost or doubled: the audible total is both requests, to the millisecond or so.
+    loud = np.flatnonzero(np.abs(wav.astype(np.int32)) > 30)
+    heard_s = (loud[-1] - loud[0]) / rate
+    assert heard_s == pytest.approx((len(ref_slow) + len(ref_urgent)) / rate, abs=0.3)

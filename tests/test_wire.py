@@ -111,3 +111,12 @@ def test_validate_text_rejects_what_cannot_be_narration(text: str, kind: str, fr
 
 def test_validate_text_accepts_narration_with_newlines_tabs_and_unicode() -> None:
     wire.validate_text("Zoë and Ærenfell —\n\tthe end.\r\n", 100)
+
+
+def test_numpy_scalars_encode_as_plain_numbers() -> None:
+    import numpy as np
+
+    msg = wire.PlaybackStarted(request_id="r1", ttfa_ms=np.float64(81.5))  # type: ignore[arg-type]
+    assert wire.decode(wire.encode(msg)) == wire.PlaybackStarted(request_id="r1", ttfa_ms=81.5)
+    seg = wire.Segment(request_id="r1", index=np.int64(2), start=np.int64(0), end=np.int64(5))  # type: ignore[arg-type]
+    assert wire.decode(wire.encode(seg)).end == 5
