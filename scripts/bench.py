@@ -54,6 +54,13 @@ def machine() -> dict[str, Any]:
     }
 
 
+def write_json(path: str | None, result: dict[str, Any]) -> None:
+    """``--json PATH``: the figures, also as a file (every benchmark)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:
@@ -216,9 +223,7 @@ def main() -> int:
         f"  peak RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in result["rss_mb"].items()),
         file=sys.stderr,
     )
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    write_json(args.json, result)
     return 0
 
 

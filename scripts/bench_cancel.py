@@ -214,7 +214,7 @@ def main(argv: list[str]) -> int:
         f"({result['mid_playback']} mid-playback); stale audio events: {result['stale_audio_events']}",
         file=sys.stderr,
     )
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    from bench import write_json
+
+    write_json(args.json, result)
     return 0

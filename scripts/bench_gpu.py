@@ -169,9 +169,9 @@ def main(argv: list[str]) -> int:
     )
     failed = [name for name, ok in checks.items() if not ok]
     print("  checks: " + ("all hold" if not failed else "FAILED " + ", ".join(failed)), file=sys.stderr)
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    from bench import write_json
+
+    write_json(args.json, result)
     return 1 if failed else 0
 
 

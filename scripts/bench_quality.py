@@ -391,9 +391,9 @@ def main(argv: list[str]) -> int:
         f"  plots: {args.out}",
         file=sys.stderr,
     )
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    from bench import write_json
+
+    write_json(args.json, result)
     return 0
 
 

@@ -218,9 +218,9 @@ def main(argv: list[str]) -> int:
         f"  peak VRAM {result['vram_peak_mb']} MB | GPU util {result['gpu_util_mean']} % | batching: untested",
         file=sys.stderr,
     )
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    from bench import write_json
+
+    write_json(args.json, result)
     return 0
 
 
