@@ -89,8 +89,9 @@ def test_cancel_during_playback_fades_to_silence_and_the_next_request_plays_only
 
     # Where the old request starts in the recording, from its own (deterministic) audio.
     ref_old = joined_from_events(seen, old, RATE)
-    start_old, score = align(ref_old[:RATE], recording, RATE)  # the first second: heard before the cancel
-    assert score > 0.9, f"old request not found in the recording (score {score:.3f})"
+    start_old, score = align(ref_old[: RATE // 2], recording, RATE)  # its start: heard before the cancel
+    underflows = status["actors"]["audio_consumer"]["metrics"].get("device_underflows")
+    assert score > 0.9, f"old request not found in the recording (score {score:.3f}, device underflows {underflows})"
 
     # The silence the cancel made: the first quiet run of >= 0.3 s from 25 ms before the instant
     # the DAC clock gave (t_silent). It must start within 25 ms of that instant: audio that went
