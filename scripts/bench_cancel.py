@@ -108,7 +108,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     started = next(e for e in seen if isinstance(e, wire.PlaybackStarted) and e.request_id == rid)
                     acc = next(e for e in seen if isinstance(e, wire.Accepted) and e.request_id == rid)
                     first = next(e for e in seen if isinstance(e, wire.ChunkPlanned) and e.request_id == rid)
-                    anchor = {"t_dac": acc.t_accepted + started.ttfa_ms / 1000.0, "text": first.text}
+                    synth = [e for e in seen if isinstance(e, wire.ChunkSynthesized) and e.request_id == rid]
+                    span0 = next((e for e in synth if e.index == 0 and e.out_end >= 0), None)
+                    anchor = {
+                        "t_dac": acc.t_accepted + started.ttfa_ms / 1000.0,
+                        "text": first.text,
+                        # output frame lead_pad is engine frame src_start (the joiner trims the lead)
+                        "shift": (span0.src_start - span0.lead_pad) if span0 is not None else 0,
+                    }
                 ms = (silenced.t_silent - t_cancel) * 1000.0
                 latencies.append(ms)
                 hops.append((silenced.t_cancel_seen - t_cancel) * 1000.0)
@@ -173,7 +180,10 @@ def _count_stale(recording: np.ndarray, anchor: dict[str, Any], cuts: list[dict[
     cfg = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
     ref = np.concatenate([c.audio_float_array for c in voice.synthesize(anchor["text"], cfg)])
     rate = voice.config.sample_rate
-    offset, score = align(ref[: min(len(ref), rate)], recording[: 30 * rate], rate)
+    # Every iteration speaks the same text: search only where the first request can be (it
+    # starts within seconds of the recorder), or a later copy of the same audio would match.
+    offset, score = align(ref[: min(len(ref), rate)], recording[: 6 * rate], rate)
+    offset += anchor["shift"]  # where the request's first output frame (its DAC time) is
     if score < 0.8:
         raise SystemExit(f"bench cancel: could not find the first request in the recording (score {score:.2f})")
 
