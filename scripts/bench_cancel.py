@@ -127,10 +127,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 acc_s = next(e for e in after if isinstance(e, wire.Accepted) and e.request_id == short)
                 st_s = next(e for e in after if isinstance(e, wire.PlaybackStarted) and e.request_id == short)
+                span_s = next(e for e in after if isinstance(e, wire.ChunkSynthesized) and e.request_id == short)
                 cuts.append(
                     {
                         "t_silent": silenced.t_silent,
                         "t_next": acc_s.t_accepted + st_s.ttfa_ms / 1000.0,
+                        "next_shift": span_s.src_start - span_s.lead_pad,
                         "audible": silenced.was_audible,
                     }
                 )
@@ -190,16 +192,26 @@ def _count_stale(recording: np.ndarray, anchor: dict[str, Any], cuts: list[dict[
     def pos(t: float) -> int:
         return offset + round((t - anchor["t_dac"]) * rate)
 
+    # The sink's clock and CLOCK_MONOTONIC drift apart by tens of ms over minutes: re-anchor at
+    # each cut on the next line (deterministic audio 0.5 s later), found within 0.2 s of where
+    # the global mapping puts it.
+    short = np.concatenate([c.audio_float_array for c in voice.synthesize(SHORT, cfg)])[: rate // 2]
     stale = 0
     for cut in cuts:
-        # 10 ms margins: the DAC-clock to recording mapping is good to a few milliseconds.
-        lo, hi = pos(cut["t_silent"]) + int(0.010 * rate), pos(cut["t_next"]) - int(0.010 * rate)
+        guess = pos(cut["t_next"]) - cut["next_shift"]
+        lo_s = max(0, guess - rate // 5)
+        found, score_s = align(short, recording[lo_s : guess + rate // 5 + len(short)], rate)
+        drift = (lo_s + found) - guess if score_s > 0.9 else 0
+        # 10 ms margins: after re-anchoring the mapping is good to a few milliseconds.
+        lo = pos(cut["t_silent"]) + drift + int(0.010 * rate)
+        hi = pos(cut["t_next"]) + drift - int(0.010 * rate)
         loud = np.flatnonzero(np.abs(recording[lo:hi].astype(np.int32)) > 40) if hi > lo else np.array([])
         if loud.size:
             stale += 1
             print(
                 f"  stale audio: {loud.size} samples above -58 dBFS between {(loud[0]) / rate * 1000:.1f} and "
-                f"{loud[-1] / rate * 1000:.1f} ms after the fade's end (window {(hi - lo) / rate * 1000:.0f} ms)",
+                f"{loud[-1] / rate * 1000:.1f} ms after the fade's end (window {(hi - lo) / rate * 1000:.0f} ms, "
+                f"clock drift {drift / rate * 1000:.1f} ms)",
                 file=sys.stderr,
             )
     return stale
