@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import hashlib
 import json
 import os
 import re
@@ -44,6 +43,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
+
+from actors.engines.xtts_engine import file_sha256
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -127,14 +128,6 @@ def validate_voice_name(name: str) -> str:
     return name
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def load_reference_audio(path: str | os.PathLike[str], max_seconds: float | None = None) -> tuple[np.ndarray, RefAudio]:
     """Mono float32 at 22.05 kHz (clipped to [-1, 1], cut to ``max_seconds``) and its ``RefAudio``."""
     import soundfile as sf
@@ -163,7 +156,7 @@ def load_reference_audio(path: str | os.PathLike[str], max_seconds: float | None
     mono = np.clip(np.nan_to_num(mono), -1.0, 1.0).astype(np.float32)
     if not np.any(np.abs(mono) > 1e-4):
         raise VoiceProfileError(f"reference audio {file} is silent")
-    return mono, RefAudio(str(file.resolve()), _sha256(file), round(duration, 3), int(rate))
+    return mono, RefAudio(str(file.resolve()), file_sha256(file), round(duration, 3), int(rate))
 
 
 def _parse_profile(path: Path, data: Any) -> VoiceProfile:
@@ -285,7 +278,7 @@ class VoiceProfileStore:
                 "conditioning": {"sample_rate": REF_SAMPLE_RATE, **config},
                 "tensors": {
                     "file": TENSORS_FILE,
-                    "sha256": _sha256(tmp / TENSORS_FILE),
+                    "sha256": file_sha256(tmp / TENSORS_FILE),
                     **{key: list(value.shape) for key, value in tensors.items()},
                 },
             }
@@ -319,7 +312,7 @@ class VoiceProfileStore:
         raw = json.loads((profile.path / PROFILE_FILE).read_text(encoding="utf-8"))
         tensors_file = profile.path / TENSORS_FILE
         expected = raw.get("tensors", {}).get("sha256")
-        if not tensors_file.is_file() or (expected and _sha256(tensors_file) != expected):
+        if not tensors_file.is_file() or (expected and file_sha256(tensors_file) != expected):
             raise VoiceProfileError(f"voice {name!r}: {tensors_file} is missing or corrupt; re-add the voice")
         try:
             tensors = load_file(str(tensors_file))

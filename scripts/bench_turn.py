@@ -75,15 +75,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    if not ordered:
-        return float("nan")
-    k = (len(ordered) - 1) * q
-    lo, hi = int(k), min(int(k) + 1, len(ordered) - 1)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
-
-
 def _alnum(text: str) -> str:
     return "".join(ch for ch in text.lower() if ch.isalnum())
 
@@ -209,7 +200,7 @@ def _seam(samples: Any, rate: int, audio_s: float, opener: str, chunks: list[dic
 
 
 def bench_turn(args: argparse.Namespace) -> dict[str, Any]:
-    from bench import machine  # scripts/bench.py, on sys.path when dispatched by scripts/bench
+    from bench import machine, percentile  # scripts/bench.py, on sys.path when dispatched by scripts/bench
 
     from actors import wire
     from actors.client import SkaldClient
@@ -349,10 +340,10 @@ def bench_turn(args: argparse.Namespace) -> dict[str, Any]:
             "runs": args.runs,
             "prelude_max_words": args.prelude_words,
             "narrative_max_tokens": args.narrative_tokens,
-            "turn_ttfa_ms_p50": round(_percentile(ttfas, 0.5), 2),
-            "turn_ttfa_ms_p95": round(_percentile(ttfas, 0.95), 2),
+            "turn_ttfa_ms_p50": round(percentile(ttfas, 0.5), 2),
+            "turn_ttfa_ms_p95": round(percentile(ttfas, 0.95), 2),
             "turn_ttfa_ms_all": ttfas,
-            "first_chunk_ms_p50": round(_percentile(first_chunk, 0.5), 2),
+            "first_chunk_ms_p50": round(percentile(first_chunk, 0.5), 2),
             "seam_gap_ms_max": round(max(gaps), 2) if gaps else None,
             "seam_gap_ms_all": gaps,
             "inserted_ms_max": round(max(inserted), 2) if inserted else None,

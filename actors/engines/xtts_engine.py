@@ -120,7 +120,8 @@ def is_random_weights(model_dir: str | os.PathLike[str]) -> bool:
         return False
 
 
-def _file_sha256(path: Path) -> str:
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks (model weights, reference audio, profile tensors)."""
     digest = hashlib.sha256()
     with path.open("rb") as fh:
         for block in iter(lambda: fh.read(1 << 20), b""):
@@ -149,7 +150,7 @@ def model_identity(model_dir: str | os.PathLike[str], cache_file: Path | None = 
             cache = {}
     sha = cache.get(key)
     if not isinstance(sha, str):
-        sha = _file_sha256(weights)
+        sha = file_sha256(weights)
         if cache_file is not None:
             cache[key] = sha
             try:
@@ -163,7 +164,7 @@ def model_identity(model_dir: str | os.PathLike[str], cache_file: Path | None = 
         "dir": str(path),
         "model_sha256": sha,
         "model_bytes": stat.st_size,
-        "config_sha256": _file_sha256(path / "config.json"),
+        "config_sha256": file_sha256(path / "config.json"),
         "random_weights": is_random_weights(path),
     }
 
