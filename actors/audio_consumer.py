@@ -7,9 +7,9 @@ PortAudio callback runs on time. Two threads matter:
   real-time clock thread for the ``null``/``wav`` sinks, so TTFA and underruns mean the same on
   every paced sink. It reads the ring as float32, writes the whole output buffer, zero-fills and
   counts an underrun when audio that is still expected is missing, and converts to int16 with
-  ``actors.dsp.Int16Converter`` (rounded, clipped, optional TPDF dither). When the device refuses
+  ``actors.audio.dsp.Int16Converter`` (rounded, clipped, optional TPDF dither). When the device refuses
   the ring's rate it runs at a whole multiple of it and the callback upsamples
-  (``actors.dsp.IntegerUpsampler``). It allocates no sample buffer, takes no lock, logs nothing
+  (``actors.audio.dsp.IntegerUpsampler``). It allocates no sample buffer, takes no lock, logs nothing
   and never blocks.
 * the **control thread** (``ConsumerControl``), which handles ``Segment`` and ``Cancel``
   messages, publishes what the callback may play, and turns the callback's counters and
@@ -44,8 +44,8 @@ from typing import Any
 import numpy as np
 
 from actors import wire
-from actors.dsp import Int16Converter, IntegerUpsampler
-from actors.prebuffer import PlaybackState, PrebufferConfig, PrebufferPolicy
+from actors.audio.dsp import Int16Converter, IntegerUpsampler
+from actors.audio.prebuffer import PlaybackState, PrebufferConfig, PrebufferPolicy
 from actors.runtime import ActorIO, ActorSpec, process_rss_mb, run_actor
 from config.settings import Settings
 from shm import PcmRing
@@ -544,7 +544,7 @@ def choose_upsample(device: Any, ring_rate: int, device_rate: int = 0) -> int:
     upsampling path with it on a device that takes the ring rate). Raises ``RuntimeError`` naming
     the device and every rate tried when none works.
     """
-    from actors.audio_device import AudioDeviceError, negotiate_samplerate
+    from actors.audio.device import AudioDeviceError, negotiate_samplerate
 
     def accepts(rate: int) -> bool:
         try:
@@ -636,7 +636,7 @@ def build_sink(settings: Settings, core: PlaybackCore, device: Any = None) -> Cl
     if sink.startswith("wav:"):
         return ClockSink(core, sink[4:], paced=settings.audio.wav_paced)
     if device is None:
-        from actors.audio_device import select_output_device
+        from actors.audio.device import select_output_device
 
         device = select_output_device(settings.audio.device or None, settings.audio.hostapi or None)
     return DeviceSink(core, device, settings.audio.latency)
@@ -660,7 +660,7 @@ class AudioConsumer:
         device: Any = None
         upsample = 1
         if settings.audio.sink == "device":
-            from actors.audio_device import select_output_device
+            from actors.audio.device import select_output_device
 
             device = select_output_device(settings.audio.device or None, settings.audio.hostapi or None)
             upsample = choose_upsample(device, ring.sample_rate, settings.audio.device_rate)

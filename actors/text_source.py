@@ -5,7 +5,7 @@ Backends (``actors.<role>.backend``):
 - ``text``: forward the orchestrator's own text, in order (``Speak.text`` / ``Append`` /
   ``End`` for the narrative actor, ``Speak.prelude`` for the prelude actor). This is a real
   mode: speaking text the orchestrator already has.
-- ``openai`` / ``transformers``: a language model (``actors.llm``) writes the text of a
+- ``openai`` / ``transformers``: a language model (``actors.text.llm``) writes the text of a
   ``Turn``. ``Speak`` requests are still forwarded as with ``text``.
 
 A ``Turn`` reaches both actors at the same moment (the supervisor forwards it to both):
@@ -43,7 +43,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from actors import wire
-from actors.llm import (
+from actors.runtime import ActorIO, ActorSpec, process_rss_mb, run_actor
+from actors.text.llm import (
     LLM_BACKENDS,
     CancelToken,
     LlmError,
@@ -54,11 +55,10 @@ from actors.llm import (
     narrative_messages,
     prelude_messages,
 )
-from actors.runtime import ActorIO, ActorSpec, process_rss_mb, run_actor
 from config.settings import TextActorSettings
 
 if TYPE_CHECKING:
-    from actors.llm import TextGenerator
+    from actors.text.llm import TextGenerator
 
 log = logging.getLogger("skald.text_source")
 

@@ -48,10 +48,10 @@ from typing import Any
 import numpy as np
 
 from actors import wire
-from actors.chunker import ChunkerConfig, ChunkPlan, SemanticChunker, SpeakingRate
-from actors.dsp import ChunkJoiner, Resampler, pause_kind
-from actors.engines.base import CancelToken, EngineError, TtsEngine, VoiceInfo
+from actors.audio.dsp import ChunkJoiner, Resampler, pause_kind
 from actors.runtime import ActorIO, ActorSpec, process_rss_mb, run_actor
+from actors.text.chunker import ChunkerConfig, ChunkPlan, SemanticChunker, SpeakingRate
+from actors.tts.base import CancelToken, EngineError, TtsEngine, VoiceInfo
 from config.settings import Settings
 from shm import PcmRing, PeerDeadError
 
@@ -169,7 +169,7 @@ PREEMPT_MARGIN_S = 0.15
 
 
 class GpuHooks:
-    """What the worker asks of GPU control (``actors.gpu_control``); no-ops on CPU."""
+    """What the worker asks of GPU control (``actors.gpu.control``); no-ops on CPU."""
 
     def chunk_bias(self) -> float:
         return 1.0
@@ -347,7 +347,7 @@ class TtsWorker:
         bias = self.gpu.chunk_bias()
         if bias == 1.0:
             return self.chunker_config
-        from actors.gpu import biased_chunk_targets
+        from actors.gpu.tiers import biased_chunk_targets
 
         lo, hi = biased_chunk_targets(self.settings, bias)
         c = self.chunker_config
@@ -824,7 +824,7 @@ def main_voice(settings: Settings) -> str:
 
 def build_engines(settings: Settings) -> tuple[TtsEngine | None, TtsEngine | None, str]:
     """The main engine (or None, with the reason) and the fallback engine (or None)."""
-    from actors.engines import create_engine
+    from actors.tts import create_engine
 
     faults = FaultPlan.from_env()
     main: TtsEngine | None = None
@@ -895,11 +895,11 @@ class _TtsWorkerProcess:
 
 
 class GpuControlHooks(GpuHooks):
-    """``GpuHooks`` backed by ``actors.gpu_control``: the VRAM limit, pressure and OOM handling,
+    """``GpuHooks`` backed by ``actors.gpu.control``: the VRAM limit, pressure and OOM handling,
     and the utilization controller's yield and parallelism (the ring's fill wins over both)."""
 
     def __init__(self, resolved: Any) -> None:
-        from actors.gpu_control import UtilizationController, VramManager
+        from actors.gpu.control import UtilizationController, VramManager
 
         self.resolved = resolved
         self.vram = VramManager.for_worker(resolved)
@@ -920,7 +920,7 @@ class GpuControlHooks(GpuHooks):
         return decision.yield_s
 
     def on_error(self, exc: BaseException) -> None:
-        from actors.gpu_control import is_oom_error
+        from actors.gpu.control import is_oom_error
 
         if is_oom_error(exc):
             self.vram.oom_count += 1
@@ -934,7 +934,7 @@ class GpuControlHooks(GpuHooks):
         self.vram.release("request_done")
 
     def status(self) -> dict[str, Any]:
-        from actors.gpu_control import control_status
+        from actors.gpu.control import control_status
 
         return control_status(self.resolved, self.vram, self.util)
 
@@ -943,7 +943,7 @@ def _gpu_hooks(settings: Settings, gpu_config: dict[str, Any] | None) -> tuple[G
     """GPU control when the engine runs on CUDA (XTTS); plain no-ops otherwise (no torch import)."""
     if not gpu_config or settings.tts.engine != "xtts" or settings.xtts.device == "cpu":
         return GpuHooks(), None
-    from actors.gpu import ResolvedGpuConfig, confirm_with_torch
+    from actors.gpu.tiers import ResolvedGpuConfig, confirm_with_torch
 
     resolved = confirm_with_torch(settings, ResolvedGpuConfig.from_dict(gpu_config))
     if not resolved.on_gpu:

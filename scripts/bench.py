@@ -98,7 +98,7 @@ def bench_core(args: argparse.Namespace) -> dict[str, Any]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
     log = (parent / "server.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "supervisor", "serve", "--sink", args.sink, "--run-dir", str(run_dir)],
+        [sys.executable, "-m", "actors.cli", "serve", "--sink", args.sink, "--run-dir", str(run_dir)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -77,7 +77,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         device = "PulseAudio null sink (private daemon) via PortAudio/ALSA"
     log = (parent / "server.log").open("wb")
     server = subprocess.Popen(
-        [sys.executable, "-m", "supervisor", "serve", "--sink", "device", "--run-dir", str(run_dir)],
+        [sys.executable, "-m", "actors.cli", "serve", "--sink", "device", "--run-dir", str(run_dir)],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -2,7 +2,7 @@
 
 Needs a CUDA GPU; without one it exits 2 and prints the CPU tier configuration instead of numbers.
 The engine is XTTS v2 (``create_engine("xtts", settings)``) on a model directory with the real
-architecture and random weights (``python -m actors.engines.xtts_random --size full DIR``, built
+architecture and random weights (``python -m tests.support.xtts_random --size full DIR``, built
 here unless ``--model-dir`` is given): timings are real, the audio is noise.
 
 Each measurement runs in its own process, so the per-process VRAM limit and peak counters start
@@ -60,7 +60,7 @@ WEIGHTS = "random (xtts_random --size full): timing only"
 
 
 def _no_gpu(reason: str) -> int:
-    from actors.gpu import detect_gpus, resolve_gpu_config
+    from actors.gpu.tiers import detect_gpus, resolve_gpu_config
     from config.settings import load_settings
 
     resolved = resolve_gpu_config(load_settings(), detect_gpus())
@@ -96,7 +96,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--audio-s", type=float, default=60.0, help="seconds of narration per profile")
     args = parser.parse_args(argv)
 
-    from actors.gpu import detect_gpus
+    from actors.gpu.tiers import detect_gpus
 
     detection = detect_gpus(use_torch=True)
     if not detection.usable:
@@ -110,7 +110,7 @@ def main(argv: list[str]) -> int:
         tmp = tempfile.TemporaryDirectory(prefix="skald-xtts-full-")
         model_dir = tmp.name
         print(f"bench gpu: building random full XTTS v2 in {model_dir} ...", file=sys.stderr, flush=True)
-        build = [sys.executable, "-m", "actors.engines.xtts_random", "--size", "full", model_dir]
+        build = [sys.executable, "-m", "tests.support.xtts_random", "--size", "full", model_dir]
         if subprocess.run(build, cwd=ROOT).returncode != 0:
             print("bench gpu: building the random XTTS model failed", file=sys.stderr)
             return 2
@@ -235,7 +235,7 @@ class UtilRecorder:
     progress and the overfill guard not holding it (a GPU yield counts as having work)."""
 
     def __init__(self, nvml_index: int) -> None:
-        from actors.gpu_control import NvmlSampler
+        from actors.gpu.control import NvmlSampler
 
         self.sampler = NvmlSampler(nvml_index)
         self.busy: Any = lambda: False
@@ -300,7 +300,7 @@ class Runner:
             self._next_commit += 1
 
     def _synthesize(self, chunk: _Chunk) -> None:
-        from actors.engines.base import CancelToken
+        from actors.tts.base import CancelToken
 
         def attempt_fn(attempt: Any) -> float:
             # Retry smaller: the chunk in pieces of at most attempt.shrink of its text.
@@ -392,10 +392,10 @@ class Runner:
 
 
 def _setup(audio_s: float) -> tuple[Any, ...]:
-    from actors.chunker import ChunkerConfig, SemanticChunker, SpeakingRate
-    from actors.engines import create_engine
-    from actors.gpu import biased_chunk_targets, detect_gpus, resolve_gpu_config, setting_origins
-    from actors.gpu_control import UtilizationController, VramManager
+    from actors.gpu.control import UtilizationController, VramManager
+    from actors.gpu.tiers import biased_chunk_targets, detect_gpus, resolve_gpu_config, setting_origins
+    from actors.text.chunker import ChunkerConfig, SemanticChunker, SpeakingRate
+    from actors.tts import create_engine
     from config.settings import load_settings
 
     settings = load_settings()
@@ -437,7 +437,7 @@ def _child(argv: list[str]) -> int:
     recorder = UtilRecorder(primary.nvml_index) if primary is not None and primary.nvml_index >= 0 else None
     clock = PlaybackClock(resolved.config.prebuffer_s)
     runner = Runner(engine, info.name, vram, util, clock, settings.ring.max_fill_s)
-    from actors.engines import create_engine
+    from actors.tts import create_engine
 
     piper = create_engine("piper")
     runner.fallback = (piper, piper.load_voice("").name)
@@ -484,7 +484,7 @@ def _child(argv: list[str]) -> int:
 
 def _stress(runner: Runner, vram: Any, engine: Any, voice: str, texts: list[str], recorder: Any) -> dict[str, Any]:
     """Pressure provoked by a lowered limit, then an OOM provoked by a tiny one."""
-    from actors.engines.base import CancelToken
+    from actors.tts.base import CancelToken
 
     tier_limit = vram.limit_mb
     peaks: list[float] = []

@@ -238,7 +238,7 @@ def bench_turn(args: argparse.Namespace) -> dict[str, Any]:
         log_path = parent / "server.log"
         with log_path.open("wb") as log:
             server = subprocess.Popen(
-                [sys.executable, "-m", "supervisor", "--log-info", "serve", "--sink", sink, "--run-dir", str(run_dir)],
+                [sys.executable, "-m", "actors.cli", "--log-info", "serve", "--sink", sink, "--run-dir", str(run_dir)],
                 cwd=ROOT,
                 env=env,
                 stdout=subprocess.PIPE,

@@ -4,7 +4,7 @@
                        [--model-dir DIR] [--voice NAME] [--stream-chunk-tokens N]
 
 By default the model is the full XTTS v2 architecture with random weights
-(``actors.engines.xtts_random``, built once into ~/.cache/skald/xtts-random): random weights,
+(``tests.support.xtts_random``, built once into ~/.cache/skald/xtts-random): random weights,
 timing only. ``--model-dir`` benchmarks a real model directory instead.
 
 Measured on one ``XttsEngine``, chunk texts taken from config/samples/crypt.txt:
@@ -97,7 +97,7 @@ class GpuSampler:
 
 def run_streams(engine: Any, voice: str, texts: list[str], streams: int, bound: Any) -> dict[str, Any]:
     """``streams`` threads, each synthesizing every text in turn; per-stream RTF, TTFA, throughput."""
-    from actors.engines.base import CancelToken
+    from actors.tts.base import CancelToken
 
     rate = engine.sample_rate
     results: list[dict[str, Any]] = [{} for _ in range(streams)]
@@ -154,8 +154,8 @@ def main(argv: list[str]) -> int:
     import torch
     from bench import machine, percentile
 
-    from actors.engines.xtts_engine import RANDOM_NOTE, XttsEngine, is_random_weights
-    from actors.engines.xtts_random import cached_model_dir
+    from actors.tts.xtts import RANDOM_NOTE, XttsEngine, is_random_weights
+    from tests.support.xtts_random import cached_model_dir
 
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     chunks = args.chunks or (12 if device == "cuda" else 2)

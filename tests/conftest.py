@@ -34,7 +34,7 @@ if os.environ.get("CI"):
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(__file__).resolve().parent / "data"
 SHARED_TEXTS = ROOT.parent / "shared" / "texts"
-SKALD = [sys.executable, "-m", "supervisor"]
+SKALD = [sys.executable, "-m", "actors.cli"]
 # Every process a test starts carries this in its environment (spawned actors inherit it), so
 # the leak check sees only this session's processes, not those of another suite running beside.
 SESSION_VAR = "SKALD_TESTRUN_ID"
@@ -60,7 +60,7 @@ def _skald_processes() -> dict[int, str]:
             continue
         if proc.info["pid"] == os.getpid():
             continue
-        if cmd.startswith("skald::") or re.search(r"(-m supervisor|bin/skald)\b", cmd):
+        if cmd.startswith("skald::") or re.search(r"(-m actors\.cli|bin/skald)\b", cmd):
             try:
                 if proc.environ().get(SESSION_VAR) != SESSION_ID:
                     continue
@@ -219,6 +219,6 @@ def make_server(run_dir: Path) -> Iterator:  # type: ignore[type-arg]
 def xtts_tiny_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The real XTTS v2 architecture, tiny config, random weights: built once per test session.
     Timing and code paths only; what it says is noise."""
-    from actors.engines.xtts_random import cached_model_dir
+    from tests.support.xtts_random import cached_model_dir
 
     return cached_model_dir("tiny", tmp_path_factory.getbasetemp() / "xtts-random")

@@ -19,9 +19,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from actors import audio_device
-from actors.audio_consumer import choose_upsample
-from actors.audio_device import (
+from actors.audio import device as audio_device
+from actors.audio.device import (
     AudioDeviceError,
     DeviceInfo,
     list_output_devices,
@@ -29,6 +28,7 @@ from actors.audio_device import (
     select_output_device,
     wasapi_exclusive_settings,
 )
+from actors.audio_consumer import choose_upsample
 from tests.audio_rig import MonitorRecorder, PulseNullSink, align, pulse_sink  # noqa: F401  # fixture
 
 # --- against the real null sink --------------------------------------------------------------------
@@ -113,7 +113,7 @@ def test_upsampled_device_playback_matches_piper_and_is_gap_free(
     22050 Hz: ``skald speak --sink device`` is recorded at 44.1 kHz and compared with raw Piper
     output (the joiner's reference), upsampled by soxr: same correlation bar as the native-rate
     test, every voiced 100 ms window in place (a gap or slip anywhere collapses the later ones)."""
-    from actors.dsp import resample
+    from actors.audio.dsp import resample
     from tests.conftest import ROOT, server_env
     from tests.test_speech_output import DETERMINISTIC, SHORT, _raw_piper, assert_recording_plays, joined_reference
 
@@ -121,7 +121,7 @@ def test_upsampled_device_playback_matches_piper_and_is_gap_free(
     text_file = tmp_path / "text.txt"
     text_file.write_text(SHORT)
     report_file = tmp_path / "report.json"
-    cmd = [sys.executable, "-m", "supervisor", "--log-info", "speak", "--file", str(text_file)]
+    cmd = [sys.executable, "-m", "actors.cli", "--log-info", "speak", "--file", str(text_file)]
     cmd += ["--sink", "device", "--report", str(report_file)]
     env = server_env(**DETERMINISTIC, **pulse_sink.env, SKALD_AUDIO_DEVICE_RATE=str(device_rate))
     with MonitorRecorder(rate=device_rate, env=pulse_sink.env) as recorder:
@@ -319,5 +319,5 @@ def test_module_imports_without_sounddevice() -> None:
     # Importing must not load sounddevice (PortAudio may be missing where config is validated).
     import subprocess
 
-    code = "import sys, actors.audio_device; assert 'sounddevice' not in sys.modules"
+    code = "import sys, actors.audio.device; assert 'sounddevice' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=Path(__file__).resolve().parents[1])

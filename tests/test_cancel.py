@@ -199,8 +199,8 @@ def test_a_cut_mid_sound_is_a_raised_cosine_fade_of_fade_ms() -> None:
     """In-process, no device: the callback core cuts a loud tone with the configured fade."""
     import os
 
+    from actors.audio.prebuffer import PrebufferConfig, PrebufferPolicy
     from actors.audio_consumer import ConsumerControl, PlaybackCore
-    from actors.prebuffer import PrebufferConfig, PrebufferPolicy
     from shm import PcmRing
 
     ring = PcmRing.create(f"skald-{os.getpid()}-pcm", 1 << 16, RATE, 2.0, role="producer")

@@ -12,14 +12,14 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.chunker import (
+from actors.text.chunker import (
     ChunkerConfig,
     ChunkPlan,
     SemanticChunker,
     SpeakingRate,
     plan_chunks,
 )
-from actors.textprep import prepare_text
+from actors.text.textprep import prepare_text
 
 DATA = Path(__file__).resolve().parent / "data"
 PIPER_RATE = 18.35  # measured: 435 chars of crypt.txt in 23.7 s

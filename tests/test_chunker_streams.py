@@ -21,7 +21,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.chunker import ChunkerConfig, ChunkPlan, SemanticChunker, SpeakingRate, plan_chunks
+from actors.text.chunker import ChunkerConfig, ChunkPlan, SemanticChunker, SpeakingRate, plan_chunks
 from tests.test_chunker import PIPER_RATE, SEPARATORS, SUFFIXES, WORDS, check_plan, configs, stream_plan
 
 STREAMS = Path(__file__).resolve().parent / "data" / "llm-streams"

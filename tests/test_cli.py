@@ -11,7 +11,7 @@ from pathlib import Path
 
 from tests.conftest import ROOT, sample_text, server_env
 
-SKALD = [sys.executable, "-m", "supervisor"]
+SKALD = [sys.executable, "-m", "actors.cli"]
 
 
 def _skald(*args: str, stdin: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:

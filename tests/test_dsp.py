@@ -23,7 +23,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.dsp import (
+from actors.audio.dsp import (
     DEFAULT_PAUSES_MS,
     ChunkJoiner,
     ChunkSpan,
@@ -186,9 +186,9 @@ class PiperChunks:
 @cache
 def crypt_chunks() -> PiperChunks:
     """The crypt.txt chunk plan, synthesized by Piper with generator noise off (deterministic)."""
-    from actors.chunker import SpeakingRate, plan_chunks
-    from actors.engines.base import CancelToken
-    from actors.engines.piper_engine import PiperEngine
+    from actors.text.chunker import SpeakingRate, plan_chunks
+    from actors.tts.base import CancelToken
+    from actors.tts.piper import PiperEngine
 
     engine = PiperEngine(noise_scale=0.0, noise_w_scale=0.0)
     info = engine.load_voice("")
@@ -233,7 +233,8 @@ def test_importing_dsp_stays_light() -> None:
     import sys
 
     code = (
-        "import sys, actors.dsp; print(sorted(m for m in ('torch', 'onnxruntime', 'piper', 'TTS') if m in sys.modules))"
+        "import sys, actors.audio.dsp; "
+        "print(sorted(m for m in ('torch', 'onnxruntime', 'piper', 'TTS') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

@@ -21,19 +21,18 @@ from typing import Any
 
 import pytest
 
-from actors.gpu import (
+from actors.cli.gpu import add_gpu_parser, gpu_command
+from actors.gpu.tiers import (
     TIER_CONFIGS,
     VRAM_FLOOR_MB,
     GpuDetection,
     GpuInfo,
     ResolvedGpuConfig,
     Tier,
-    add_gpu_parser,
     biased_chunk_targets,
     classify_tier,
     confirm_with_torch,
     detect_gpus,
-    gpu_command,
     min_cc_for_torch_build,
     resolve_gpu_config,
     setting_origins,
@@ -167,7 +166,7 @@ def test_detection_with_torch_adds_torch_s_own_reason() -> None:
 
 def _run_detection(env: dict[str, str]) -> dict[str, Any]:
     code = (
-        "import json, sys; from actors.gpu import detect_gpus; d = detect_gpus(); "
+        "import json, sys; from actors.gpu.tiers import detect_gpus; d = detect_gpus(); "
         "print(json.dumps({'reason': d.fallback_reason, 'torch': 'torch' in sys.modules}))"
     )
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=60)
@@ -419,7 +418,7 @@ def _cli(*argv: str) -> subprocess.CompletedProcess[str]:
     """``skald gpu`` through add_gpu_parser in a real interpreter (the supervisor wires it later)."""
     code = (
         "import argparse, sys\n"
-        "from actors.gpu import add_gpu_parser\n"
+        "from actors.cli.gpu import add_gpu_parser\n"
         "parser = argparse.ArgumentParser(prog='skald')\n"
         "parser.add_argument('--config')\n"
         "add_gpu_parser(parser.add_subparsers(dest='command', required=True))\n"
@@ -477,7 +476,7 @@ def test_gpu_benchmark_refuses_to_run_without_a_gpu() -> None:
 
 
 def test_cuda_visible_devices_is_applied_to_nvml_s_list(monkeypatch: pytest.MonkeyPatch) -> None:
-    from actors.gpu import _visible
+    from actors.gpu.tiers import _visible
 
     gpus = [
         GpuInfo(0, "NVIDIA L4", 23034, 23000, (8, 9), "GPU-aaaa-1111", 0),

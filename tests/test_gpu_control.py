@@ -11,8 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from actors.gpu import TIER_CONFIGS, GpuDetection, GpuInfo, Tier, TierConfig, detect_gpus, resolve_gpu_config
-from actors.gpu_control import (
+from actors.gpu.control import (
     OomAttempt,
     PressureGovernor,
     RecordedGpuSampler,
@@ -23,6 +22,7 @@ from actors.gpu_control import (
     control_status,
     is_oom_error,
 )
+from actors.gpu.tiers import TIER_CONFIGS, GpuDetection, GpuInfo, Tier, TierConfig, detect_gpus, resolve_gpu_config
 from config.settings import load_settings
 
 HIGH, MID, MODEST, LOW = (TIER_CONFIGS[t] for t in (Tier.HIGH_END, Tier.MID_RANGE, Tier.MODEST, Tier.LOW_END))

@@ -1,4 +1,4 @@
-"""The language-model backends (``actors.llm``) against real servers and a real model.
+"""The language-model backends (``actors.text.llm``) against real servers and a real model.
 
 The model is ``tests.tiny_lm``: a tiny randomly initialised Qwen2 built locally (nothing is
 downloaded). Its text is gibberish, which is fine here: these tests check streaming, the
@@ -23,7 +23,7 @@ from pathlib import Path
 
 import pytest
 
-from actors.llm import (
+from actors.text.llm import (
     CancelToken,
     LlmError,
     OpenAIChatGenerator,

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from actors.prebuffer import PlaybackState, PrebufferConfig, PrebufferPolicy
+from actors.audio.prebuffer import PlaybackState, PrebufferConfig, PrebufferPolicy
 
 IDLE, BUFFERING, PLAYING = PlaybackState.IDLE, PlaybackState.BUFFERING, PlaybackState.PLAYING
 

@@ -44,7 +44,7 @@ def _speak(tmp_path: Path, text: str, sink: str, *extra: str, env: dict[str, str
         [
             sys.executable,
             "-m",
-            "supervisor",
+            "actors.cli",
             "speak",
             "--file",
             str(text_file),

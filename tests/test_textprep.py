@@ -9,7 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.textprep import TextPreparer, prepare_text
+from actors.text.textprep import TextPreparer, prepare_text
 
 # What the preparer removes letters from (documented in actors/textprep.py): voice tags, and the URL
 # part of markdown links. A "[" that opens a tag never opens a link; a tag inside a URL goes with it.

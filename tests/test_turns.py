@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from actors import wire
-from actors.llm import OpenAIChatGenerator, TransformersGenerator
+from actors.text.llm import OpenAIChatGenerator, TransformersGenerator
 from actors.text_source import NARRATIVE, PRELUDE, TextSourceActor
 from config.settings import TextActorSettings
 from tests import tiny_lm

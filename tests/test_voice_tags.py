@@ -15,8 +15,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.chunker import ChunkerConfig, ChunkPlan, SemanticChunker, SpeakingRate, plan_chunks
-from actors.textprep import TextPreparer, VoiceSwitch, prepare_parts, prepare_text
+from actors.text.chunker import ChunkerConfig, ChunkPlan, SemanticChunker, SpeakingRate, plan_chunks
+from actors.text.textprep import TextPreparer, VoiceSwitch, prepare_parts, prepare_text
 from tests.test_chunker import PIPER_RATE, alnum, texts
 from tests.test_chunker_streams import tagged_narration as tagged
 from tests.test_chunker_streams import voice_rates

@@ -21,18 +21,17 @@ import pytest
 
 pytest.importorskip("TTS.tts.models.xtts", reason="the xtts extra (coqui-tts) is not installed")
 
-from actors.engines import EngineError
-from actors.engines.xtts_engine import XttsEngine
-from actors.voices import (
+from actors.cli.voice import add_voice_parser, run_voice_command
+from actors.tts import EngineError
+from actors.tts.voices import (
     PROFILE_FORMAT,
     PROFILE_VERSION,
     VoiceProfileError,
     VoiceProfileStore,
-    add_voice_parser,
     load_reference_audio,
-    run_voice_command,
     validate_voice_name,
 )
+from actors.tts.xtts import XttsEngine
 from config.settings import load_settings
 
 
@@ -41,8 +40,8 @@ def refs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     """Two reference recordings of real speech, made with Piper."""
     import soundfile as sf
 
-    from actors.engines.base import CancelToken
-    from actors.engines.piper_engine import PiperEngine
+    from actors.tts.base import CancelToken
+    from actors.tts.piper import PiperEngine
 
     piper = PiperEngine(noise_scale=0.0, noise_w_scale=0.0)
     info = piper.load_voice("")

@@ -25,9 +25,9 @@ import pytest
 
 pytest.importorskip("TTS.tts.models.xtts", reason="the xtts extra (coqui-tts) is not installed")
 
-from actors.engines import EngineError, create_engine, engine_sample_rate
-from actors.engines.base import CancelToken
-from actors.engines.xtts_engine import (
+from actors.tts import EngineError, create_engine, engine_sample_rate
+from actors.tts.base import CancelToken
+from actors.tts.xtts import (
     MAX_TOKENS_PER_CHAR,
     MIN_NEW_TOKENS,
     SAMPLE_RATE,
@@ -96,9 +96,9 @@ def test_unusable_cuda_is_an_engine_error(xtts_tiny_dir: Path) -> None:
 
 def test_sample_rate_without_torch() -> None:
     code = (
-        "import sys; from actors.engines import engine_sample_rate; "
+        "import sys; from actors.tts import engine_sample_rate; "
         "assert engine_sample_rate('xtts', 'anyone') == 24000; "
-        "import actors.voices; assert 'torch' not in sys.modules, 'torch imported'"
+        "import actors.tts.voices; assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], cwd=ROOT, check=True, timeout=60)
     assert engine_sample_rate("xtts", "") == SAMPLE_RATE

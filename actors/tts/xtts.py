@@ -2,7 +2,7 @@
 
 The model is a local directory (``xtts.model_dir`` / ``SKALD_XTTS_MODEL_DIR``) holding
 ``config.json``, ``model.pth``, ``vocab.json`` and ``speakers_xtts.pth``; nothing is ever
-downloaded. Voices are profiles made once by ``skald voice add`` (``actors.voices``) or the
+downloaded. Voices are profiles made once by ``skald voice add`` (``actors.tts.voices``) or the
 built-in speakers of ``speakers_xtts.pth``.
 
 How a chunk is synthesized
@@ -46,7 +46,6 @@ torch and coqui-tts are imported only when an engine is built, never at module i
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -58,7 +57,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from actors.engines.base import CALIBRATION_TEXT, CancelToken, EngineError, TtsEngine, VoiceInfo, measure_chars_per_s
+from actors.tts.base import (
+    CALIBRATION_TEXT,
+    CancelToken,
+    EngineError,
+    TtsEngine,
+    VoiceInfo,
+    file_sha256,
+    measure_chars_per_s,
+)
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -113,20 +120,13 @@ def read_model_config(model_dir: Path) -> dict[str, Any]:
 
 
 def is_random_weights(model_dir: str | os.PathLike[str]) -> bool:
-    """True for a directory written by ``actors.engines.xtts_random`` (random weights: timing only)."""
+    """True for a directory written by ``tests.support.xtts_random`` (random weights: timing only)."""
     try:
         return bool(read_model_config(Path(model_dir)).get(RANDOM_MARK, False))
     except EngineError:
         return False
 
 
-def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, read in 1 MiB blocks (model weights, reference audio, profile tensors)."""
-    digest = hashlib.sha256()
-    with path.open("rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def model_identity(model_dir: str | os.PathLike[str], cache_file: Path | None = None) -> dict[str, Any]:
@@ -366,7 +366,7 @@ class XttsEngine(TtsEngine):
 
     @classmethod
     def from_settings(cls, settings: Settings, **kwargs: Any) -> XttsEngine:
-        from actors.voices import default_voices_dir
+        from actors.tts.voices import default_voices_dir
 
         x = settings.xtts
         options: dict[str, Any] = {
@@ -459,7 +459,7 @@ class XttsEngine(TtsEngine):
         return float(self._model.config.max_ref_len)
 
     def _store(self) -> Any:
-        from actors.voices import VoiceProfileStore, default_voices_dir
+        from actors.tts.voices import VoiceProfileStore, default_voices_dir
 
         return VoiceProfileStore(self.voices_dir if self.voices_dir is not None else default_voices_dir())
 
@@ -470,7 +470,7 @@ class XttsEngine(TtsEngine):
 
     def load_voice(self, voice: str) -> VoiceInfo:
         """A profile of the store by name, else a built-in speaker; "" = the first built-in speaker."""
-        from actors.voices import VoiceProfileError
+        from actors.tts.voices import VoiceProfileError
 
         with self._lock:
             if not voice:

@@ -47,7 +47,7 @@ Cut rules (see also the tests):
   (models stream only ~2× faster than speech). The price: a text that ends less than
   ``hard_min_s`` after the second chunk's sentence end gets a short last chunk instead of a merge.
 
-Voice tags (``[voice:NAME]`` in the text; syntax in :mod:`actors.textprep`): the text up to a tag
+Voice tags (``[voice:NAME]`` in the text; syntax in :mod:`actors.text.textprep`): the text up to a tag
 that changes the voice is planned as if the text ended there (all the rules above, "whole text under
 ``hard_min_s``" and the remainder merge included), and its chunks are emitted at once. So no chunk
 spans a voice change, and the chunk before a tag may be as short as it has to be: ``hard_min_s``
@@ -80,7 +80,7 @@ from dataclasses import dataclass, fields
 from itertools import accumulate
 from typing import Any
 
-from actors.textprep import TextPreparer, VoiceSwitch
+from actors.text.textprep import TextPreparer, VoiceSwitch
 
 __all__ = ["ChunkPlan", "ChunkerConfig", "SemanticChunker", "SpeakingRate", "plan_chunks"]
 

@@ -9,7 +9,7 @@ loads exactly like a real one::
     OUT_DIR/vocab.json         a BPE tokenizer trained here with the ``tokenizers`` library
     OUT_DIR/speakers_xtts.pth  {name: {"gpt_cond_latent", "speaker_embedding"}} like the real file
 
-Run it: ``python -m actors.engines.xtts_random --size tiny|full OUT_DIR``.
+Run it: ``python -m tests.support.xtts_random --size tiny|full OUT_DIR``.
 
 Sizes
     full   the XTTS v2 defaults (config.json of coqui/XTTS-v2): GPT 30 layers x 1024 wide, 16 heads,
@@ -239,7 +239,7 @@ def cached_model_dir(size: str = "tiny", cache_root: str | os.PathLike[str] | No
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m actors.engines.xtts_random",
+        prog="python -m tests.support.xtts_random",
         description="Write an XTTS v2 model directory with random weights (random weights: timing only).",
     )
     parser.add_argument("--size", choices=SIZES, default="tiny")

@@ -1,18 +1,18 @@
-"""TTS engines behind one interface (``actors.engines.base.TtsEngine``).
+"""TTS engines behind one interface (``actors.tts.base.TtsEngine``).
 
 Engines are imported lazily so the audio consumer, which never synthesizes, never loads
 onnxruntime or torch.
 
 * ``piper``: ONNX on CPU, the embedded default voice (``piper_engine``).
 * ``xtts``: XTTS v2 on CUDA (or CPU for offline rendering) with cloned voice profiles
-  (``xtts_engine``; profiles in ``actors.voices``; random-weight models in ``xtts_random``).
+  (``xtts_engine``; profiles in ``actors.tts.voices``; random-weight models in ``xtts_random``).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from actors.engines.base import CancelToken, EngineError, TtsEngine, VoiceInfo
+from actors.tts.base import CancelToken, EngineError, TtsEngine, VoiceInfo
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -25,7 +25,7 @@ ENGINES = ("piper", "xtts")
 def create_engine(name: str, settings: Settings | None = None) -> TtsEngine:
     """Build the engine called ``name``; ``EngineError`` lists the available ones."""
     if name == "piper":
-        from actors.engines.piper_engine import PiperEngine
+        from actors.tts.piper import PiperEngine
 
         if settings is None:
             return PiperEngine()
@@ -35,7 +35,7 @@ def create_engine(name: str, settings: Settings | None = None) -> TtsEngine:
             noise_w_scale=tts.noise_w_scale if tts.noise_w_scale >= 0 else None,
         )
     if name == "xtts":
-        from actors.engines.xtts_engine import XttsEngine
+        from actors.tts.xtts import XttsEngine
         from config.settings import load_settings
 
         # Without settings, the defaults plus SKALD_* variables (SKALD_XTTS_MODEL_DIR ...).
@@ -46,11 +46,11 @@ def create_engine(name: str, settings: Settings | None = None) -> TtsEngine:
 def engine_sample_rate(name: str, voice: str) -> int:
     """The output rate of ``voice`` without loading the model (the supervisor sizes the ring)."""
     if name == "piper":
-        from actors.engines.piper_engine import voice_sample_rate
+        from actors.tts.piper import voice_sample_rate
 
         return voice_sample_rate(voice)
     if name == "xtts":
-        from actors.engines.xtts_engine import SAMPLE_RATE  # a constant: no torch, no model load
+        from actors.tts.xtts import SAMPLE_RATE  # a constant: no torch, no model load
 
         return SAMPLE_RATE
     raise EngineError(f"unknown TTS engine {name!r}; available: {', '.join(ENGINES)}")

@@ -7,10 +7,12 @@ cancelled chunk stops after at most one block of work.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -76,3 +78,11 @@ def measure_chars_per_s(engine: TtsEngine, voice: str, sample_rate: int) -> floa
     if frames == 0:
         raise EngineError(f"voice {voice!r} produced no audio for the calibration sentence")
     return len(CALIBRATION_TEXT) / (frames / sample_rate)
+
+def file_sha256(path: Path) -> str:
+    """SHA-256 of a file, read in 1 MiB blocks (model weights, reference audio, profile tensors)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -43,7 +43,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from actors.gpu import ResolvedGpuConfig, Tier, TierConfig
+from actors.gpu.tiers import ResolvedGpuConfig, Tier, TierConfig
 
 __all__ = [
     "CudaMemory",

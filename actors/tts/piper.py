@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from actors.engines.base import CancelToken, EngineError, TtsEngine, VoiceInfo, measure_chars_per_s
+from actors.tts.base import CancelToken, EngineError, TtsEngine, VoiceInfo, measure_chars_per_s
 
 DEFAULT_VOICE = "en_US-joe-medium"
 

@@ -30,13 +30,11 @@ into place, so a crash never leaves half a profile.
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import json
 import os
 import re
 import shutil
-import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -44,7 +42,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
-from actors.engines.xtts_engine import file_sha256
+from actors.tts.base import file_sha256
 
 if TYPE_CHECKING:
     from config.settings import Settings
@@ -331,117 +329,3 @@ class VoiceProfileStore:
         if not (path / PROFILE_FILE).is_file():
             raise VoiceProfileError(f"no voice profile {name!r} in {self.dir}")
         shutil.rmtree(path)
-
-
-# ----------------------------------------------------------------------------- command line
-def add_voice_parser(subparsers: Any) -> argparse.ArgumentParser:
-    """Add ``voice add|list|remove`` to a top-level ``add_subparsers()`` object; returns the parser."""
-    voice = subparsers.add_parser("voice", help="manage voices: XTTS voice profiles and installed Piper voices")
-    sub = voice.add_subparsers(dest="voice_command", required=True)
-    add = sub.add_parser("add", help="make an XTTS voice profile from reference recordings (computed once)")
-    add.add_argument("name", help="profile name: letters, digits, _ . -")
-    add.add_argument("refs", nargs="+", metavar="REF", help="reference audio (WAV/FLAC/OGG), ideally 6-30 s of speech")
-    add.add_argument("--model-dir", help="XTTS model directory (default: xtts.model_dir)")
-    add.add_argument("--device", choices=("cuda", "cpu"), help="default: xtts.device, or cpu when CUDA is unusable")
-    add.add_argument("--replace", action="store_true", help="overwrite an existing profile of that name")
-    listing = sub.add_parser("list", help="list XTTS voice profiles and installed Piper voices")
-    listing.add_argument("--json", action="store_true", help="one JSON object per voice")
-    remove = sub.add_parser("remove", help="delete an XTTS voice profile")
-    remove.add_argument("name")
-    return voice
-
-
-def _voice_add(args: argparse.Namespace, settings: Settings, store: VoiceProfileStore) -> int:
-    from actors.engines.base import EngineError
-    from actors.engines.xtts_engine import RANDOM_NOTE, XttsEngine, cuda_usable
-
-    validate_voice_name(args.name)
-    if store.exists(args.name) and not args.replace:
-        raise VoiceProfileError(f"voice {args.name!r} already exists in {store.dir}; use --replace or remove it first")
-    device = args.device or settings.xtts.device
-    if args.device is None and device == "cuda" and not cuda_usable():
-        device = "cpu"  # conditioning is a one-off: a few seconds on CPU
-        print("skald voice add: CUDA unusable here, computing on cpu", file=sys.stderr)
-    model_dir = args.model_dir or settings.xtts.model_dir
-    try:
-        engine = XttsEngine(
-            model_dir,
-            device=device,
-            language=settings.xtts.language,
-            voices_dir=store.dir,
-            warmup=False,
-        )
-    except EngineError as exc:
-        raise VoiceProfileError(str(exc)) from None
-    try:
-        profile = store.add(args.name, args.refs, engine, replace=args.replace)
-    except EngineError as exc:
-        raise VoiceProfileError(str(exc)) from None
-    finally:
-        engine.close()
-    total = sum(r.duration_s for r in profile.refs)
-    note = f" ({RANDOM_NOTE})" if profile.model.get("random_weights") else ""
-    print(f"added XTTS voice {profile.name!r}: {len(profile.refs)} reference(s), {total:.1f} s -> {profile.path}{note}")
-    if total < SUGGESTED_REF_SECONDS:
-        print(f"note: {total:.1f} s of reference audio; about {SUGGESTED_REF_SECONDS:.0f} s or more clones better")
-    return 0
-
-
-def _voice_rows(store: VoiceProfileStore) -> list[dict[str, Any]]:
-    rows: list[dict[str, Any]] = []
-    for p in store.list():
-        rows.append(
-            {
-                "name": p.name,
-                "engine": p.engine,
-                "sample_rate": p.sample_rate,
-                "created": p.created,
-                "refs": [Path(r.file).name for r in p.refs],
-                "random_weights": bool(p.model.get("random_weights")),
-            }
-        )
-    from actors.engines.piper_engine import PiperEngine, voice_sample_rate
-
-    for name in PiperEngine().list_voices():
-        try:
-            rate: int | None = voice_sample_rate(name)
-        except (OSError, ValueError, KeyError):
-            rate = None
-        rows.append({"name": name, "engine": "piper", "sample_rate": rate, "created": "", "refs": []})
-    return rows
-
-
-def _voice_list(args: argparse.Namespace, store: VoiceProfileStore) -> int:
-    rows = _voice_rows(store)
-    if args.json:
-        for row in rows:
-            print(json.dumps(row, ensure_ascii=False))
-        return 0
-    print(f"{'NAME':<24} {'ENGINE':<6} {'RATE':>6}  {'CREATED':<20}  REFS")
-    for row in rows:
-        refs = f"{len(row['refs'])}: {', '.join(row['refs'])}" if row["refs"] else "-"
-        if row.get("random_weights"):
-            refs += "  [random weights: timing only]"
-        rate = str(row["sample_rate"] or "?")
-        print(f"{row['name']:<24} {row['engine']:<6} {rate:>6}  {row['created'] or '-':<20}  {refs}")
-    print(f"(profiles in {store.dir})")
-    return 0
-
-
-def run_voice_command(args: argparse.Namespace, settings: Settings) -> int:
-    """Run ``skald voice add|list|remove``; errors are printed as one line, exit status 1."""
-    store = VoiceProfileStore.from_settings(settings)
-    try:
-        if args.voice_command == "add":
-            return _voice_add(args, settings, store)
-        if args.voice_command == "list":
-            return _voice_list(args, store)
-        if args.voice_command == "remove":
-            store.remove(args.name)
-            print(f"removed voice {args.name!r} from {store.dir}")
-            return 0
-    except (VoiceProfileError, OSError) as exc:  # OSError: the store directory is not writable, say
-        print(f"skald voice {args.voice_command}: {exc}", file=sys.stderr)
-        return 1
-    print(f"skald voice: unknown command {args.voice_command!r}", file=sys.stderr)
-    return 2

@@ -32,6 +32,8 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
+from actors.text.punctuation import PAUSE_KINDS, pause_kind
+
 if TYPE_CHECKING:
     from config.settings import DspSettings
 
@@ -85,7 +87,7 @@ def validate_rate(rate: Any, what: str = "sample rate") -> int:
     if not MIN_RATE <= value <= MAX_RATE:
         raise DspError(
             f"{what} {value} Hz is outside the internal range {MIN_RATE}-{MAX_RATE} Hz; engines must produce "
-            f"16-24 kHz audio (other rates are made at the output with actors.dsp.Resampler)"
+            f"16-24 kHz audio (other rates are made at the output with actors.audio.dsp.Resampler)"
         )
     return value
 
@@ -223,8 +225,6 @@ def _raised_cosine_in(n: int) -> npt.NDArray[np.float64]:
 # ------------------------------------------------------------------------------------------------
 # Pauses at chunk boundaries
 
-PAUSE_KINDS = ("paragraph", "sentence", "clause", "conjunction", "word", "end")
-
 # Silence from the last speech of chunk N to the first speech of chunk N+1, by what ended chunk N.
 # Measured on the default Piper voice (noise off, 5 ms frames at -50 dBFS): the engine's own
 # comma pauses are 230-410 ms (median 300) and the gap between its sentences 130-200 ms. The
@@ -240,34 +240,6 @@ DEFAULT_PAUSES_MS: dict[str, float] = {
     "word": 50.0,
     "end": 200.0,
 }
-
-_SENTENCE_END = ".!?…"
-_CLAUSE_END = ",;:—–-"
-_CLOSERS = "\"')]}”’»›*_"
-
-
-def pause_kind(boundary: str, text: str = "") -> str:
-    """The pause kind after a chunk: ``ChunkPlan.boundary`` if it is one, else derived from ``text``.
-
-    ``ChunkPlan.boundary`` is "sentence" | "clause" | "conjunction" | "word" | "end" (what ended
-    the chunk; "end" = the request's last chunk). The chunker does not report paragraph breaks
-    (``TextPreparer`` knows them, but ``ChunkPlan`` has no field for it), so "paragraph" is only
-    used when a caller passes it. Any other ``boundary`` (e.g. "" from another chunker) is
-    derived from the chunk text's last character, closing quotes and brackets skipped: ``. ! ? …``
-    → sentence, ``, ; : — –`` → clause, anything else → word; a text ending in a blank line →
-    paragraph.
-    """
-    if boundary in PAUSE_KINDS:
-        return boundary
-    if text.endswith("\n\n") or text.rstrip(" \t").endswith("\n\n"):
-        return "paragraph"
-    stripped = text.rstrip().rstrip(_CLOSERS)
-    if stripped and stripped[-1] in _SENTENCE_END:
-        return "sentence"
-    if stripped and stripped[-1] in _CLAUSE_END:
-        return "clause"
-    return "word"
-
 
 # ------------------------------------------------------------------------------------------------
 # The chunk joiner
