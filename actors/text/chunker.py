@@ -73,298 +73,21 @@ from __future__ import annotations
 import bisect
 import math
 import re
-import unicodedata
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, fields
 from itertools import accumulate
 from typing import Any
 
+from actors.text.cuts import CUT_POINTS, SHORT_QUOTE_CHARS, classify_cut
+from actors.text.plan import SENTENCE, STRENGTH_NAMES, WORD, ChunkerConfig, ChunkPlan
+from actors.text.punctuation import CLOSERS, DASHES, OPENERS
+from actors.text.speaking_rate import SpeakingRate, speech_units
 from actors.text.textprep import TextPreparer, VoiceSwitch
 
 __all__ = ["ChunkPlan", "ChunkerConfig", "SemanticChunker", "SpeakingRate", "plan_chunks"]
 
-
-# ------------------------------------------------------------------------------------------------
-# Configuration
-
-
-@dataclass(frozen=True)
-class ChunkerConfig:
-    """Chunk length targets, in seconds of estimated speech."""
-
-    target_min_s: float = 3.0  # preferred chunk length band
-    target_max_s: float = 7.0
-    hard_min_s: float = 2.4  # hard bounds (except the first chunk and the final remainder)
-    hard_max_s: float = 8.0
-    first_chunk_s: float = 1.2  # first chunk: first pause point after this …
-    first_chunk_max_s: float = 2.5  # … but never later than this
-
-    def __post_init__(self) -> None:
-        for f in fields(self):
-            v = getattr(self, f.name)
-            if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
-                raise ValueError(f"ChunkerConfig.{f.name} must be a finite number > 0, got {v!r}")
-        order = [
-            ("hard_min_s", "target_min_s"),
-            ("target_min_s", "target_max_s"),
-            ("target_max_s", "hard_max_s"),
-            ("first_chunk_s", "first_chunk_max_s"),
-            ("first_chunk_max_s", "hard_max_s"),
-        ]
-        for lo, hi in order:
-            if getattr(self, lo) > getattr(self, hi):
-                raise ValueError(f"ChunkerConfig.{hi} ({getattr(self, hi)}) must be >= {lo} ({getattr(self, lo)})")
-
-
-# ------------------------------------------------------------------------------------------------
-# Speaking rate
-
-_SENT_END = ".!?…"
-_DASHES = "—–"
-_CLOSERS = "\"')]}”’»›"
-_OPENERS = "\"'([{“‘«‹„"
-# Spoken symbols and roughly how many letters the voice says for them ("%" → "percent").
-_SYMBOL_LETTERS = {"%": 7, "&": 3, "+": 4, "=": 6, "@": 2, "$": 6, "€": 5, "£": 6, "°": 7}
-_DEFAULT_PAUSES = {
-    ".": 0.25,
-    "!": 0.25,
-    "?": 0.25,
-    "…": 0.3,
-    ",": 0.1,
-    ";": 0.15,
-    ":": 0.15,
-    "—": 0.12,
-    "–": 0.1,
-}
-# Ordinary narration prose, used to translate between "characters per second" as the engines
-# measure it (len(text) / seconds, punctuation and all) and this model's internal rate.
-_REFERENCE_PROSE = (
-    "The torchlight flickers across the wet stone as you step into the crypt. Somewhere ahead, "
-    "water drips in a slow and patient rhythm, and the air tastes of iron and old dust. As your "
-    "eyes adjust, you notice carvings along the walls, depicting a king who wears a crown of "
-    "thorns, while his subjects kneel before him in silent, endless worship. Suddenly, a low voice "
-    "echoes from the darkness: who dares disturb the sleep of the forgotten?"
-)
-
-_unit_cache: dict[str, int] = {}
-
-
-def _units(ch: str) -> int:
-    """Speech weight of one character, in half-letters (a letter or a space = 2)."""
-    u = _unit_cache.get(ch)
-    if u is None:
-        if ch.isalpha() or ch.isspace():
-            u = 2
-        elif ch.isnumeric():
-            u = 5  # digits are read as words: "1204" → "twelve oh four"; ~2.5 letters per digit
-        elif ch in _SYMBOL_LETTERS:
-            u = 2 * _SYMBOL_LETTERS[ch]
-        elif unicodedata.category(ch).startswith("M"):
-            u = 1  # combining marks belong to the letter before them (decomposed accents)
-        else:
-            u = 0  # punctuation: its cost is the pause, handled separately
-        _unit_cache[ch] = u
-    return u
-
-
-def _dur(units: int, pause_ms: int, overhead_s: float, rate: float) -> float:
-    """The one formula for a duration (shared by estimate() and the chunker: identical floats)."""
-    return overhead_s + units / (2.0 * rate) + pause_ms / 1000.0
-
-
-class SpeakingRate:
-    """Seconds-of-speech estimator for one voice, calibrated at load and updated from real durations.
-
-    Model: ``duration = utterance_s + speakable_chars / rate + pauses``. Speakable characters are
-    letters and spaces (digits weigh 2.5, a few symbols weigh what they are read as), punctuation
-    costs nothing itself but adds a pause when it really pauses (``.`` followed by a space or the
-    end, not the one in ``3.50``). ``utterance_s`` is the fixed lead-in/out of one synthesis call
-    (measured for Piper: ~0.2 s).
-
-    ``chars_per_s`` is in the units the engines measure, ``len(text) / seconds`` over ordinary
-    prose (punctuation included); it is translated to the model's internal rate through a reference
-    paragraph, so ``SpeakingRate(chars_per_s=18.35).estimate(text_of_435_chars)`` ≈ 23.7 s.
-    """
-
-    def __init__(
-        self,
-        chars_per_s: float = 15.0,
-        pause_s: dict[str, float] | None = None,
-        *,
-        utterance_s: float = 0.2,
-    ) -> None:
-        pauses = dict(_DEFAULT_PAUSES if pause_s is None else pause_s)
-        for ch, sec in pauses.items():
-            if len(ch) != 1 or not (0 <= sec <= 5):
-                raise ValueError(f"pause_s[{ch!r}] must be a single character mapped to 0..5 s, got {sec!r}")
-        if not (0 <= utterance_s <= 5):
-            raise ValueError(f"utterance_s must be within 0..5 s, got {utterance_s!r}")
-        self._pause_ms = {ch: round(sec * 1000) for ch, sec in pauses.items()}
-        self._pause_chars = frozenset(self._pause_ms)
-        self._overhead = float(utterance_s)
-        ref_units, ref_ms = self.measure(_REFERENCE_PROSE)
-        self._ref = (len(_REFERENCE_PROSE), ref_units, ref_ms)
-        self._rate = self._internal_rate(chars_per_s)
-        self.observations = 0  # accepted observe() calls
-
-    # -- conversions between the public rate and the internal one ------------------------------
-
-    def _internal_rate(self, chars_per_s: float) -> float:
-        n, units, ms = self._ref
-        if not isinstance(chars_per_s, int | float) or not math.isfinite(chars_per_s) or chars_per_s <= 0:
-            raise ValueError(f"chars_per_s must be a finite number > 0, got {chars_per_s!r}")
-        speech_s = n / chars_per_s - self._overhead - ms / 1000.0
-        if speech_s <= 0.05 * n / chars_per_s:
-            raise ValueError(f"chars_per_s={chars_per_s!r} is too fast to be speech")
-        return units / 2.0 / speech_s
-
-    @property
-    def chars_per_s(self) -> float:
-        """Current rate, as ``len(text) / seconds`` of ordinary prose."""
-        n, units, ms = self._ref
-        return n / _dur(units, ms, self._overhead, self._rate)
-
-    @property
-    def pause_ms(self) -> dict[str, int]:
-        """Pause per punctuation character, in milliseconds (a copy)."""
-        return dict(self._pause_ms)
-
-    @property
-    def utterance_s(self) -> float:
-        """Fixed cost of one synthesis call (lead-in and trailing silence)."""
-        return self._overhead
-
-    def duration(self, units: int, pause_ms: int) -> float:
-        """Seconds for a non-empty text of ``units`` half-letters and ``pause_ms`` of pauses."""
-        return _dur(units, pause_ms, self._overhead, self._rate)
-
-    # -- measuring text --------------------------------------------------------------------------
-
-    def pause_counts(self, text: str, i: int, final: bool) -> bool | None:
-        """Whether the pause character at ``text[i]`` really pauses (None: needs more text).
-
-        It does when the next character after any closing quotes/brackets is whitespace or the end
-        of the text; a dash also pauses before any non-punctuation character ("1204—or").
-        """
-        n = len(text)
-        j = i + 1
-        while j < n and text[j] in _CLOSERS:
-            j += 1
-        if j == n:
-            return True if final else None
-        nxt = text[j]
-        return nxt.isspace() or (text[i] in _DASHES and nxt not in self._pause_chars)
-
-    def measure(self, text: str) -> tuple[int, int]:
-        """(speech units, pause milliseconds) of ``text`` taken as one whole utterance."""
-        units = sum(map(_units, text))
-        ms = 0
-        pm = self._pause_ms
-        for i, ch in enumerate(text):
-            if ch in pm and self.pause_counts(text, i, True):
-                ms += pm[ch]
-        return units, ms
-
-    def estimate(self, text: str) -> float:
-        """Seconds of speech for ``text`` synthesized as one utterance (0.0 when nothing to say)."""
-        if not text or text.isspace():
-            return 0.0
-        units, ms = self.measure(text)
-        if units == 0:
-            # Punctuation alone is nothing to say: a pause needs speech around it. (Counting a
-            # lone "." as 0.45 s but ".\x1b" as 0 made estimates jump when text was appended.)
-            return 0.0
-        return self.duration(units, ms)
-
-    # -- learning ----------------------------------------------------------------------------------
-
-    def _observed_rate(self, text: str, dur_s: float) -> float | None:
-        units, ms = self.measure(text)
-        letters = units / 2
-        if letters < 10 or not math.isfinite(dur_s) or dur_s <= 0:
-            return None  # tiny texts are dominated by the fixed overhead: no information
-        speech_s = dur_s - self._overhead - ms / 1000.0
-        if speech_s < 0.25:
-            return None
-        rate = letters / speech_s
-        if not 4.0 <= rate <= 60.0:  # letters per second; outside this it is not speech (or a bug)
-            return None
-        return rate
-
-    def observe(self, text: str, dur_s: float) -> None:
-        """Update from a real synthesized duration (exponential moving average).
-
-        Ignored: texts under 10 letters, non-positive or absurd durations. A single outlier is
-        clipped to ×1.5 of the current rate before averaging; longer texts weigh more (the fixed
-        overhead blurs short ones).
-        """
-        rate = self._observed_rate(text, dur_s)
-        if rate is None:
-            return
-        cur = self._rate
-        rate = min(max(rate, cur / 1.5), cur * 1.5)
-        letters = self.measure(text)[0] / 2
-        alpha = 0.3 * min(1.0, letters / 80.0)
-        self._rate = cur + alpha * (rate - cur)
-        self.observations += 1
-
-    def calibrate(self, text: str, dur_s: float) -> None:
-        """Set the rate from one measured synthesis (no averaging); ValueError if unusable."""
-        rate = self._observed_rate(text, dur_s)
-        if rate is None:
-            raise ValueError(f"cannot calibrate from {dur_s!r} s for {text!r}")
-        self._rate = rate
-
-
-# ------------------------------------------------------------------------------------------------
-# Plans
-
-WORD, CONJ, CLAUSE, SENTENCE = 0, 1, 2, 3
-_STRENGTH_NAMES = {WORD: "word", CONJ: "conjunction", CLAUSE: "clause", SENTENCE: "sentence"}
-
-
-@dataclass(frozen=True)
-class ChunkPlan:
-    """One chunk to synthesize."""
-
-    index: int  # 0-based within the request
-    text: str  # speakable text for the engine
-    est_s: float  # estimated duration
-    boundary: str  # "sentence" | "clause" | "conjunction" | "word" | "end" | "voice" (what ended the chunk)
-    voice: str | None = None  # voice from an inline [voice:NAME] tag; None = the request's voice
-
-
-CONJUNCTIONS = frozenset(
-    {"and", "but", "or", "as", "while", "when", "because", "until", "although", "where", "which", "though", "then"}
-)
-# Abbreviations after which a period never ends a sentence and no cut is made ("Dr. | O'Neil").
-NO_BREAK_ABBREVIATIONS = frozenset(
-    {
-        # titles
-        "mr", "mrs", "ms", "mx", "dr", "st", "prof", "sr", "jr", "rev", "hon",
-        "capt", "cpt", "gen", "lt", "col", "sgt", "maj", "cmdr", "mt", "ft",
-        # Latin and friends
-        "vs", "cf", "e.g", "i.e",
-        # months
-        "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec",
-    }
-)  # fmt: skip
-SHORT_QUOTE_CHARS = 60
-
-_CUT_POINTS = re.compile(r"(?=\s)|(?<=[—–-])")  # where a cut can be: before a space, after a dash
 _QUOTE_CHARS = re.compile(r"[\"“”«»„]")
-_NEXT_WORD = re.compile(r"[^\W\d_]{1,9}")
 _INF = math.inf
-
-
-def _no_break_token(core: str) -> bool:
-    """Is ``core`` (a token ending in '.') a title/abbreviation/initial that must stay attached?"""
-    base = core.lstrip(_OPENERS)[:-1]
-    if len(base) == 1 and base.isalpha() and base.isupper():
-        return True  # an initial: "J. R. Tolkien"
-    return base.lower() in NO_BREAK_ABBREVIATIONS
-
 
 _Key = tuple[Any, ...]
 
@@ -505,7 +228,7 @@ class SemanticChunker:
 
     def _append(self, text: str) -> None:
         self._buf += text
-        it = accumulate(map(_units, text), initial=self._units[-1])
+        it = accumulate(map(speech_units, text), initial=self._units[-1])
         next(it)
         self._units.extend(it)
 
@@ -552,7 +275,7 @@ class SemanticChunker:
                     break
                 prev = buf[p - 1] if p > 0 else " "
                 nxt = buf[p + 1] if p + 1 < n else " "
-                opening = (prev.isspace() or prev in _OPENERS or prev in _DASHES) and not nxt.isspace()
+                opening = (prev.isspace() or prev in OPENERS or prev in DASHES) and not nxt.isspace()
                 closing = not opening and not prev.isspace()
                 if kind and kind != '"':
                     opening = closing = False  # nested in a curly quotation
@@ -578,7 +301,7 @@ class SemanticChunker:
         n = len(buf)
         c = self._scan
         while True:
-            m = _CUT_POINTS.search(buf, c)
+            m = CUT_POINTS.search(buf, c)
             if m is None or m.start() >= n:
                 c = n
                 break
@@ -589,7 +312,7 @@ class SemanticChunker:
             if cut > self._pknown:
                 c = cut  # estimates at this cut need pauses that are not settled yet
                 break
-            res = self._classify(cut, final)
+            res = classify_cut(buf, cut, final)
             if res is None:
                 c = cut  # needs look-ahead that has not arrived yet
                 break
@@ -600,62 +323,6 @@ class SemanticChunker:
                 self._new_cands = True
             c = cut + 1
         self._scan = c
-
-    def _classify(self, c: int, final: bool) -> tuple[int, bool] | None:
-        """Strength of a cut before ``buf[c]`` (-1: not a cut), abbreviation flag; None = need more."""
-        buf = self._buf
-        n = len(buf)
-        prev = buf[c - 1]
-        if prev.isspace():
-            return (-1, False)
-        nxt = buf[c]
-        if not nxt.isspace():
-            # Only an unspaced dash is a cut not at a space: "1204—or", "word--word" (not "—)":
-            # the closer stays with the dash, the cut comes after it).
-            if nxt in _CLOSERS:
-                return (-1, False)
-            if prev == "—" or (prev == "–" and not (buf[c - 2 : c - 1].isdigit() and nxt.isdigit())):
-                return (CLAUSE, False) if nxt not in "—–-" else (-1, False)
-            if prev == "-" and c >= 2 and buf[c - 2] == "-" and nxt != "-":
-                return (CLAUSE, False)
-            return (-1, False)
-        # Token before the cut (bounded look-behind: abbreviations are short).
-        lo = max(0, c - 40)
-        sp = buf.rfind(" ", lo, c)
-        tok = buf[sp + 1 if sp >= 0 else lo : c]
-        core = tok.rstrip(_CLOSERS)
-        # The next word (bounded look-ahead).
-        k = c
-        while k < n and buf[k].isspace():
-            k += 1
-        while k < n and buf[k] in _OPENERS:
-            k += 1
-        if k >= n and not final:
-            return None
-        first = buf[k] if k < n else ""
-        strength = WORD
-        last = core[-1:] if core else ""
-        if last and last in _SENT_END:
-            if last == "." and not core.endswith(".."):
-                if _no_break_token(core):
-                    return (WORD, True)
-                strength = WORD if first.islower() else SENTENCE
-            else:
-                strength = CLAUSE if first.islower() else SENTENCE
-        elif (last and last in ",;:") or (last and last in _DASHES) or core == "-" or core.endswith("--"):
-            strength = CLAUSE
-        if strength < CONJ:
-            j = c
-            while j < n and buf[j].isspace():
-                j += 1
-            m = _NEXT_WORD.match(buf, j)
-            if m:
-                e = m.end()
-                if e >= n and not final:
-                    return None
-                if (e >= n or not buf[e].isalnum()) and m.group().lower() in CONJUNCTIONS:
-                    strength = CONJ
-        return (strength, False)
 
     # -- measuring -------------------------------------------------------------------------------
 
@@ -671,7 +338,7 @@ class SemanticChunker:
         """Pause of the chunk's final punctuation when the buffer context did not count it."""
         buf = self._buf
         k = c - 1
-        while k >= s and buf[k] in _CLOSERS:
+        while k >= s and buf[k] in CLOSERS:
             k -= 1
         if k < s:
             return 0
@@ -727,7 +394,7 @@ class SemanticChunker:
                     index=self._index,
                     text=text,
                     est_s=self._rate.estimate(text),
-                    boundary=end if strength < 0 else _STRENGTH_NAMES[strength],
+                    boundary=end if strength < 0 else STRENGTH_NAMES[strength],
                     voice=self._voice,
                 )
             )

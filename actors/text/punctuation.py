@@ -12,6 +12,10 @@ SENTENCE_END = ".!?…"
 CLAUSE_END = ",;:—–"
 #: Closing quotes and brackets: skipped when looking for the mark that ends a sentence or clause.
 CLOSERS = "\"')]}”’»›"
+#: Opening quotes and brackets: looked through at a word's start.
+OPENERS = "\"'([{“‘«‹„"
+#: Dashes that pause when typed without spaces ("1204—or").
+DASHES = "—–"
 #: Every mark after which a speaker naturally pauses.
 TERMINAL = frozenset(SENTENCE_END + CLAUSE_END)
 

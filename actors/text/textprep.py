@@ -64,12 +64,11 @@ import re
 import unicodedata
 from dataclasses import dataclass
 
+from actors.text.punctuation import CLOSERS, TERMINAL
+
 __all__ = ["TextPreparer", "VoiceSwitch", "prepare_parts", "prepare_text"]
 
-# Characters that end a line "with punctuation": no period is inserted after them.
-_TERMINAL = frozenset(".!?…:;,—–")
-# Closing quotes/brackets are looked through when checking a line's final punctuation.
-_CLOSERS = "\"')]}”’»›"
+# A line ending in TERMINAL (closing quotes/brackets, CLOSERS, looked through) needs no period.
 
 # Voice tag (see the module docstring). The keyword is spelled out per letter rather than with an
 # IGNORECASE flag, which would also let non-ASCII case variants ("İ" for "i") through.
@@ -196,9 +195,15 @@ class TextPreparer:
 
     def feed_parts(self, piece: str) -> list[str | VoiceSwitch]:
         """Like :meth:`feed`, with a :class:`VoiceSwitch` where each voice tag was."""
-        if piece:
-            self._raw += piece
+        # Line by line: _process consumes the held-back text a line at a time, and re-slicing one
+        # big piece per line would copy it once per line (quadratic in the piece's size).
+        start = 0
+        while start < len(piece):
+            nl = piece.find("\n", start)
+            end = len(piece) if nl < 0 else nl + 1
+            self._raw += piece[start:end]
             self._process(final=False)
+            start = end
         return self._take()
 
     def finish_parts(self) -> list[str | VoiceSwitch]:
@@ -315,7 +320,7 @@ class TextPreparer:
 
     def _end_line(self) -> None:
         if self._line_content:
-            self._eol = _LineEnd(heading=self._heading, needs_period=self._last_sig not in _TERMINAL)
+            self._eol = _LineEnd(heading=self._heading, needs_period=self._last_sig not in TERMINAL)
         self._at_line_start = True
         self._heading = False
         self._line_content = False
@@ -412,7 +417,7 @@ class TextPreparer:
         self._space = text[-1].isspace()
         self._line_content = True
         for w in reversed(words):  # the line's last char that is not a closing quote/bracket
-            sig = w.rstrip(_CLOSERS)
+            sig = w.rstrip(CLOSERS)
             if sig:
                 self._last_sig = sig[-1]
                 break
