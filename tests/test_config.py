@@ -68,3 +68,109 @@ def test_replace_validates() -> None:
     assert settings.replace({"audio.sink": "wav:/tmp/x.wav"}).audio.sink == "wav:/tmp/x.wav"
     with pytest.raises(ConfigError, match=r"audio\.blocksize"):
         settings.replace({"audio.blocksize": 32})
+
+
+# --------------------------------------------------------------------------- msgspec conversion
+
+
+def test_every_default_file_key_is_a_setting_and_back() -> None:
+    from config.settings import DEFAULT_FILE, _flatten, _read_toml
+
+    assert set(_flatten(_read_toml(DEFAULT_FILE))) == set(_flatten(Settings().to_dict()))
+
+
+def test_strings_from_the_environment_become_typed_values() -> None:
+    env = {
+        "SKALD_AUDIO_BLOCKSIZE": "512",
+        "SKALD_AUDIO_FADE_MS": "6",
+        "SKALD_AUDIO_WAV_PACED": "off",
+        "SKALD_DSP_DITHER": "yes",
+        "SKALD_DSP_TRIM_SILENCE": "FALSE",
+        "SKALD_ACTORS_NARRATIVE_MAX_RETRIES": "0",
+    }
+    settings = load_settings(env=env)
+    assert settings.audio.blocksize == 512 and type(settings.audio.blocksize) is int
+    assert settings.audio.fade_ms == 6.0 and type(settings.audio.fade_ms) is float
+    assert settings.audio.wav_paced is False and settings.dsp.dither is True and settings.dsp.trim_silence is False
+    assert settings.actors.narrative.max_retries == 0
+
+
+def test_toml_numbers_convert_to_the_field_type(tmp_path: Path) -> None:
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("[audio]\nblocksize = 384.0\nfade_ms = 5\n")
+    settings = load_settings(cfg, env={})
+    assert settings.audio.blocksize == 384 and type(settings.audio.blocksize) is int
+    assert settings.audio.fade_ms == 5.0 and type(settings.audio.fade_ms) is float
+
+
+@pytest.mark.parametrize(
+    ("toml", "fragment"),
+    [
+        ('[audio]\nblocksize = "big"\n', "audio.blocksize = 'big' (from {path}): must be an integer"),
+        ("[audio]\nblocksize = 384.5\n", "audio.blocksize = 384.5 (from {path}): must be an integer"),
+        ("[audio]\nsink = 3\n", "audio.sink = 3 (from {path}): must be a string"),
+        ("[dsp]\ndither = 2\n", "dsp.dither = 2 (from {path}): must be true or false"),
+        (
+            "[actors.narrative]\ntemperature = 2.5\n",
+            "actors.narrative.temperature = 2.5 (from {path}): must be between 0 and 2",
+        ),
+        (
+            '[actors.prelude]\nbackend = "gpt"\n',
+            "actors.prelude.backend = 'gpt' (from {path}): must be one of: text, openai, transformers",
+        ),
+    ],
+)
+def test_bad_values_from_a_file_name_the_file(tmp_path: Path, toml: str, fragment: str) -> None:
+    cfg = tmp_path / "bad.toml"
+    cfg.write_text(toml)
+    with pytest.raises(ConfigError) as info:
+        load_settings(cfg, env={})
+    assert fragment.format(path=cfg) in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("env", "fragment"),
+    [
+        (
+            {"SKALD_ACTORS_PRELUDE_MAX_TOKENS": "many"},
+            "actors.prelude.max_tokens = 'many' (from SKALD_ACTORS_PRELUDE_MAX_TOKENS): must be an integer",
+        ),
+        (
+            {"SKALD_DSP_CROSSFADE_MS": "nan"},
+            "dsp.crossfade_ms = nan (from SKALD_DSP_CROSSFADE_MS): must be between 0 and 50",
+        ),
+        (
+            {"SKALD_DSP_CROSSFADE_MS": "inf"},
+            "dsp.crossfade_ms = inf (from SKALD_DSP_CROSSFADE_MS): must be between 0 and 50",
+        ),
+        ({"SKALD_XTTS_DEVICE": "tpu"}, "xtts.device = 'tpu' (from SKALD_XTTS_DEVICE): must be one of: cuda, cpu"),
+        (
+            {"SKALD_TTS_FALLBACK_ENGINE": "xtts"},
+            "tts.fallback_engine = 'xtts' (from SKALD_TTS_FALLBACK_ENGINE): must be one of: , piper",
+        ),
+        (
+            {"SKALD_ACTORS_NARRATIVE_MAX_RETRIES": "11"},
+            "actors.narrative.max_retries = 11 (from SKALD_ACTORS_NARRATIVE_MAX_RETRIES): must be between 0 and 10",
+        ),
+    ],
+)
+def test_bad_values_from_the_environment(env: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(env=env)
+    assert fragment in str(info.value)
+
+
+def test_bad_values_from_the_command_line() -> None:
+    with pytest.raises(ConfigError, match=r"actors\.prelude\.backend = 'gpt' \(from command line\): must be one of"):
+        load_settings(env={}, overrides={"actors.prelude.backend": "gpt"})
+    with pytest.raises(
+        ConfigError, match=r"audio\.wav_paced = 'sometimes' \(from command line\): must be true or false"
+    ):
+        load_settings(env={}).replace({"audio.wav_paced": "sometimes"})
+
+
+def test_a_section_that_is_not_a_table_is_reported() -> None:
+    data = Settings().to_dict()
+    data["audio"] = 3
+    with pytest.raises(ConfigError, match=r"\[audio\] must be a table"):
+        Settings.from_dict(data)
