@@ -8,11 +8,17 @@ here unless ``--model-dir`` is given): timings are real, the audio is noise.
 Each measurement runs in its own process, so the per-process VRAM limit and peak counters start
 clean and the profile really comes from the environment (``SKALD_GPU_PROFILE``):
 
-``profile``  for high_performance and modest: synthesize ~``--audio-s`` seconds of narration the
-    way the TTS worker does (``VramManager`` limit + OOM recovery around each chunk, pressure
-    check after it, ``UtilizationController`` deciding streams and the pause before the next),
-    against a playback clock that drains the queued audio in real time from the moment the
-    tier's pre-buffer is reached, and an overfill guard at ``ring.max_fill_s``.
+The GPU control measured is the worker's own: ``GpuControlHooks`` (``actors.gpu.hooks``), the
+class the TTS worker runs, built the way the worker builds it (VRAM limit set before the model
+loads). Every failure goes to ``hooks.on_error``, which is ``VramManager.recover_from_oom``, the
+one OOM path; nothing here frees memory or changes the pressure level on its own.
+
+``profile``  for high_performance and modest: synthesize ~``--audio-s`` seconds of narration with
+    the worker's dispatch rules (at most ``hooks.streams()`` chunks at once, the pause from
+    ``hooks.pause_before_dispatch`` asked before each dispatch while audio is queued, each chunk
+    tried on XTTS twice and then on Piper), against a playback clock that drains the queued
+    audio in real time from the moment the tier's pre-buffer is reached, and an overfill guard
+    at ``ring.max_fill_s``.
     * ``util_mean``: mean NVML utilization (10 Hz) while the worker had work to do (not held by
       the overfill guard); ``util_mean_all`` over the whole run.
     * ``vram_peak_mb``: the torch allocator's peak reservation; must stay under ``vram_limit_mb``.
@@ -20,9 +26,9 @@ clean and the profile really comes from the environment (``SKALD_GPU_PROFILE``):
 ``stress``   on high_performance: (1) a provoked memory-pressure event: after a few chunks the
     limit is lowered to 1/0.93 of the observed per-chunk peak, so the next check enters pressure
     and parallelism drops; the limit is then restored until pressure is left; (2) a provoked
-    OOM: the cache is emptied and the limit set to what is allocated + 16 MiB, so a chunk runs
-    out of memory, is retried at half size, and degrades to Piper; the limit is restored and
-    XTTS must synthesize again (``oom_recovered``).
+    OOM: the cache is emptied and the limit set to what is allocated + 16 MiB, so the chunk runs
+    out of memory on both XTTS tries and Piper speaks it, as in the worker; the limit is
+    restored and XTTS must synthesize again (``oom_recovered``).
 
 Output keys: ``gpu``, ``profiles`` {name: {``util_mean``, ``util_band``, ``vram_peak_mb``,
 ``vram_limit_mb``, ``underruns``, ...}}, ``pressure_events``, ``oom_recovered``, ``checks``.
@@ -235,7 +241,7 @@ class UtilRecorder:
     progress and the overfill guard not holding it (a GPU yield counts as having work)."""
 
     def __init__(self, nvml_index: int) -> None:
-        from actors.gpu.control import NvmlSampler
+        from actors.gpu.sensors import NvmlSampler
 
         self.sampler = NvmlSampler(nvml_index)
         self.busy: Any = lambda: False
@@ -265,25 +271,38 @@ class UtilRecorder:
 
 
 class Runner:
-    """The TTS worker's per-chunk loop around a real engine, with N parallel streams."""
+    """The TTS worker's dispatch rules around a real engine, through the worker's GPU hooks.
 
-    def __init__(self, engine: Any, voice: str, vram: Any, util: Any, clock: PlaybackClock, max_fill_s: float) -> None:
-        self.engine, self.voice = engine, voice
-        self.vram, self.util, self.clock = vram, util, clock
+    ``hooks`` is a ``GpuControlHooks``: the streams allowed and the pause before a dispatch come
+    from it, and every failed try goes to ``hooks.on_error`` (the one OOM path). A chunk gets
+    the worker's tries: the main engine twice, then ``fallback`` (Piper). Each of ``engine`` and
+    ``fallback`` is ``(engine, voice, sample_rate)``."""
+
+    def __init__(
+        self,
+        engine: tuple[Any, str, int],
+        hooks: Any,
+        clock: PlaybackClock,
+        max_fill_s: float,
+        *,
+        configured_streams: int,
+        fallback: tuple[Any, str, int] | None = None,
+    ) -> None:
+        self.engine, self.fallback = engine, fallback
+        self.hooks, self.clock = hooks, clock
         self.max_fill_s = max_fill_s
-        self.allowed = vram.config.concurrency
-        self.yield_s = 0.0
-        self.actions: dict[str, int] = {}
+        self.configured = max(1, configured_streams)  # as TtsWorker: 0 and 1 are both sequential
         self.streams_seen: dict[int, int] = {}
         self.degraded = 0
+        self.errors: list[str] = []
         self.synth_s = 0.0
         self._lock = threading.Lock()
         self._cond = threading.Condition(self._lock)
         self._active = 0
+        self._next_dispatch = 0.0
         self._chunks: list[_Chunk] = []
         self._next_commit = 0
-        self.on_check: Any = None  # stress hook, called after each chunk's pressure check
-        self.fallback: tuple[Any, str] | None = None  # (Piper engine, voice) for degraded chunks
+        self.on_chunk: Any = None  # stress hook, called after each chunk
         self.running = False
 
     def has_work(self) -> bool:
@@ -299,49 +318,57 @@ class Runner:
                 return
             self._next_commit += 1
 
-    def _synthesize(self, chunk: _Chunk) -> None:
+    def synthesize_chunk(self, chunk: _Chunk) -> str:
+        """One chunk with the worker's tries; returns the name of the engine that spoke it ("" if none)."""
         from actors.tts.base import CancelToken
 
-        def attempt_fn(attempt: Any) -> float:
-            # Retry smaller: the chunk in pieces of at most attempt.shrink of its text.
-            # A retry after an OOM mid-chunk speaks the chunk again (its first blocks are already
-            # queued); the worker would retry only the unspoken text. Rare here, and counted in audio_s.
-            words = chunk.text.split()
-            size = max(1, int(len(words) * attempt.shrink))
-            pieces = [" ".join(words[i : i + size]) for i in range(0, len(words), size)]
-            total = 0.0
-            for piece in pieces:
-                for block in self.engine.synthesize(piece, self.voice, CancelToken()):
-                    seconds = len(block) / 24000.0
-                    total += seconds
-                    with self._lock:
-                        chunk.blocks_s.append(seconds)
-                        self._commit()
-            return total
-
+        tries = [self.engine, self.engine] + ([self.fallback] if self.fallback is not None else [])
+        used = ""
         started = time.monotonic()
-        outcome = self.vram.run_with_oom_recovery(attempt_fn, label=f"chunk {chunk.index}")
-        if outcome.degrade:
-            self.degraded += 1
-            if self.fallback is not None:
-                piper, piper_voice = self.fallback
-                for block in piper.synthesize(chunk.text, piper_voice, CancelToken()):
+        for engine, voice, rate in tries:
+            # A retry after a failure mid-chunk speaks the chunk again, as the worker does; its
+            # first blocks stay counted (rare, and visible in audio_s).
+            try:
+                for block in engine.synthesize(chunk.text, voice, CancelToken()):
                     with self._lock:
-                        chunk.blocks_s.append(len(block) / 22050.0)
+                        chunk.blocks_s.append(len(block) / rate)
+                        self._commit()
+                used = engine.name
+                break
+            except Exception as exc:  # as the worker: any failure is reported and the next try runs
+                self.errors.append(f"chunk {chunk.index} on {engine.name}: {type(exc).__name__}: {exc}"[:300])
+                self.hooks.on_error(exc)
+        if used != self.engine[0].name:
+            self.degraded += 1
         elapsed = time.monotonic() - started
         with self._lock:
             chunk.done = True
             self._commit()
             self.synth_s += elapsed
-        pressure = self.vram.check()
-        if self.on_check is not None:
-            self.on_check(pressure)
+        return used
+
+    def _admit(self) -> None:
+        """Wait until the worker's ``_dispatch`` would start one more chunk, and count it in."""
+        from actors.tts_worker import RELEASE_AHEAD_S
+
         with self._cond:
-            decision = self.util.decide(self.clock.fill_s(), synth_s=elapsed, streams_cap=pressure.max_streams)
-            self.allowed = decision.parallel_streams
-            self.yield_s = decision.yield_s
-            self.actions[decision.action] = self.actions.get(decision.action, 0) + 1
-            self._cond.notify_all()
+            while True:
+                if self._active >= max(1, self.hooks.streams(self.configured)):
+                    self._cond.wait()
+                    continue
+                now = time.monotonic()
+                if now < self._next_dispatch:
+                    self._cond.wait(self._next_dispatch - now)  # the GPU yield
+                    continue
+                fill = self.clock.fill_s()
+                if self._active or fill > RELEASE_AHEAD_S * 4:
+                    pause = self.hooks.pause_before_dispatch(fill)
+                    if pause > 0:
+                        self._next_dispatch = now + pause
+                        continue
+                self._active += 1
+                self.streams_seen[self._active] = self.streams_seen.get(self._active, 0) + 1
+                return
 
     def run(self, texts: list[str], recorder: UtilRecorder | None) -> None:
         todo: queue.Queue[_Chunk] = queue.Queue()
@@ -357,18 +384,17 @@ class Runner:
                     chunk = todo.get_nowait()
                 except queue.Empty:
                     return
-                with self._cond:
-                    while self._active >= self.allowed:
-                        self._cond.wait(0.05)
-                    self._active += 1
-                    self.streams_seen[self._active] = self.streams_seen.get(self._active, 0) + 1
-                    pause = self.yield_s
                 try:
-                    if pause > 0 and self.clock.fill_s() - pause >= self.util.low_water_s:
-                        time.sleep(pause)  # the GPU yield (the real worker waits on its cancel token)
                     while self.clock.fill_s() > self.max_fill_s:  # the ring's overfill guard
                         time.sleep(0.05)
-                    self._synthesize(chunk)
+                    self._admit()
+                except BaseException as exc:
+                    errors.append(exc)
+                    return
+                try:
+                    self.synthesize_chunk(chunk)
+                    if self.on_chunk is not None:
+                        self.on_chunk()
                 except BaseException as exc:
                     errors.append(exc)
                     return
@@ -392,7 +418,7 @@ class Runner:
 
 
 def _setup(audio_s: float) -> tuple[Any, ...]:
-    from actors.gpu.control import UtilizationController, VramManager
+    from actors.gpu.hooks import GpuControlHooks
     from actors.gpu.tiers import biased_chunk_targets, detect_gpus, resolve_gpu_config, setting_origins
     from actors.text.chunker import ChunkerConfig, SemanticChunker, SpeakingRate
     from actors.tts import create_engine
@@ -402,14 +428,12 @@ def _setup(audio_s: float) -> tuple[Any, ...]:
     resolved = resolve_gpu_config(settings, detect_gpus(use_torch=True), setting_origins())
     if not resolved.on_gpu:
         raise SystemExit(f"no CUDA GPU in the child: {resolved.fallback_reason}")
-    vram = VramManager.for_worker(resolved)
-    if not vram.active:
-        raise SystemExit(f"VRAM manager inactive: {vram.reason}")
-    vram.apply_limit()  # before the model loads: the weights count against the limit, as in the worker
-    util = UtilizationController.for_worker(resolved)
+    hooks = GpuControlHooks(resolved)  # as the worker: the VRAM limit is set before the model loads
+    if not hooks.vram.active:
+        raise SystemExit(f"VRAM manager inactive: {hooks.vram.reason}")
     engine = create_engine("xtts", settings)
     info = engine.load_voice("")
-    lo, hi = biased_chunk_targets(settings, resolved.config.chunk_bias)
+    lo, hi = biased_chunk_targets(settings, hooks.chunk_bias())
     c = settings.chunker
     chunker = SemanticChunker(
         SpeakingRate(chars_per_s=info.chars_per_s),
@@ -424,7 +448,7 @@ def _setup(audio_s: float) -> tuple[Any, ...]:
         total += plan.est_s
         if total >= audio_s:
             break
-    return settings, resolved, vram, util, engine, info, texts
+    return settings, resolved, hooks, engine, info, texts
 
 
 def _child(argv: list[str]) -> int:
@@ -432,15 +456,25 @@ def _child(argv: list[str]) -> int:
     parser.add_argument("mode", choices=("profile", "stress"))
     parser.add_argument("--audio-s", type=float, default=60.0)
     args = parser.parse_args(argv)
-    settings, resolved, vram, util, engine, info, texts = _setup(args.audio_s)
+    settings, resolved, hooks, engine, info, texts = _setup(args.audio_s)
+    vram = hooks.vram
     primary = resolved.detection.primary
     recorder = UtilRecorder(primary.nvml_index) if primary is not None and primary.nvml_index >= 0 else None
     clock = PlaybackClock(resolved.config.prebuffer_s)
-    runner = Runner(engine, info.name, vram, util, clock, settings.ring.max_fill_s)
     from actors.tts import create_engine
 
     piper = create_engine("piper")
-    runner.fallback = (piper, piper.load_voice("").name)
+    piper_info = piper.load_voice("")
+    # The worker's parallel_streams: tts.parallel_streams, or the tier's when it is -1.
+    streams = settings.tts.parallel_streams if settings.tts.parallel_streams >= 0 else resolved.config.parallel_streams
+    runner = Runner(
+        (engine, info.name, info.sample_rate),
+        hooks,
+        clock,
+        settings.ring.max_fill_s,
+        configured_streams=streams,
+        fallback=(piper, piper_info.name, piper_info.sample_rate),
+    )
     result: dict[str, Any] = {
         "mode": args.mode,
         "profile": resolved.profile,
@@ -455,11 +489,12 @@ def _child(argv: list[str]) -> int:
         if args.mode == "profile":
             runner.run(texts, recorder)
         else:
-            result.update(_stress(runner, vram, engine, info.name, texts, recorder))
+            result.update(_stress(runner, texts, recorder))
     finally:
         if recorder is not None:
             recorder.stop()
     audio_s = clock.produced_s
+    util_status = hooks.util.status()
     result.update(
         util_mean=recorder.mean(producing_only=True) if recorder else None,
         util_mean_all=recorder.mean(producing_only=False) if recorder else None,
@@ -470,73 +505,73 @@ def _child(argv: list[str]) -> int:
         underruns=clock.underruns,
         audio_s=round(audio_s, 2),
         rtf=round(runner.synth_s / audio_s, 4) if audio_s else None,
-        actions=runner.actions,
+        last_action=util_status["action"],
         streams_seen=runner.streams_seen,
         degraded_chunks=runner.degraded,
+        errors=runner.errors[:20],
         pressure_events=vram.events,
         oom_count=vram.oom_count,
         cache_clears=vram.cache_clears,
-        status=vram.status(),
+        status=hooks.status(),
     )
+    hooks.close()
     print(RESULT_MARK + json.dumps(result), flush=True)
     return 0
 
 
-def _stress(runner: Runner, vram: Any, engine: Any, voice: str, texts: list[str], recorder: Any) -> dict[str, Any]:
-    """Pressure provoked by a lowered limit, then an OOM provoked by a tiny one."""
+def _stress(runner: Runner, texts: list[str], recorder: Any) -> dict[str, Any]:
+    """Pressure provoked by a lowered limit, then an OOM provoked by a tiny one; both handled by
+    the worker's hooks (``runner.hooks``), the OOM through its one recovery path."""
     from actors.tts.base import CancelToken
 
+    vram = runner.hooks.vram
+    engine, voice, _rate = runner.engine
     tier_limit = vram.limit_mb
     peaks: list[float] = []
     phase = {"name": "observe", "entered": False, "left": False}
+    lock = threading.Lock()  # chunks finish on several stream threads
 
-    def on_check(pressure: Any) -> None:
-        peaks.append(pressure.ratio * vram.limit_mb)
-        if phase["name"] == "observe" and len(peaks) >= 3:
-            vram.apply_limit(max(peaks) / 0.93)  # a chunk like those seen peaks at ~93 % of the limit
-            phase["name"] = "squeeze"
-        elif phase["name"] == "squeeze" and pressure.event in ("enter", "deeper"):
-            phase["entered"] = True
-            vram.apply_limit(tier_limit)
-            phase["name"] = "relieve"
-        elif phase["name"] == "squeeze":
-            vram.apply_limit(min(vram.limit_mb, peaks[-1] / 0.93))  # that chunk peaked lower: tighten
-        elif phase["name"] == "relieve" and pressure.event == "leave":
-            phase["left"] = True
+    def on_chunk() -> None:
+        with lock:
+            pressure = vram.pressure  # the latest check: the worker checks before each dispatch
+            peaks.append(pressure.ratio * vram.limit_mb)
+            if phase["name"] == "observe" and len(peaks) >= 3:
+                vram.apply_limit(max(peaks) / 0.93)  # a chunk like those seen peaks at ~93 % of the limit
+                phase["name"] = "squeeze"
+            elif phase["name"] == "squeeze" and pressure.event in ("enter", "deeper"):
+                phase["entered"] = True
+                vram.apply_limit(tier_limit)
+                phase["name"] = "relieve"
+            elif phase["name"] == "squeeze" and peaks[-1] > 0:
+                vram.apply_limit(min(vram.limit_mb, peaks[-1] / 0.93))  # that chunk peaked lower: tighten
+            elif phase["name"] == "relieve" and pressure.event == "leave":
+                phase["left"] = True
 
-    runner.on_check = on_check
+    runner.on_chunk = on_chunk
     runner.run(texts, recorder)
     pressure = {"pressure_entered": phase["entered"], "pressure_left": phase["left"], "chunk_peaks_mb": peaks}
 
-    # OOM: nothing cached, and only 16 MiB of room above what is allocated now.
+    # OOM: nothing cached, and only 16 MiB of room above what is allocated now. The chunk gets the
+    # worker's tries: XTTS runs out of memory twice (each time hooks.on_error recovers), Piper speaks.
     import torch
 
     torch.cuda.synchronize()
     vram.release("bench")
     ooms_before = vram.oom_count
     vram.apply_limit(vram.memory.allocated_mb() + 16)
-
-    def synth(attempt: Any) -> int:
-        words = texts[1].split()
-        piece = " ".join(words[: max(1, int(len(words) * attempt.shrink))])
-        return sum(len(b) for b in engine.synthesize(piece, voice, CancelToken()))
-
-    outcome = vram.run_with_oom_recovery(synth, label="provoked OOM")
-    degraded_ok = False
-    if outcome.degrade and runner.fallback is not None:
-        piper, piper_voice = runner.fallback
-        degraded_ok = sum(len(b) for b in piper.synthesize(texts[1], piper_voice, CancelToken())) > 0
+    used = runner.synthesize_chunk(_Chunk(-1, texts[1]))
     vram.apply_limit(tier_limit)
     after = sum(len(b) for b in engine.synthesize(texts[1], voice, CancelToken()))
     provoked = vram.oom_count > ooms_before
+    fallback_name = runner.fallback[0].name if runner.fallback is not None else ""
     return {
         **pressure,
         "oom_provoked": provoked,
-        "oom_attempts": outcome.attempts,
-        "oom_errors": list(outcome.errors),
-        "oom_degraded_to_piper": degraded_ok,
+        "oom_count_provoked": vram.oom_count - ooms_before,
+        "oom_spoken_by": used,
+        "oom_degraded_to_piper": bool(fallback_name) and used == fallback_name,
         "xtts_after_oom_frames": after,
-        "oom_recovered": provoked and (degraded_ok or not outcome.degrade) and after > 0,
+        "oom_recovered": provoked and used != "" and after > 0,
     }
 
 

@@ -1,4 +1,5 @@
-"""GPU detection, tiers and the resolved configuration (``actors/gpu.py``), on a machine without a GPU.
+"""GPU detection, tiers and the resolved configuration (``actors/gpu/detect.py``, ``actors/gpu/tiers.py``),
+on a machine without a GPU.
 
 The tier table is checked against real cards: their published VRAM and compute capability, and
 the total NVML reports for them (a little below the box's number). Detection is exercised for
@@ -476,7 +477,7 @@ def test_gpu_benchmark_refuses_to_run_without_a_gpu() -> None:
 
 
 def test_cuda_visible_devices_is_applied_to_nvml_s_list(monkeypatch: pytest.MonkeyPatch) -> None:
-    from actors.gpu.tiers import _visible
+    from actors.gpu.detect import _visible
 
     gpus = [
         GpuInfo(0, "NVIDIA L4", 23034, 23000, (8, 9), "GPU-aaaa-1111", 0),

@@ -1,29 +1,47 @@
-"""GPU control in the TTS worker (``actors/gpu_control.py``) on a machine without a GPU.
+"""GPU control in the TTS worker (``actors/gpu/control.py``, ``actors/gpu/hooks.py``) on a
+machine without a GPU.
 
 The logic lives in two pure state machines (``PressureGovernor``, ``UtilizationPolicy``), driven
-here by sample sequences. The stand-ins are only at the missing-GPU boundary: ``RecordedGpuSampler``
-(NVML readings) and ``ScriptedCudaMemory`` (torch.cuda's counters). The OOM path raises torch's
-real ``OutOfMemoryError``.
+here by sample sequences. The stand-ins are only at the missing-GPU boundary, in
+``tests/support/gpu_doubles.py``: ``RecordedGpuSampler`` (NVML readings) and
+``ScriptedCudaMemory`` (torch.cuda's counters, raising torch's real ``OutOfMemoryError`` past
+the limit). The TTS worker and ``scripts/bench gpu`` above them are the real code.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
 import pytest
 import torch
 
+from actors import wire
 from actors.gpu.control import (
-    OomAttempt,
+    OomRecovery,
     PressureGovernor,
-    RecordedGpuSampler,
-    ScriptedCudaMemory,
     UtilizationController,
     UtilizationPolicy,
     VramManager,
     control_status,
     is_oom_error,
 )
-from actors.gpu.tiers import TIER_CONFIGS, GpuDetection, GpuInfo, Tier, TierConfig, detect_gpus, resolve_gpu_config
+from actors.gpu.hooks import GpuControlHooks
+from actors.gpu.tiers import (
+    TIER_CONFIGS,
+    GpuDetection,
+    GpuInfo,
+    ResolvedGpuConfig,
+    Tier,
+    TierConfig,
+    detect_gpus,
+    resolve_gpu_config,
+)
+from actors.tts.base import CancelToken, TtsEngine, VoiceInfo
 from config.settings import load_settings
+from tests.support.gpu_doubles import RecordedGpuSampler, ScriptedCudaMemory
 
 HIGH, MID, MODEST, LOW = (TIER_CONFIGS[t] for t in (Tier.HIGH_END, Tier.MID_RANGE, Tier.MODEST, Tier.LOW_END))
 
@@ -168,7 +186,7 @@ def test_on_the_cpu_tier_both_are_inactive_with_the_reason() -> None:
     assert vram.apply_limit() is None
     assert vram.check().max_streams == 1
     vram.release("cancel")
-    assert vram.run_with_oom_recovery(lambda a: a.number).value == 1
+    assert vram.recover_from_oom(ValueError("not an OOM")) is None and vram.oom_count == 0
     d = util.decide(0.1)
     assert (d.action, d.yield_ms, d.parallel_streams) == ("inactive", 0.0, 1)
     status = control_status(resolved, vram, util)
@@ -230,46 +248,63 @@ def test_release_triggers_are_counted() -> None:
     assert vram.cache_clears == {"cancel": 1, "request_done": 2} and memory.empty_cache_calls == 3
 
 
-def test_oom_frees_retries_smaller_then_degrades() -> None:
+def oom_in(memory: ScriptedCudaMemory, mb: float) -> BaseException:
+    """The exception torch raises when ``mb`` more does not fit under the limit, as caught."""
+    try:
+        memory.allocate(mb)
+    except Exception as exc:
+        return exc
+    raise AssertionError(f"{mb} MiB fit under the limit")
+
+
+def test_oom_recovery_frees_drops_to_the_deepest_level_and_says_what_to_do() -> None:
     vram, memory = manager(HIGH)
-    seen: list[OomAttempt] = []
-
-    def synthesize(attempt: OomAttempt) -> str:
-        seen.append(attempt)
-        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 512.00 MiB")
-
-    outcome = vram.run_with_oom_recovery(synthesize, label="chunk 4")
-    assert outcome.degrade and outcome.value is None and outcome.attempts == 2
-    assert [a.shrink for a in seen] == [1.0, 0.5]
-    assert seen[1].max_streams == 1 and "Tried to allocate" in seen[1].previous_error
-    assert vram.oom_count == 2 and vram.cache_clears == {"oom": 2} and memory.empty_cache_calls == 2
+    vram.apply_limit()
+    memory.allocate(2000)
+    recovery = vram.recover_from_oom(oom_in(memory, 9000), label="chunk 4")
+    assert recovery == OomRecovery(
+        error="OutOfMemoryError: CUDA out of memory. Tried to allocate 9000.00 MiB. 2000.00 MiB is allocated "
+        "by PyTorch, and the limit is 10240.00 MiB (scripted)",
+        oom_count=1,
+        level=3,
+        max_streams=1,
+        chunk_bias=0.512,
+    )
+    assert vram.max_streams == 1 and vram.chunk_bias == 0.512  # what the worker's hooks hand out next
+    assert vram.cache_clears == {"oom": 1} and memory.empty_cache_calls == 1
     assert vram.events[-1]["event"] == "oom" and vram.events[-1]["label"] == "chunk 4"
+    assert vram.recover_from_oom(oom_in(memory, 9000)) is not None and vram.oom_count == 2
+    # Calm checks give the levels back one at a time, as after any pressure.
+    for _ in range(3):
+        vram.check()
+    assert vram.pressure.event == "step_up" and vram.max_streams == 1 and vram.pressure.level == 2
 
 
-def test_oom_then_success_keeps_the_value() -> None:
-    vram, _memory = manager(HIGH)
-    calls = iter([torch.OutOfMemoryError("CUDA out of memory"), None])
+def test_recovery_frees_what_the_failed_call_held_before_clearing_the_cache() -> None:
+    """The failed call's frames hold its tensors through the traceback: recovery must let go of
+    them, or empty_cache cannot hand their blocks back to the driver."""
+    vram, memory = manager(MID)
+    vram.apply_limit()
+    memory.allocate(2000)  # the weights
 
-    def synthesize(attempt: OomAttempt) -> float:
-        err = next(calls)
-        if err is not None:
-            raise err
-        return attempt.shrink
+    def synthesize() -> None:
+        activations = memory.tensor(3000)  # noqa: F841 - held by this frame when the OOM comes
+        memory.tensor(2000)  # 7000 > 6144: torch's OutOfMemoryError
 
-    outcome = vram.run_with_oom_recovery(synthesize)
-    assert not outcome.degrade and outcome.value == 0.5 and outcome.attempts == 2
-    assert len(outcome.errors) == 1
+    try:
+        synthesize()
+    except Exception as exc:
+        assert vram.recover_from_oom(exc) is not None
+        assert exc.__traceback__ is None
+    assert memory.allocated_at_clear == [2000.0]
 
 
-def test_other_errors_are_not_swallowed() -> None:
-    vram, _memory = manager()
-
-    def broken(_attempt: OomAttempt) -> None:
-        raise ValueError("bad text")
-
-    with pytest.raises(ValueError, match="bad text"):
-        vram.run_with_oom_recovery(broken)
-    assert vram.oom_count == 0
+def test_other_errors_are_not_ours() -> None:
+    vram, memory = manager()
+    for exc in (ValueError("bad text"), RuntimeError("CUDA error: device-side assert triggered")):
+        assert vram.recover_from_oom(exc) is None
+    assert vram.oom_count == 0 and vram.events == [] and memory.empty_cache_calls == 0
+    assert vram.pressure.level == 0
 
 
 def test_oom_recognition() -> None:
@@ -292,3 +327,121 @@ def test_status_reports_tier_limit_and_usage() -> None:
     assert status["allocated_mb"] == 2100.0 and status["peak_allocated_mb"] == 2100.0
     assert status["pressure"] == {"level": 0, "ratio": round(2100 / 3584, 4), "max_streams": 1, "chunk_bias": 0.9}
     assert status["process_used_mb"] is None  # no NVML sampler here
+
+
+# ---------------------------------------------------------------- the worker's hooks; one OOM path for worker and bench
+
+L4 = GpuInfo(0, "NVIDIA L4", 23034, 22000, (8, 9), "GPU-0", 0)
+RATE = 24000
+WEIGHTS_MB = 1900.0
+
+
+def l4_hooks() -> tuple[GpuControlHooks, ScriptedCudaMemory]:
+    """The worker's GPU hooks on an L4 (Mid-Range: 6144 MiB limit), its memory scripted."""
+    resolved: ResolvedGpuConfig = resolve_gpu_config(load_settings(env={}), GpuDetection((L4,), via="nvml"))
+    memory = ScriptedCudaMemory(total=float(L4.vram_total_mb))
+    hooks = GpuControlHooks(
+        resolved, vram=VramManager(resolved.config, memory), util=UtilizationController(resolved.config, None)
+    )
+    memory.allocate(WEIGHTS_MB)  # the model loads after the hooks set the limit, as in the worker
+    return hooks, memory
+
+
+class XttsOnScriptedGpu(TtsEngine):
+    """Stands in for XTTS on a GPU, which this machine has not: every synthesis holds
+    ``need_mb`` of activations on the scripted card while it runs, so past the limit it raises
+    torch's OutOfMemoryError where XTTS would. Knows only its own voice, as XTTS knows no Piper
+    voice."""
+
+    name = "xtts"
+
+    def __init__(self, memory: ScriptedCudaMemory, need_mb: float) -> None:
+        self.memory, self.need_mb = memory, need_mb
+
+    def load_voice(self, voice: str) -> VoiceInfo:
+        if voice not in ("", "narrator"):
+            from actors.tts.base import EngineError
+
+            raise EngineError(f"no XTTS voice {voice!r}")
+        return VoiceInfo("narrator", self.name, RATE, 15.0)
+
+    def list_voices(self) -> list[str]:
+        return ["narrator"]
+
+    def synthesize(self, text: str, voice: str, cancel: CancelToken) -> Iterator[np.ndarray]:
+        activations = self.memory.tensor(self.need_mb)
+        yield np.zeros(RATE // 10, dtype=np.float32)
+        del activations
+
+
+def test_hooks_set_the_limit_first_and_hand_out_what_pressure_allows() -> None:
+    hooks, memory = l4_hooks()
+    assert memory.fraction == pytest.approx(6144 / 23034)  # set before the weights were allocated
+    assert hooks.streams(3) == 2 and hooks.chunk_bias() == 1.0
+    memory.tensor(4000)  # a chunk peaks at 5900 of 6144 MiB: pressure at the next dispatch
+    assert hooks.pause_before_dispatch(5.0) == 0.0
+    assert hooks.streams(3) == 1 and hooks.chunk_bias() == 0.8
+    hooks.after_cancel()
+    hooks.after_request()
+    assert hooks.vram.cache_clears == {"pressure": 1, "cancel": 1, "request_done": 1}
+    status = hooks.status()
+    assert status["tier"] == "Mid-Range" and status["vram"]["pressure"]["level"] == 1
+    assert hooks.on_error(ValueError("bad text")) is None and hooks.vram.oom_count == 0
+
+
+def test_the_worker_and_the_benchmark_share_one_oom_path() -> None:
+    """An OOM at the boundary, in the real TTS worker and in ``scripts/bench gpu``'s runner, each
+    with its own hooks: both end in the same recovery state, because both go through
+    ``GpuControlHooks.on_error`` to ``VramManager.recover_from_oom``."""
+    from actors.tts import create_engine
+    from actors.tts_worker import TtsWorker
+    from scripts import bench_gpu
+    from shm import PcmRing
+
+    text = "The door creaks open, and cold air rolls out of the crypt below."
+    settings = load_settings(env={"SKALD_TTS_ENGINE": "xtts"})
+    piper = create_engine("piper")
+
+    worker_hooks, worker_memory = l4_hooks()
+    sent: list[wire.Message] = []
+    ring = PcmRing.create(f"skald-{os.getpid()}-gpu-oom", 1 << 17, RATE, 4.0, role="producer")
+    try:
+        worker = TtsWorker(
+            settings, XttsOnScriptedGpu(worker_memory, 6000), ring, sent.append, fallback=piper, gpu=worker_hooks
+        )
+        try:
+            worker.handle(wire.OpenRequest(request_id="r1"))
+            worker.handle(wire.TextPiece(request_id="r1", source="narrative", text=text, final=True))
+            worker.synthesize_next()
+        finally:
+            worker.close()
+    finally:
+        ring.close()
+        ring.unlink()
+    synthesized = [m for m in sent if isinstance(m, wire.ChunkSynthesized)]
+    assert [m.engine for m in synthesized] == ["piper"]  # XTTS ran out of memory twice, Piper spoke
+
+    bench_hooks, bench_memory = l4_hooks()
+    piper_voice = piper.load_voice(settings.tts.fallback_voice)
+    runner = bench_gpu.Runner(
+        (XttsOnScriptedGpu(bench_memory, 6000), "narrator", RATE),
+        bench_hooks,
+        bench_gpu.PlaybackClock(0.5),
+        4.0,
+        configured_streams=2,
+        fallback=(piper, piper_voice.name, piper_voice.sample_rate),
+    )
+    assert runner.synthesize_chunk(bench_gpu._Chunk(0, text)) == "piper"
+    piper.close()
+
+    def without_times(hooks: GpuControlHooks) -> list[dict[str, Any]]:
+        return [{k: v for k, v in event.items() if k != "t"} for event in hooks.vram.events]
+
+    assert worker_hooks.status() == bench_hooks.status()
+    assert without_times(worker_hooks) == without_times(bench_hooks)
+    vram = worker_hooks.status()["vram"]
+    assert vram["oom_count"] == 2 and vram["cache_clears"] == {"oom": 2}
+    assert vram["pressure"] == {"level": 3, "ratio": 0.0, "max_streams": 1, "chunk_bias": 0.512}
+    assert vram["allocated_mb"] == WEIGHTS_MB  # the failed tries' activations were freed
+    assert [e["event"] for e in without_times(worker_hooks)] == ["oom", "oom"]
+    assert worker_hooks.streams(2) == bench_hooks.streams(2) == 1

@@ -2,14 +2,19 @@
 utilization band. Everything here is harmless on a machine without a GPU: each class then says
 why it is inactive and its decisions are the tier's plain values.
 
-The worker's loop, per chunk::
+The worker reaches this module only through ``GpuControlHooks`` (``actors.gpu.hooks``), and so
+does ``scripts/bench gpu``::
 
-    outcome = vram.run_with_oom_recovery(lambda attempt: synthesize(plan, attempt))   # OOM -> free,
-    if outcome.degrade: synthesize the chunk with the fallback engine (Piper)         #  retry smaller,
-    pressure = vram.check()            # peak VRAM of that chunk vs the limit           #  then degrade
-    decision = util.decide(ring_fill_s, synth_s=..., streams_cap=pressure.max_streams)
-    cancel_token_wait(decision.yield_ms)   # the GPU yield; never while the ring is below low water
-    ... run decision.parallel_streams chunks at once, chunker targets scaled by vram.chunk_bias
+    before a dispatch   pressure = vram.check()      # peak VRAM since the last check vs the limit
+                        decision = util.decide(ring_fill_s, streams_cap=pressure.max_streams)
+                        wait decision.yield_s; run at most decision.parallel_streams chunks, with
+                        the chunker's targets scaled by vram.chunk_bias
+    a chunk fails       vram.recover_from_oom(exc)   # CUDA OOM: free, deepest pressure level;
+                                                     # the worker retries once, then Piper speaks
+    cancel, request end vram.release(trigger)        # empty_cache: the language model may use it
+
+``VramManager.recover_from_oom`` is the one OOM path: nothing else frees memory or changes the
+pressure level after an out-of-memory error.
 
 Two deterministic state machines carry the logic, so it is tested without a GPU:
 
@@ -24,50 +29,39 @@ Two deterministic state machines carry the logic, so it is tested without a GPU:
   mark there is no pause and every allowed stream runs, and a pause never lasts longer than the
   audio above low water (the ring drains one second per second while the GPU rests).
 
-Where a GPU is missing, the only stand-ins are at that boundary and are named so:
-``RecordedGpuSampler`` (NVML samples played back) and ``ScriptedCudaMemory`` (torch.cuda's
-memory counters, set by the test).
+The GPU itself is read through the protocols of ``actors.gpu.sensors`` (NVML samples,
+``torch.cuda``'s memory counters); tests without a GPU stand in there, with the doubles of
+``tests/support/gpu_doubles.py``.
 """
 
 from __future__ import annotations
 
-import contextlib
 import gc
 import logging
-import os
 import sys
 import threading
 import time
-from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Generic, Protocol, TypeVar
+from typing import Any
 
+from actors.gpu.sensors import CudaMemory, GpuSampler, NvmlSampler, TorchCudaMemory
 from actors.gpu.tiers import ResolvedGpuConfig, Tier, TierConfig
 
 __all__ = [
-    "CudaMemory",
-    "GpuSample",
-    "GpuSampler",
-    "NvmlSampler",
-    "OomAttempt",
-    "OomOutcome",
+    "OomRecovery",
     "PressureGovernor",
     "PressureState",
-    "RecordedGpuSampler",
-    "ScriptedCudaMemory",
-    "TorchCudaMemory",
     "UtilDecision",
     "UtilizationController",
     "UtilizationPolicy",
     "VramManager",
+    "VramUsage",
     "control_status",
     "is_oom_error",
 ]
 
 log = logging.getLogger("skald.gpu")
-T = TypeVar("T")
-MIB = 1024 * 1024
 
 PRESSURE_ENTER = 0.90  # share of the limit a chunk's peak allocation may reach before we act
 PRESSURE_LEAVE = 0.75  # ...and must stay under, check after check, before we give back
@@ -75,199 +69,6 @@ PRESSURE_RECOVER_CHECKS = 3
 PRESSURE_MAX_LEVEL = 3
 PRESSURE_BIAS_STEP = 0.8
 PRESSURE_BIAS_FLOOR = 0.5
-
-
-# ============================================================================ the missing-GPU boundary
-
-
-@dataclass(frozen=True)
-class GpuSample:
-    """One NVML reading of the worker's GPU. ``util_pct`` is the share of the last sample period
-    (1/6 s to 1 s, by card) during which a kernel ran, for every process on the card."""
-
-    t: float
-    util_pct: float | None
-    mem_used_mb: float | None = None
-    process_used_mb: float | None = None  # this process, CUDA context included; None in a PID namespace
-
-
-class GpuSampler(Protocol):
-    """Where utilization readings come from."""
-
-    def sample(self) -> GpuSample | None: ...
-
-    def close(self) -> None: ...
-
-
-class NvmlSampler:
-    """Reads the GPU through NVML, on demand (one call takes well under a millisecond)."""
-
-    def __init__(self, nvml_index: int, clock: Callable[[], float] = time.monotonic) -> None:
-        import pynvml
-
-        self._nvml = pynvml
-        self._clock = clock
-        pynvml.nvmlInit()
-        self._open = True
-        try:
-            self._handle = pynvml.nvmlDeviceGetHandleByIndex(nvml_index)
-        except pynvml.NVMLError:
-            self.close()
-            raise
-        self._warned = False
-
-    def sample(self) -> GpuSample | None:
-        nvml = self._nvml
-        try:
-            util = float(nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu)
-            used = float(nvml.nvmlDeviceGetMemoryInfo(self._handle).used) / MIB
-        except nvml.NVMLError as exc:
-            if not self._warned:
-                log.warning("NVML sample failed (%s); utilization control holds its last decision", exc)
-                self._warned = True
-            return None
-        mine: float | None = None
-        try:
-            for proc in nvml.nvmlDeviceGetComputeRunningProcesses(self._handle):
-                if proc.pid == os.getpid() and proc.usedGpuMemory is not None:
-                    mine = float(proc.usedGpuMemory) / MIB
-        except nvml.NVMLError:
-            pass
-        return GpuSample(self._clock(), util, used, mine)
-
-    def close(self) -> None:
-        if self._open:
-            self._open = False
-            with contextlib.suppress(self._nvml.NVMLError):
-                self._nvml.nvmlShutdown()
-
-
-class RecordedGpuSampler:
-    """Test double at the missing-GPU boundary: plays back recorded utilization samples, one per
-    call, then ``None`` (no reading), as a dead NVML would. CPU-only CI has no GPU to read."""
-
-    def __init__(self, samples: Iterable[GpuSample | float | None]) -> None:
-        self._samples: deque[GpuSample | float | None] = deque(samples)
-        self._t = 0.0
-
-    def sample(self) -> GpuSample | None:
-        if not self._samples:
-            return None
-        item = self._samples.popleft()
-        self._t += 0.25
-        if item is None or isinstance(item, GpuSample):
-            return item
-        return GpuSample(self._t, float(item))
-
-    def close(self) -> None:
-        self._samples.clear()
-
-
-class CudaMemory(Protocol):
-    """The torch.cuda memory calls VramManager needs, in MiB, for one device."""
-
-    def total_mb(self) -> float: ...
-
-    def allocated_mb(self) -> float: ...
-
-    def reserved_mb(self) -> float: ...
-
-    def peak_allocated_mb(self) -> float: ...
-
-    def peak_reserved_mb(self) -> float: ...
-
-    def reset_peak(self) -> None: ...
-
-    def empty_cache(self) -> None: ...
-
-    def set_limit_fraction(self, fraction: float) -> None: ...
-
-
-class TorchCudaMemory:
-    """``torch.cuda`` memory accounting of one device (imports torch)."""
-
-    def __init__(self, device: int = 0) -> None:
-        import torch
-
-        if not torch.cuda.is_available():
-            raise RuntimeError("torch.cuda is not available")
-        self._cuda = torch.cuda
-        self.device = device
-        self._total = float(torch.cuda.get_device_properties(device).total_memory) / MIB
-
-    def total_mb(self) -> float:
-        return self._total
-
-    def allocated_mb(self) -> float:
-        return float(self._cuda.memory_allocated(self.device)) / MIB
-
-    def reserved_mb(self) -> float:
-        return float(self._cuda.memory_reserved(self.device)) / MIB
-
-    def peak_allocated_mb(self) -> float:
-        return float(self._cuda.max_memory_allocated(self.device)) / MIB
-
-    def peak_reserved_mb(self) -> float:
-        return float(self._cuda.max_memory_reserved(self.device)) / MIB
-
-    def reset_peak(self) -> None:
-        self._cuda.reset_peak_memory_stats(self.device)
-
-    def empty_cache(self) -> None:
-        self._cuda.empty_cache()
-
-    def set_limit_fraction(self, fraction: float) -> None:
-        self._cuda.set_per_process_memory_fraction(fraction, self.device)
-
-
-@dataclass
-class ScriptedCudaMemory:
-    """Test double at the missing-GPU boundary: torch.cuda's counters as plain numbers the test
-    sets (``allocate``/``free``), recording what VramManager asked of it. Not an allocator model:
-    only the numbers VramManager reads and the calls it makes."""
-
-    total: float = 24576.0
-    allocated: float = 0.0
-    reserved: float = 0.0
-    peak_allocated: float = 0.0
-    peak_reserved: float = 0.0
-    fraction: float | None = None
-    empty_cache_calls: int = 0
-
-    def allocate(self, mb: float) -> None:
-        self.allocated += mb
-        self.reserved = max(self.reserved, self.allocated)
-        self.peak_allocated = max(self.peak_allocated, self.allocated)
-        self.peak_reserved = max(self.peak_reserved, self.reserved)
-
-    def free(self, mb: float) -> None:
-        self.allocated = max(0.0, self.allocated - mb)
-
-    def total_mb(self) -> float:
-        return self.total
-
-    def allocated_mb(self) -> float:
-        return self.allocated
-
-    def reserved_mb(self) -> float:
-        return self.reserved
-
-    def peak_allocated_mb(self) -> float:
-        return self.peak_allocated
-
-    def peak_reserved_mb(self) -> float:
-        return self.peak_reserved
-
-    def reset_peak(self) -> None:
-        self.peak_allocated = self.allocated
-        self.peak_reserved = self.reserved
-
-    def empty_cache(self) -> None:
-        self.empty_cache_calls += 1
-        self.reserved = self.allocated
-
-    def set_limit_fraction(self, fraction: float) -> None:
-        self.fraction = fraction
 
 
 # ============================================================================ VRAM
@@ -357,28 +158,32 @@ def is_oom_error(exc: BaseException) -> bool:
     )
 
 
+def _drop_tracebacks(exc: BaseException) -> None:
+    """Cut ``exc`` and the exceptions chained to it from their tracebacks: the frames of a failed
+    CUDA call hold its tensors, and nothing can free those blocks while a traceback keeps them."""
+    todo: list[BaseException] = [exc]
+    seen: set[int] = set()
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        current.__traceback__ = None
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+
+
 @dataclass(frozen=True)
-class OomAttempt:
-    """What ``run_with_oom_recovery`` hands the synthesis callable on each try.
+class OomRecovery:
+    """What ``VramManager.recover_from_oom`` did, and so what the caller should do next: run at
+    most ``max_streams`` chunks at once with the chunker's targets scaled by ``chunk_bias``, and
+    retry the failed chunk or hand it to the fallback engine (that policy is the caller's; the
+    worker retries once). ``error`` is the OOM's first line, ``oom_count`` the total so far."""
 
-    ``shrink`` is 1.0 on the first try, then 0.5, 0.25...: synthesize the chunk in pieces at most
-    that share of its text (split at a clause). ``max_streams`` is what may run beside it."""
-
-    number: int
-    shrink: float
+    error: str
+    oom_count: int
+    level: int
     max_streams: int
-    previous_error: str = ""
-
-
-@dataclass(frozen=True)
-class OomOutcome(Generic[T]):
-    """``value`` when a try succeeded; ``degrade`` when every try ran out of memory and the chunk
-    must go to the fallback engine (Piper). ``errors`` holds each OOM's message."""
-
-    value: T | None
-    degrade: bool
-    attempts: int
-    errors: tuple[str, ...] = ()
+    chunk_bias: float
 
 
 @dataclass(frozen=True)
@@ -397,7 +202,7 @@ class VramManager:
 
     Build it with ``VramManager.for_worker(resolved)``. On the CPU tier, or when torch cannot
     reach CUDA, it is inactive: ``reason`` says why, ``check()`` returns the tier's values and
-    ``run_with_oom_recovery`` just calls its function."""
+    ``release`` does nothing."""
 
     def __init__(
         self,
@@ -508,39 +313,31 @@ class VramManager:
             self.memory.empty_cache()
             self.cache_clears[trigger] = self.cache_clears.get(trigger, 0) + 1
 
-    def run_with_oom_recovery(
-        self, fn: Callable[[OomAttempt], T], *, label: str = "", retries: int = 1
-    ) -> OomOutcome[T]:
-        """Run ``fn``; on CUDA OOM free memory, drop to the deepest pressure level and call it again
-        with a smaller ``shrink``, up to ``retries`` times; then answer ``degrade``. Other errors
-        propagate. ``fn`` starts over on every try: a streaming caller that already pushed audio
-        of the chunk should pass ``retries=0`` (or retry only the text not yet spoken)."""
-        errors: list[str] = []
-        for number in range(1, retries + 2):
-            attempt = OomAttempt(number, 0.5 ** (number - 1), self.max_streams, errors[-1] if errors else "")
-            error = ""
-            try:
-                return OomOutcome(fn(attempt), False, number, tuple(errors))
-            except Exception as exc:
-                if not is_oom_error(exc):
-                    raise
-                error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            # Out of the except block, the traceback and the tensors its frames held are gone, so the
-            # cache clear below can actually return them.
-            errors.append(error)
-            self._on_oom(label, error)
-        return OomOutcome(None, True, retries + 1, tuple(errors))
+    def recover_from_oom(self, exc: BaseException, *, label: str = "") -> OomRecovery | None:
+        """The one OOM path (the worker's hooks and ``scripts/bench gpu`` both end here). When
+        ``exc`` is a CUDA out-of-memory error: release what the failed call held, drop to the
+        deepest pressure level (fewest streams, shortest chunks), clear the cache and say so in
+        ``events``; returns what to do next. Any other error is not ours: None, nothing changes.
 
-    def _on_oom(self, label: str, error: str) -> None:
-        self.oom_count += 1
+        Call it from the ``except`` block that caught ``exc``: it removes the traceback from
+        ``exc`` (and its chain), because the failed call's frames hold its tensors and the cache
+        clear can return their blocks only once nothing references them."""
+        if not is_oom_error(exc):
+            return None
+        text = str(exc)
+        error = f"{type(exc).__name__}: {text.splitlines()[0] if text else ''}"
+        _drop_tracebacks(exc)
         gc.collect()  # tensors caught in reference cycles of the failed call
         with self._lock:
-            self.pressure = self.governor.note_oom()
-        self._record(self.pressure, None, label=label, error=error)
+            self.oom_count += 1
+            self.pressure = state = self.governor.note_oom()
+            count = self.oom_count
+        self._record(state, None, label=label, error=error)
         self.release("oom")
         log.warning(
-            "CUDA out of memory%s: %s; now %d stream(s)", f" in {label}" if label else "", error, self.max_streams
+            "CUDA out of memory%s: %s; now %d stream(s)", f" in {label}" if label else "", error, state.max_streams
         )
+        return OomRecovery(error, count, state.level, state.max_streams, state.chunk_bias)
 
     def _record(self, state: PressureState, peak_mb: float | None, **extra: Any) -> None:
         self.events.append(
