@@ -15,7 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psutil
@@ -101,20 +101,36 @@ def _private_run_dirs() -> set[str]:
     return found
 
 
+def wait_until(done: Callable[[], bool], timeout: float, poll_s: float = 0.05) -> bool:
+    """Wait for the condition that proves progress (not for a guess of how long it takes):
+    True as soon as ``done()`` is, False if it still is not after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while not done():
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(poll_s)
+    return True
+
+
 @pytest.fixture(autouse=True)
 def no_leaks() -> Iterator[None]:
     procs_before = set(_skald_processes())
     shm_before = _shm_entries()
     dirs_before = _private_run_dirs()
     yield
-    deadline = time.monotonic() + 5.0
-    while True:
+    leaked: dict[int, str] = {}
+    shm_left: set[str] = set()
+
+    def all_gone() -> bool:
+        # Polled, not awaited: a leaked process is no child of ours (psutil.wait_procs would take
+        # a zombie its parent has not reaped yet for alive), and /dev/shm sends no notice.
+        nonlocal leaked, shm_left
         leaked = {pid: cmd for pid, cmd in _skald_processes().items() if pid not in procs_before}
         # A ring of a live supervisor that is not ours belongs to a suite running beside us.
         shm_left = {e for e in _shm_entries() - shm_before if not _foreign_and_alive(e)}
-        if (not leaked and not shm_left) or time.monotonic() > deadline:
-            break
-        time.sleep(0.05)
+        return not leaked and not shm_left
+
+    wait_until(all_gone, timeout=5.0)  # shutdown of what the test started may still be running
     for pid in leaked:  # clean up so one failure does not cascade, then fail loudly
         try:
             os.kill(pid, signal.SIGKILL)

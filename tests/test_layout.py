@@ -626,3 +626,14 @@ def test_audio_consumer_process_imports_no_engine() -> None:
             + "\n  imports of them that actors.audio_consumer reaches:\n  - "
             + "\n  - ".join(culprits or ["(none found statically: a dependency imports it)"])
         )
+
+
+def test_architecture_doc_lists_every_module() -> None:
+    """docs/architecture.md's module map stays the map of the tree: every module in it, no module
+    that is gone."""
+    doc = (ROOT / "docs" / "architecture.md").read_text(encoding="utf-8")
+    graph = real_graph()
+    paths = {str(info.path.relative_to(ROOT)) for info in graph.modules.values()}
+    listed = set(re.findall(r"^\| `([\w/]+\.py)` \|", doc, flags=re.MULTILINE))
+    assert not paths - listed, f"modules missing from docs/architecture.md's map: {sorted(paths - listed)}"
+    assert not listed - paths, f"docs/architecture.md's map lists modules that are gone: {sorted(listed - paths)}"
