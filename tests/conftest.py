@@ -170,16 +170,21 @@ class Server:
             stderr=self._log,
         )
         assert self.proc.stdout is not None
-        deadline = time.monotonic() + 60
-        line = b""
-        while time.monotonic() < deadline:
-            line = self.proc.stdout.readline()
-            if b"skald serving" in line or not line:
-                break
-        if b"skald serving" not in line:
+        try:
+            # The server's own handshake: it prints "skald serving" once every actor said READY;
+            # an empty line means it exited first.
+            deadline = time.monotonic() + 60
+            line = b""
+            while b"skald serving" not in line:
+                line = self.proc.stdout.readline()
+                if not line or time.monotonic() > deadline:
+                    raise AssertionError(f"server did not start:\n{self.log()}")
+        except BaseException:  # also pytest-timeout's Failed, raised inside readline()
             self.proc.kill()
             self.proc.wait()
-            raise AssertionError(f"server did not start:\n{self.log()}")
+            self._log.close()
+            self.proc.stdout.close()
+            raise
 
     def client(self, timeout_s: float = 10.0):  # type: ignore[no-untyped-def]
         from actors.client import SkaldClient
