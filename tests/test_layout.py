@@ -11,8 +11,10 @@ not drawn, because a package that re-exports its own submodules would otherwise 
 The rules:
 
 1. ``shm/`` imports nothing of ``actors/`` or ``supervisor.py``: the ring knows no actor.
-2. ``actors/tts/`` is importable and testable without ZeroMQ: nothing it reaches, directly or through
-   other project modules, imports ``zmq``, ``actors.runtime`` or ``actors.wire``.
+2. The domain rooms (``actors/text``, ``actors/tts``, ``actors/audio``, ``actors/gpu``) are libraries,
+   importable and testable without ZeroMQ: nothing they reach, directly or through other project
+   modules, imports ``zmq`` or anything of the process side (``actors.runtime``, ``actors.wire``,
+   the process modules, ``actors.client``, ``actors.cli``, ``supervisor``).
 3. ``actors/wire.py`` imports nothing of the project: the protocol stands alone.
 4. Only ``supervisor.py`` starts actor processes: no other module calls ``Process(...)``/
    ``get_context(...)`` of ``multiprocessing`` or refers to another module's ``run_<role>_process``.
@@ -60,6 +62,9 @@ PROCESS_ROOMS = (
     "actors.cli",
 )
 MAX_LIBRARY_LINES = 600
+# Rule 2: the domain rooms are libraries; nothing of the process side may be reached from them.
+DOMAIN_ROOMS = ("actors.text", "actors.tts", "actors.audio", "actors.gpu")
+PROCESS_SIDE = (*PROCESS_ROOMS, "supervisor")
 # Rule 6: what the audio consumer's process must never load (top-level names and prefixes).
 CONSUMER_FORBIDDEN = ("torch", "onnxruntime", "piper", "TTS", "soxr", "actors.tts")
 MP_STARTERS = {"Process", "SpawnProcess", "ForkProcess", "ForkServerProcess", "get_context"}
@@ -284,16 +289,19 @@ def chains_to(graph: Graph, start: str, bad: Callable[[Import], bool], stop: Ite
     return found
 
 
-def tts_stays_off_the_runtime(graph: Graph) -> list[str]:
-    """Rule 2, transitively: each offending import with the chain that reaches it from actors.tts."""
-    runtime = ("actors.runtime", "actors.wire")
+def domain_rooms_stay_libraries(graph: Graph) -> list[str]:
+    """Rule 2, transitively: each offending import with the chain that reaches it from a domain room."""
+
+    def above(target: str) -> bool:
+        return any(in_room(target, m) for m in PROCESS_SIDE)
 
     def bad(imp: Import) -> bool:
-        return (imp.internal and imp.target in runtime) or (not imp.internal and imp.target.split(".")[0] == "zmq")
+        return (imp.internal and above(imp.target)) or (not imp.internal and imp.target.split(".")[0] == "zmq")
 
+    stop = [m for m in graph.modules if above(m)]  # reported once, at its door
     problems: list[str] = []
-    for start in sorted(m for m in graph.modules if in_room(m, "actors.tts")):
-        problems += chains_to(graph, start, bad, stop=runtime)  # reported once, at its door
+    for start in sorted(m for m in graph.modules if any(in_room(m, room) for room in DOMAIN_ROOMS)):
+        problems += chains_to(graph, start, bad, stop=stop)
     return problems
 
 
@@ -465,7 +473,7 @@ def oversized_libraries(graph: Graph) -> list[str]:
 
 RULES = {
     "shm imports nothing of actors": shm_imports_no_actor,
-    "actors.tts imports no zmq and no actor runtime": tts_stays_off_the_runtime,
+    "domain rooms import no zmq and nothing of the processes": domain_rooms_stay_libraries,
     "actors.wire imports nothing of the project": wire_stands_alone,
     "only supervisor.py starts actor processes": only_supervisor_starts_processes,
     "no import circles": import_circles,
@@ -555,7 +563,7 @@ def test_checker_finds_each_kind_of_violation(tmp_path: Path) -> None:
     assert shm_imports_no_actor(graph) == [
         "shm must not import actors or the supervisor: shm.ring line 2 (in function f): `from actors.wire import X`"
     ]
-    tts = tts_stays_off_the_runtime(graph)
+    tts = domain_rooms_stay_libraries(graph)
     assert any(
         p.startswith("actors.tts.voices reaches actors.runtime via actors.tts.voices -> actors.helper:") for p in tts
     ), tts
