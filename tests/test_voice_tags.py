@@ -16,6 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors.text.chunker import ChunkerConfig, ChunkPlan, SemanticChunker, SpeakingRate, plan_chunks
+from actors.text.normalize import normalize
 from actors.text.textprep import TextPreparer, VoiceSwitch, prepare_parts, prepare_text
 from tests.test_chunker import PIPER_RATE, alnum, texts
 from tests.test_chunker_streams import tagged_narration as tagged
@@ -100,7 +101,9 @@ def test_text_before_a_tag_is_planned_as_a_whole_text() -> None:
     plans = plan_chunks(narration + " [voice:monk] Who goes there?", r)
     assert texts(plans[:-1]) == texts(alone)
     assert [p.boundary for p in plans[:-1]] == [p.boundary for p in alone[:-1]] + ["voice"]
-    assert plans[-1] == ChunkPlan(len(alone), "Who goes there?", r.estimate("Who goes there?"), "end", "monk")
+    assert plans[-1] == ChunkPlan(
+        len(alone), "Who goes there?", r.estimate("Who goes there?"), "end", "monk", source="Who goes there?"
+    )
 
 
 def test_no_chunk_spans_a_voice_change() -> None:
@@ -109,7 +112,7 @@ def test_no_chunk_spans_a_voice_change() -> None:
     plans = plan_chunks(raw, r)
     for p in plans:
         assert p.text.count("Line") == 1, p.text
-        i = int(p.text.split()[1])
+        i = int(p.source.split()[1])
         assert p.voice == (None if i == 0 else f"v{(i - 1) % 3}")
 
 
@@ -133,7 +136,7 @@ def test_tag_at_start_end_and_repeated() -> None:
     # a tag before any text: the new voice speaks chunk 0 (with the first-chunk rule)
     long = "The torchlight flickers across the wet stone as you step into the crypt, and the air is cold."
     plans = plan_chunks("[voice:npc] " + long, r)
-    assert plans == [ChunkPlan(p.index, p.text, p.est_s, p.boundary, "npc") for p in plan_chunks(long, r)]
+    assert plans == [ChunkPlan(p.index, p.text, p.est_s, p.boundary, "npc", p.source) for p in plan_chunks(long, r)]
     assert plans[0].est_s <= CFG.first_chunk_max_s
     # a tag at the very end: the text before it is flushed, nothing follows
     plans = plan_chunks("Goodbye. [voice:npc]", r)
@@ -303,7 +306,9 @@ def test_preparer_holds_back_only_a_partial_tag() -> None:
 # --- properties ------------------------------------------------------------------------------------
 
 
-def segments(raw: str, r: SpeakingRate, rates: dict[str, SpeakingRate]) -> list[tuple[str | None, str, SpeakingRate]]:
+def segments(
+    raw: str, r: SpeakingRate, rates: dict[str, SpeakingRate], spoken: bool = True
+) -> list[tuple[str | None, str, SpeakingRate]]:
     """(voice, prepared text, rate) of each voice's stretch as the chunker sees them (no-op tags
     merged); an unknown voice keeps the rate in effect, also one set by a voice that said nothing."""
     out: list[tuple[str | None, str, SpeakingRate]] = [(None, "", r)]
@@ -313,7 +318,8 @@ def segments(raw: str, r: SpeakingRate, rates: dict[str, SpeakingRate]) -> list[
             out[-1] = (voice, text + part, vr)
         elif part.voice != voice:
             out.append((part.voice, "", r if part.voice is None else rates.get(part.voice, vr)))
-    return [seg for seg in out if seg[1].strip()]
+    # Each voice's text is normalized on its own (a switch ends the text before it).
+    return [(v, normalize(text) if spoken else text, vr) for v, text, vr in out if text.strip()]
 
 
 def spec_segments(raw: str) -> list[tuple[str | None, str]]:
@@ -341,8 +347,9 @@ def test_tagged_plan_invariants(raw: str) -> None:
     plans = plan_chunks(raw, r, rate_for=rates.get)
     assert [p.index for p in plans] == list(range(len(plans)))
     # the preparer splits the text where the tag syntax says, and keeps every letter in between
+    prepared = segments(raw, r, rates, spoken=False)
+    assert [(v, alnum(t)) for v, t, _ in prepared if alnum(t)] == spec_segments(raw)
     segs = segments(raw, r, rates)
-    assert [(v, alnum(t)) for v, t, _ in segs if alnum(t)] == spec_segments(raw)
     # chunks tile each voice's text, in order, and carry its voice: no chunk spans a switch
     it = iter(plans)
     for k, (voice, text, voice_rate) in enumerate(segs):

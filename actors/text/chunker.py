@@ -17,10 +17,12 @@ Cut rules (see also the tests):
   bounds leave no other choice.
 * A period followed by a lowercase word is not a sentence end (an abbreviation we do not know);
   ``! ? …`` followed by a lowercase word count as clause punctuation (``"Wait!" she said``).
-* First chunk: the first pause point at ``first_chunk_s``…``first_chunk_max_s``; failing that the
-  first word boundary in that window; failing that the last boundary before the window; places
-  inside a short quotation or right after a title only if nothing else is left; a cut inside a word
-  at ``first_chunk_max_s`` as the very last resort. A whole text under ``hard_min_s`` is one chunk
+* First chunk: the first pause point at ``first_chunk_s``…``first_chunk_max_s``; failing that
+  the last pause point before that window (if at least half of ``first_chunk_s``: "The map —");
+  only then the first word boundary in the window, failing that the last one before it; protected
+  places (inside a short quotation, right after a title, inside a phrase: see
+  :mod:`actors.text.cuts`) only if nothing else is left; a cut inside a word at
+  ``first_chunk_max_s`` as the very last resort. A whole text under ``hard_min_s`` is one chunk
   (so the first chunk waits until ``hard_min_s`` of text is in).
 * Later chunks (greedy, one at a time, from the start of the remaining text ``R``):
 
@@ -76,23 +78,20 @@ import re
 from array import array
 from collections.abc import Callable
 from itertools import accumulate
-from typing import Any
 
-from actors.text.cuts import CUT_POINTS, SHORT_QUOTE_CHARS, classify_cut
+from actors.text.cuts import CUT_POINTS, QuoteSpans, classify_cut
+from actors.text.normalize import Lexicon, Normalizer, Spoken
 from actors.text.plan import SENTENCE, STRENGTH_NAMES, WORD, ChunkerConfig, ChunkPlan
-from actors.text.punctuation import CLOSERS, DASHES, OPENERS
+from actors.text.punctuation import CLOSERS
+from actors.text.ranking import CutRanking, Key, phantom, phantom_first
 from actors.text.speaking_rate import SpeakingRate, speech_units
 from actors.text.textprep import TextPreparer, VoiceSwitch
 
 __all__ = ["ChunkPlan", "ChunkerConfig", "SemanticChunker", "SpeakingRate", "plan_chunks"]
 
-_QUOTE_CHARS = re.compile(r"[\"“”«»„]")
 _INF = math.inf
 
-_Key = tuple[Any, ...]
-
-
-class SemanticChunker:
+class SemanticChunker(CutRanking):
     """Streaming semantic chunker for one request at a time.
 
     Feed raw text (markdown, emoji and ``[voice:NAME]`` tags allowed, any split, e.g. LLM tokens)
@@ -104,6 +103,10 @@ class SemanticChunker:
     is called once per switch to that voice, and returning None (an unknown voice) keeps the rate in
     effect. Without ``rate_for`` every voice is sized with ``rate``. It must answer the same for the
     same name within a request, or streaming and batch plans could differ.
+
+    Text is normalized (:mod:`actors.text.normalize`) before it is planned: ``text`` is what is
+    said ("fourteen ninety-two"), ``source`` what was written ("1492"); ``language`` picks the rules
+    and ``lexicon`` a campaign's own words.
     """
 
     def __init__(
@@ -112,7 +115,11 @@ class SemanticChunker:
         config: ChunkerConfig | None = None,
         *,
         rate_for: Callable[[str], SpeakingRate | None] | None = None,
+        language: str = "en",
+        lexicon: Lexicon | None = None,
     ) -> None:
+        self._language = language
+        self._lexicon = lexicon
         self._request_rate = rate
         self._rate_for = rate_for
         self._cfg = config or ChunkerConfig()
@@ -139,7 +146,7 @@ class SemanticChunker:
     def pending_text(self) -> str:
         """Text accepted but not yet emitted: prepared text not in a chunk yet, then the raw tail
         the text preparer still holds back (usually a few characters)."""
-        return self._buf[self._start :] + self._prep.pending
+        return self._buf[self._start :] + self._norm.pending + self._prep.pending
 
     def feed(self, piece: str) -> list[ChunkPlan]:
         """Accept a piece of raw text; return the chunks decided now (possibly none)."""
@@ -159,6 +166,7 @@ class SemanticChunker:
 
     def _new_request(self) -> None:
         self._prep = TextPreparer()
+        self._norm = Normalizer(self._language, self._lexicon)
         self._index = 0
         self._voice: str | None = None
         self._rate = self._request_rate  # the rate of self._voice
@@ -166,7 +174,10 @@ class SemanticChunker:
 
     def _new_segment(self) -> None:
         """Forget the planned text: what comes next is planned as a text of its own (same request)."""
-        self._buf = ""  # prepared text of the current voice; positions below are indexes into it
+        self._buf = ""  # spoken text of the current voice; positions below are indexes into it
+        self._src = ""  # the prepared text it was said for
+        self._smap = array("q", [0])  # _smap[i] = where buf[:i] ends in _src
+        self._lock = bytearray(1)  # _lock[i] = 1: a cut before buf[i] would split a rewritten token
         self._units = array("q", [0])  # _units[i] = speech units of buf[:i]
         self._pms = array("q", [0])  # _pms[i] = pause ms of buf[:i] (known up to _pknown)
         self._pknown = 0
@@ -178,10 +189,7 @@ class SemanticChunker:
         self._chead = 0  # first candidate index that may still matter
         self._scan = 1  # next position to classify
         # Quotation spans: opening positions, and closing position / -1 open / -2 abandoned.
-        self._qopen: list[int] = []
-        self._qclose: list[int] = []
-        self._qkind: list[str] = []
-        self._qscan = 0
+        self._quotes = QuoteSpans()
         self._stale = 0  # characters since the last failed decision attempt
         self._new_cands = False
 
@@ -191,13 +199,13 @@ class SemanticChunker:
         plans: list[ChunkPlan] = []
         for part in parts:
             if isinstance(part, str):
-                plans += self._ingest(part, final=False)
+                plans += self._ingest(self._norm.feed(part), final=False)
             elif part.voice != self._voice:
                 # The text so far is complete for its voice: plan it as if the text ended here.
-                plans += self._ingest("", final=True, end="voice")
+                plans += self._ingest(self._norm.finish(), final=True, end="voice")
                 self._switch_voice(part.voice)
         if final:
-            plans += self._ingest("", final=True)
+            plans += self._ingest(self._norm.finish(), final=True)
         return plans
 
     def _switch_voice(self, voice: str | None) -> None:
@@ -209,32 +217,64 @@ class SemanticChunker:
         self._rate = rate
         self._new_segment()
 
-    def _ingest(self, text: str, final: bool, end: str = "end") -> list[ChunkPlan]:
+    def _ingest(self, pieces: list[Spoken], final: bool, end: str = "end") -> list[ChunkPlan]:
         plans: list[ChunkPlan] = []
         # Big inputs are taken in slices so the window bookkeeping stays small (memory, trimming).
         step = 8192
-        for i in range(0, len(text), step):
-            part = text[i : i + step]
-            last = final and i + step >= len(text)
-            self._append(part)
+        i = 0
+        while i < len(pieces):
+            j, size = i, 0
+            while j < len(pieces) and (size < step or j == i):
+                size += len(pieces[j].text)
+                j += 1
+            last = final and j >= len(pieces)
+            self._append(pieces[i:j])
             self._analyse(last)
-            self._stale += len(part)
-            if last or self._new_cands or self._stale >= 16 or len(part) > 1:
+            self._stale += size
+            if last or self._new_cands or self._stale >= 16 or size > 1:
                 self._decide_all(last, plans, end)
-        if final and not text:
+            i = j
+        if final and not pieces:
             self._analyse(True)
             self._decide_all(True, plans, end)
         return plans
 
-    def _append(self, text: str) -> None:
-        self._buf += text
+    def _append(self, pieces: list[Spoken]) -> None:
+        text = "".join(p.text for p in pieces)
+        buf = self._buf = self._buf + text
         it = accumulate(map(speech_units, text), initial=self._units[-1])
         next(it)
         self._units.extend(it)
+        # Where each spoken position is in the source, and which positions are inside a rewritten
+        # piece ("fourteen | ninety-two"): no cut there, it would split what is one written token.
+        smap, lock = self._smap, self._lock
+        src = len(self._src)
+        pos = len(buf) - len(text)
+        for p in pieces:
+            n = len(p.text)
+            if p.glue:
+                # No cut before this piece: that cut point is before the whitespace preceding it.
+                q = pos
+                while q > 0 and buf[q - 1].isspace():
+                    q -= 1
+                lock[q] = 1
+            if p.source == p.text:
+                smap.extend(range(src + 1, src + n + 1))
+                lock.extend(bytes(n))
+            elif n:
+                smap.extend([src] * (n - 1))
+                smap.append(src + len(p.source))
+                lock.extend(b"\x01" * (n - 1))
+                lock.append(0)
+            elif p.source:  # said as nothing: its source joins the piece before
+                smap[-1] = src + len(p.source)
+            src += len(p.source)
+            pos += n
+        self._src += "".join(p.source for p in pieces)
 
     def _analyse(self, final: bool) -> None:
         self._advance_pauses(final)
-        self._advance_quotes(final)
+        self._quotes.advance(self._buf, final)
         self._advance_candidates(final)
 
     def _advance_pauses(self, final: bool) -> None:
@@ -256,46 +296,6 @@ class SemanticChunker:
         self._pms.extend(it)
         self._pknown = stop
 
-    def _advance_quotes(self, final: bool) -> None:
-        """Track quotation spans. Curly/guillemet quotes pair by type; a straight quote opens or
-        closes by context (a space before it and none after opens it). A straight quote inside a
-        curly quotation is nested and ignored."""
-        buf = self._buf
-        n = len(buf)
-        pos = self._qscan
-        qopen, qclose, qkind = self._qopen, self._qclose, self._qkind
-        for m in _QUOTE_CHARS.finditer(buf, pos):
-            p = m.start()
-            ch = buf[p]
-            is_open = bool(qclose) and qclose[-1] == -1
-            kind = qkind[-1] if is_open else ""
-            if ch == '"':
-                if p + 1 >= n and not final:
-                    pos = p  # context not known yet
-                    break
-                prev = buf[p - 1] if p > 0 else " "
-                nxt = buf[p + 1] if p + 1 < n else " "
-                opening = (prev.isspace() or prev in OPENERS or prev in DASHES) and not nxt.isspace()
-                closing = not opening and not prev.isspace()
-                if kind and kind != '"':
-                    opening = closing = False  # nested in a curly quotation
-            else:
-                opening = ch in "“«„"
-                closing = (ch == "”" and kind in "“„") or (ch == "»" and kind == "«")
-                closing = closing and is_open
-            if opening:
-                if is_open:
-                    qclose[-1] = -2  # an unclosed quote was not a quotation after all
-                qopen.append(p)
-                qclose.append(-1)
-                qkind.append(ch)
-            elif closing and is_open:
-                qclose[-1] = p
-            pos = p + 1
-        else:
-            pos = n
-        self._qscan = pos
-
     def _advance_candidates(self, final: bool) -> None:
         buf = self._buf
         n = len(buf)
@@ -312,7 +312,7 @@ class SemanticChunker:
             if cut > self._pknown:
                 c = cut  # estimates at this cut need pauses that are not settled yet
                 break
-            res = classify_cut(buf, cut, final)
+            res = classify_cut(buf, cut, final) if not self._lock[cut] else (-1, False)
             if res is None:
                 c = cut  # needs look-ahead that has not arrived yet
                 break
@@ -362,18 +362,6 @@ class SemanticChunker:
             i += 1
         return i
 
-    def _quote_protected(self, c: int, final: bool) -> bool | None:
-        """Is a cut at ``c`` inside a short quotation? None: not known yet."""
-        i = bisect.bisect_left(self._qopen, c) - 1
-        if i < 0:
-            return False
-        o, e = self._qopen[i], self._qclose[i]
-        if e >= 0:
-            return c <= e and e - o + 1 <= SHORT_QUOTE_CHARS
-        if e == -2 or final or self._qscan - o + 1 > SHORT_QUOTE_CHARS:
-            return False
-        return None
-
     # -- deciding --------------------------------------------------------------------------------
 
     def _decide_all(self, final: bool, plans: list[ChunkPlan], end: str = "end") -> None:
@@ -396,6 +384,7 @@ class SemanticChunker:
                     est_s=self._rate.estimate(text),
                     boundary=end if strength < 0 else STRENGTH_NAMES[strength],
                     voice=self._voice,
+                    source=self._src[self._smap[self._start] : self._smap[cut]],
                 )
             )
             self._index += 1
@@ -408,25 +397,21 @@ class SemanticChunker:
         if cut < 2048:
             return
         self._buf = self._buf[cut:]
+        scut = self._smap[cut]
+        self._src = self._src[scut:]
+        self._smap = array("q", (x - scut for x in self._smap[cut:]))
+        self._lock = self._lock[cut:]
         self._units = self._units[cut:]
         self._pms = self._pms[cut:]
         self._pknown -= cut
         self._start -= cut
         self._scan -= cut
-        self._qscan -= cut
         h = bisect.bisect_left(self._cpos, cut + 1)
         self._cpos = [p - cut for p in self._cpos[h:]]
         self._cstr = self._cstr[h:]
         self._cabbr = self._cabbr[h:]
         self._chead = max(0, self._chead - h)
-        # Spans closed before the trim point (or abandoned) protect nothing any more: for a later cut
-        # "no span" and "a span that ended before it" mean the same.
-        keep = 0
-        while keep < len(self._qopen) and (0 <= self._qclose[keep] < cut or self._qclose[keep] == -2):
-            keep += 1
-        self._qopen = [o - cut for o in self._qopen[keep:]]
-        self._qkind = self._qkind[keep:]
-        self._qclose = [e - cut if e >= 0 else e for e in self._qclose[keep:]]
+        self._quotes.trim(cut)
 
     def _decide(self, final: bool) -> tuple[int, int] | None:
         """Next cut (position, strength; strength -1 = end of text) or None if not certain yet."""
@@ -442,7 +427,8 @@ class SemanticChunker:
                 return (n, -1)
             if not final and seen_lb < cfg.hard_min_s:
                 return None  # the whole text may still turn out shorter than hard_min: one chunk
-            return self._select(self._key_first, cfg.first_chunk_max_s, final, _phantom_first(cfg, self), (9,))
+            ph = phantom_first(cfg, self._lower(s, min(self._scan, n)))
+            return self._select(self._key_first, cfg.first_chunk_max_s, final, ph, (9,))
 
         # Quick exit (saves work when streaming): while case A is possible, only a sentence end in the
         # band followed by >= hard_min of text can be certain (the two estimates overlap by at most
@@ -474,7 +460,8 @@ class SemanticChunker:
                 "B": (self._key_b, (2,)),
                 "C": (self._key_c, (9,)),
             }[case]
-            got = self._select(key, cfg.hard_max_s, final, _phantom(case, cfg, self), fallback)
+            ph = phantom(case, cfg, self._lower(s, min(self._scan, n)))
+            got = self._select(key, cfg.hard_max_s, final, ph, fallback)
             if got is None or (result is not None and got != result):
                 return None
             result = got
@@ -496,63 +483,13 @@ class SemanticChunker:
                 return True
         return False
 
-    # Each key function ranks a candidate: a smaller tuple is better, None = not allowed.
-    # Arguments: strength, protected, rest-too-short, estimated length, position.
-
-    def _key_first(self, st: int, prot: bool, rs: bool, length: float, c: float) -> _Key | None:
-        cfg = self._cfg
-        if length > cfg.first_chunk_max_s:
-            return None
-        inwin = length >= cfg.first_chunk_s
-        # In the window: the first pause point, else the first word boundary. Before it (no
-        # boundary in the window): the latest one. Inside a short quotation / after a title only if
-        # nothing else is left before first_chunk_max_s.
-        if inwin:
-            return (2 if prot else 0, st == WORD, c)
-        return (3 if prot else 1, -length, c)
-
-    def _s0(self, st: int, prot: bool, rs: bool, length: float) -> bool:
-        cfg = self._cfg
-        # The chunk after the (deliberately short) first one has the least time to get ready: it takes
-        # its sentence end at once instead of waiting to see whether the text ends right after it.
-        rest_ok = not rs or self._index == 1
-        return st == SENTENCE and not prot and rest_ok and cfg.target_min_s <= length <= cfg.target_max_s
-
-    def _key_a(self, st: int, prot: bool, rs: bool, length: float, c: float) -> _Key | None:
-        return (0, length, c) if self._s0(st, prot, rs, length) else None
-
-    def _key_b(self, st: int, prot: bool, rs: bool, length: float, c: float) -> _Key | None:
-        cfg = self._cfg
-        if self._s0(st, prot, rs, length):
-            return (0, length, c)
-        if prot or rs or st == WORD or not cfg.target_min_s <= length <= cfg.target_max_s:
-            return None
-        ideal = (cfg.target_min_s + cfg.target_max_s) / 2
-        return (1, 3 - st, abs(length - ideal), c)
-
-    def _key_c(self, st: int, prot: bool, rs: bool, length: float, c: float) -> _Key | None:
-        cfg = self._cfg
-        if length > cfg.hard_max_s:
-            return None
-        if length < cfg.hard_min_s:
-            return (2, -length, c)
-        if self._s0(st, prot, rs, length):
-            return (0, length, c)
-        inband = cfg.target_min_s <= length <= cfg.target_max_s
-        tier = (0 if inband else 1, 3 - st) if st != WORD else (2 if inband else 3, 0)
-        if inband:
-            dist = abs(length - (cfg.target_min_s + cfg.target_max_s) / 2)
-        else:
-            dist = cfg.target_min_s - length if length < cfg.target_min_s else length - cfg.target_max_s
-        return (1, prot, tier, rs, dist, c)
-
     def _select(
         self,
-        keyfn: Callable[[int, bool, bool, float, float], _Key | None],
+        keyfn: Callable[[int, bool, bool, float, float], Key | None],
         limit: float,
         final: bool,
-        phantom: _Key | None,
-        fallback: _Key,
+        phantom: Key | None,
+        fallback: Key,
     ) -> tuple[int, int] | None:
         """The certainly-best cut under ``keyfn``, or None when more text could change it.
 
@@ -570,7 +507,7 @@ class SemanticChunker:
             h += 1
         self._chead = h
         # (best key, worst key or None, position, strength); position -1 = phantom, -2 = fallback
-        options: list[tuple[_Key, _Key | None, int, int]] = [(fallback, fallback, -2, -2)]
+        options: list[tuple[Key, Key | None, int, int]] = [(fallback, fallback, -2, -2)]
         if phantom is not None and not final:
             options.append((phantom, None, -1, -1))
         for i in range(h, len(cpos)):
@@ -580,7 +517,7 @@ class SemanticChunker:
             length = self._est(s, c)
             if length > limit:
                 continue
-            qp = False if cabbr[i] else self._quote_protected(c, final)
+            qp = False if cabbr[i] else self._quotes.protects(c, final)
             prots = [True] if cabbr[i] else ([False, True] if qp is None else [qp])
             c2 = self._skip_ws(c)
             if final:
@@ -625,27 +562,16 @@ class SemanticChunker:
             c += 1
         if final and last_ok >= n:
             return (n, -1)
-        buf = self._buf
-        for p in range(last_ok, max(s + 1, last_ok - 32) - 1, -1):
-            if p < n and not (buf[p - 1].isalnum() and buf[p].isalnum()):
-                return (p, WORD)
+        buf, lock = self._buf, self._lock
+        window = range(last_ok, max(s + 1, last_ok - 32) - 1, -1)
+        # Outside a rewritten token if possible ("Mister", not "Mi|ster"), then at a non-letter.
+        for unlocked_only in (True, False):
+            for p in window:
+                if p < n and not (buf[p - 1].isalnum() and buf[p].isalnum()) and not (unlocked_only and lock[p]):
+                    while p > s + 1 and buf[p - 1].isspace():
+                        p -= 1  # the chunk must not end in whitespace
+                    return (p, WORD)
         return (last_ok, WORD)
-
-
-def _phantom_first(cfg: ChunkerConfig, ch: SemanticChunker) -> _Key | None:
-    """Best key any not-yet-classified position could get for the first chunk."""
-    lb = ch._lower(ch._start, min(ch._scan, len(ch._buf)))
-    return (0, False, _INF) if lb <= cfg.first_chunk_max_s else None
-
-
-def _phantom(case: str, cfg: ChunkerConfig, ch: SemanticChunker) -> _Key | None:
-    """Best key any not-yet-classified (or not yet arrived) position could get in ``case``."""
-    lb = ch._lower(ch._start, min(ch._scan, len(ch._buf)))
-    if lb <= cfg.target_max_s:
-        return (0, max(lb, cfg.target_min_s), _INF)
-    if case == "C" and lb <= cfg.hard_max_s:
-        return (1, False, (1, 0), False, 0.0, _INF)
-    return None
 
 
 _pause_re_cache: dict[frozenset[str], re.Pattern[str]] = {}

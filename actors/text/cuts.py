@@ -15,12 +15,13 @@ an adjective or article from its noun.
 
 from __future__ import annotations
 
+import bisect
 import re
 
 from actors.text.plan import CLAUSE, CONJ, SENTENCE, WORD
 from actors.text.punctuation import CLOSERS, DASHES, OPENERS, SENTENCE_END
 
-__all__ = ["CONJUNCTIONS", "CUT_POINTS", "NO_BREAK_ABBREVIATIONS", "SHORT_QUOTE_CHARS", "classify_cut"]
+__all__ = ["CONJUNCTIONS", "CUT_POINTS", "NO_BREAK_ABBREVIATIONS", "SHORT_QUOTE_CHARS", "QuoteSpans", "classify_cut"]
 
 CONJUNCTIONS = frozenset(
     {"and", "but", "or", "as", "while", "when", "because", "until", "although", "where", "which", "though", "then"}
@@ -72,6 +73,7 @@ _ADJECTIVE_ENDINGS = ("ous", "ful", "less", "ive", "ible", "able", "ish")
 SHORT_QUOTE_CHARS = 60
 
 CUT_POINTS = re.compile(r"(?=\s)|(?<=[—–-])")  # where a cut can be: before a space, after a dash
+_QUOTE_CHARS = re.compile(r"[\"“”«»„]")
 _NEXT_WORD = re.compile(r"[^\W\d_]{1,9}")
 _WORD_CHARS = re.compile(r"[^\W\d_]+(?:['’][^\W\d_]+)?")
 _CLAUSE_MARKS = ",;:"
@@ -163,3 +165,77 @@ def classify_cut(buf: str, c: int, final: bool) -> tuple[int, bool] | None:
         return (WORD, True)  # "on the | table", "in faded | ink": keep the phrase whole
     return (WORD, False)
 
+
+
+class QuoteSpans:
+    """Quotation spans in a growing buffer: a cut inside a short one (≤ ``SHORT_QUOTE_CHARS``) is
+    protected. Curly/guillemet quotes pair by type; a straight quote opens or closes by context (a
+    space before it and none after opens it). A straight quote inside a curly quotation is nested
+    and ignored."""
+
+    def __init__(self) -> None:
+        self._open: list[int] = []  # opening positions
+        self._close: list[int] = []  # closing position, -1 still open, -2 abandoned
+        self._kind: list[str] = []
+        self._scan = 0  # next buffer position to look at
+
+    def advance(self, buf: str, final: bool) -> None:
+        """Take in the buffer's new text (it only ever grows, apart from :meth:`trim`)."""
+        n = len(buf)
+        pos = self._scan
+        qopen, qclose, qkind = self._open, self._close, self._kind
+        for m in _QUOTE_CHARS.finditer(buf, pos):
+            p = m.start()
+            ch = buf[p]
+            is_open = bool(qclose) and qclose[-1] == -1
+            kind = qkind[-1] if is_open else ""
+            if ch == '"':
+                if p + 1 >= n and not final:
+                    pos = p  # context not known yet
+                    break
+                prev = buf[p - 1] if p > 0 else " "
+                nxt = buf[p + 1] if p + 1 < n else " "
+                opening = (prev.isspace() or prev in OPENERS or prev in DASHES) and not nxt.isspace()
+                closing = not opening and not prev.isspace()
+                if kind and kind != '"':
+                    opening = closing = False  # nested in a curly quotation
+            else:
+                opening = ch in "“«„"
+                closing = (ch == "”" and kind in "“„") or (ch == "»" and kind == "«")
+                closing = closing and is_open
+            if opening:
+                if is_open:
+                    qclose[-1] = -2  # an unclosed quote was not a quotation after all
+                qopen.append(p)
+                qclose.append(-1)
+                qkind.append(ch)
+            elif closing and is_open:
+                qclose[-1] = p
+            pos = p + 1
+        else:
+            pos = n
+        self._scan = pos
+
+    def protects(self, c: int, final: bool) -> bool | None:
+        """Is a cut at ``c`` inside a short quotation? None: not known yet."""
+        i = bisect.bisect_left(self._open, c) - 1
+        if i < 0:
+            return False
+        o, e = self._open[i], self._close[i]
+        if e >= 0:
+            return c <= e and e - o + 1 <= SHORT_QUOTE_CHARS
+        if e == -2 or final or self._scan - o + 1 > SHORT_QUOTE_CHARS:
+            return False
+        return None
+
+    def trim(self, cut: int) -> None:
+        """The buffer lost its first ``cut`` characters."""
+        self._scan -= cut
+        # Spans closed before the trim point (or abandoned) protect nothing any more: for a later cut
+        # "no span" and "a span that ended before it" mean the same.
+        keep = 0
+        while keep < len(self._open) and (0 <= self._close[keep] < cut or self._close[keep] == -2):
+            keep += 1
+        self._open = [o - cut for o in self._open[keep:]]
+        self._kind = self._kind[keep:]
+        self._close = [e - cut if e >= 0 else e for e in self._close[keep:]]
