@@ -10,6 +10,7 @@ model; the module starts it once and ends it by PID.
 from __future__ import annotations
 
 import http.server
+import json
 import os
 import signal
 import socket
@@ -18,8 +19,9 @@ import sys
 import threading
 import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -135,12 +137,16 @@ def test_openai_streams_tokens_in_several_pieces(lm_server: str, tiny_lm_dir: Pa
 
 
 @pytest.mark.slow
-def test_openai_prepare_then_stream_uses_the_open_connection(lm_server: str) -> None:
+def test_openai_turns_go_out_on_the_connection_opened_ahead(lm_server: str) -> None:
     generator = OpenAIChatGenerator(lm_server, "")  # "": the server's (pinned) model
-    generator.prepare(MESSAGES, CancelToken())
-    assert generator._spare is not None
+    generator.warm_up()  # after the warm-up the constructor started
+    assert generator.connections_opened == 1  # both warm-ups used one connection
     assert len(list(generator.stream(MESSAGES, 8, CancelToken()))) >= 2
-    assert generator._spare is None
+    generator.prepare(MESSAGES, CancelToken())
+    assert len(list(generator.stream(MESSAGES, 8, CancelToken()))) >= 2
+    # No turn paid a TCP handshake: the requests went out on the connection opened ahead.
+    assert generator.connections_opened == 1
+    generator.close()
 
 
 @pytest.mark.slow
@@ -158,12 +164,12 @@ def test_openai_cancel_mid_stream_stops_promptly(lm_server: str) -> None:
 
 def test_openai_server_down_is_a_clear_error() -> None:
     port = free_port()  # nothing listens there
-    generator = OpenAIChatGenerator(f"http://127.0.0.1:{port}/v1", "m")
+    generator = OpenAIChatGenerator(f"http://127.0.0.1:{port}/v1", "m", setting="actors.prelude")
     with pytest.raises(LlmError) as err:
         list(generator.stream(MESSAGES, 8, CancelToken()))
     assert err.value.kind == "model_unavailable"
     assert f"127.0.0.1:{port}/v1/chat/completions" in err.value.message
-    assert "is the server running" in err.value.message
+    assert "is the server running" in err.value.message and "actors.prelude.endpoint" in err.value.message
 
 
 @pytest.mark.slow
@@ -183,34 +189,262 @@ def test_openai_bad_endpoint_and_missing_key_are_config_errors(monkeypatch: pyte
         OpenAIChatGenerator("http://127.0.0.1:1/v1", "m", api_key_env="SKALD_TEST_NO_SUCH_KEY")
 
 
-class _BrokenStreamHandler(http.server.BaseHTTPRequestHandler):
-    """Two SSE chunks, then the connection drops: an HTTP failure in the middle of a stream."""
+# A stub OpenAI-compatible server: a real ``http.server`` on 127.0.0.1 whose answers each test
+# scripts, for what the real server cannot be made to do on cue (stall, 429, 503, an error event).
 
-    seen_auth: list[str] = []  # noqa: RUF012 -- written by the server thread, read by the test
+Reply = Callable[["_StubHandler"], None]
+
+
+class _StubServer(http.server.ThreadingHTTPServer):
+    """Every POST is answered by the next of ``replies`` (the last one repeats); a HEAD (the
+    client's warm-up) gets 405. Records what it received and when a client went away."""
+
+    daemon_threads = True
+
+    def __init__(self, *replies: Reply) -> None:
+        super().__init__(("127.0.0.1", 0), _StubHandler)
+        self.replies = list(replies)
+        self.posts: list[tuple[str, dict[str, str], dict[str, Any]]] = []  # (path, lower-case headers, body)
+        self.posted = threading.Event()
+        self.warmed = threading.Event()
+        self.client_gone = threading.Event()  # a stalled reply saw the client close the connection
+        self.lock = threading.Lock()
+        self._thread = threading.Thread(target=self.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/v1"
+
+    def __enter__(self) -> _StubServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+        self.server_close()
+        self._thread.join(10)
+
+
+class _StubHandler(http.server.BaseHTTPRequestHandler):
+    server: _StubServer
+
+    def do_HEAD(self) -> None:
+        self.send_response(405)
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+        self.server.warmed.set()
 
     def do_POST(self) -> None:
-        self.seen_auth.append(self.headers.get("Authorization", ""))
-        self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self.send_response(200)
-        self.send_header("Content-Type", "text/event-stream")
-        self.end_headers()
-        for word in ("Dust ", "settles "):
-            self.wfile.write(b'data: {"choices":[{"delta":{"content":"%s"},"index":0}]}\n\n' % word.encode())
-            self.wfile.flush()
-        self.close_connection = True
+        body = json.loads(self.rfile.read(int(self.headers.get("Content-Length", "0"))) or b"{}")
+        with self.server.lock:
+            n = len(self.server.posts)
+            self.server.posts.append((self.path, {k.lower(): v for k, v in self.headers.items()}, body))
+            reply = self.server.replies[min(n, len(self.server.replies) - 1)]
+        self.server.posted.set()
+        reply(self)
+
+    def event(self, data: Any) -> None:
+        self.wfile.write(b"data: " + (data if isinstance(data, bytes) else json.dumps(data).encode()) + b"\n\n")
+        self.wfile.flush()
+
+    def wait_for_close(self) -> None:
+        """Send nothing more; return (and tell the test) when the client closes the connection."""
+        self.connection.settimeout(60)
+        try:
+            while self.rfile.read(1):
+                pass
+        except OSError:
+            return
+        self.server.client_gone.set()
 
     def log_message(self, format: str, *args: object) -> None:
         pass
 
 
+def _sse(*words: str, finish: bool = True, stall: bool = False, error: str = "") -> Reply:
+    """200 and a stream of ``words``; then an error event, the finish, or a stall."""
+
+    def reply(handler: _StubHandler) -> None:
+        handler.send_response(200)
+        handler.send_header("Content-Type", "text/event-stream")
+        handler.end_headers()
+        for word in words:
+            handler.event({"choices": [{"index": 0, "delta": {"content": word}}]})
+        if error:
+            handler.event({"error": {"message": error}})
+        if finish:
+            handler.event({"choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]})
+            handler.event(b"[DONE]")
+        if stall:
+            handler.wait_for_close()
+
+    return reply
+
+
+def _status(code: int, message: str = "no", **headers: str) -> Reply:
+    def reply(handler: _StubHandler) -> None:
+        body = json.dumps({"error": {"message": message}}).encode()
+        handler.send_response(code)
+        for name, value in headers.items():
+            handler.send_header(name.replace("_", "-"), value)
+        handler.send_header("Content-Type", "application/json")
+        handler.send_header("Content-Length", str(len(body)))
+        handler.end_headers()
+        handler.wfile.write(body)
+
+    return reply
+
+
+def _stall(handler: _StubHandler) -> None:
+    """Take the request, never answer it."""
+    handler.wait_for_close()
+
+
+class _Reader(threading.Thread):
+    """Reads a stream on a thread: its pieces, the ``LlmError`` it ended with; ``got`` is set
+    once ``after`` pieces arrived (or the stream ended)."""
+
+    def __init__(self, stream: Iterator[str], after: int = 0) -> None:
+        super().__init__(daemon=True)
+        self.stream, self.after = stream, after
+        self.pieces: list[str] = []
+        self.error: LlmError | None = None
+        self.got = threading.Event()
+
+    def run(self) -> None:
+        try:
+            for text in self.stream:
+                self.pieces.append(text)
+                if len(self.pieces) >= self.after:
+                    self.got.set()
+        except LlmError as exc:
+            self.error = exc
+        finally:
+            self.got.set()
+
+
+def test_one_cancel_token_for_engines_and_language_models() -> None:
+    from actors.tts.base import CancelToken as EngineCancelToken
+
+    assert CancelToken is EngineCancelToken
+    token, calls = CancelToken(), []
+    token.on_cancel(lambda: calls.append("early"))
+    token.cancel()
+    token.on_cancel(lambda: calls.append("late"))  # already cancelled: runs at once
+    token.cancel()  # once only
+    assert calls == ["early", "late"] and token.cancelled and token.wait(0)
+
+
+def test_openai_warms_the_connection_at_start() -> None:
+    with _StubServer(_sse("Hello.")) as server:
+        generator = OpenAIChatGenerator(server.url, "m")
+        # Nothing asked for a generation yet: the constructor's warm-up reached the server.
+        assert server.warmed.wait(30)
+        assert not server.posts
+        generator.close()
+
+
+def test_openai_cancel_closes_a_stalled_stream_on_the_server() -> None:
+    # The server sends two pieces, then nothing: only the cancel can end this read (the read
+    # timeout is longer than the test waits), and the server sees the connection close.
+    with _StubServer(_sse("Dust ", "settles ", finish=False, stall=True)) as server:
+        generator = OpenAIChatGenerator(server.url, "m", timeout_s=120)
+        cancel = CancelToken()
+        reader = _Reader(generator.stream(MESSAGES, 8, cancel), after=2)
+        reader.start()
+        assert reader.got.wait(30) and reader.pieces == ["Dust ", "settles "]
+        cancel.cancel()
+        assert server.client_gone.wait(30), "the server never saw the connection close"
+        reader.join(30)
+        assert not reader.is_alive() and reader.error is None
+        assert reader.pieces == ["Dust ", "settles "]
+
+
+def test_openai_cancel_before_the_answer_closes_the_connection() -> None:
+    with _StubServer(_stall) as server:
+        generator = OpenAIChatGenerator(server.url, "m", timeout_s=120)
+        cancel = CancelToken()
+        reader = _Reader(generator.stream(MESSAGES, 8, cancel))
+        reader.start()
+        assert server.posted.wait(30)
+        cancel.cancel()
+        assert server.client_gone.wait(30), "the server never saw the connection close"
+        reader.join(30)
+        assert not reader.is_alive() and reader.error is None and reader.pieces == []
+        assert len(server.posts) == 1  # a cancelled request is not retried
+
+
+def test_openai_leaving_the_loop_closes_the_stream_on_the_server() -> None:
+    with _StubServer(_sse("Dust ", "settles ", finish=False, stall=True)) as server:
+        generator = OpenAIChatGenerator(server.url, "m", timeout_s=120)
+        for text in generator.stream(MESSAGES, 8, CancelToken()):
+            assert text == "Dust "
+            break
+        assert server.client_gone.wait(30), "the server never saw the connection close"
+
+
+def test_openai_429_is_retried_then_streams() -> None:
+    with _StubServer(_status(429, "slow down", retry_after_ms="10"), _sse("Dust ", "settles.")) as server:
+        generator = OpenAIChatGenerator(server.url, "m")
+        assert list(generator.stream(MESSAGES, 8, CancelToken())) == ["Dust ", "settles."]
+        assert len(server.posts) == 2
+        assert server.posts[0][2] == server.posts[1][2]  # the same request again
+
+
+def test_openai_5xx_is_retried_then_reported_with_the_status() -> None:
+    with _StubServer(_status(503, "overloaded", retry_after_ms="10")) as server:
+        generator = OpenAIChatGenerator(server.url, "m", max_retries=2)
+        with pytest.raises(LlmError) as err:
+            list(generator.stream(MESSAGES, 8, CancelToken()))
+        assert err.value.kind == "generation_failed"
+        assert "HTTP 503" in err.value.message and "overloaded" in err.value.message
+        assert len(server.posts) == 3  # the request and max_retries retries
+    with _StubServer(_status(500, retry_after_ms="10")) as server:
+        generator = OpenAIChatGenerator(server.url, "m", max_retries=0)
+        with pytest.raises(LlmError, match="HTTP 500"):
+            list(generator.stream(MESSAGES, 8, CancelToken()))
+        assert len(server.posts) == 1
+
+
+def test_openai_404_is_a_configuration_error_and_not_retried() -> None:
+    with _StubServer(_status(404, "model 'm' not found")) as server:
+        generator = OpenAIChatGenerator(server.url, "m")
+        with pytest.raises(LlmError) as err:
+            list(generator.stream(MESSAGES, 8, CancelToken()))
+        assert err.value.kind == "model_unavailable" and "HTTP 404" in err.value.message
+        assert len(server.posts) == 1
+
+
+def test_openai_cancel_interrupts_the_wait_before_a_retry() -> None:
+    # Retry-After: 100 s (capped at timeout_s = 120): only the cancel ends this wait in time.
+    with _StubServer(_status(429, Retry_After="100")) as server:
+        generator = OpenAIChatGenerator(server.url, "m", timeout_s=120)
+        cancel = CancelToken()
+        reader = _Reader(generator.stream(MESSAGES, 8, cancel))
+        reader.start()
+        assert server.posted.wait(30)
+        cancel.cancel()
+        reader.join(30)
+        assert not reader.is_alive(), "the cancel did not end the wait before the retry"
+        assert reader.error is None and reader.pieces == [] and len(server.posts) == 1
+
+
+def test_openai_error_event_in_the_stream_is_an_error_after_the_pieces() -> None:
+    with _StubServer(_sse("Dust ", finish=False, error="the model fell over")) as server:
+        generator = OpenAIChatGenerator(server.url, "m")
+        pieces: list[str] = []
+        with pytest.raises(LlmError) as err:
+            for text in generator.stream(MESSAGES, 8, CancelToken()):
+                pieces.append(text)
+        assert pieces == ["Dust "]
+        assert err.value.kind == "generation_failed" and "the model fell over" in err.value.message
+
+
 def test_openai_stream_broken_mid_way_is_an_error_after_the_pieces(monkeypatch: pytest.MonkeyPatch) -> None:
-    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _BrokenStreamHandler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
+    # Two chunks, then the connection drops (an HTTP/1.0 body that ends without a finish).
     monkeypatch.setenv("SKALD_TEST_KEY", "sekrit")
-    try:
-        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        generator = OpenAIChatGenerator(url, "m", api_key_env="SKALD_TEST_KEY")
+    with _StubServer(_sse("Dust ", "settles ", finish=False)) as server:
+        generator = OpenAIChatGenerator(server.url, "m", api_key_env="SKALD_TEST_KEY")
         pieces: list[str] = []
         with pytest.raises(LlmError) as err:
             for text in generator.stream(MESSAGES, 8, CancelToken()):
@@ -218,11 +452,66 @@ def test_openai_stream_broken_mid_way_is_an_error_after_the_pieces(monkeypatch: 
         assert pieces == ["Dust ", "settles "]
         assert err.value.kind == "generation_failed"
         assert "ended before the completion" in err.value.message
-        assert _BrokenStreamHandler.seen_auth == ["Bearer sekrit"]
-    finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(5)
+        assert server.posts[0][1]["authorization"] == "Bearer sekrit"
+
+
+def test_openai_takes_nothing_from_the_sdk_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-for-this-server")
+    monkeypatch.setenv("OPENAI_BASE_URL", f"http://127.0.0.1:{free_port()}/v1")
+    monkeypatch.setenv("OPENAI_ORG_ID", "org-not-for-this-server")
+    with _StubServer(_sse("Dust.")) as server:
+        assert list(OpenAIChatGenerator(server.url, "").stream(MESSAGES, 7, CancelToken())) == ["Dust."]
+        path, headers, body = server.posts[0]
+    assert path == "/v1/chat/completions"  # the endpoint setting, not OPENAI_BASE_URL
+    assert "authorization" not in headers and "openai-organization" not in headers
+    assert "model" not in body  # "": the server's default model
+    assert body["max_tokens"] == 7 and body["stream"] is True and body["messages"] == MESSAGES
+
+
+_CONNECTS: list[tuple[str, Any]] | None = None  # what the audit hook records while a test listens
+
+
+def _audit(event: str, args: tuple[Any, ...]) -> None:
+    if _CONNECTS is not None and event in ("socket.connect", "socket.getaddrinfo"):
+        _CONNECTS.append((event, args[1] if event == "socket.connect" else args[0]))
+
+
+sys.addaudithook(_audit)
+
+
+def test_openai_reaches_only_the_configured_server() -> None:
+    global _CONNECTS
+    with _StubServer(_sse("Dust.")) as server:
+        port = server.server_address[1]
+        _CONNECTS = []
+        try:
+            generator = OpenAIChatGenerator(server.url, "m")
+            assert list(generator.stream(MESSAGES, 8, CancelToken())) == ["Dust."]
+            generator.warm_up()
+            generator.close()
+            seen, _CONNECTS = _CONNECTS, None
+        finally:
+            _CONNECTS = None
+    connects = [addr for event, addr in seen if event == "socket.connect"]
+    assert connects, "the audit hook saw no connection at all"
+    assert all(tuple(addr[:2]) == ("127.0.0.1", port) for addr in connects), seen
+    assert all(host == "127.0.0.1" for event, host in seen if event == "socket.getaddrinfo"), seen
+
+
+def test_openai_uses_the_proxy_from_the_environment_but_not_for_loopback(monkeypatch: pytest.MonkeyPatch) -> None:
+    for var in ("http_proxy", "https_proxy", "all_proxy", "no_proxy"):
+        monkeypatch.delenv(var, raising=False)
+        monkeypatch.delenv(var.upper(), raising=False)
+    # The "proxy" answers the request itself: what matters is that the request reached it, in a
+    # proxy's absolute form, for a host the client never resolved (.invalid cannot resolve).
+    with _StubServer(_sse("Through ", "the proxy.")) as proxy, _StubServer(_sse("Direct.")) as local:
+        monkeypatch.setenv("HTTP_PROXY", f"http://127.0.0.1:{proxy.server_address[1]}")
+        remote = OpenAIChatGenerator("http://llm.skald.invalid/v1", "m")
+        assert "".join(remote.stream(MESSAGES, 8, CancelToken())) == "Through the proxy."
+        assert proxy.posts[0][0] == "http://llm.skald.invalid/v1/chat/completions"
+        loopback = OpenAIChatGenerator(local.url, "m")
+        assert "".join(loopback.stream(MESSAGES, 8, CancelToken())) == "Direct."
+        assert len(proxy.posts) == 1 and len(local.posts) == 1
 
 
 # --------------------------------------------------------------------------- transformers backend

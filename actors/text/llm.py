@@ -1,522 +1,47 @@
-"""Language-model backends of the text actors, behind one small interface, and the prompts.
+"""The text actors' language models: backends behind one interface, the prompts, and the shaping
+of model output into speakable text. Callers import everything from here.
 
-Interface (``TextGenerator``)::
-
-    generator.prepare(messages, cancel, continue_final=...)   # optional head start (see below)
-    for text in generator.stream(messages, max_tokens, cancel, continue_final=...):
-        ...                                                    # text deltas, as they arrive
-
-``messages`` are OpenAI-style chat messages (``{"role", "content"}``). ``cancel`` is a
-``CancelToken``: once it is set, ``stream`` yields nothing more and returns within about one
-decoding step (transformers) or one socket wake-up (openai), without raising. Leaving the
-``for`` loop early (``break``) stops the generation the same way. Failures raise
-``LlmError`` with a ``kind`` for the ``wire.Error`` event and a message that says what to
-change.
-
-Backends:
-
-``openai``
-    ``POST {endpoint}/chat/completions`` with ``"stream": true`` to any OpenAI-compatible
-    server (vLLM, llama.cpp server, Ollama, ``transformers serve``), read as server-sent events
-    with the standard library only (``http.client``): no SDK, no extra dependency. Cancel shuts
-    the socket down from the cancelling thread, which wakes the blocked read at once; closing
-    the connection is also how the server learns to stop generating. ``prepare`` opens the
-    TCP (and TLS) connection ahead of time; chat APIs offer no "prefill now, continue later",
-    and ``continue_final`` is not portable across servers, so the narrative prompt states the
-    prelude in the user message instead (see ``narrative_messages``).
-``transformers``
-    A local model directory loaded with ``local_files_only=True`` (nothing is ever
-    downloaded) on ``device`` (``auto``: CUDA when available, else CPU). ``generate`` runs on
-    a thread of its own feeding a ``TextIteratorStreamer``; a ``StoppingCriteria`` reads the
-    cancel token after every decoding step. ``prepare`` runs the prompt prefix through the
-    model and keeps its KV cache; a ``stream`` whose prompt starts with the same tokens reuses
-    it and only prefills the rest (for the narrative: the prelude's words). ``continue_final``
-    is supported: the last (assistant) message is continued, not answered.
+* The interface (``TextGenerator``, ``LlmError``, ``CancelToken``): ``actors.text.llm_base``.
+* ``openai``: streaming chat completions from any OpenAI-compatible server (vLLM, llama.cpp
+  server, Ollama, ``transformers serve``) on the official SDK: ``actors.text.llm_openai``
+  (why the SDK, and what is added to it for cancel and retries, is in its docstring).
+* ``transformers``: a local model directory on CPU or GPU, with a prefilled KV cache as the
+  narrative's head start: ``actors.text.llm_transformers``.
+* ``create_generator`` builds the one that ``actors.<role>.backend`` names.
+* Prompts: ``prelude_messages``, ``narrative_messages`` (docs/turns.md, "Prompt design").
+* Output shaping: ``clean``, ``OpenerLimiter`` (the prelude's word release and limit),
+  ``RepeatGuard`` (a repeat of the prelude at the start of the narrative is dropped).
 
 The ``text`` backend (forward the orchestrator's own text) needs no generator; it lives in
-``actors.text_source``. Nothing here imports torch or transformers at module import.
+``actors.text_source``. Nothing here imports torch, transformers or openai at module import.
 """
 
 from __future__ import annotations
 
-import contextlib
-import http.client
-import json
-import logging
-import os
 import re
-import socket
-import ssl
-import threading
-from collections.abc import Callable, Iterator, Sequence
-from typing import Any, Protocol
-from urllib.parse import urlsplit
+from typing import Any
 
-log = logging.getLogger("skald.llm")
+from actors.text.llm_base import LLM_BACKENDS, CancelToken, ChatMessage, LlmError, TextGenerator
+from actors.text.llm_openai import OpenAIChatGenerator
+from actors.text.llm_transformers import TransformersGenerator
+from actors.text.punctuation import CLAUSE_END, CLOSERS, SENTENCE_END
 
-ChatMessage = dict[str, str]
-
-#: Language-model backends (``text`` is the pass-through and needs no generator).
-LLM_BACKENDS = ("openai", "transformers")
-
-
-class LlmError(Exception):
-    """A generation could not start or broke off. ``kind`` is the ``wire.Error`` kind:
-    ``model_unavailable`` (cannot load / reach the model) or ``generation_failed``."""
-
-    def __init__(self, kind: str, message: str) -> None:
-        super().__init__(message)
-        self.kind = kind
-        self.message = message
-
-
-class CancelToken:
-    """Set once, from any thread; ``on_cancel`` callbacks run at that moment (or at once if
-    already set). Callbacks must be quick and must not raise (exceptions are logged)."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-        self._lock = threading.Lock()
-        self._callbacks: list[Callable[[], None]] = []
-
-    def cancel(self) -> None:
-        with self._lock:
-            if self._event.is_set():
-                return
-            self._event.set()
-            callbacks, self._callbacks = self._callbacks, []
-        for callback in callbacks:
-            try:
-                callback()
-            except Exception:
-                log.exception("cancel callback failed")
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
-
-    def wait(self, timeout: float | None = None) -> bool:
-        return self._event.wait(timeout)
-
-    def on_cancel(self, callback: Callable[[], None]) -> None:
-        with self._lock:
-            if not self._event.is_set():
-                self._callbacks.append(callback)
-                return
-        callback()
-
-    def link(self, parent: CancelToken) -> CancelToken:
-        """Cancel this token when ``parent`` is cancelled; returns ``self``."""
-        parent.on_cancel(self.cancel)
-        return self
-
-
-class TextGenerator(Protocol):
-    """What the text actors drive. One generation at a time per instance."""
-
-    name: str
-    #: True when ``continue_final=True`` is honoured (the last assistant message is continued).
-    continues_assistant: bool
-
-    def stream(
-        self, messages: Sequence[ChatMessage], max_tokens: int, cancel: CancelToken, *, continue_final: bool = False
-    ) -> Iterator[str]: ...
-
-    def prepare(
-        self, messages: Sequence[ChatMessage], cancel: CancelToken, *, continue_final: bool = False
-    ) -> None: ...
-
-    def describe(self) -> dict[str, Any]: ...
-
-    def close(self) -> None: ...
-
-
-# ============================================================================ openai
-
-
-class OpenAIChatGenerator:
-    """Streaming chat completions over HTTP(S) from an OpenAI-compatible server."""
-
-    name = "openai"
-    continues_assistant = False
-
-    def __init__(
-        self,
-        endpoint: str,
-        model: str = "",
-        *,
-        api_key_env: str = "",
-        temperature: float = 0.8,
-        timeout_s: float = 30.0,
-        setting: str = "actors.narrative",
-    ) -> None:
-        parts = urlsplit(endpoint)
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise LlmError(
-                "model_unavailable",
-                f"{setting}.endpoint = {endpoint!r}: must be an http:// or https:// base URL, "
-                "e.g. http://127.0.0.1:8000/v1",
-            )
-        self.endpoint = endpoint.rstrip("/")
-        self.model = model
-        self.temperature = temperature
-        self.timeout_s = timeout_s
-        self._https = parts.scheme == "https"
-        self._host = parts.hostname
-        self._port = parts.port or (443 if self._https else 80)
-        self._path = (parts.path.rstrip("/") or "") + "/chat/completions"
-        self._url = f"{self.endpoint}/chat/completions"
-        self._api_key = ""
-        if api_key_env:
-            key = os.environ.get(api_key_env, "")
-            if not key:
-                raise LlmError(
-                    "model_unavailable",
-                    f"{setting}.api_key_env names {api_key_env}, but that environment variable is not set",
-                )
-            self._api_key = key
-        self._spare: http.client.HTTPConnection | None = None
-        self._spare_lock = threading.Lock()
-
-    def describe(self) -> dict[str, Any]:
-        return {"backend": self.name, "endpoint": self.endpoint, "model": self.model or "(server default)"}
-
-    def _connect(self) -> http.client.HTTPConnection:
-        if self._https:
-            return http.client.HTTPSConnection(
-                self._host, self._port, timeout=self.timeout_s, context=ssl.create_default_context()
-            )
-        return http.client.HTTPConnection(self._host, self._port, timeout=self.timeout_s)
-
-    def prepare(self, messages: Sequence[ChatMessage], cancel: CancelToken, *, continue_final: bool = False) -> None:
-        """Open the connection (TCP, TLS) now so the request goes out the moment it is known."""
-        conn = self._connect()
-        try:
-            conn.connect()
-        except OSError:
-            conn.close()  # the real request reports the error
-            return
-        with self._spare_lock:
-            old, self._spare = self._spare, conn
-        if old is not None:
-            old.close()
-
-    def _take_connection(self) -> tuple[http.client.HTTPConnection, bool]:
-        with self._spare_lock:
-            spare, self._spare = self._spare, None
-        return (spare, True) if spare is not None else (self._connect(), False)
-
-    def stream(
-        self, messages: Sequence[ChatMessage], max_tokens: int, cancel: CancelToken, *, continue_final: bool = False
-    ) -> Iterator[str]:
-        body: dict[str, Any] = {
-            "messages": [dict(m) for m in messages],
-            "max_tokens": max_tokens,
-            "temperature": self.temperature,
-            "stream": True,
-        }
-        if self.model:
-            body["model"] = self.model
-        payload = json.dumps(body).encode()
-        headers = {"Content-Type": "application/json", "Accept": "text/event-stream"}
-        if self._api_key:
-            headers["Authorization"] = f"Bearer {self._api_key}"
-        if cancel.cancelled:
-            return
-        conn, reused = self._take_connection()
-        cancel.on_cancel(lambda: _abort(conn))
-        try:
-            try:
-                resp = self._request(conn, payload, headers)
-            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
-                if not reused or cancel.cancelled:
-                    raise
-                # The spare connection went stale (server keep-alive timeout): one fresh try.
-                conn.close()
-                conn = self._connect()
-                cancel.on_cancel(lambda: _abort(conn))
-                resp = self._request(conn, payload, headers)
-            if resp.status != 200:
-                detail = resp.read(2000).decode("utf-8", "replace").strip()
-                # 404: wrong endpoint path or unknown model name -- a configuration problem.
-                raise LlmError(
-                    "model_unavailable" if resp.status == 404 else "generation_failed",
-                    f"{self._url} answered HTTP {resp.status} {resp.reason}: {detail[:500]}",
-                )
-            finished = False
-            for data in _sse_data(resp):
-                if cancel.cancelled:
-                    return
-                if data.strip() == "[DONE]":
-                    finished = True
-                    break
-                text, finish_reason = self._delta(data)
-                if text:
-                    yield text
-                if finish_reason:
-                    finished = True
-            if cancel.cancelled:
-                return
-            if not finished:
-                raise LlmError("generation_failed", f"{self._url}: the stream ended before the completion did")
-        except LlmError:
-            if cancel.cancelled:
-                return
-            raise
-        except (OSError, http.client.HTTPException) as exc:
-            if cancel.cancelled:
-                return  # our own shutdown of the socket
-            if isinstance(exc, ConnectionRefusedError | socket.gaierror):
-                raise LlmError(
-                    "model_unavailable",
-                    f"cannot reach {self._url}: {exc} (is the server running? see actors.<role>.endpoint)",
-                ) from None
-            if isinstance(exc, TimeoutError):
-                raise LlmError(
-                    "generation_failed",
-                    f"{self._url}: no data for {self.timeout_s:g} s (actors.<role>.timeout_s)",
-                ) from None
-            raise LlmError("generation_failed", f"{self._url}: {type(exc).__name__}: {exc}") from None
-        finally:
-            conn.close()
-
-    def _request(
-        self, conn: http.client.HTTPConnection, payload: bytes, headers: dict[str, str]
-    ) -> http.client.HTTPResponse:
-        conn.request("POST", self._path, body=payload, headers=headers)
-        return conn.getresponse()
-
-    def _delta(self, data: str) -> tuple[str, str]:
-        try:
-            event = json.loads(data)
-        except ValueError:
-            raise LlmError("generation_failed", f"{self._url}: not JSON in the stream: {data[:200]!r}") from None
-        if not isinstance(event, dict):
-            return "", ""
-        if event.get("error"):
-            err = event["error"]
-            message = err.get("message", err) if isinstance(err, dict) else err
-            raise LlmError("generation_failed", f"{self._url}: the server reported an error: {message}")
-        choices = event.get("choices") or []
-        if not choices or not isinstance(choices[0], dict):
-            return "", ""
-        delta = choices[0].get("delta") or {}
-        content = delta.get("content") if isinstance(delta, dict) else None
-        return (content if isinstance(content, str) else ""), (choices[0].get("finish_reason") or "")
-
-    def close(self) -> None:
-        with self._spare_lock:
-            spare, self._spare = self._spare, None
-        if spare is not None:
-            spare.close()
-
-
-def _abort(conn: http.client.HTTPConnection) -> None:
-    """Wake a thread blocked reading ``conn`` (from another thread): shut the socket down."""
-    sock = conn.sock
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.shutdown(socket.SHUT_RDWR)
-
-
-def _sse_data(resp: http.client.HTTPResponse) -> Iterator[str]:
-    """The ``data`` of each server-sent event (multi-line data joined with newlines)."""
-    data: list[str] = []
-    while True:
-        raw = resp.readline(1 << 20)
-        if not raw:
-            if data:
-                yield "\n".join(data)
-            return
-        line = raw.decode("utf-8", "replace").rstrip("\r\n")
-        if not line:
-            if data:
-                yield "\n".join(data)
-                data = []
-        elif line.startswith("data:"):
-            value = line[5:]
-            data.append(value[1:] if value.startswith(" ") else value)
-        # ``event:``, ``id:``, ``retry:`` and ``:`` comments carry nothing we use
-
-
-# ============================================================================ transformers
-
-#: Stands in for the final assistant message while rendering a chat template, so the prompt
-#: can be cut right where that message starts (a private-use character no tokenizer emits).
-_SENTINEL = "\ue000"
-
-
-class TransformersGenerator:
-    """A local model directory on CPU or GPU; see the module docstring."""
-
-    name = "transformers"
-    continues_assistant = True
-
-    def __init__(
-        self,
-        model_dir: str,
-        *,
-        device: str = "auto",
-        temperature: float = 0.8,
-        threads: int = 0,
-        setting: str = "actors.narrative",
-    ) -> None:
-        if not model_dir:
-            raise LlmError(
-                "model_unavailable", f"{setting}.model is empty: set it to a local model directory (never downloaded)"
-            )
-        if not os.path.isdir(model_dir) or not os.path.isfile(os.path.join(model_dir, "config.json")):
-            raise LlmError(
-                "model_unavailable",
-                f"{setting}.model = {model_dir!r}: not a model directory (no config.json there); "
-                "models are never downloaded, point it at a local copy",
-            )
-        try:
-            import torch
-            from transformers import AutoModelForCausalLM, AutoTokenizer
-        except ImportError as exc:
-            raise LlmError(
-                "model_unavailable",
-                f"the transformers backend needs torch and transformers ({exc}); pip install skald[llm]",
-            ) from None
-        if device == "auto":
-            device = "cuda" if torch.cuda.is_available() else "cpu"
-        try:
-            self.device = torch.device(device)
-        except RuntimeError as exc:
-            raise LlmError("model_unavailable", f"{setting}.device = {device!r}: {exc}") from None
-        if self.device.type == "cuda" and not torch.cuda.is_available():
-            raise LlmError("model_unavailable", f"{setting}.device = {device!r}, but CUDA is not available here")
-        if threads > 0:
-            # Per process (each text actor is one): on a small CPU machine the language model
-            # otherwise takes every core from the TTS worker synthesizing the opener.
-            torch.set_num_threads(threads)
-        self.model_dir = model_dir
-        self.temperature = temperature
-        # Typed Any: transformers' own annotations are too loose or too strict for mypy here.
-        self.tokenizer: Any
-        self.model: Any
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(model_dir, local_files_only=True)
-            self.model = AutoModelForCausalLM.from_pretrained(model_dir, local_files_only=True, dtype="auto")
-        except (OSError, ValueError) as exc:
-            raise LlmError("model_unavailable", f"{setting}.model = {model_dir!r}: cannot load: {exc}") from None
-        if not getattr(self.tokenizer, "chat_template", None):
-            raise LlmError(
-                "model_unavailable",
-                f"{setting}.model = {model_dir!r}: the tokenizer has no chat template; skald prompts chat "
-                "(instruction-tuned) models",
-            )
-        self.model.to(self.device).eval()
-        self._torch = torch
-        self._prefilled: tuple[list[int], Any] | None = None
-
-    def describe(self) -> dict[str, Any]:
-        return {
-            "backend": self.name,
-            "model": self.model_dir,
-            "device": str(self.device),
-            "dtype": str(self.model.dtype).removeprefix("torch."),
-            "threads": self._torch.get_num_threads(),
-        }
-
-    def render(self, messages: Sequence[ChatMessage], continue_final: bool) -> str:
-        """The prompt text: the chat template with a generation prompt, or (``continue_final``)
-        cut right after the last message's content so the model carries on writing it."""
-        if not continue_final:
-            text: str = self.tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-            return text
-        final = messages[-1]
-        shown = [*messages[:-1], {**final, "content": _SENTINEL}]
-        rendered: str = self.tokenizer.apply_chat_template(shown, tokenize=False)
-        cut = rendered.find(_SENTINEL)
-        if cut < 0:
-            raise LlmError("generation_failed", f"{self.model_dir}: the chat template dropped the assistant message")
-        return rendered[:cut] + final["content"]
-
-    def _ids(self, text: str) -> list[int]:
-        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
-        return ids
-
-    def prepare(self, messages: Sequence[ChatMessage], cancel: CancelToken, *, continue_final: bool = False) -> None:
-        """Prefill the KV cache of this prompt; a later ``stream`` starting with it reuses it."""
-        ids = self._ids(self.render(messages, continue_final))
-        if not ids or cancel.cancelled:
-            return
-        torch = self._torch
-        with torch.inference_mode():
-            out = self.model(input_ids=torch.tensor([ids], device=self.device), use_cache=True)
-        self._prefilled = (ids, out.past_key_values)
-
-    def stream(
-        self, messages: Sequence[ChatMessage], max_tokens: int, cancel: CancelToken, *, continue_final: bool = False
-    ) -> Iterator[str]:
-        from transformers import StoppingCriteria, StoppingCriteriaList, TextIteratorStreamer
-
-        torch = self._torch
-        ids = self._ids(self.render(messages, continue_final))
-        cache = None
-        prefilled, self._prefilled = self._prefilled, None
-        if prefilled is not None:
-            head, kv = prefilled
-            # Reusable only if the new prompt extends the prefilled one by at least one token.
-            if len(ids) > len(head) and ids[: len(head)] == head:
-                cache = kv
-        stop = threading.Event()
-        streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)
-
-        class _Stop(StoppingCriteria):
-            def __call__(self, input_ids: Any, scores: Any, **kwargs: Any) -> Any:
-                flag = stop.is_set() or cancel.cancelled
-                return torch.full((input_ids.shape[0],), flag, dtype=torch.bool, device=input_ids.device)
-
-        def wake() -> None:
-            stop.set()
-            streamer.text_queue.put(streamer.stop_signal)  # the reader leaves now, not after a step
-
-        failure: list[BaseException] = []
-        input_ids = torch.tensor([ids], device=self.device)
-        kwargs: dict[str, Any] = {
-            "input_ids": input_ids,
-            "attention_mask": torch.ones_like(input_ids),
-            "max_new_tokens": max_tokens,
-            "streamer": streamer,
-            "stopping_criteria": StoppingCriteriaList([_Stop()]),
-        }
-        if self.temperature > 0:
-            kwargs.update(do_sample=True, temperature=self.temperature)
-        else:
-            kwargs.update(do_sample=False, temperature=None, top_p=None, top_k=None)
-        if cache is not None:
-            kwargs["past_key_values"] = cache
-
-        def generate() -> None:
-            try:
-                self.model.generate(**kwargs)
-            except BaseException as exc:  # reported on the reader's side
-                failure.append(exc)
-                streamer.end()
-
-        if cancel.cancelled:
-            return
-        thread = threading.Thread(target=generate, name="llm-generate", daemon=True)
-        thread.start()
-        cancel.on_cancel(wake)
-        try:
-            for text in streamer:
-                if cancel.cancelled or stop.is_set():
-                    return
-                if text:
-                    yield text
-        finally:
-            stop.set()
-            thread.join()
-        if failure and not cancel.cancelled:
-            exc = failure[0]
-            raise LlmError("generation_failed", f"{self.model_dir}: {type(exc).__name__}: {exc}")
-
-    def close(self) -> None:
-        self._prefilled = None
+__all__ = [
+    "DEFAULT_SYSTEM_PROMPT",
+    "LLM_BACKENDS",
+    "CancelToken",
+    "ChatMessage",
+    "LlmError",
+    "OpenAIChatGenerator",
+    "OpenerLimiter",
+    "RepeatGuard",
+    "TextGenerator",
+    "TransformersGenerator",
+    "clean",
+    "create_generator",
+    "narrative_messages",
+    "prelude_messages",
+]
 
 
 # ============================================================================ factory
@@ -532,6 +57,7 @@ def create_generator(role: str, settings: Any) -> TextGenerator:
             api_key_env=settings.api_key_env,
             temperature=settings.temperature,
             timeout_s=settings.timeout_s,
+            max_retries=settings.max_retries,
             setting=setting,
         )
     if settings.backend == "transformers":
@@ -606,8 +132,11 @@ def narrative_messages(
 
 # ============================================================================ output shaping
 
-_SENTENCE_END = re.compile(r"[.!?…]['\"”’)\]]*$")
-_CLAUSE_END = re.compile(r"[,;:—–]['\"”’)\]]*$")
+# One definition of the punctuation (actors.text.punctuation): a word ends a sentence or a
+# clause when its last mark, closing quotes and brackets after it allowed, is one of these.
+_CLOSERS = f"[{re.escape(CLOSERS)}]*$"
+_SENTENCE_END = re.compile(f"[{re.escape(SENTENCE_END)}]{_CLOSERS}")
+_CLAUSE_END = re.compile(f"[{re.escape(CLAUSE_END)}]{_CLOSERS}")
 # C0/C1 controls except tab and newline: never speech (same set wire.validate_text rejects).
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")
 

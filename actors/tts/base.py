@@ -8,9 +8,10 @@ cancelled chunk stops after at most one block of work.
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,17 +23,42 @@ class EngineError(RuntimeError):
 
 
 class CancelToken:
-    """Set by the worker's control thread, polled by the engine between blocks."""
+    """Set once, from any thread; polled by engines between blocks (``cancelled``) and by the
+    language-model backends, which also register ``on_cancel`` callbacks that run at that
+    moment (or at once if already set). Callbacks must be quick and must not raise (exceptions
+    are logged)."""
 
     def __init__(self) -> None:
         self._event = threading.Event()
+        self._lock = threading.Lock()
+        self._callbacks: list[Callable[[], None]] = []
 
     def cancel(self) -> None:
-        self._event.set()
+        with self._lock:
+            if self._event.is_set():
+                return
+            self._event.set()
+            callbacks, self._callbacks = self._callbacks, []
+        for callback in callbacks:
+            try:
+                callback()
+            except Exception:
+                logging.getLogger("skald.cancel").exception("cancel callback failed")
 
     @property
     def cancelled(self) -> bool:
         return self._event.is_set()
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """Block until cancelled or ``timeout`` seconds passed; True if cancelled."""
+        return self._event.wait(timeout)
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        with self._lock:
+            if not self._event.is_set():
+                self._callbacks.append(callback)
+                return
+        callback()
 
 
 @dataclass(frozen=True)
