@@ -3,7 +3,7 @@
     scripts/bench quality [--json PATH] [--out DIR]
 
 Audio: the chunk plan of config/samples/crypt.txt, synthesized by Piper (default voice, generator
-noise off so every run hears the same audio), joined by ``actors.audio.dsp.ChunkJoiner`` (default
+noise off so every run hears the same audio), joined by ``actors.audio.joiner.ChunkJoiner`` (default
 ``[dsp]`` settings) and, for comparison, plainly concatenated. Figures (JSON, also printed):
 
   corr_outside_xfade_min   min over chunks of the correlation between the joined output and the
@@ -48,7 +48,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 sys.path.insert(1, str(ROOT / "scripts"))
 
-from actors.audio.dsp import ChunkJoiner, ChunkSpan, Int16Converter, Resampler  # noqa: E402
+from actors.audio.joiner import ChunkJoiner, ChunkSpan  # noqa: E402
+from actors.audio.output import Int16Converter  # noqa: E402
+from actors.audio.resample import Resampler  # noqa: E402
 from config.settings import Settings  # noqa: E402
 from tests.test_dsp import (  # noqa: E402
     RATE,

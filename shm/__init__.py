@@ -7,7 +7,6 @@ from shm.ring import (
     MIN_CAPACITY_FRAMES,
     PcmRing,
     PeerDeadError,
-    PeerState,
     Role,
     pid_running,
 )
@@ -19,7 +18,6 @@ __all__ = [
     "MIN_CAPACITY_FRAMES",
     "PcmRing",
     "PeerDeadError",
-    "PeerState",
     "Role",
     "pid_running",
 ]

@@ -1,10 +1,18 @@
 """Lock-free single-producer single-consumer float32 PCM ring in POSIX shared memory.
 
-The TTS worker process (producer) writes mono float32 audio; the audio-consumer process
-(consumer) reads it, usually from a PortAudio callback. Nothing here takes a lock, and the
-consumer's callback path allocates no sample buffers.
+The TTS worker process (producer) pushes mono float32 audio; the audio-consumer process
+(consumer) reads it from its PortAudio callback. Nothing here takes a lock, and the consumer's
+read path allocates no sample buffer. The API is what production calls, and no more:
 
-Layout of the segment ``/dev/shm/<name>``::
+    supervisor   create(name, capacity_frames, rate, max_fill_s)   unlink()   close()
+                 sample_rate, capacity_frames, buffer_length_seconds()
+    worker       attach(name, "producer")   start_heartbeat()   push(block)
+                 wait_for_space(n, timeout, cancel)   write_index, read_index   close()
+    consumer     attach(name, "consumer")   start_heartbeat()   clear()   read_index
+                 read_into(out, n, start_index)   commit_read(index)   close()
+    cleanup      PcmRing.unlink_name(name)   (a crashed run's leftover, an orphaned child)
+
+Layout of the segment ``/dev/shm/<name>`` (layout version 2)::
 
     offset  size   field                    owner      notes
     ------  -----  -----------------------  ---------  --------------------------------------
@@ -17,14 +25,11 @@ Layout of the segment ``/dev/shm/<name>``::
        384  u64    read_index               consumer   frames ever consumed (never wraps)
        448  u64    producer_pid             producer   0 = never attached
        512  u64    producer_heartbeat_ns    producer   CLOCK_MONOTONIC; 0 = detached cleanly
-       576  u64    producer_closed          producer   1 = end of stream (close_producer())
+       576  u64    producer_epoch           producer   +1 per producer attach (restarts)
        640  u64    consumer_pid             consumer   0 = never attached
        704  u64    consumer_heartbeat_ns    consumer   CLOCK_MONOTONIC; 0 = detached cleanly
-       768  u64    underrun_count           consumer   short read_nonblocking() calls
-       832  u64    underrun_frames          consumer   zero frames played in their place
-       896  u64    producer_epoch           producer   +1 per producer attach (restarts)
-       960  u64    consumer_epoch           consumer   +1 per consumer attach (restarts)
-      1024  ...    unused                              (header is one 4096-byte page)
+       768  u64    consumer_epoch           consumer   +1 per consumer attach (restarts)
+       832  ...    unused                              (header is one 4096-byte page)
       4096  f32    data[capacity_frames]               sample k lives at data[k & (capacity-1)]
 
     +-------------- header page (4096 B), one field per 64-byte cache line -------------+
@@ -36,38 +41,45 @@ Layout of the segment ``/dev/shm/<name>``::
     +------------------------------------------------------------------------------------+
 
 Every field sits on its own 64-byte cache line so the producer's stores (write_index,
-heartbeat) and the consumer's stores (read_index, heartbeat, underruns) never false-share.
+heartbeat) and the consumer's stores (read_index, heartbeat) never false-share.
 
 Indices, as in PortAudio's ``pa_ringbuffer.c``: both indices only ever grow (u64 frames: 2**64
 frames at 48 kHz is ~12 million years), are masked with ``capacity - 1`` on access, and the
 fill level is simply ``write_index - read_index``. The producer never lets it exceed
 ``max_fill_frames`` (<= capacity), so it never overwrites unread data.
 
+Reading is split in two, because the consumer plays only what the worker announced and skips
+what was cancelled: :meth:`PcmRing.read_into` copies frames from any ``start_index`` in
+``[read_index, write_index]`` without consuming them (so one callback block may read up to a
+skip window, jump over it and read on after it), and :meth:`PcmRing.commit_read` then moves
+``read_index`` once, past everything the block played or skipped. Until that commit the
+producer may not reuse any frame of the block, read or skipped.
+
 Memory ordering. Every header field shared across processes is read and written only through
 an ``atomics`` view (a C11 atomic on the shared page); plain numpy/struct stores to the header
 would give no ordering guarantee at all. The sample data itself is copied with plain numpy
 (memcpy) and ordered by the indices:
 
-* Producer: ``r = read_index.load(acquire)``; copy samples into ``data[w .. w+k)``;
-  ``write_index.store(w+k, release)``. The release store makes the copy visible before the new
-  index: the memcpy happens-before the store.
-* Consumer: ``w = write_index.load(acquire)``; copy ``data[r .. w)`` out;
-  ``read_index.store(r+k, release)``. The acquire load synchronises with the producer's release
-  store, so the consumer's reads of the data happen-after the producer's writes of it.
-* Symmetrically, the producer's acquire load of ``read_index`` synchronises with the consumer's
-  release store, so the consumer's reads of a region happen-before the producer reuses it:
-  unread (or still-being-read) data is never overwritten.
-* End of stream: the producer stores ``write_index`` then ``producer_closed``; the consumer
-  loads ``producer_closed`` then ``write_index``, so seeing "closed" implies seeing every
-  frame pushed before the close.
+* Producer (:meth:`push`): ``r = read_index.load(acquire)``; copy samples into
+  ``data[w .. w+k)``; ``write_index.store(w+k, release)``. The release store makes the copy
+  visible before the new index: the memcpy happens-before the store.
+* Consumer (:meth:`read_into`): ``w = write_index.load(acquire)``; copy ``data[s .. s+k)`` out
+  for ``s + k <= w``. The acquire load synchronises with the producer's release store, so the
+  consumer's reads of the data happen-after the producer's writes of it.
+* Consumer (:meth:`commit_read`, :meth:`clear`): ``read_index.store(r, release)`` after the
+  copies of the frames below ``r``. The producer's acquire load of ``read_index`` synchronises
+  with it, so the consumer's reads of a region happen-before the producer reuses it: unread (or
+  still-being-read) data is never overwritten. Frames in ``[read_index, r)`` that were skipped,
+  not read, are released the same way.
 * The immutable config fields are written before ``magic`` (a seq_cst store); an attacher
   loads ``magic`` first and rejects the segment unless it matches.
 
 The atomic calls are opaque C calls (through cffi), so neither Python nor the C compiler can
 move the numpy copies across them; the release/acquire semantics order them on the CPU (on
 x86 TSO this is free, on ARM it emits the barriers). Each atomic op costs ~4 us through cffi,
-so each hot call uses two: one load of the peer's index and one store of our own, with our own
-index cached locally (only its owner ever writes it).
+so each hot call uses at most two: one load of the peer's index and one store of our own, with
+our own index cached locally (only its owner ever writes it). ``tests/test_ring_stress.py``
+proves the argument across processes, driving this API the way the worker and the consumer do.
 
 Ownership. The creator (:meth:`PcmRing.create`) owns the segment and is the only one that
 unlinks it (:meth:`PcmRing.unlink`; :meth:`PcmRing.unlink_name` for a cleanup path). The
@@ -76,14 +88,15 @@ segment is opened with ``shm_open`` + ``mmap`` directly instead of
 attacher with the resource tracker, which unlinks the segment under everyone else when the
 attacher exits. No resource tracker ever learns about these segments.
 
-Liveness. Each side stores its pid and a CLOCK_MONOTONIC heartbeat (system-wide on Linux).
-A side is alive when its pid exists and is not a zombie and its heartbeat is fresh; a
-SIGKILLed process is seen as dead at once (its pid vanishes or turns zombie), a hung one once
-its heartbeat goes stale. Heartbeats come from :meth:`PcmRing.start_heartbeat` (a daemon
-thread), :meth:`PcmRing.beat`, and implicitly from push/read calls at most every 50 ms.
-The heartbeat thread needs the GIL: a process that holds it longer than the peer's
-``timeout_s`` (one long numpy or C-extension call that does not release it) reads as dead.
-Pick the peer's ``timeout_s`` above the longest such stall of the watched process.
+Liveness. Each side stores its pid and a CLOCK_MONOTONIC heartbeat (system-wide on Linux),
+refreshed by a daemon thread (:meth:`PcmRing.start_heartbeat`). A side is alive when its pid
+exists and is not a zombie and its heartbeat is fresh; a SIGKILLed process is seen as dead at
+once (its pid vanishes or turns zombie), a hung one once its heartbeat goes stale. Two calls
+ask: :meth:`wait_for_space` raises ``PeerDeadError`` when the consumer died (the worker never
+spins on a full ring nobody drains), and :meth:`attach` refuses a role whose holder is alive but
+takes over a dead one's (a restarted actor). The heartbeat thread needs the GIL: a process that
+holds it longer than the peer's timeout (0.5 s; one long numpy or C-extension call that does
+not release it) reads as dead.
 """
 
 from __future__ import annotations
@@ -96,7 +109,6 @@ import os
 import threading
 import time
 from collections.abc import Callable
-from types import TracebackType
 from typing import Any, Literal, NoReturn, cast
 
 import atomics
@@ -112,16 +124,17 @@ __all__ = [
     "MIN_CAPACITY_FRAMES",
     "PcmRing",
     "PeerDeadError",
-    "PeerState",
     "Role",
     "pid_running",
 ]
 
 Role = Literal["producer", "consumer"]
-PeerState = Literal["absent", "alive", "dead"]
+_PeerState = Literal["absent", "alive", "dead"]
 
 MAGIC: int = int.from_bytes(b"SKALDPCM", "little")
-LAYOUT_VERSION: int = 1
+# 2: the underrun counters and the end-of-stream flag left the header (nothing in production
+# wrote them), so the epochs moved; a version-1 segment is refused, never misread.
+LAYOUT_VERSION: int = 2
 HEADER_BYTES: int = 4096
 MIN_CAPACITY_FRAMES: int = 1024
 _CACHE_LINE = 64
@@ -138,12 +151,9 @@ _FIELDS: tuple[str, ...] = (
     "read_index",
     "producer_pid",
     "producer_heartbeat_ns",
-    "producer_closed",
+    "producer_epoch",
     "consumer_pid",
     "consumer_heartbeat_ns",
-    "underrun_count",
-    "underrun_frames",
-    "producer_epoch",
     "consumer_epoch",
 )
 assert len(_FIELDS) * _CACHE_LINE <= HEADER_BYTES
@@ -151,16 +161,13 @@ assert len(_FIELDS) * _CACHE_LINE <= HEADER_BYTES
 _ACQ = MemoryOrder.ACQUIRE
 _REL = MemoryOrder.RELEASE
 
-# Implicit heartbeats from push/read calls: frequent enough to keep an active side alive
-# without a heartbeat thread, rare enough to cost nothing measurable (one 4 us store / 50 ms).
-_IMPLICIT_BEAT_NS = 50_000_000
-# Poll period of the blocking helpers, and how often they ask whether the peer still lives
-# (a /proc read costs ~20 us, pointless every millisecond).
+# A side whose heartbeat is older than this is dead. Five missed beats of the default 0.1 s
+# interval: a loaded machine may delay a beat or two, never five.
+_PEER_TIMEOUT_S = 0.5
+# Poll period of wait_for_space, and how often it asks whether the consumer still lives (a
+# /proc read costs ~20 us, pointless every millisecond).
 _POLL_S = 0.001
 _LIVENESS_EVERY_NS = 10_000_000
-# int16 conversion works in chunks through a fixed scratch buffer, so the consumer's memory
-# does not scale with capacity and the callback path never allocates.
-_SCRATCH_FRAMES = 16384
 _HAVE_PROC = os.path.isdir("/proc/self")
 
 
@@ -216,10 +223,10 @@ class PcmRing:
 
     Get one with :meth:`create` (the owner, who later calls :meth:`unlink`) or :meth:`attach`.
     A handle acts as at most one role: ``"producer"`` (push side) or ``"consumer"`` (read
-    side); the owner may also take a role via ``create(..., role=...)`` or act as a pure
-    observer (``role=None``: fill level, underruns, liveness of both sides). Calling a
-    method of the other role raises ``RuntimeError``. One producer and one consumer at a
-    time: attaching a role whose current holder is still alive raises ``RuntimeError``.
+    side); the owner is an observer (fill level, rate) unless ``create(..., role=...)`` gives it
+    a role too (tests that play both owner and worker). Calling a method of the other role
+    raises ``RuntimeError``. One producer and one consumer at a time: attaching a role whose
+    current holder is still alive raises ``RuntimeError``.
 
     The module docstring draws the layout and gives the memory-ordering argument.
     """
@@ -240,7 +247,6 @@ class PcmRing:
         self._slices: list[memoryview] = []
         self._ctxs: list[Any] = []
         self._data: npt.NDArray[np.float32] | None = None
-        self._scratch: npt.NDArray[np.float32] | None = None
         self._hb_thread: threading.Thread | None = None
         self._hb_stop: threading.Event | None = None
         self._capacity = 0
@@ -250,8 +256,6 @@ class PcmRing:
         self._w = 0  # producer's cached write_index (it is the only writer)
         self._r = 0  # consumer's cached read_index (it is the only writer)
         self._epoch = 0
-        self._closed_local = False  # this producer called close_producer()
-        self._last_beat_ns = 0
         views: dict[str, Any] = {}
         try:
             for i, field in enumerate(_FIELDS):
@@ -274,10 +278,6 @@ class PcmRing:
         self._a_pid = {"producer": views["producer_pid"], "consumer": views["consumer_pid"]}
         self._a_hb = {"producer": views["producer_heartbeat_ns"], "consumer": views["consumer_heartbeat_ns"]}
         self._a_epoch = {"producer": views["producer_epoch"], "consumer": views["consumer_epoch"]}
-        self._a_closed = views["producer_closed"]
-        self._a_underrun_count = views["underrun_count"]
-        self._a_underrun_frames = views["underrun_frames"]
-        self._a_my_hb: Any = None
 
     @classmethod
     def create(
@@ -358,11 +358,10 @@ class PcmRing:
     def attach(cls, name: str, role: Role) -> PcmRing:
         """Attach to an existing ring as ``"producer"`` or ``"consumer"``.
 
-        A producer continues from the current ``write_index`` and clears the ``closed`` flag
-        (a restarted worker resumes the stream); a consumer continues from ``read_index``.
-        Raises ``FileNotFoundError`` if there is no such segment, ``ValueError`` if it is not
-        a skald PCM ring of this layout version, ``RuntimeError`` if the role's current holder
-        is still alive.
+        A producer continues from the current ``write_index`` (a restarted worker resumes the
+        stream); a consumer continues from ``read_index``. Raises ``FileNotFoundError`` if there
+        is no such segment, ``ValueError`` if it is not a skald PCM ring of this layout version,
+        ``RuntimeError`` if the role's current holder is still alive.
         """
         posix_name = _shm_name(name)
         role = _check_role(role)
@@ -428,24 +427,19 @@ class PcmRing:
         """Take ``role``: refuse a live holder, then publish heartbeat before pid."""
         pid_view = self._a_pid[role]
         old_pid = pid_view.load()
-        if self.side_state(role) == "alive":
+        if self._side_state(role) == "alive":
             raise RuntimeError(f"ring {self._name!r} already has a live {role} (pid {old_pid})")
         if role == "producer":
             self._w = self._a_write.load(_ACQ)
-            self._a_closed.store(0)  # a restarted producer resumes the stream
         else:
             self._r = self._a_read.load(_ACQ)
-            self._scratch = np.empty(_SCRATCH_FRAMES, dtype=np.float32)
         # Heartbeat before pid: a peer that sees the new pid must not see a stale heartbeat
         # (which would read as "dead" on the very first attach).
-        now = time.monotonic_ns()
-        self._a_hb[role].store(now)
-        self._last_beat_ns = now
+        self._a_hb[role].store(time.monotonic_ns())
         # Compare-and-swap so two processes racing to take over a dead holder cannot both win.
         if not pid_view.cmpxchg_strong(expected=old_pid, desired=os.getpid()).success:
             raise RuntimeError(f"another {role} attached to ring {self._name!r} concurrently")
         self._epoch = self._a_epoch[role].fetch_add(1) + 1
-        self._a_my_hb = self._a_hb[role]
         self._role = role
         self._active = role
 
@@ -456,23 +450,19 @@ class PcmRing:
     def close(self) -> None:
         """Stop the heartbeat, mark this side detached, release views and the mapping.
 
-        Safe to call twice. Does not unlink (see :meth:`unlink`) and does not end the stream
-        (see :meth:`close_producer`): a producer that closes without ``close_producer()``
-        reads to the consumer as dead, so a consumer waiting for more audio gets
-        ``PeerDeadError`` instead of waiting forever.
+        Safe to call twice. Does not unlink (see :meth:`unlink`). A side that closed reads to
+        its peer as dead, so a worker waiting for space gets ``PeerDeadError`` instead of
+        waiting forever, and a restarted actor may take the role over at once.
         """
         if self._mm is None:
             return
         self._active = None
-        self.stop_heartbeat()
+        self._stop_heartbeat()
         role = self._role
         if role is not None:
             try:
                 # Mark detached, unless a successor already took the role over.
-                if (
-                    self._a_pid[role].load() == os.getpid()
-                    and self._a_epoch[role].load() == self._epoch
-                ):
+                if self._a_pid[role].load() == os.getpid() and self._a_epoch[role].load() == self._epoch:
                     self._a_hb[role].store(0)
             except ValueError:
                 pass  # views already released: nothing to mark
@@ -482,7 +472,6 @@ class PcmRing:
         # Exported buffers (numpy arrays, memoryview slices, cffi buffers) must all be
         # released before mmap.close(), or it raises BufferError.
         self._data = None
-        self._a_my_hb = None
         for ctx in self._ctxs:
             ctx.__exit__(None, None, None)
         self._ctxs.clear()
@@ -513,21 +502,6 @@ class PcmRing:
         except FileNotFoundError:
             pass
 
-    def __enter__(self) -> PcmRing:
-        """Return this handle; leaving the block closes it (and unlinks, for the owner)."""
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        """Close; the owner also unlinks."""
-        self.close()
-        if self._owner:
-            self.unlink()
-
     def __repr__(self) -> str:
         state = "closed" if self._mm is None else (self._role or "observer")
         return (
@@ -536,28 +510,13 @@ class PcmRing:
         )
 
     # ------------------------------------------------------------------------------------
-    # common read-only properties
+    # read-only properties
     # ------------------------------------------------------------------------------------
 
     @property
     def name(self) -> str:
-        """Segment name, without the leading slash."""
+        """Segment name, without the leading slash (what attachers are given)."""
         return self._name
-
-    @property
-    def role(self) -> Role | None:
-        """``"producer"``, ``"consumer"`` or ``None`` (owner acting as observer)."""
-        return self._role
-
-    @property
-    def is_owner(self) -> bool:
-        """True for the handle that created the segment."""
-        return self._owner
-
-    @property
-    def closed(self) -> bool:
-        """True once :meth:`close` was called on this handle."""
-        return self._mm is None
 
     @property
     def capacity_frames(self) -> int:
@@ -570,11 +529,6 @@ class PcmRing:
         return self._sample_rate
 
     @property
-    def max_fill_frames(self) -> int:
-        """Most frames that may be buffered at once."""
-        return self._max_fill
-
-    @property
     def write_index(self) -> int:
         """Total frames ever pushed."""
         self._check_open()
@@ -582,36 +536,13 @@ class PcmRing:
 
     @property
     def read_index(self) -> int:
-        """Total frames ever consumed."""
+        """Total frames ever consumed (played or skipped)."""
         self._check_open()
         return self._r if self._role == "consumer" else int(self._a_read.load(_ACQ))
 
-    @property
-    def producer_closed(self) -> bool:
-        """True once the producer ended the stream with :meth:`close_producer`."""
-        self._check_open()
-        return bool(self._a_closed.load())
-
-    @property
-    def underruns(self) -> tuple[int, int]:
-        """``(count, frames)``: short :meth:`read_nonblocking` calls while the stream was open."""
-        self._check_open()
-        return int(self._a_underrun_count.load()), int(self._a_underrun_frames.load())
-
-    def available_frames(self) -> int:
-        """Frames pushed but not yet consumed."""
-        self._check_open()
-        w = self._w if self._role == "producer" else self._a_write.load(_ACQ)
-        r = self._r if self._role == "consumer" else self._a_read.load(_ACQ)
-        return int(w - r)
-
-    def free_frames(self) -> int:
-        """Frames the producer may push now without exceeding ``max_fill_frames``."""
-        return self._max_fill - self.available_frames()
-
     def buffer_length_seconds(self) -> float:
-        """Buffered audio in seconds."""
-        return self.available_frames() / self._sample_rate
+        """Audio pushed but not yet consumed, in seconds."""
+        return (self.write_index - self.read_index) / self._sample_rate
 
     # ------------------------------------------------------------------------------------
     # producer
@@ -627,8 +558,6 @@ class PcmRing:
         """
         if self._active != "producer":
             self._wrong_role("producer", "push")
-        if self._closed_local:
-            raise RuntimeError("push() after close_producer(): the stream has ended")
         if not isinstance(block, np.ndarray):
             raise TypeError(f"push() takes a numpy float32 array, got {type(block).__name__}")
         if block.ndim != 1:
@@ -639,22 +568,20 @@ class PcmRing:
             block = block.astype(np.float32)
         n = block.shape[0]
         w = self._w
-        r = self._a_read.load(_ACQ)
+        r = self._a_read.load(_ACQ)  # before the copy: frames below r are free to reuse
         k = min(n, self._max_fill - (w - r))
-        if k > 0:
-            data = self._data
-            assert data is not None
-            pos = w & self._mask
-            first = min(k, self._capacity - pos)
-            data[pos : pos + first] = block[:first]
-            if k > first:  # wrapped
-                data[: k - first] = block[first:k]
-            w += k
-            self._a_write.store(w, _REL)  # publishes the copy above
-            self._w = w
-        else:
-            k = 0
-        self._maybe_beat()
+        if k <= 0:
+            return 0
+        data = self._data
+        assert data is not None
+        pos = w & self._mask
+        first = min(k, self._capacity - pos)
+        data[pos : pos + first] = block[:first]
+        if k > first:  # wrapped
+            data[: k - first] = block[first:k]
+        w += k
+        self._a_write.store(w, _REL)  # publishes the copy above
+        self._w = w
         return k
 
     def wait_for_space(
@@ -686,48 +613,47 @@ class PcmRing:
                 next_liveness = now + _LIVENESS_EVERY_NS
             if deadline is not None and now >= deadline:
                 return False
-            self._maybe_beat()
             time.sleep(_POLL_S)
-
-    def close_producer(self) -> None:
-        """End the stream: the consumer drains what is left, then blocking reads return empty."""
-        if self._active != "producer":
-            self._wrong_role("producer", "close_producer")
-        # After every write_index store (program order + seq_cst): see module docstring.
-        self._a_closed.store(1)
-        self._closed_local = True
 
     # ------------------------------------------------------------------------------------
     # consumer
     # ------------------------------------------------------------------------------------
 
-    def read_into(self, out: npt.NDArray[Any], n: int, start_index: int | None = None) -> int:
+    def read_into(self, out: npt.NDArray[np.float32], n: int, start_index: int | None = None) -> int:
         """Copy ``min(n, write_index - start)`` frames into ``out[:k]`` without consuming them.
 
         ``start`` is ``start_index`` or the read index; it must lie in
-        ``[read_index, write_index]``. ``out`` is a 1-D float32 or int16 array with at least
-        ``n`` elements; int16 output is scaled by 32767 and clipped to [-32768, 32767] (never
-        wraps; NaN becomes -32768). Allocates no sample buffers: callable from an audio
-        callback. Returns the number of frames copied.
+        ``[read_index, write_index]`` (below ``read_index`` the producer may already have
+        reused the frames). ``out`` is a 1-D float32 array with at least ``n`` elements.
+        Allocates no sample buffer: callable from an audio callback. Returns the frames copied.
         """
         if self._active != "consumer":
             self._wrong_role("consumer", "read_into")
-        self._check_out(out)
+        if not isinstance(out, np.ndarray) or out.ndim != 1 or out.dtype != np.float32:
+            got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
+            raise TypeError(f"out must be a 1-D float32 numpy array, got {got}")
         if not 0 <= n <= out.shape[0]:
             raise ValueError(f"read_into(n={n}): n must be in 0..len(out)={out.shape[0]}")
-        w = self._a_write.load(_ACQ)
+        w = self._a_write.load(_ACQ)  # before the copy: frames below w are published
         start = self._r if start_index is None else operator.index(start_index)
         if not self._r <= start <= w:
             raise ValueError(
                 f"read_into(start_index={start_index}): must be in [read_index={self._r}, write_index={w}]"
             )
         k = min(n, w - start)
-        if k > 0:
-            self._copy_out(out, start, k)
+        if k <= 0:
+            return 0
+        data = self._data
+        assert data is not None
+        pos = start & self._mask
+        first = min(k, self._capacity - pos)
+        out[:first] = data[pos : pos + first]
+        if k > first:  # wrapped
+            out[first:k] = data[: k - first]
         return k
 
     def commit_read(self, new_read_index: int) -> None:
-        """Consume up to ``new_read_index``: frames before it may now be overwritten.
+        """Consume up to ``new_read_index``: frames before it, read or skipped, may be overwritten.
 
         Raises ``ValueError`` unless ``read_index <= new_read_index <= write_index``.
         """
@@ -736,18 +662,12 @@ class PcmRing:
         new_read_index = operator.index(new_read_index)  # numpy ints have no to_bytes()
         w = self._a_write.load(_ACQ)
         if not self._r <= new_read_index <= w:
-            raise ValueError(
-                f"commit_read({new_read_index}): must be in [read_index={self._r}, write_index={w}]"
-            )
-        self._a_read.store(new_read_index, _REL)
+            raise ValueError(f"commit_read({new_read_index}): must be in [read_index={self._r}, write_index={w}]")
+        self._a_read.store(new_read_index, _REL)  # after the block's copies (module docstring)
         self._r = new_read_index
 
-    def skip_to(self, index: int) -> None:
-        """Discard frames up to ``index`` (cancel paths); same rules as :meth:`commit_read`."""
-        self.commit_read(index)
-
     def clear(self) -> int:
-        """Discard everything buffered (consumer-side cancel); returns frames discarded."""
+        """Discard everything pushed so far (a consumer starting up); returns frames discarded."""
         if self._active != "consumer":
             self._wrong_role("consumer", "clear")
         w = self._a_write.load(_ACQ)
@@ -756,138 +676,15 @@ class PcmRing:
         self._r = w
         return int(dropped)
 
-    def read_nonblocking(self, out: npt.NDArray[Any]) -> int:
-        """Audio-callback read: fill ``out`` (float32 or int16), consuming what was copied.
-
-        Copies up to ``len(out)`` frames, zero-fills the rest, and when it was short while
-        the stream is still open counts an underrun (``underrun_count += 1``,
-        ``underrun_frames += missing``). No allocation, lock, logging or blocking. Returns
-        the frames copied.
-        """
-        if self._active != "consumer":
-            self._wrong_role("consumer", "read_nonblocking")
-        self._check_out(out)
-        n = out.shape[0]
-        r = self._r
-        k = min(n, self._a_write.load(_ACQ) - r)
-        if k > 0:
-            self._copy_out(out, r, k)
-            r += k
-            self._a_read.store(r, _REL)  # after the copy: the producer may now reuse the frames
-            self._r = r
-        else:
-            k = 0
-        if k < n:
-            out[k:] = 0
-            if not self._a_closed.load():
-                self._a_underrun_count.add(1)
-                self._a_underrun_frames.add(n - k)
-        self._maybe_beat()
-        return int(k)
-
-    def pop_block(self, n: int, timeout: float | None = None) -> npt.NDArray[np.int16]:
-        """Block (sleep-poll ~1 ms) until ``n`` frames are available; consume and return them as int16.
-
-        Returns fewer frames (possibly none) once the producer closed the stream and the ring
-        is drained, or when the producer died with frames still buffered. Raises
-        ``PeerDeadError`` when the producer is dead and nothing is left, ``TimeoutError``
-        after ``timeout`` seconds (nothing is consumed then). A producer that has not attached
-        yet is waited for.
-        """
-        if self._active != "consumer":
-            self._wrong_role("consumer", "pop_block")
-        if not 0 <= n <= self._max_fill:
-            raise ValueError(f"pop_block(n={n}): n must be in 0..max_fill_frames={self._max_fill}")
-        deadline = None if timeout is None else time.monotonic_ns() + int(timeout * 1e9)
-        next_liveness = 0
-        while True:
-            # closed before write_index: seeing "closed" then guarantees seeing every frame.
-            closed = self._a_closed.load()
-            avail = self._a_write.load(_ACQ) - self._r
-            if avail >= n or closed:
-                return self._take(min(n, avail))
-            now = time.monotonic_ns()
-            if now >= next_liveness:
-                if self.side_state("producer") == "dead":
-                    # Re-read both: it may have ended the stream (close_producer(); close()) since
-                    # the loads above, and frames pushed just before it died are still good audio.
-                    closed = self._a_closed.load()
-                    avail = self._a_write.load(_ACQ) - self._r
-                    if avail > 0 or closed:
-                        return self._take(min(n, avail))
-                    self._raise_if_peer_dead("producer")
-                next_liveness = now + _LIVENESS_EVERY_NS
-            if deadline is not None and now >= deadline:
-                raise TimeoutError(f"pop_block({n}) timed out after {timeout} s ({avail} frames available)")
-            self._maybe_beat()
-            time.sleep(_POLL_S)
-
-    def _take(self, k: int) -> npt.NDArray[np.int16]:
-        out = np.empty(k, dtype=np.int16)
-        if k > 0:
-            self._copy_out(out, self._r, k)
-            self._r += k
-            self._a_read.store(self._r, _REL)
-        self._maybe_beat()
-        return out
-
-    def _check_out(self, out: npt.NDArray[Any]) -> None:
-        if not isinstance(out, np.ndarray) or out.ndim != 1 or out.dtype not in (np.float32, np.int16):
-            got = f"{out.dtype} {out.shape}" if isinstance(out, np.ndarray) else type(out).__name__
-            raise TypeError(f"out must be a 1-D float32 or int16 numpy array, got {got}")
-
-    def _copy_out(self, out: npt.NDArray[Any], start: int, k: int) -> None:
-        """Copy frames [start, start+k) into out[:k]; the caller guarantees they are published."""
-        if out.dtype == np.float32:
-            self._gather(out, start, k)
-            return
-        scratch = self._scratch
-        assert scratch is not None
-        done = 0
-        while done < k:
-            m = min(k - done, _SCRATCH_FRAMES)
-            s = scratch[:m]
-            self._gather(s, start + done, m)
-            # Scale and clip in place; fmax/fmin (not clip) so NaN becomes a defined value
-            # instead of a cast warning inside the audio callback.
-            np.multiply(s, 32767.0, out=s)
-            np.fmax(s, -32768.0, out=s)
-            np.fmin(s, 32767.0, out=s)
-            np.copyto(out[done : done + m], s, casting="unsafe")
-            done += m
-
-    def _gather(self, dst: npt.NDArray[np.float32], start: int, k: int) -> None:
-        data = self._data
-        assert data is not None
-        pos = start & self._mask
-        first = min(k, self._capacity - pos)
-        dst[:first] = data[pos : pos + first]
-        if k > first:  # wrapped
-            dst[first:k] = data[: k - first]
-
     # ------------------------------------------------------------------------------------
     # liveness
     # ------------------------------------------------------------------------------------
 
-    def beat(self) -> None:
-        """Refresh this side's heartbeat now."""
-        if self._active is None:
-            self._wrong_role(None, "beat")
-        now = time.monotonic_ns()
-        self._a_my_hb.store(now)
-        self._last_beat_ns = now
-
-    def _maybe_beat(self) -> None:
-        now = time.monotonic_ns()
-        if now - self._last_beat_ns >= _IMPLICIT_BEAT_NS:
-            self._a_my_hb.store(now)
-            self._last_beat_ns = now
-
     def start_heartbeat(self, interval_s: float = 0.1) -> None:
         """Start a daemon thread refreshing this side's heartbeat every ``interval_s`` (idempotent).
 
-        Needed when this side may go quiet (a producer between utterances): peers consider a
-        side dead once its heartbeat is older than their ``timeout_s`` (default 0.5 s).
+        Every actor that holds a role calls this right after attaching: its peer considers it
+        dead once its heartbeat is older than 0.5 s, whether or not audio is flowing.
         """
         if self._active is None:
             self._wrong_role(None, "start_heartbeat")
@@ -898,62 +695,40 @@ class PcmRing:
         stop = threading.Event()
         thread = threading.Thread(
             target=self._heartbeat_loop,
-            args=(stop, interval_s),
+            args=(self._a_hb[self._active], stop, interval_s),
             name=f"skald-ring-heartbeat-{self._name}",
             daemon=True,
         )
         self._hb_stop, self._hb_thread = stop, thread
         thread.start()
 
-    def stop_heartbeat(self) -> None:
-        """Stop the heartbeat thread, if any (``close()`` does this)."""
+    def _stop_heartbeat(self) -> None:
         if self._hb_stop is not None:
             self._hb_stop.set()
         if self._hb_thread is not None:
             self._hb_thread.join()
         self._hb_stop = self._hb_thread = None
 
-    def _heartbeat_loop(self, stop: threading.Event, interval_s: float) -> None:
-        hb = self._a_my_hb
+    @staticmethod
+    def _heartbeat_loop(hb: Any, stop: threading.Event, interval_s: float) -> None:
         while True:
             hb.store(time.monotonic_ns())
             if stop.wait(interval_s):
                 return
 
-    def side_state(self, side: Role, timeout_s: float = 0.5) -> PeerState:
-        """Liveness of ``side``: "absent" (never attached), "alive" or "dead".
-
-        Alive means: its pid exists and is not a zombie, and its heartbeat is younger than
-        ``timeout_s``. A side that closed its handle reads as dead.
-        """
+    def _side_state(self, side: Role) -> _PeerState:
+        """Liveness of ``side``: absent (never attached), alive (pid running, heartbeat fresh) or dead."""
         self._check_open()
-        side = _check_role(side)
         pid = self._a_pid[side].load()
         if pid == 0:
             return "absent"
         hb = self._a_hb[side].load()
         if hb == 0 or not pid_running(pid):
             return "dead"
-        return "alive" if time.monotonic_ns() - hb < timeout_s * 1e9 else "dead"
-
-    def peer_state(self, timeout_s: float = 0.5) -> PeerState:
-        """:meth:`side_state` of the other role (this handle must have a role)."""
-        if self._active is None:
-            self._wrong_role(None, "peer_state")
-        return self.side_state("consumer" if self._role == "producer" else "producer", timeout_s)
-
-    def peer_alive(self, timeout_s: float = 0.5) -> bool:
-        """True if the other side is attached and alive (see :meth:`side_state`)."""
-        return self.peer_state(timeout_s) == "alive"
-
-    def peer_pid(self) -> int:
-        """Pid last stored by the other side (0 if it never attached)."""
-        if self._active is None:
-            self._wrong_role(None, "peer_pid")
-        return int(self._a_pid["consumer" if self._role == "producer" else "producer"].load())
+        return "alive" if time.monotonic_ns() - hb < _PEER_TIMEOUT_S * 1e9 else "dead"
 
     def _raise_if_peer_dead(self, side: Role) -> None:
-        if self.side_state(side) == "dead":
+        if self._side_state(side) == "dead":
             pid = int(self._a_pid[side].load())
             raise PeerDeadError(f"the {side} of ring {self._name!r} (pid {pid}) is dead", side=side, pid=pid)
 

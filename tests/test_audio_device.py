@@ -113,7 +113,7 @@ def test_upsampled_device_playback_matches_piper_and_is_gap_free(
     22050 Hz: ``skald speak --sink device`` is recorded at 44.1 kHz and compared with raw Piper
     output (the joiner's reference), upsampled by soxr: same correlation bar as the native-rate
     test, every voiced 100 ms window in place (a gap or slip anywhere collapses the later ones)."""
-    from actors.audio.dsp import resample
+    from actors.audio.resample import resample
     from tests.conftest import ROOT, server_env
     from tests.test_speech_output import DETERMINISTIC, SHORT, _raw_piper, assert_recording_plays, joined_reference
 

@@ -1,4 +1,4 @@
-"""actors/dsp.py: chunk joiner (crossfade, silence trim, DC), int16 conversion, rates, channels, resampling.
+"""actors/audio: chunk joiner (crossfade, silence trim, DC), int16 conversion, rates, channels, resampling.
 
 Real measurements on real audio: the seam and trim tests use Piper's own output for the chunk plan
 of config/samples/crypt.txt (default voice, generator noise off so the audio is the same every
@@ -10,6 +10,7 @@ mean the same thing.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import tracemalloc
 from collections.abc import Callable, Sequence
@@ -23,22 +24,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from actors.audio.dsp import (
-    DEFAULT_PAUSES_MS,
-    ChunkJoiner,
-    ChunkSpan,
-    DcBlocker,
-    DspError,
-    Int16Converter,
-    IntegerUpsampler,
-    Resampler,
-    equal_power_gains,
-    float_to_int16,
-    pause_kind,
-    resample,
-    to_mono,
-    validate_rate,
-)
+from actors.audio.joiner import DEFAULT_PAUSES_MS, ChunkJoiner, ChunkSpan, DcBlocker, equal_power_gains
+from actors.audio.output import Int16Converter, IntegerUpsampler, float_to_int16
+from actors.audio.pcm import DspError, to_mono, validate_rate
+from actors.audio.resample import Resampler, resample
+from actors.text.punctuation import pause_kind
 
 F32 = npt.NDArray[np.float32]
 RATE = 22050
@@ -73,7 +63,7 @@ def sweep_response(
 
     Input: ``x(t) = A sin φ(t)``, ``A = 0.5`` (-6 dBFS), instantaneous frequency rising linearly
     from 20 Hz to 0.995 × the input Nyquist over ``duration_s``, 20 ms raised-cosine fades at both
-    ends; float32 at ``in_rate``. ``process`` (default: one-shot ``dsp.resample``) gives ``y`` at
+    ends; float32 at ``in_rate``. ``process`` (default: one-shot ``resample``) gives ``y`` at
     ``out_rate``. Because the sweep is analytic, the ideal output at every output sample time
     ``t_n = n / out_rate`` is known exactly. ``y`` is cut into ``frame_ms`` frames (no overlap),
     skipping 50 ms at each end (fades, filter edges). Per frame:
@@ -227,17 +217,31 @@ def split(a: F32, cuts: Sequence[int]) -> list[F32]:
     return [a[lo:hi] for lo, hi in itertools.pairwise(edges)]
 
 
-def test_importing_dsp_stays_light() -> None:
-    """The audio consumer imports this module: no engine, no torch, no onnxruntime may come with it."""
+HEAVY = ("soxr", "torch", "onnxruntime", "piper", "TTS")
+
+
+def heavy_modules(module: str) -> list[str]:
+    """The heavy modules importing ``module`` brings into a fresh interpreter."""
     import subprocess
     import sys
 
-    code = (
-        "import sys, actors.audio.dsp; "
-        "print(sorted(m for m in ('torch', 'onnxruntime', 'piper', 'TTS') if m in sys.modules))"
-    )
+    code = f"import json, sys, {module}; print(json.dumps(sorted(m for m in {HEAVY!r} if m in sys.modules)))"
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
-    assert out.stdout.strip() == "[]"
+    return list(json.loads(out.stdout))
+
+
+@pytest.mark.parametrize("module", ["actors.audio.output", "actors.audio_consumer"])
+def test_callback_side_imports_no_soxr_and_no_engine(module: str) -> None:
+    """The audio consumer process imports the callback side: no soxr (the worker resamples), no
+    engine, no torch, no onnxruntime may come with it."""
+    assert heavy_modules(module) == []
+
+
+def test_worker_side_imports_no_engine_and_the_check_sees_soxr() -> None:
+    """The joiner and the resampler run in the worker: soxr is theirs, engines are not. (That the
+    check reports soxr here shows it would catch soxr on the callback side.)"""
+    assert heavy_modules("actors.audio.joiner") == []
+    assert heavy_modules("actors.audio.resample") == ["soxr"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -579,6 +583,24 @@ def test_int16_clips_and_never_wraps() -> None:
         assert full.max() == 32767 and full.min() == -32768
         assert np.all(full[0::4] >= 32766) and np.all(full[2::4] == 32767)
         assert np.all(full[1::4] <= -32766) and np.all(full[3::4] == -32768)
+
+
+def test_nan_becomes_silence_with_and_without_dither() -> None:
+    """NaN → 0 (not the -32768 a bare clip-and-cast gives: a full-scale click), on every path,
+    its neighbours untouched, and without a cast warning (the callback must never warn)."""
+    import warnings
+
+    x = np.array([0.5, np.nan, -0.5, np.nan, np.nan, 0.25], dtype=np.float32)
+    for dither in (False, True):
+        out = np.full(len(x), 123, np.int16)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            Int16Converter(4, dither=dither, seed=5).convert(x, out)  # 4 < len(x): two passes
+        assert out[[1, 3, 4]].tolist() == [0, 0, 0], dither
+        clean = float_to_int16(np.nan_to_num(x, nan=0.0), dither=dither, seed=5)
+        if not dither:
+            np.testing.assert_array_equal(out, clean)
+        assert np.all(np.abs(out[[0, 2, 5]].astype(np.int32) - [16384, -16384, 8192]) <= 1), dither
 
 
 def test_tpdf_dither_statistics() -> None:

@@ -1,4 +1,8 @@
-"""In-process unit tests of shm.PcmRing (plus one spawned attacher for the unlink rule)."""
+"""In-process unit tests of shm.PcmRing (plus one spawned attacher for the unlink rule).
+
+The ring's API is what the worker and the consumer call (see ``shm/ring.py``); readers that
+tests want beyond it are in ``tests/support/ring_reader.py``, built on that API and tested here.
+"""
 
 from __future__ import annotations
 
@@ -8,9 +12,8 @@ import itertools
 import mmap
 import multiprocessing
 import os
-import time
 import tracemalloc
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 import numpy as np
 import numpy.typing as npt
@@ -19,6 +22,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shm import HEADER_BYTES, LAYOUT_VERSION, PcmRing, PeerDeadError
+from tests.support.ring_reader import WindowedReader, pattern, take
 
 _seq = itertools.count()
 
@@ -42,32 +46,42 @@ def no_leftover_segments() -> Iterator[None]:
     assert not left, f"test left shared-memory segments behind: {left}"
 
 
-Pair = tuple[PcmRing, PcmRing]
+class Rings:
+    """Handles made by one test; all closed, and the owners' segments unlinked, at its end."""
+
+    def __init__(self) -> None:
+        self.handles: list[PcmRing] = []
+        self.owners: list[PcmRing] = []
+
+    def create(self, capacity: int = 1024, rate: int = 1000, max_fill_s: float = 1.0) -> PcmRing:
+        """A fresh ring owned by an observer handle, as the supervisor owns the real one."""
+        owner = PcmRing.create(seg_name(), capacity, rate, max_fill_s)
+        self.owners.append(owner)
+        return owner
+
+    def attach(self, name: str, role: str) -> PcmRing:
+        ring = PcmRing.attach(name, role)  # type: ignore[arg-type]
+        self.handles.append(ring)
+        return ring
+
+    def pair(self, capacity: int = 1024, rate: int = 1000, max_fill_s: float = 1.0) -> tuple[PcmRing, PcmRing]:
+        """(producer, consumer) attached to a fresh ring."""
+        owner = self.create(capacity, rate, max_fill_s)
+        return self.attach(owner.name, "producer"), self.attach(owner.name, "consumer")
+
+    def close(self) -> None:
+        for ring in reversed(self.handles):
+            ring.close()
+        for owner in self.owners:
+            owner.close()
+            owner.unlink()
 
 
 @pytest.fixture
-def make_pair() -> Iterator[Callable[..., Pair]]:
-    """Factory: (producer, consumer) attached to a fresh ring owned by an observer handle."""
-    owned: list[PcmRing] = []
-
-    def make(capacity: int = 1024, rate: int = 1000, max_fill_s: float = 1.0) -> Pair:
-        owner = PcmRing.create(seg_name(), capacity, rate, max_fill_s)
-        owned.append(owner)
-        prod = PcmRing.attach(owner.name, "producer")
-        cons = PcmRing.attach(owner.name, "consumer")
-        owned.extend((prod, cons))
-        return prod, cons
-
-    yield make
-    for ring in reversed(owned):
-        ring.close()
-        if ring.is_owner:
-            ring.unlink()
-
-
-def seq(start: int, n: int) -> npt.NDArray[np.float32]:
-    """Frames start..start+n of the check sequence; exact in float32."""
-    return ((np.arange(start, start + n, dtype=np.int64) % 2**20) / 2**20).astype(np.float32)
+def rings() -> Iterator[Rings]:
+    made = Rings()
+    yield made
+    made.close()
 
 
 # ----------------------------------------------------------------------------------------
@@ -75,20 +89,18 @@ def seq(start: int, n: int) -> npt.NDArray[np.float32]:
 # ----------------------------------------------------------------------------------------
 
 
-def test_create_rounds_capacity_and_publishes_config() -> None:
-    with PcmRing.create(seg_name(), 3000, 48000, 0.05) as owner:
-        assert owner.capacity_frames == 4096
-        assert owner.max_fill_frames == 2400
-        assert owner.sample_rate == 48000
-        assert os.path.getsize(f"/dev/shm/{owner.name}") == HEADER_BYTES + 4096 * 4
-        cons = PcmRing.attach(owner.name, "consumer")
-        try:
-            assert (cons.capacity_frames, cons.max_fill_frames, cons.sample_rate) == (4096, 2400, 48000)
-            assert cons.write_index == cons.read_index == 0
-            assert cons.underruns == (0, 0)
-        finally:
-            cons.close()
-    assert not os.path.exists(f"/dev/shm/{owner.name}"), "owner's context exit must unlink"
+def test_create_rounds_capacity_and_publishes_config(rings: Rings) -> None:
+    owner = rings.create(3000, 48000, 0.05)
+    assert owner.capacity_frames == 4096
+    assert owner.sample_rate == 48000
+    assert os.path.getsize(f"/dev/shm/{owner.name}") == HEADER_BYTES + 4096 * 4
+    prod, cons = rings.attach(owner.name, "producer"), rings.attach(owner.name, "consumer")
+    assert (cons.capacity_frames, cons.sample_rate) == (4096, 48000)
+    assert cons.write_index == cons.read_index == owner.write_index == 0
+    # max_fill_s = 0.05 s at 48 kHz: the overfill guard is 2400 frames, below the capacity.
+    assert prod.push(pattern(0, 4096)) == 2400
+    assert owner.buffer_length_seconds() == pytest.approx(0.05)
+    assert not prod.wait_for_space(1, timeout=0)
 
 
 def test_unlink_name_is_idempotent_and_only_owner_unlinks() -> None:
@@ -107,34 +119,33 @@ def test_unlink_name_is_idempotent_and_only_owner_unlinks() -> None:
     owner.close()  # close twice is safe
 
 
-def test_create_existing_name_fails_without_touching_it() -> None:
-    with PcmRing.create(seg_name(), 1024, 1000, 1.0, role="producer") as owner:
-        owner.push(seq(0, 10))
-        with pytest.raises(FileExistsError):
-            PcmRing.create(owner.name, 1024, 1000, 1.0)
-        assert os.path.exists(f"/dev/shm/{owner.name}")
-        assert owner.available_frames() == 10
+def test_create_existing_name_fails_without_touching_it(rings: Rings) -> None:
+    prod, _ = rings.pair()
+    prod.push(pattern(0, 10))
+    with pytest.raises(FileExistsError):
+        PcmRing.create(prod.name, 1024, 1000, 1.0)
+    assert os.path.exists(f"/dev/shm/{prod.name}")
+    assert prod.write_index == 10 and prod.read_index == 0
 
 
 def _attach_and_exit(name: str, role: str) -> None:
     ring = PcmRing.attach(name, role)  # type: ignore[arg-type]
     if role == "producer":
-        assert ring.push(seq(0, 100)) == 100
+        assert ring.push(pattern(0, 100)) == 100
     # Exit without close(): the crash-like path is the one a resource tracker would act on.
 
 
 @pytest.mark.parametrize("role", ["producer", "consumer"])
-def test_attacher_exit_does_not_unlink(role: str) -> None:
-    with PcmRing.create(seg_name(), 1024, 1000, 1.0) as owner:
-        proc = multiprocessing.get_context("spawn").Process(target=_attach_and_exit, args=(owner.name, role))
-        proc.start()
-        proc.join(60)
-        assert proc.exitcode == 0
-        assert os.path.exists(f"/dev/shm/{owner.name}"), "attacher's exit removed the segment"
-        again = PcmRing.attach(owner.name, role)  # type: ignore[arg-type]
-        again.close()
-        if role == "producer":
-            assert owner.available_frames() == 100
+def test_attacher_exit_does_not_unlink(rings: Rings, role: str) -> None:
+    owner = rings.create()
+    proc = multiprocessing.get_context("spawn").Process(target=_attach_and_exit, args=(owner.name, role))
+    proc.start()
+    proc.join(60)
+    assert proc.exitcode == 0
+    assert os.path.exists(f"/dev/shm/{owner.name}"), "attacher's exit removed the segment"
+    rings.attach(owner.name, role)  # its role is free again: the holder is gone
+    if role == "producer":
+        assert owner.write_index == 100
 
 
 # ----------------------------------------------------------------------------------------
@@ -146,137 +157,111 @@ def test_attacher_exit_does_not_unlink(role: str) -> None:
 @given(
     max_fill=st.integers(1, 1024),
     ops=st.lists(
-        st.tuples(st.sampled_from(["push", "into", "nonblock", "pop"]), st.integers(0, 2500)),
+        st.tuples(st.sampled_from(["push", "read", "peek", "skip"]), st.integers(0, 2500), st.integers(0, 2500)),
         min_size=1,
         max_size=60,
     ),
 )
-def test_wrap_around_matches_model(max_fill: int, ops: list[tuple[str, int]]) -> None:
-    """Random push/read sizes around a 1024-frame ring: output is exactly the input, in order."""
-    with PcmRing.create(seg_name(), 1024, 1024, max_fill / 1024, role="producer") as prod:
-        cons = PcmRing.attach(prod.name, "consumer")
-        try:
-            pushed = 0  # frames accepted so far
-            got: list[npt.NDArray[np.float32]] = []
-            read = 0
-            for op, n in ops:
-                if op == "push":
-                    accepted = prod.push(seq(pushed, n))
-                    assert accepted == min(n, max_fill - (pushed - read))
-                    pushed += accepted
-                elif op == "into":
-                    out = np.full(n, -7.0, dtype=np.float32)
-                    k = cons.read_into(out, n)
-                    assert k == min(n, pushed - read)
-                    assert np.all(out[k:] == -7.0), "read_into wrote past k"
-                    cons.commit_read(read + k)
-                    got.append(out[:k].copy())
-                    read += k
-                elif op == "nonblock":
-                    out = np.full(n, -7.0, dtype=np.float32)
-                    k = cons.read_nonblocking(out)
-                    assert k == min(n, pushed - read)
-                    assert np.all(out[k:] == 0.0)
-                    got.append(out[:k].copy())
-                    read += k
-                else:
-                    n = min(n, max_fill)
-                    if pushed - read >= n:
-                        block = cons.pop_block(n, timeout=1.0)
-                        expect = np.clip(seq(read, n) * 32767, -32768, 32767).astype(np.int16)
-                        np.testing.assert_array_equal(block, expect)
-                        read += n
-                        got.append(seq(read - n, n))  # verified above as int16
-                assert prod.write_index == cons.write_index == pushed
-                assert cons.read_index == prod.read_index == read
-                assert cons.available_frames() == pushed - read
-                assert prod.free_frames() == max_fill - (pushed - read)
-            stream = np.concatenate([np.zeros(0, np.float32), *got])
-            np.testing.assert_array_equal(stream, seq(0, read))
-        finally:
-            cons.close()
+def test_wrap_around_matches_model(max_fill: int, ops: list[tuple[str, int, int]]) -> None:
+    """Random pushes, reads, peeks at any start index and skips around a 1024-frame ring: every
+    frame read is the frame pushed at that index, and the indices follow the model."""
+    owner = PcmRing.create(seg_name(), 1024, 1024, max_fill / 1024)
+    prod = PcmRing.attach(owner.name, "producer")
+    cons = PcmRing.attach(owner.name, "consumer")
+    try:
+        pushed = read = 0  # the model: frames accepted, frames consumed
+        for op, a, b in ops:
+            if op == "push":
+                accepted = prod.push(pattern(pushed, a))
+                assert accepted == min(a, max_fill - (pushed - read))
+                pushed += accepted
+            elif op == "read":  # the consumer's block: read then commit
+                out = np.full(a, -7.0, dtype=np.float32)
+                k = cons.read_into(out, a)
+                assert k == min(a, pushed - read)
+                assert np.all(out[k:] == -7.0), "read_into wrote past k"
+                np.testing.assert_array_equal(out[:k], pattern(read, k))
+                cons.commit_read(read + k)
+                read += k
+            elif op == "peek":  # a piece after a skip window: any start in [read, pushed]
+                start = read + b % (pushed - read + 1)
+                out = np.full(a, -7.0, dtype=np.float32)
+                k = cons.read_into(out, a, start_index=start)
+                assert k == min(a, pushed - start)
+                np.testing.assert_array_equal(out[:k], pattern(start, k))
+                assert cons.read_index == read, "read_into must not consume"
+            else:  # skip: consume without reading
+                to = read + a % (pushed - read + 1)
+                cons.commit_read(to)
+                read = to
+            assert prod.write_index == cons.write_index == owner.write_index == pushed
+            assert cons.read_index == prod.read_index == owner.read_index == read
+            assert owner.buffer_length_seconds() == (pushed - read) / 1024
+    finally:
+        cons.close()
+        prod.close()
+        owner.close()
+        owner.unlink()
 
 
-def test_overfill_guard_never_overwrites_unread(make_pair: Callable[..., Pair]) -> None:
-    prod, cons = make_pair(capacity=1024, rate=1000, max_fill_s=0.9)  # max_fill 900 < capacity
-    assert prod.push(seq(0, 1000)) == 900
-    assert prod.push(seq(900, 10)) == 0
-    assert prod.free_frames() == 0
-    out = np.empty(400, np.float32)
-    assert cons.read_nonblocking(out) == 400
-    assert prod.push(seq(900, 1000)) == 400  # only what was consumed is reusable
-    rest = np.empty(900, np.float32)
-    assert cons.read_nonblocking(rest) == 900
-    np.testing.assert_array_equal(np.concatenate([out, rest]), seq(0, 1300))
+def test_overfill_guard_never_overwrites_unread(rings: Rings) -> None:
+    prod, cons = rings.pair(capacity=1024, rate=1000, max_fill_s=0.9)  # max_fill 900 < capacity
+    assert prod.push(pattern(0, 1000)) == 900
+    assert prod.push(pattern(900, 10)) == 0
+    first = take(cons, 400)
+    assert prod.push(pattern(900, 1000)) == 400  # only what was consumed is reusable
+    rest = take(cons, 900)
+    np.testing.assert_array_equal(np.concatenate([first, rest]), pattern(0, 1300))
 
 
-def test_float64_is_converted(make_pair: Callable[..., Pair]) -> None:
-    prod, cons = make_pair()
-    assert prod.push(seq(0, 50).astype(np.float64)) == 50
-    out = np.empty(50, np.float32)
-    assert cons.read_nonblocking(out) == 50
-    np.testing.assert_array_equal(out, seq(0, 50))
+def test_skipped_frames_are_reused_only_after_the_commit(rings: Rings) -> None:
+    """A block that reads, jumps a skip window and reads on holds every frame it spanned until
+    its one commit: the producer cannot overwrite the window's frames or the ones after it."""
+    prod, cons = rings.pair(capacity=1024, rate=1024, max_fill_s=1.0)  # max_fill == capacity
+    assert prod.push(pattern(0, 1024)) == 1024
+    out = np.empty(300, np.float32)
+    assert cons.read_into(out[:100], 100, start_index=0) == 100
+    assert cons.read_into(out[100:], 200, start_index=700) == 200  # [100, 700) skipped
+    assert prod.push(pattern(1024, 10)) == 0, "nothing is free before the commit"
+    cons.commit_read(900)
+    np.testing.assert_array_equal(out, np.concatenate([pattern(0, 100), pattern(700, 200)]))
+    assert prod.push(pattern(1024, 1000)) == 900  # now the whole span is
+    assert cons.read_into(out, 124) == 124
+    np.testing.assert_array_equal(out[:124], pattern(900, 124))
 
 
-def test_int16_conversion_clips_instead_of_wrapping(make_pair: Callable[..., Pair]) -> None:
-    prod, cons = make_pair()
-    x = np.array([1.5, -1.5, 1.0, -1.0, 0.5, -0.5, 0.0, 1.0001, -1.0001, 3e9, -3e9], np.float32)
-    assert prod.push(x) == len(x)
-    out = np.zeros(len(x), np.int16)
-    assert cons.read_into(out, len(x)) == len(x)
-    np.testing.assert_array_equal(out, [32767, -32768, 32767, -32767, 16383, -16383, 0, 32767, -32768, 32767, -32768])
-    np.testing.assert_array_equal(out, np.clip(x.astype(np.float64) * 32767, -32768, 32767).astype(np.int16))
-    out2 = np.zeros(len(x), np.int16)
-    assert cons.read_nonblocking(out2) == len(x)
-    np.testing.assert_array_equal(out2, out)
+def test_float64_is_converted(rings: Rings) -> None:
+    prod, cons = rings.pair()
+    assert prod.push(pattern(0, 50).astype(np.float64)) == 50
+    np.testing.assert_array_equal(take(cons, 50), pattern(0, 50))
 
 
-def test_int16_conversion_of_long_wrapped_reads() -> None:
-    """Longer than the conversion scratch buffer, and wrapping: chunking must not shift data."""
-    with PcmRing.create(seg_name(), 65536, 48000, 1.3, role="producer") as prod:
-        cons = PcmRing.attach(prod.name, "consumer")
-        try:
-            rng = np.random.default_rng(1)
-            prod.push(np.zeros(50000, np.float32))
-            cons.clear()
-            x = rng.uniform(-1.6, 1.6, 60000).astype(np.float32)  # wraps at 65536
-            assert prod.push(x) == 60000
-            got = cons.pop_block(60000, timeout=1)
-            np.testing.assert_array_equal(got, np.clip(x * np.float32(32767), -32768, 32767).astype(np.int16))
-        finally:
-            cons.close()
-
-
-@pytest.mark.parametrize("dtype", [np.float32, np.int16])
-def test_callback_path_allocates_no_sample_buffers(make_pair: Callable[..., Pair], dtype: type) -> None:
-    """read_into/read_nonblocking run in the audio callback: no buffer may be allocated there."""
-    prod, cons = make_pair(capacity=8192, rate=8192, max_fill_s=1.0)
+def test_consumer_read_path_allocates_no_sample_buffers(rings: Rings) -> None:
+    """read_into and commit_read run in the audio callback: no buffer may be allocated there."""
+    prod, cons = rings.pair(capacity=8192, rate=8192, max_fill_s=1.0)
     block = 4096
-    out: npt.NDArray[np.generic] = np.zeros(block, dtype)
-    src = seq(0, 3000)
-    for _ in range(3):  # warm up (and wrap the ring)
+    out = np.zeros(block, np.float32)
+    src = pattern(0, 3000)
+    for _ in range(2):  # warm up: the read index ends at 6000, so the reads below wrap
         prod.push(src)
-        cons.read_nonblocking(out)
+        k = cons.read_into(out, block)
+        cons.commit_read(cons.read_index + k)
+    prod.push(src)
+    prod.push(src)
     tracemalloc.start()
     try:
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        for _ in range(20):
-            cons.read_nonblocking(out)  # short: zero-fill + underrun path too
-            prod.push(src)
-            cons.read_into(out, block)
-            cons.commit_read(cons.write_index)
-            prod.push(src)
-        # push may allocate (it is not the callback), so measure consumer calls alone too.
         tracemalloc.reset_peak()
         base = tracemalloc.get_traced_memory()[0]
+        r = cons.read_index
         for _ in range(20):
-            cons.read_into(out, block)
-            cons.read_nonblocking(out)
+            k = cons.read_into(out, block, start_index=r)
+            cons.read_into(out[:100], 100, start_index=r + 17)
+            cons.commit_read(r)
+        cons.commit_read(r + k)
         peak = tracemalloc.get_traced_memory()[1] - base
     finally:
         tracemalloc.stop()
-    # One block would be 8-16 KiB; a few small Python objects are far below 2 KiB.
+    # One block would be 16 KiB; a few small Python objects are far below 2 KiB.
     assert peak < 2048, f"consumer read path allocated {peak} bytes"
 
 
@@ -285,38 +270,14 @@ def test_callback_path_allocates_no_sample_buffers(make_pair: Callable[..., Pair
 # ----------------------------------------------------------------------------------------
 
 
-def test_read_nonblocking_zero_fills_and_counts_underruns(make_pair: Callable[..., Pair]) -> None:
-    prod, cons = make_pair()
-    prod.push(seq(0, 30))
-    out = np.full(100, 9.0, np.float32)
-    assert cons.read_nonblocking(out) == 30
-    np.testing.assert_array_equal(out[:30], seq(0, 30))
-    assert np.all(out[30:] == 0.0)
-    assert cons.underruns == (1, 70)
-    out16 = np.full(50, 9, np.int16)
-    assert cons.read_nonblocking(out16) == 0
-    assert np.all(out16 == 0)
-    assert cons.underruns == (2, 120)
-    assert prod.underruns == (2, 120), "counters must be visible to the other side"
-    prod.push(seq(30, 100))
-    assert cons.read_nonblocking(out) == 100
-    assert cons.underruns == (2, 120), "a full read is not an underrun"
-    prod.push(seq(130, 10))
-    prod.close_producer()
-    assert cons.read_nonblocking(out) == 10
-    np.testing.assert_array_equal(out[:10], seq(130, 10))
-    assert np.all(out[10:] == 0.0)
-    assert cons.underruns == (2, 120), "no underrun once the producer closed the stream"
-
-
-def test_read_into_peeks_without_consuming(make_pair: Callable[..., Pair]) -> None:
-    prod, cons = make_pair()
-    prod.push(seq(0, 200))
+def test_read_into_peeks_without_consuming(rings: Rings) -> None:
+    prod, cons = rings.pair()
+    prod.push(pattern(0, 200))
     out = np.empty(100, np.float32)
     assert cons.read_into(out, 100) == 100
-    assert cons.read_index == 0 and cons.available_frames() == 200
+    assert cons.read_index == 0 and prod.read_index == 0
     assert cons.read_into(out, 100, start_index=150) == 50  # only 50 published after 150
-    np.testing.assert_array_equal(out[:50], seq(150, 50))
+    np.testing.assert_array_equal(out[:50], pattern(150, 50))
     assert cons.read_into(out, 100, start_index=200) == 0
     with pytest.raises(ValueError, match="start_index"):
         cons.read_into(out, 10, start_index=201)
@@ -325,138 +286,99 @@ def test_read_into_peeks_without_consuming(make_pair: Callable[..., Pair]) -> No
         cons.read_into(out, 10, start_index=119)  # may already be overwritten
     with pytest.raises(ValueError, match="len"):
         cons.read_into(out, 101)
-    with pytest.raises(TypeError, match="float32 or int16"):
-        cons.read_into(np.empty(10, np.float64), 10)
+    with pytest.raises(TypeError, match="float32"):
+        cons.read_into(np.empty(10, np.int16), 10)  # int16 is the output converter's job
     with pytest.raises(TypeError, match="1-D"):
         cons.read_into(np.empty((10, 2), np.float32), 10)
 
 
-def test_commit_read_and_skip_to_validate(make_pair: Callable[..., Pair]) -> None:
-    prod, cons = make_pair()
-    prod.push(seq(0, 100))
-    cons.commit_read(40)
+def test_commit_read_validates(rings: Rings) -> None:
+    prod, cons = rings.pair()
+    prod.push(pattern(0, 100))
+    cons.commit_read(np.int64(40))  # type: ignore[arg-type]  # numpy ints, as the consumer computes them
     assert cons.read_index == 40 and prod.read_index == 40
     with pytest.raises(ValueError, match="read_index=40"):
         cons.commit_read(39)
     with pytest.raises(ValueError, match="write_index=100"):
         cons.commit_read(101)
-    with pytest.raises(ValueError):
-        cons.skip_to(101)
-    cons.skip_to(100)
-    assert cons.available_frames() == 0
-    assert prod.free_frames() == prod.max_fill_frames
+    cons.commit_read(100)
+    assert prod.push(pattern(100, 1000)) == 1000  # max_fill: everything was released
 
 
-def test_clear_discards_everything_buffered(make_pair: Callable[..., Pair]) -> None:
-    prod, cons = make_pair()
-    prod.push(seq(0, 300))
+def test_clear_discards_everything_buffered(rings: Rings) -> None:
+    prod, cons = rings.pair()
+    prod.push(pattern(0, 300))
     cons.commit_read(50)
     assert cons.clear() == 250
-    assert cons.available_frames() == 0 and prod.free_frames() == prod.max_fill_frames
+    assert cons.read_index == prod.read_index == 300
     assert cons.clear() == 0
-    prod.push(seq(300, 5))
-    out = np.empty(5, np.float32)
-    assert cons.read_nonblocking(out) == 5
-    np.testing.assert_array_equal(out, seq(300, 5))
+    prod.push(pattern(300, 5))
+    np.testing.assert_array_equal(take(cons, 5), pattern(300, 5))
 
 
-def test_pop_block_waits_times_out_and_drains_after_close(make_pair: Callable[..., Pair]) -> None:
-    prod, cons = make_pair()
-    prod.start_heartbeat(0.02)
-    prod.push(seq(0, 10))
-    with pytest.raises(TimeoutError):
-        cons.pop_block(20, timeout=0.05)
-    assert cons.available_frames() == 10, "a timed-out pop consumes nothing"
-    assert len(cons.pop_block(0)) == 0
-    prod.push(seq(10, 5))
-    prod.close_producer()
-    assert cons.producer_closed
-    rest = cons.pop_block(20, timeout=1)
-    np.testing.assert_array_equal(rest, np.clip(seq(0, 15) * 32767, -32768, 32767).astype(np.int16))
-    assert len(cons.pop_block(20, timeout=1)) == 0
-    with pytest.raises(RuntimeError, match="close_producer"):
-        prod.push(seq(0, 1))
-
-
-def test_pop_block_raises_when_producer_gone_and_drained(make_pair: Callable[..., Pair]) -> None:
-    prod, cons = make_pair()
-    prod.push(seq(0, 10))
-    prod.close()  # detached without ending the stream: reads as dead
-    assert cons.peer_state() == "dead"
-    assert len(cons.pop_block(100, timeout=1)) == 10  # what was pushed is still delivered
-    with pytest.raises(PeerDeadError) as info:
-        cons.pop_block(100, timeout=1)
-    assert info.value.side == "producer" and info.value.pid == os.getpid()
-
-
-def test_producer_reattach_clears_closed_and_continues(make_pair: Callable[..., Pair]) -> None:
-    prod, cons = make_pair()
-    prod.push(seq(0, 100))
-    prod.close_producer()
+def test_producer_reattach_continues_after_its_predecessor(rings: Rings) -> None:
+    prod, cons = rings.pair()
+    prod.push(pattern(0, 100))
     with pytest.raises(RuntimeError, match="already has a live producer"):
         PcmRing.attach(prod.name, "producer")
     prod.close()
-    prod2 = PcmRing.attach(cons.name, "producer")
-    try:
-        assert not cons.producer_closed
-        assert prod2.write_index == 100
-        prod2.push(seq(100, 50))
-        out = np.empty(150, np.float32)
-        assert cons.read_nonblocking(out) == 150
-        np.testing.assert_array_equal(out, seq(0, 150))
-    finally:
-        prod2.close()
+    prod2 = rings.attach(cons.name, "producer")
+    assert prod2.write_index == 100
+    prod2.push(pattern(100, 50))
+    np.testing.assert_array_equal(take(cons, 150), pattern(0, 150))
 
 
-def test_consumer_reattach_continues_from_read_index(make_pair: Callable[..., Pair]) -> None:
-    prod, cons = make_pair()
-    prod.push(seq(0, 100))
+def test_consumer_reattach_continues_from_read_index(rings: Rings) -> None:
+    prod, cons = rings.pair()
+    prod.push(pattern(0, 100))
     cons.commit_read(60)
+    with pytest.raises(RuntimeError, match="already has a live consumer"):
+        PcmRing.attach(prod.name, "consumer")
     cons.close()
-    cons2 = PcmRing.attach(prod.name, "consumer")
-    try:
-        out = np.empty(40, np.float32)
-        assert cons2.read_nonblocking(out) == 40
-        np.testing.assert_array_equal(out, seq(60, 40))
-    finally:
-        cons2.close()
+    cons2 = rings.attach(prod.name, "consumer")
+    np.testing.assert_array_equal(take(cons2, 100), pattern(60, 40))
 
 
 # ----------------------------------------------------------------------------------------
-# liveness (in-process; the cross-process kill tests live in test_ring_stress.py)
+# the test reader (tests/support/ring_reader.py) against the ring
 # ----------------------------------------------------------------------------------------
 
 
-def test_peer_states_absent_alive_dead() -> None:
-    with PcmRing.create(seg_name(), 1024, 1000, 1.0) as owner:
-        assert owner.side_state("producer") == "absent"
-        cons = PcmRing.attach(owner.name, "consumer")
-        try:
-            assert cons.peer_state() == "absent" and not cons.peer_alive()
-            prod = PcmRing.attach(owner.name, "producer")
-            assert cons.peer_state() == "alive" and prod.peer_alive()
-            assert cons.peer_pid() == os.getpid()
-            # Without heartbeats the producer goes stale; with them it stays alive.
-            assert cons.peer_state(timeout_s=0.0) == "dead"
-            prod.start_heartbeat(0.005)
-            prod.start_heartbeat(0.005)  # idempotent
-            deadline = time.monotonic() + 5
-            while not cons.peer_alive(timeout_s=0.05):
-                assert time.monotonic() < deadline
-                time.sleep(0.005)
-            prod.close()
-            assert cons.peer_state() == "dead", "a closed handle must read as detached"
-            assert owner.side_state("consumer") == "alive"
-        finally:
-            cons.close()
+def test_windowed_reader_plays_announced_frames_and_jumps_windows(rings: Rings) -> None:
+    prod, cons = rings.pair(capacity=1024, rate=1024, max_fill_s=1.0)
+    reader = WindowedReader(cons)
+    prod.push(pattern(0, 1000))
+    out = np.full(300, 9.0, np.float32)
+    assert reader.read_block(out) == 0, "nothing announced yet: nothing played"
+    assert np.all(out == 0.0) and cons.read_index == 0
+    reader.announce(600)
+    reader.skip(100, 250)
+    reader.skip(200, 300)  # overlapping: merged into [100, 300)
+    reader.skip(350, 400)
+    assert reader.windows == [(100, 300), (350, 400)]
+    assert reader.read_block(out) == 300
+    np.testing.assert_array_equal(out, np.concatenate([pattern(0, 100), pattern(300, 50), pattern(400, 150)]))
+    assert cons.read_index == 550 and reader.skipped == 250
+    assert reader.read_block(out) == 50  # up to the announced 600, then zeros
+    np.testing.assert_array_equal(out[:50], pattern(550, 50))
+    assert np.all(out[50:] == 0.0)
+    reader.announce(1000)
+    reader.skip(600, 1000)  # a cancel of everything announced
+    assert reader.read_block(out) == 0 and cons.read_index == 1000
 
 
-def test_wait_for_space(make_pair: Callable[..., Pair]) -> None:
-    prod, cons = make_pair()
-    assert prod.wait_for_space(prod.max_fill_frames, timeout=0)
-    prod.push(seq(0, prod.max_fill_frames))
+# ----------------------------------------------------------------------------------------
+# liveness (in-process; killed and hung processes are in test_ring_stress.py)
+# ----------------------------------------------------------------------------------------
+
+
+def test_wait_for_space(rings: Rings) -> None:
+    prod, cons = rings.pair()
+    assert prod.wait_for_space(1000, timeout=0)
+    prod.push(pattern(0, 1000))
     cons.start_heartbeat(0.02)
-    assert not prod.wait_for_space(1, timeout=0.02)
+    cons.start_heartbeat(0.02)  # idempotent
+    assert not prod.wait_for_space(1, timeout=0.02), "a live consumer: just a timeout"
     calls: list[int] = []
 
     def cancel() -> bool:
@@ -467,18 +389,19 @@ def test_wait_for_space(make_pair: Callable[..., Pair]) -> None:
     assert len(calls) == 3
     cons.commit_read(10)
     assert prod.wait_for_space(10, timeout=0)
-    cons.close()
-    with pytest.raises(PeerDeadError):
-        prod.wait_for_space(11, timeout=1)
+    cons.close()  # a closed consumer reads as dead at once: the producer must not wait on it
+    with pytest.raises(PeerDeadError) as info:
+        prod.wait_for_space(11, timeout=30)
+    assert info.value.side == "consumer" and info.value.pid == os.getpid()
     with pytest.raises(ValueError, match="max_fill_frames"):
-        prod.wait_for_space(prod.max_fill_frames + 1)
+        prod.wait_for_space(1001)
 
 
-def test_wait_for_space_waits_for_absent_consumer() -> None:
-    with PcmRing.create(seg_name(), 1024, 1000, 1.0, role="producer") as prod:
-        prod.push(seq(0, 1000))
-        assert prod.peer_state() == "absent"
-        assert not prod.wait_for_space(1, timeout=0.02)  # waits, does not raise
+def test_wait_for_space_waits_for_absent_consumer(rings: Rings) -> None:
+    owner = rings.create()
+    prod = rings.attach(owner.name, "producer")
+    prod.push(pattern(0, 1000))
+    assert not prod.wait_for_space(1, timeout=0.02)  # nobody attached yet: waits, does not raise
 
 
 # ----------------------------------------------------------------------------------------
@@ -507,13 +430,11 @@ def test_bad_create_arguments() -> None:
     assert not os.path.exists(f"/dev/shm/{name}"), "a rejected create must not leave a segment"
 
 
-def test_bad_attach_arguments() -> None:
+def test_bad_attach_arguments(rings: Rings) -> None:
     with pytest.raises(FileNotFoundError, match="no PCM ring"):
         PcmRing.attach(seg_name(), "consumer")
-    with (
-        PcmRing.create(seg_name(), 1024, 1000, 1.0) as owner,
-        pytest.raises(ValueError, match="role must be"),
-    ):
+    owner = rings.create()
+    with pytest.raises(ValueError, match="role must be"):
         PcmRing.attach(owner.name, "listener")  # type: ignore[arg-type]
 
 
@@ -539,20 +460,22 @@ def test_attach_rejects_foreign_segment(size: int) -> None:
         PcmRing.unlink_name(name)
 
 
-def test_attach_rejects_other_layout_version() -> None:
-    with PcmRing.create(seg_name(), 1024, 1000, 1.0) as owner:
-        fd = _posixshmem.shm_open("/" + owner.name, os.O_RDWR, mode=0)
-        try:
-            with mmap.mmap(fd, HEADER_BYTES) as m:
-                m[64:72] = (LAYOUT_VERSION + 1).to_bytes(8, "little")
-        finally:
-            os.close(fd)
-        with pytest.raises(ValueError, match="not a skald PCM ring of layout version"):
-            PcmRing.attach(owner.name, "producer")
+@pytest.mark.parametrize("version", [1, LAYOUT_VERSION + 1])
+def test_attach_rejects_other_layout_version(rings: Rings, version: int) -> None:
+    """Version 1 had the underrun counters and end-of-stream flag where the epochs are now."""
+    owner = rings.create()
+    fd = _posixshmem.shm_open("/" + owner.name, os.O_RDWR, mode=0)
+    try:
+        with mmap.mmap(fd, HEADER_BYTES) as m:
+            m[64:72] = version.to_bytes(8, "little")
+    finally:
+        os.close(fd)
+    with pytest.raises(ValueError, match="not a skald PCM ring of layout version"):
+        PcmRing.attach(owner.name, "producer")
 
 
-def test_push_rejects_bad_blocks(make_pair: Callable[..., Pair]) -> None:
-    prod, _ = make_pair()
+def test_push_rejects_bad_blocks(rings: Rings) -> None:
+    prod, _ = rings.pair()
     with pytest.raises(ValueError, match="1-D mono"):
         prod.push(np.zeros((10, 2), np.float32))
     with pytest.raises(TypeError, match="float32"):
@@ -563,20 +486,24 @@ def test_push_rejects_bad_blocks(make_pair: Callable[..., Pair]) -> None:
     assert prod.push(np.zeros(0, np.float32)) == 0
 
 
-def test_role_methods_are_guarded(make_pair: Callable[..., Pair]) -> None:
-    prod, cons = make_pair()
+def test_role_methods_are_guarded(rings: Rings) -> None:
+    owner = rings.create()
+    prod, cons = rings.attach(owner.name, "producer"), rings.attach(owner.name, "consumer")
+    out: npt.NDArray[np.float32] = np.zeros(4, np.float32)
     with pytest.raises(RuntimeError, match="producer role"):
-        cons.push(seq(0, 1))
-    with pytest.raises(RuntimeError, match="consumer role"):
-        prod.read_nonblocking(np.zeros(4, np.float32))
-    with pytest.raises(RuntimeError, match="consumer role"):
-        prod.clear()
+        cons.push(pattern(0, 1))
     with pytest.raises(RuntimeError, match="producer role"):
-        cons.close_producer()
-    with pytest.raises(ValueError, match="max_fill_frames"):
-        cons.pop_block(cons.max_fill_frames + 1)
+        cons.wait_for_space(1)
+    with pytest.raises(RuntimeError, match="consumer role"):
+        prod.read_into(out, 4)
+    with pytest.raises(RuntimeError, match="consumer role"):
+        prod.commit_read(0)
+    with pytest.raises(RuntimeError, match="consumer role; this handle is observer-only"):
+        owner.clear()
+    with pytest.raises(RuntimeError, match="no role"):
+        owner.start_heartbeat()
     cons.close()
     with pytest.raises(ValueError, match="closed"):
-        cons.read_nonblocking(np.zeros(4, np.float32))
+        cons.read_into(out, 4)
     with pytest.raises(ValueError, match="closed"):
-        _ = cons.available_frames()
+        _ = cons.read_index

@@ -1,136 +1,31 @@
-"""Audio DSP for skald: chunk seams, silence, DC offset, int16, sample rates. numpy and soxr only.
+"""The worker side of a seam: DC removal, silence trimming to a natural pause, equal-power crossfade.
 
-The audio consumer imports this module, so it must stay light: no torch, no onnxruntime, no
-engine. Where each stage runs::
-
-    TTS worker, one ChunkJoiner per request                                        audio consumer
-    ┌──────────────────────────────── ChunkJoiner ────────────────────────────────┐
-    engine ─> to_mono ─> DcBlocker ─> silence trim ─> equal-power crossfade ─> [Resampler] ─> PcmRing
-    blocks    float32    per chunk    to a natural    held tail of N meets                      │
-                                      pause           the head of N+1    callback (no allocation):
-                                                                         fade, [IntegerUpsampler],
-                                                                         Int16Converter ─> device
+One ``ChunkJoiner`` per request, in the TTS worker (see ``actors/audio/__init__.py`` for where
+every stage runs). numpy only.
 
 Latency. Nothing here delays speech by more than the crossfade length: the joiner holds back the
 last ``crossfade_ms`` of what it was given (any block may be a chunk's last, and that tail must
 meet the next chunk's head), and the trimmer holds back only silence that would be cut if the
 chunk ended there (silence beyond the natural pause). Leading silence is cut, so the first chunk of
 a request starts *earlier* than the raw engine output (Piper: 35–55 ms of lead silence).
-
-Every sample rate inside skald (engine, ring) is 16–24 kHz (``validate_rate``); other rates are
-made at the edges with ``Resampler`` / ``resample``, or, for a device that refuses the ring rate,
-at a whole multiple of it by ``IntegerUpsampler`` inside the audio callback.
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
-import soxr
 
-from actors.text.punctuation import PAUSE_KINDS, pause_kind
+from actors.audio.pcm import EMPTY, Audio, DspError, to_mono, validate_rate
+from actors.text.punctuation import PAUSE_KINDS
 
 if TYPE_CHECKING:
     from config.settings import DspSettings
 
-__all__ = [
-    "DEFAULT_PAUSES_MS",
-    "MAX_RATE",
-    "MIN_RATE",
-    "PAUSE_KINDS",
-    "ChunkJoiner",
-    "ChunkSpan",
-    "DcBlocker",
-    "DspError",
-    "Int16Converter",
-    "IntegerUpsampler",
-    "Resampler",
-    "equal_power_gains",
-    "float_to_int16",
-    "pause_kind",
-    "resample",
-    "to_mono",
-    "validate_rate",
-]
-
-Audio = npt.NDArray[np.float32]
-
-MIN_RATE = 16000
-MAX_RATE = 24000
-_EMPTY: Audio = np.zeros(0, dtype=np.float32)
-_EMPTY.flags.writeable = False
-
-
-class DspError(ValueError):
-    """Audio that this module cannot take as it is (rate, shape, dtype) or a misused joiner."""
-
-
-# ------------------------------------------------------------------------------------------------
-# Validation: rate and channels
-
-
-def validate_rate(rate: Any, what: str = "sample rate") -> int:
-    """Return ``rate`` as an int if it is an internal rate (16–24 kHz), else raise ``DspError``.
-
-    Engines and the ring run at 16–24 kHz (speech needs no more, and every figure in the chunker
-    and the pre-buffer assumes it); 44.1/48 kHz exist only at the edges, made by ``Resampler``.
-    """
-    if isinstance(rate, bool) or not isinstance(rate, int | float | np.integer | np.floating):
-        raise DspError(f"{what} {rate!r} is not a number; internal rates are {MIN_RATE}-{MAX_RATE} Hz")
-    if not math.isfinite(float(rate)) or float(rate) != int(rate):
-        raise DspError(f"{what} {rate!r} Hz is not a whole number of Hz; internal rates are {MIN_RATE}-{MAX_RATE} Hz")
-    value = int(rate)
-    if not MIN_RATE <= value <= MAX_RATE:
-        raise DspError(
-            f"{what} {value} Hz is outside the internal range {MIN_RATE}-{MAX_RATE} Hz; engines must produce "
-            f"16-24 kHz audio (other rates are made at the output with actors.audio.dsp.Resampler)"
-        )
-    return value
-
-
-def _check_any_rate(rate: Any, what: str) -> int:
-    """A resampler endpoint: any whole rate from 8 kHz to 192 kHz (device and codec rates included)."""
-    if isinstance(rate, bool) or not isinstance(rate, int | float | np.integer | np.floating):
-        raise DspError(f"{what} {rate!r} is not a number")
-    if not math.isfinite(float(rate)) or float(rate) != int(rate) or not 8000 <= int(rate) <= 192000:
-        raise DspError(f"{what} {rate!r} Hz is not a whole rate between 8000 and 192000 Hz")
-    return int(rate)
-
-
-def to_mono(x: Any, what: str = "audio") -> Audio:
-    """Return ``x`` as 1-D float32 mono; stereo is downmixed as (L + R) / 2.
-
-    Accepted: 1-D; 2-D frames-first ``(n, 1)`` / ``(n, 2)`` (sounddevice, soundfile, soxr); 2-D
-    channels-first ``(1, n)`` / ``(2, n)`` with ``n > 2`` (torch, torchaudio). Float input is taken
-    as is (±1.0 full scale), int16 is scaled by 1/32768. (L + R) / 2 keeps the level of a centred
-    voice, which is what a TTS engine's stereo output is. Anything else raises ``DspError`` naming
-    the shape: more than two channels, 0-D, 3-D and more.
-    """
-    if not isinstance(x, np.ndarray):
-        x = np.asarray(x)
-    if x.dtype == np.int16:
-        x = x.astype(np.float32) * np.float32(1.0 / 32768.0)
-    elif x.dtype.kind != "f":
-        raise DspError(f"{what}: dtype {x.dtype} is not audio; give float32/float64 (±1.0) or int16 samples")
-    if x.ndim == 1:
-        return np.asarray(x, dtype=np.float32)
-    if x.ndim == 2:
-        frames_first = x.shape[1] in (1, 2)
-        channels_first = x.shape[0] in (1, 2) and x.shape[1] > 2
-        if frames_first or channels_first:
-            y = x if frames_first else x.T
-            if y.shape[1] == 1:
-                return np.ascontiguousarray(y[:, 0], dtype=np.float32)
-            return ((y[:, 0].astype(np.float32) + y[:, 1].astype(np.float32)) * np.float32(0.5)).astype(np.float32)
-        raise DspError(
-            f"{what}: shape {x.shape} has more than 2 channels (or is ambiguous); skald takes mono or stereo "
-            "audio as (frames,), (frames, 1|2) or (1|2, frames)"
-        )
-    raise DspError(f"{what}: shape {x.shape} is not audio; skald takes (frames,), (frames, 1|2) or (1|2, frames)")
+__all__ = ["DEFAULT_PAUSES_MS", "ChunkJoiner", "ChunkSpan", "DcBlocker", "equal_power_gains"]
 
 
 # ------------------------------------------------------------------------------------------------
@@ -174,7 +69,7 @@ class DcBlocker:
         x = np.asarray(block, dtype=np.float64)
         n = len(x)
         if n == 0:
-            return _EMPTY
+            return EMPTY
         if self._x_prev is None:
             self._x_prev = float(x[0]) if abs(float(x[0])) <= self.prime_max else 0.0
         v = np.empty(n, dtype=np.float64)
@@ -305,7 +200,7 @@ class _Trimmer:
         self.post_keep = post_keep
         self.edge = edge
         self.enabled = enabled
-        self._buf: Audio = _EMPTY
+        self._buf: Audio = EMPTY
         self.buf_start = 0  # engine frame of _buf[0]
         self.emitted = 0  # engine frames passed on or dropped
         self.pos_in = 0  # engine frames received
@@ -329,8 +224,8 @@ class _Trimmer:
         """The rest of the chunk's kept engine frames, and how many zeros should follow them."""
         self._classify(final=True)
         if self.onset < 0 and self.enabled:
-            self._buf = _EMPTY  # no speech at all: nothing of this chunk is worth hearing
-            return _EMPTY, 0
+            self._buf = EMPTY  # no speech at all: nothing of this chunk is worth hearing
+            return EMPTY, 0
         out = self._emit(final=True)
         self.ended_in_silence = self.speech_end < self.pos_in
         pad = 0
@@ -371,7 +266,7 @@ class _Trimmer:
     def _take(self, limit: int) -> Audio:
         """Pass on engine frames [emitted, limit)."""
         if limit <= self.emitted:
-            return _EMPTY
+            return EMPTY
         out = self._buf[self.emitted - self.buf_start : limit - self.buf_start]
         self.emitted = limit
         self.kept += len(out)
@@ -384,7 +279,7 @@ class _Trimmer:
         if self.onset < 0:
             self._drop_to(self.classified - self.lead_keep)
             self.emitted = max(self.emitted, self.buf_start)
-            return _EMPTY
+            return EMPTY
         pad = 0
         if not self.started:
             self.started = True
@@ -396,7 +291,7 @@ class _Trimmer:
                 pad = self.lead_pad = self.lead_pad_to - lead
         out = self._take(min(self.pos_in, self.speech_end + self.post_keep))
         if final:
-            self._buf = _EMPTY  # silence past the post-roll: trimmed
+            self._buf = EMPTY  # silence past the post-roll: trimmed
         if not pad:
             return out
         # Zeros, then the engine: ramp its first samples up from zero (silence, normally; if the
@@ -502,14 +397,14 @@ class ChunkJoiner:
         """Forget everything (after a cancel): held audio, the chunk in progress, spans, counters."""
         self.frames_out = 0
         self.spans: list[ChunkSpan] = []
-        self._pending: Audio = _EMPTY  # output frames held back (the last `crossfade` of the stream)
+        self._pending: Audio = EMPTY  # output frames held back (the last `crossfade` of the stream)
         self._tail_silent = True  # the held tail is post-roll silence (pad the next chunk's lead)
         self._joined = False  # a chunk ended and no release() since: the next chunk is a seam
         self._tail_span = -1  # the span whose last frames are held (-1: none)
         self._trimmer: _Trimmer | None = None
         self._span: ChunkSpan | None = None
         self._overlap = 0  # frames of held tail the current chunk's head will be mixed with
-        self._head: Audio = _EMPTY  # the current chunk's first frames, until `_overlap` have come
+        self._head: Audio = EMPTY  # the current chunk's first frames, until `_overlap` have come
         self._mixed = True  # the current chunk's crossfade is done (or there is none)
         self._chunk_len = 0  # output frames of the current chunk so far
         self._fade_in = False  # the current chunk starts after silence: ramp its first frames
@@ -535,12 +430,14 @@ class ChunkJoiner:
         if self._trimmer is not None:
             raise DspError("start_chunk() while a chunk is open; call end_chunk() first")
         if kind not in self.pauses:
-            raise DspError(f"unknown pause kind {kind!r}; kinds: {', '.join(PAUSE_KINDS)} (see dsp.pause_kind)")
+            raise DspError(
+                f"unknown pause kind {kind!r}; kinds: {', '.join(PAUSE_KINDS)} (see actors.text.punctuation.pause_kind)"
+            )
         held = len(self._pending)
         self._overlap = held
         self._mixed = held == 0
         self._fade_in = held == 0
-        self._head = _EMPTY
+        self._head = EMPTY
         self._chunk_len = 0
         # Pad the lead only at a seam after silence: there the pre-roll must cover the overlap,
         # so the fade-in touches silence and never the first consonant.
@@ -564,7 +461,7 @@ class ChunkJoiner:
         trimmer, span = self._open("feed")
         x = to_mono(block, "engine block")
         if not len(x):
-            return _EMPTY
+            return EMPTY
         if not np.isfinite(x).all():
             x = np.nan_to_num(x, nan=0.0, posinf=1.0, neginf=-1.0)  # a model fault must not reach the DAC
         span.engine_frames += len(x)
@@ -610,7 +507,7 @@ class ChunkJoiner:
         if self._trimmer is not None:
             raise DspError("release() inside a chunk; call end_chunk() first")
         out = self._pending
-        self._pending = _EMPTY
+        self._pending = EMPTY
         if len(out) and self.edge:
             out = out.copy()
             e = min(self.edge, len(out))
@@ -630,7 +527,7 @@ class ChunkJoiner:
     def _accept(self, y: Audio) -> Audio:
         """Append the current chunk's next output frames; return what leaves the hold."""
         if not len(y):
-            return _EMPTY
+            return EMPTY
         if self._fade_in and self.edge and self._chunk_len < self.edge:
             y = y.copy()
             e = min(self.edge - self._chunk_len, len(y))
@@ -642,7 +539,7 @@ class ChunkJoiner:
         if not self._mixed:
             self._head = np.concatenate((self._head, y)) if len(self._head) else y
             if len(self._head) < self._overlap:
-                return _EMPTY
+                return EMPTY
             return self._mix()
         return self._release_excess(np.concatenate((self._pending, y)) if len(self._pending) else y)
 
@@ -653,9 +550,9 @@ class ChunkJoiner:
         tail = self._pending
         t = min(len(tail), len(head))
         self._mixed = True
-        self._head = _EMPTY
+        self._head = EMPTY
         if t == 0:
-            return _EMPTY
+            return EMPTY
         g_out, g_in = equal_power_gains(t)
         mixed = (tail[len(tail) - t :] * g_out + head[:t] * g_in).astype(np.float32)
         self._span.start = self.frames_out + len(tail) - t
@@ -670,9 +567,9 @@ class ChunkJoiner:
         keep = self.crossfade
         if len(stream) <= keep:
             self._pending = stream
-            return _EMPTY
+            return EMPTY
         out = stream[: len(stream) - keep] if keep else stream
-        self._pending = stream[len(stream) - keep :] if keep else _EMPTY
+        self._pending = stream[len(stream) - keep :] if keep else EMPTY
         self.frames_out += len(out)
         return out
 
@@ -693,282 +590,5 @@ class ChunkJoiner:
 def _join(parts: list[Audio]) -> Audio:
     parts = [p for p in parts if len(p)]
     if not parts:
-        return _EMPTY
+        return EMPTY
     return parts[0] if len(parts) == 1 else np.concatenate(parts)
-
-
-# ------------------------------------------------------------------------------------------------
-# float32 → int16
-
-
-class Int16Converter:
-    """float32 → int16 for the audio callback, without allocating: scale by 32767, optional TPDF
-    dither, round to nearest, clip to [-32768, 32767] (never wrap), NaN → 0.
-
-    All scratch memory is allocated here, once; ``convert`` only writes into it and into ``out``.
-    TPDF dither is the difference of two uniform [0, 1) draws (±1 LSB, triangular): it makes the
-    rounding error independent of the signal (mean 0, variance 1/4 LSB², no distortion of quiet
-    fades) at the cost of 0.5 LSB RMS of error (-96 dB re full scale) instead of 0.29. Off by
-    default: speech engines already carry more noise than that.
-    """
-
-    def __init__(self, max_frames: int = 4096, dither: bool = False, seed: int | None = None) -> None:
-        if max_frames < 1:
-            raise DspError(f"max_frames = {max_frames}: must be at least 1")
-        self.max_frames = int(max_frames)
-        self.dither = dither
-        self._s = np.empty(self.max_frames, dtype=np.float32)
-        self._nan = np.empty(self.max_frames, dtype=np.bool_)
-        self._d1 = np.empty(self.max_frames if dither else 0, dtype=np.float32)
-        self._d2 = np.empty(self.max_frames if dither else 0, dtype=np.float32)
-        self._rng = np.random.default_rng(seed)
-
-    def convert(self, x: npt.NDArray[np.float32], out: npt.NDArray[np.int16]) -> None:
-        """Write ``len(x)`` converted samples into ``out[:len(x)]`` (both 1-D; out is int16)."""
-        n = len(x)
-        if len(out) < n or out.dtype != np.int16:
-            raise DspError(f"out must be int16 with at least {n} frames, got {out.dtype} {out.shape}")
-        i = 0
-        while i < n:
-            m = min(n - i, self.max_frames)
-            s = self._s[:m]
-            np.multiply(x[i : i + m], np.float32(32767.0), out=s)
-            if self.dither:
-                d1, d2 = self._d1[:m], self._d2[:m]
-                self._rng.random(dtype=np.float32, out=d1)
-                self._rng.random(dtype=np.float32, out=d2)
-                np.subtract(d1, d2, out=d1)
-                np.add(s, d1, out=s)
-            np.rint(s, out=s)
-            nan = self._nan[:m]
-            np.isnan(s, out=nan)
-            np.copyto(s, np.float32(0.0), where=nan)
-            np.fmax(s, np.float32(-32768.0), out=s)  # ±inf clips too
-            np.fmin(s, np.float32(32767.0), out=s)
-            np.copyto(out[i : i + m], s, casting="unsafe")  # exact: s holds integers in range
-            i += m
-
-
-def float_to_int16(x: npt.ArrayLike, dither: bool = False, seed: int | None = None) -> npt.NDArray[np.int16]:
-    """Convert a whole array (allocates; for files and tests — the callback uses ``Int16Converter``)."""
-    a = np.asarray(x, dtype=np.float32).reshape(-1)
-    out = np.empty(len(a), dtype=np.int16)
-    Int16Converter(max(1, min(len(a), 1 << 16)), dither=dither, seed=seed).convert(a, out)
-    return out
-
-
-# ------------------------------------------------------------------------------------------------
-# Resampling (soxr)
-
-
-def resample(x: npt.ArrayLike, in_rate: int, out_rate: int, quality: str = "HQ") -> Audio:
-    """Resample a whole mono signal (soxr, linear phase, delay compensated: output is aligned)."""
-    a = to_mono(x)
-    rin, rout = _check_any_rate(in_rate, "input rate"), _check_any_rate(out_rate, "output rate")
-    if rin == rout:
-        return a.copy()
-    return np.asarray(soxr.resample(a, rin, rout, quality=quality), dtype=np.float32)
-
-
-class Resampler:
-    """Streaming soxr resampler for one mono stream (engine rate → device rate, 48 kHz for Opus…).
-
-    ``process(block)`` returns what is ready; the output lags the input by ``delay_frames`` output
-    frames (HQ: up to ~40 ms, varying with soxr's internal block; figures in docs/audio-quality.md).
-    ``flush()`` ends the stream and returns the rest (then the resampler is ready for a fresh
-    stream); ``reset()`` drops everything (after a cancel). Concatenated output is sample-identical
-    to ``resample()`` of the whole input. It allocates (soxr returns new arrays): run it in the
-    worker or a consumer thread, never in the audio callback.
-    """
-
-    def __init__(self, in_rate: int, out_rate: int, quality: str = "HQ") -> None:
-        self.in_rate = _check_any_rate(in_rate, "input rate")
-        self.out_rate = _check_any_rate(out_rate, "output rate")
-        self.quality = quality
-        self._stream: Any = None
-        if self.in_rate != self.out_rate:
-            try:
-                self._stream = soxr.ResampleStream(self.in_rate, self.out_rate, 1, dtype="float32", quality=quality)
-            except Exception as exc:  # soxr raises ValueError/TypeError for bad qualities
-                raise DspError(f"resampler {self.in_rate} -> {self.out_rate} Hz ({quality}): {exc}") from exc
-        self.frames_in = 0
-        self.frames_out = 0
-
-    @property
-    def delay_frames(self) -> float:
-        """Output frames the input so far implies but that are still inside the filter."""
-        return float(self._stream.delay()) if self._stream is not None else 0.0
-
-    def process(self, block: npt.ArrayLike) -> Audio:
-        x = to_mono(block)
-        self.frames_in += len(x)
-        if self._stream is None:
-            y = x.copy()
-        else:
-            y = np.asarray(self._stream.resample_chunk(x, last=False), dtype=np.float32)
-        self.frames_out += len(y)
-        return y
-
-    def flush(self) -> Audio:
-        """End of stream: the frames still in the filter. The resampler is then fresh again."""
-        if self._stream is None:
-            y = _EMPTY
-        else:
-            y = np.asarray(self._stream.resample_chunk(np.zeros(0, dtype=np.float32), last=True), dtype=np.float32)
-            self._stream.clear()
-        self.frames_in = self.frames_out = 0
-        return y
-
-    def reset(self) -> None:
-        """Drop everything in the filter (after a cancel)."""
-        if self._stream is not None:
-            self._stream.clear()
-        self.frames_in = self.frames_out = 0
-
-
-# ------------------------------------------------------------------------------------------------
-# Whole-factor upsampling in the audio callback
-
-
-class IntegerUpsampler:
-    """Streaming polyphase FIR interpolator by a whole ``factor`` (2× 22.05 → 44.1 kHz, 3× 16 → 48 kHz),
-    for the audio callback: it allocates no sample buffer after construction.
-
-    Used when the output device refuses the ring's rate but takes a whole multiple of it. Unlike
-    ``Resampler`` (soxr, allocating, tens of ms of delay) it runs inside the callback, so a cancel,
-    a skip window and the fade all stay in ring frames and nothing sits in a second buffer.
-
-    The filter is a Kaiser-windowed sinc (linear phase, odd length ``factor × taps_per_phase − 1``,
-    so the delay is a whole number of output samples), designed at the output rate with its
-    passband up to ``passband`` × the input rate (0.45: 9.9 kHz at 22.05 kHz) and its stopband from
-    ``stopband`` × the input rate (0.5: the input's Nyquist, so every image of every input
-    frequency is in the stopband) down by ``atten_db``. The length comes from Kaiser's formula for
-    that transition width: about 100 taps per phase for 80 dB whatever the factor, ~2.3 ms of
-    delay at 22.05 kHz (``delay_s``). Gain: DC gain ``factor`` of the prototype, so each phase has
-    unit gain and the level does not change.
-
-    Per block of ``n`` input frames the work is one ``np.matmul`` of a strided
-    ``(n, taps_per_phase)`` view of the input history with the ``(taps_per_phase, factor)`` phase
-    matrix, written into ``out`` viewed as ``(n, factor)``: output ``n·factor + p`` is phase ``p``
-    at input frame ``n``. The last ``taps_per_phase − 1`` input frames are kept for the next call,
-    so block-by-block output equals one-shot output (tested). Figures in docs/audio-quality.md.
-    """
-
-    def __init__(
-        self,
-        factor: int,
-        max_frames: int = 4096,
-        *,
-        passband: float = 0.45,
-        stopband: float = 0.5,
-        atten_db: float = 80.0,
-    ) -> None:
-        if isinstance(factor, bool) or not isinstance(factor, int | np.integer) or not 1 <= int(factor) <= 16:
-            raise DspError(f"upsampling factor {factor!r} must be a whole number from 1 to 16")
-        if max_frames < 1:
-            raise DspError(f"max_frames = {max_frames}: must be at least 1")
-        if not 0.0 < passband < stopband <= 0.5 * int(factor):
-            raise DspError(f"passband {passband} < stopband {stopband} (× the input rate) must lie in (0, factor / 2]")
-        if not 20.0 <= atten_db <= 160.0:
-            raise DspError(f"stopband attenuation {atten_db} dB must be between 20 and 160 dB")
-        self.factor = L = int(factor)
-        self.max_frames = int(max_frames)
-        self.passband, self.stopband, self.atten_db = passband, stopband, atten_db
-        if L == 1:
-            taps_pp = 1
-            proto = np.ones(1, dtype=np.float64)
-        else:
-            # Kaiser's estimates, with frequencies as fractions of the output rate.
-            width = (stopband - passband) / L
-            n_est = math.ceil((atten_db - 7.95) / (14.36 * width)) + 1
-            taps_pp = max(2, math.ceil((n_est + 1) / L))
-            taps_pp += taps_pp % 2  # even: L·T − 1 is odd, so the centre is a whole output sample
-            n_taps = L * taps_pp - 1
-            if atten_db > 50:
-                beta = 0.1102 * (atten_db - 8.7)
-            elif atten_db >= 21:
-                beta = 0.5842 * (atten_db - 21) ** 0.4 + 0.07886 * (atten_db - 21)
-            else:
-                beta = 0.0
-            cutoff = 0.5 * (passband + stopband) / L
-            k = np.arange(n_taps, dtype=np.float64) - (n_taps - 1) / 2
-            proto = 2.0 * cutoff * np.sinc(2.0 * cutoff * k) * np.kaiser(n_taps, beta)
-            proto *= L / proto.sum()
-        self.taps: npt.NDArray[np.float64] = proto
-        """The prototype filter at the output rate (for analysis; ``len = factor × taps_per_phase − 1``)."""
-        self.taps_per_phase = taps_pp
-        self.delay_frames_out = (len(proto) - 1) // 2
-        """Group delay in output samples: input frame ``i`` is centred on output sample ``i·factor + delay``."""
-        padded = np.zeros(L * taps_pp, dtype=np.float64)
-        padded[: len(proto)] = proto
-        # _phases[j, p] = h[p + (T − 1 − j)·L]: row j multiplies input frame n − (T − 1 − j).
-        self._phases = np.ascontiguousarray(padded.reshape(taps_pp, L)[::-1], dtype=np.float32)
-        self._hist = taps_pp - 1
-        # One spare frame: a 1-frame block is computed as two rows (see process_into).
-        self._xbuf = np.zeros(self._hist + self.max_frames + 1, dtype=np.float32)
-        self._pair = np.zeros((2, L), dtype=np.float32)
-        self._carry = np.zeros(max(self._hist, 1), dtype=np.float32)
-        self._view_n = -1
-        self._view: npt.NDArray[np.float32] = self._xbuf[:0].reshape(0, 1)
-        self.frames_in = 0
-
-    def delay_s(self, in_rate: float) -> float:
-        """The filter's group delay in seconds at input rate ``in_rate``."""
-        return self.delay_frames_out / (self.factor * float(in_rate))
-
-    def reset(self) -> None:
-        """Forget the input history (the next output starts from silence)."""
-        self._xbuf[: self._hist] = 0.0
-        self.frames_in = 0
-
-    def _windows(self, n: int) -> npt.NDArray[np.float32]:
-        # Row i is xbuf[i : i + T] (a sliding window, no copy). Kept for the next call of the same
-        # size (the callback's), so a steady stream makes no new array object either.
-        if n != self._view_n:
-            step = self._xbuf.strides[0]
-            self._view = np.lib.stride_tricks.as_strided(
-                self._xbuf, shape=(n, self.taps_per_phase), strides=(step, step), writeable=False
-            )
-            self._view_n = n
-        return self._view
-
-    def process_into(self, x: npt.NDArray[np.float32], out: npt.NDArray[np.float32]) -> int:
-        """Upsample ``x`` (1-D float32) into ``out[: len(x) · factor]`` (1-D contiguous float32);
-        returns the output frames written. No allocation of sample buffers."""
-        n_total = len(x)
-        L = self.factor
-        if out.dtype != np.float32 or out.ndim != 1 or len(out) < n_total * L or not out.flags.c_contiguous:
-            raise DspError(
-                f"out must be contiguous 1-D float32 with at least {n_total * L} frames, got {out.dtype} {out.shape}"
-            )
-        if L == 1:
-            np.copyto(out[:n_total], x)
-            self.frames_in += n_total
-            return n_total
-        hist = self._hist
-        i = 0
-        while i < n_total:
-            n = min(n_total - i, self.max_frames)
-            xb = self._xbuf
-            np.copyto(xb[hist : hist + n], x[i : i + n])
-            if n > 1:
-                np.matmul(self._windows(n), self._phases, out=out[i * L : (i + n) * L].reshape(n, L))
-            else:
-                # numpy hands a one-row product to BLAS, which sums in another order; two rows
-                # keep numpy's own loop, so the result is bit-identical whatever the block sizes.
-                np.matmul(self._windows(2), self._phases, out=self._pair)
-                np.copyto(out[i * L : (i + 1) * L], self._pair[0])
-            # Keep the last T − 1 input frames in front (through _carry: the ranges may overlap).
-            if hist:
-                np.copyto(self._carry[:hist], xb[n : n + hist])
-                np.copyto(xb[:hist], self._carry[:hist])
-            i += n
-        self.frames_in += n_total
-        return n_total * L
-
-    def process(self, x: npt.ArrayLike) -> Audio:
-        """Allocating form of ``process_into`` (tests, offline use)."""
-        a = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
-        out = np.empty(len(a) * self.factor, dtype=np.float32)
-        self.process_into(a, out)
-        return out
