@@ -114,6 +114,11 @@ class OpenAIChatGenerator:
             raise LlmError(
                 "model_unavailable", f"the openai backend needs the openai SDK ({exc}); pip install openai httpx2"
             ) from None
+        # httpx logs every request at INFO; the actors log at INFO, and a line per warm-up ("HEAD
+        # ... 405 Method Not Allowed") would read like a fault. Errors reach the log as LlmErrors.
+        httpx_log = logging.getLogger("httpx2")
+        if httpx_log.level == logging.NOTSET:
+            httpx_log.setLevel(logging.WARNING)
         self.endpoint = endpoint.rstrip("/")
         self.model = model
         self.temperature = temperature
