@@ -542,7 +542,8 @@ class PcmRing:
 
     def buffer_length_seconds(self) -> float:
         """Audio pushed but not yet consumed, in seconds."""
-        return (self.write_index - self.read_index) / self._sample_rate
+        r = self.read_index  # first: read_index <= write_index at any moment, so never negative
+        return (self.write_index - r) / self._sample_rate
 
     # ------------------------------------------------------------------------------------
     # producer
