@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 from actors import wire
-from actors.audio.dsp import IntegerUpsampler, float_to_int16
+from actors.audio.output import IntegerUpsampler, float_to_int16
 from actors.audio.prebuffer import PrebufferConfig, PrebufferPolicy
 from actors.audio_consumer import ConsumerControl, PlaybackCore
 from shm import PcmRing
