@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from actors import wire
-from actors.audio.dsp import Int16Converter, IntegerUpsampler
+from actors.audio.output import Int16Converter, IntegerUpsampler
 from actors.audio.prebuffer import PlaybackState, PrebufferConfig, PrebufferPolicy
 from actors.runtime import ActorIO, ActorSpec, process_rss_mb, run_actor
 from config.settings import Settings
@@ -680,7 +680,7 @@ class AudioConsumer:
     def ready_info(self) -> dict[str, Any]:
         import sys
 
-        heavy = sorted(m for m in ("torch", "onnxruntime", "piper", "TTS") if m in sys.modules)
+        heavy = sorted(m for m in ("torch", "onnxruntime", "piper", "TTS", "soxr") if m in sys.modules)
         info: dict[str, Any] = {
             "sink": self.settings.audio.sink,
             "sample_rate": self.core.sample_rate,

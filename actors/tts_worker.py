@@ -48,9 +48,11 @@ from typing import Any
 import numpy as np
 
 from actors import wire
-from actors.audio.dsp import ChunkJoiner, Resampler, pause_kind
+from actors.audio.joiner import ChunkJoiner
+from actors.audio.resample import Resampler
 from actors.runtime import ActorIO, ActorSpec, process_rss_mb, run_actor
 from actors.text.chunker import ChunkerConfig, ChunkPlan, SemanticChunker, SpeakingRate
+from actors.text.punctuation import pause_kind
 from actors.tts.base import CancelToken, EngineError, TtsEngine, VoiceInfo
 from config.settings import Settings
 from shm import PcmRing, PeerDeadError
