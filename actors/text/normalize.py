@@ -330,7 +330,9 @@ def _en_word(prev2: str, prev1: str, core: str, trail: str, nxt: str) -> _Said |
     if unit and prev_num and (low != "m" or core == "m"):
         nv = _numeric_value(pcore)
         assert nv is not None
-        return (unit[0] if _is_one(*nv) else unit[1], 1 if dot and nxt and not next_cap else 0, "prev")
+        # "a 10 ft pole": a number and unit before a noun is said in the singular ("a ten foot pole").
+        single = _is_one(*nv) or _split(prev2).core.lower() in ("a", "an")
+        return (unit[0] if single else unit[1], 1 if dot and nxt and not next_cap else 0, "prev")
     if low in ("am", "pm", "a.m", "p.m") and (prev_num or _RE_TIME.fullmatch(pcore)):
         ends = dot and (next_cap or not nxt) and "." in core
         return (low[0].upper() + " M" + ("." if ends else ""), 1 if dot else 0, "prev")
@@ -339,7 +341,8 @@ def _en_word(prev2: str, prev1: str, core: str, trail: str, nxt: str) -> _Said |
         num = _numeric_value(m.group(1))
         if num is not None:
             u = _UNITS[m.group(2)]
-            return (_number(*num) + " " + (u[0] if _is_one(*num) else u[1]), 0, "")
+            single = _is_one(*num) or pcore.lower() in ("a", "an")
+            return (_number(*num) + " " + (u[0] if single else u[1]), 0, "")
     # Money, percentages, times, dates, fractions, ranges.
     m = _RE_MONEY.fullmatch(core)
     if m:
