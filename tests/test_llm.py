@@ -38,6 +38,9 @@ from actors.text.llm import (
 )
 from tests import tiny_lm
 
+# A stream that raises anything but LlmError on a reader thread is a bug: fail the test.
+pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
+
 MESSAGES = prelude_messages("You stand before an iron door.", "I push the door open.", 12)
 
 
@@ -408,10 +411,11 @@ def test_openai_5xx_is_retried_then_reported_with_the_status() -> None:
 
 def test_openai_404_is_a_configuration_error_and_not_retried() -> None:
     with _StubServer(_status(404, "model 'm' not found")) as server:
-        generator = OpenAIChatGenerator(server.url, "m")
+        generator = OpenAIChatGenerator(server.url, "m", setting="actors.prelude")
         with pytest.raises(LlmError) as err:
             list(generator.stream(MESSAGES, 8, CancelToken()))
         assert err.value.kind == "model_unavailable" and "HTTP 404" in err.value.message
+        assert "model 'm' not found" in err.value.message and "actors.prelude.model" in err.value.message
         assert len(server.posts) == 1
 
 

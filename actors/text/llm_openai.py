@@ -291,8 +291,9 @@ class OpenAIChatGenerator:
                     "generation_failed", f"{self._url}: no answer for {self.timeout_s:g} s ({self.setting}.timeout_s)"
                 )
                 retry = True
-            except openai.APIConnectionError as exc:
-                cause = exc.__cause__
+            except (openai.APIConnectionError, httpx2.TransportError) as exc:
+                # (A transport error can also escape the SDK unwrapped: while it reads an error body.)
+                cause = exc.__cause__ if isinstance(exc, openai.APIConnectionError) else exc
                 if isinstance(cause, httpx2.ConnectError):  # refused, unknown host: nobody is there
                     error = LlmError(
                         "model_unavailable",
@@ -357,9 +358,10 @@ class OpenAIChatGenerator:
             detail = response.text.strip()
         except Exception:  # the body could not be read
             detail = str(exc.message)
-        # 404: wrong endpoint path or unknown model name -- a configuration problem.
-        kind = "model_unavailable" if exc.status_code == 404 else "generation_failed"
-        return LlmError(kind, f"{self._url} answered HTTP {exc.status_code} {response.reason_phrase}: {detail[:500]}")
+        message = f"{self._url} answered HTTP {exc.status_code} {response.reason_phrase}: {detail[:500]}"
+        if exc.status_code == 404:  # wrong endpoint path or unknown model name: a configuration problem
+            return LlmError("model_unavailable", f"{message} (check {self.setting}.endpoint and {self.setting}.model)")
+        return LlmError("generation_failed", message)
 
     def _retry_after(self, headers: Mapping[str, str], default: float) -> float:
         """The server's ``retry-after-ms`` / ``Retry-After`` (seconds) if given, at most ``timeout_s``."""
