@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -318,3 +319,32 @@ def test_skald_chunk_prints_spoken_and_source() -> None:
     ):  # fmt: skip
         assert said in spoken, said
     assert alnum(source) == alnum(paragraph)
+
+
+# --- XTTS: the same words, not expanded twice -------------------------------------------------------
+
+
+def test_xtts_tokenizer_gets_the_normalized_text_unchanged() -> None:
+    """The chunk text both engines get is the normalized one; coqui's own English cleaner (numbers,
+    abbreviations, symbols) then finds nothing left to expand: the tiny random XTTS model's tokenizer
+    only lowercases it. On the written text it would expand ("2d6" → "twodsix", "10:30" →
+    "ten:thirty", "VIII" left as letters), which is what normalizing first prevents."""
+    pytest.importorskip("TTS.tts.layers.xtts.tokenizer", reason="the xtts extra (coqui-tts) is not installed")
+    from TTS.tts.layers.xtts.tokenizer import VoiceBpeTokenizer
+
+    from tests.support.xtts_random import cached_model_dir
+
+    tok = VoiceBpeTokenizer(vocab_file=str(cached_model_dir("tiny") / "vocab.json"))
+    paragraph = (DATA / "normalization.txt").read_text(encoding="utf-8")
+    r = SpeakingRate(chars_per_s=PIPER_RATE)
+    for written in [paragraph, *(w for w, _ in EXAMPLES)]:
+        for plan in plan_chunks(written, r):  # what the worker hands to XTTS, chunk by chunk
+            said = tok.preprocess_text(plan.text, "en")
+            assert said_words(said) == said_words(plan.text.lower()), plan.text
+            assert not any(ch.isdigit() for ch in said)
+    assert said_words(tok.preprocess_text(paragraph, "en")) != said_words(paragraph.lower())
+
+
+def said_words(text: str) -> list[str]:
+    """The words (coqui drops quotes and some other punctuation; only the words matter here)."""
+    return re.findall(r"[\w']+", text)
