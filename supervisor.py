@@ -3,7 +3,7 @@
 Processes and the channels between them::
 
       orchestrator clients
-        │  DEALER/REQ ─► control.sock (ROUTER)      SUB ◄─ events.sock (PUB)
+        │  DEALER/REQ ─► control.sock (ROUTER)      SUB ◄─ events.sock (XPUB)
         ▼                                                  ▲
     ┌──────────────────────────── supervisor ──────────────┴─────────────┐
     │ validates requests, tracks request state, publishes events,        │
@@ -12,12 +12,16 @@ Processes and the channels between them::
         │ actors.sock (ROUTER; each actor is a DEALER named by its role)
         ▼               ▼                   ▼                     ▼
      prelude        narrative   ──TextPiece──► tts_worker ──Segment──► audio_consumer
-     (text)          (text)                      │  push                 ▲ callback reads
+     (LLM turns)     (LLM turns)                 │  push                 ▲ callback reads
                                                  └──── PcmRing (/dev/shm, lock-free SPSC) ┘
 
 Every ZeroMQ message is ``[kind, msgpack payload]`` (``actors.wire``); the supervisor relays
 actor-to-actor messages (one ipc hop, tens of microseconds) so it always knows each request's
-state. PCM never crosses ZeroMQ.
+state. The orchestrator's own text (``speak``/``append``/``end``) goes from here straight to the
+worker as ``TextPiece``s; the text actors only write turns. PCM never crosses ZeroMQ.
+
+The events socket is an XPUB: each new subscription is answered with a published ``subscribed``
+event, so a client knows its subscription is live before it sends its first request.
 
 Lifecycle: the children are started with the ``spawn`` context from the main thread and
 must say READY before ``ready_timeout_s``; their ``proc.sentinel`` fds sit in the same poll
@@ -49,7 +53,7 @@ import weakref
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
@@ -58,12 +62,16 @@ from actors.runtime import ActorSpec
 from config.settings import ConfigError, Settings
 from shm import pid_running
 
+if TYPE_CHECKING:
+    from actors.gpu.tiers import ResolvedGpuConfig
+
 log = logging.getLogger("skald.supervisor")
 shutdown_log = logging.getLogger("skald.shutdown")
 
-PRELUDE, NARRATIVE, TTS_WORKER, AUDIO_CONSUMER = "prelude", "narrative", "tts_worker", "audio_consumer"
+Role = wire.Role
+PRELUDE, NARRATIVE, TTS_WORKER, AUDIO_CONSUMER = Role.PRELUDE, Role.NARRATIVE, Role.TTS_WORKER, Role.AUDIO_CONSUMER
+#: Start order: the sink first, the text actors last.
 ROLES = (AUDIO_CONSUMER, TTS_WORKER, NARRATIVE, PRELUDE)
-TEXT_ROLES = (PRELUDE, NARRATIVE)
 PENDING_LIMIT = 10_000  # messages held for an actor that is restarting
 HEALTHY_RESET_S = 60.0  # an actor alive this long gets its restart count back
 
@@ -74,7 +82,7 @@ class SupervisorError(RuntimeError):
     """The supervisor could not start or keep its actors running."""
 
 
-def _entry(role: str) -> Callable[[ActorSpec], None]:
+def _entry(role: Role) -> Callable[[ActorSpec], None]:
     # Imported here so the supervisor itself never loads an engine module.
     if role == AUDIO_CONSUMER:
         from actors.audio_consumer import run_audio_consumer_process
@@ -99,9 +107,9 @@ def default_run_dir(settings: Settings, shared: bool) -> Path:
     return base / f"skald-{os.getuid()}.{os.getpid()}"
 
 
-def control_endpoint(settings: Settings, run_dir: Path) -> str:
-    """Where clients send requests: the configured endpoint, else the run dir's ipc socket."""
-    return settings.supervisor.control_endpoint or f"ipc://{run_dir}/control.sock"
+def endpoints(settings: Settings, run_dir: Path) -> wire.Endpoints:
+    """A supervisor's endpoints under ``settings`` (``wire.endpoints`` is the one rule)."""
+    return wire.endpoints(str(run_dir), settings.supervisor.control_endpoint, settings.supervisor.events_endpoint)
 
 
 def sweep_stale(run_dir_base: Path) -> list[str]:
@@ -130,7 +138,7 @@ def sweep_stale(run_dir_base: Path) -> list[str]:
 
 @dataclass
 class Child:
-    role: str
+    role: Role
     proc: Any = None
     ready: bool = False
     info: dict[str, Any] = field(default_factory=dict)
@@ -144,14 +152,26 @@ class Child:
 
 
 @dataclass
+class ChunkRecord:
+    """What the events told of one chunk: planned (text, estimate), then synthesized."""
+
+    text: str = ""
+    est_s: float = 0.0
+    dur_s: float = 0.0
+    synth_ms: float = 0.0
+    engine: str = ""
+    span: wire.ChunkSpan | None = None
+
+
+@dataclass
 class RequestRecord:
     request_id: str
     client: list[bytes] | None
     t_accepted: float
     streaming: bool
     text_open: bool
-    status: str = "active"  # active | done | cancelled | failed
-    chunks: dict[int, dict[str, Any]] = field(default_factory=dict)
+    status: str = "active"  # "active", then a wire.RequestStatus
+    chunks: dict[int, ChunkRecord] = field(default_factory=dict)
     ttfa_ms: float = -1.0
     underruns: int = 0
     device_underflows: int = 0
@@ -196,7 +216,7 @@ class Supervisor:
     ) -> None:
         self.settings = settings
         self.origins = origins or {}
-        self.gpu: Any = None  # ResolvedGpuConfig, from detection at start()
+        self.gpu: ResolvedGpuConfig | None = None  # from detection at start()
         self.log_level = log_level
         self.run_dir = default_run_dir(settings, shared_run_dir)
         self.shared_run_dir = shared_run_dir
@@ -215,25 +235,30 @@ class Supervisor:
         self._poller: zmq.Poller | None = None
         self._sentinels: dict[int, Child] = {}
         self._poll_key: tuple[int, ...] = ()
+        self.subscriptions = 0  # subscriptions seen on the events socket
 
     # ------------------------------------------------------------------ endpoints
     @property
+    def endpoints(self) -> wire.Endpoints:
+        return endpoints(self.settings, self.run_dir)
+
+    @property
     def control_endpoint(self) -> str:
-        return control_endpoint(self.settings, self.run_dir)
+        return self.endpoints.control
 
     @property
     def events_endpoint(self) -> str:
-        return self.settings.supervisor.events_endpoint or f"ipc://{self.run_dir}/events.sock"
+        return self.endpoints.events
 
     @property
     def backend_endpoint(self) -> str:
-        return f"ipc://{self.run_dir}/actors.sock"
+        return self.endpoints.actors
 
     @property
     def ring_name(self) -> str:
         return f"skald-{os.getpid()}-pcm"
 
-    def _resolve_gpu(self) -> Any:
+    def _resolve_gpu(self) -> ResolvedGpuConfig:
         """Detect the GPU once (NVML: no torch in the supervisor) and resolve the tier's config;
         the actors get it in their spec. A bad GPU knob fails start-up with the key named."""
         from actors.gpu.tiers import detect_gpus, resolve_gpu_config
@@ -269,7 +294,8 @@ class Supervisor:
         self._backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
         self._frontend = self._bind(zmq.ROUTER, self.control_endpoint)
         self._frontend.setsockopt(zmq.MAXMSGSIZE, wire.ABSOLUTE_MAX_PAYLOAD + 4096)
-        self._events = self._bind(zmq.PUB, self.events_endpoint)
+        self._events = self._bind(zmq.XPUB, self.events_endpoint)
+        self._events.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription is seen, not only the first
         self._finalizer = weakref.finalize(self, _shutdown_children, list(self.children.values()), 1.0)
         for child in self.children.values():
             self._spawn(child)
@@ -316,7 +342,7 @@ class Supervisor:
             ring_name=self.ring_name,
             shm_names=(self.ring_name,),
             log_level=self.log_level,
-            extra={"gpu": self.gpu.to_dict()} if self.gpu is not None else {},
+            gpu=self.gpu,
         )
         child.proc = self._mp.Process(target=_entry(child.role), args=(spec,), name=f"skald::{child.role}")
         child.proc.start()
@@ -391,6 +417,7 @@ class Supervisor:
             poller = zmq.Poller()
             poller.register(self._backend, zmq.POLLIN)
             poller.register(self._frontend, zmq.POLLIN)
+            poller.register(self._events, zmq.POLLIN)
             sentinels: dict[int, Child] = {}
             for child in self.children.values():
                 if child.proc is not None and child.restart_at is None:
@@ -416,6 +443,8 @@ class Supervisor:
                         break
             elif sock is self._frontend:
                 self._on_client(self._frontend.recv_multipart())
+            elif sock is self._events:
+                self._on_subscription(self._events.recv())
             elif sock in sentinels:
                 self._on_child_exit(sentinels[sock])
         self._housekeeping()
@@ -436,6 +465,13 @@ class Supervisor:
                 child.proc.kill()
             elif child.ready and child.restarts and now - child.started_at > HEALTHY_RESET_S:
                 child.restarts = 0
+
+    def _on_subscription(self, frame: bytes) -> None:
+        """XPUB hands us ``\x01topic`` for each subscribe (``\x00topic`` to unsubscribe). Any
+        event a subscriber receives proves its subscription live; this one is sent for that."""
+        if frame[:1] == b"\x01":
+            self.subscriptions += 1
+            self._publish(wire.Subscribed(subscribers=self.subscriptions))
 
     # ------------------------------------------------------------------ children
     def _on_child_exit(self, child: Child) -> None:
@@ -482,7 +518,7 @@ class Supervisor:
         for rec in active:
             self._finish(rec, "failed", reason)
 
-    def _to_actor(self, role: str, msg: wire.Message) -> None:
+    def _to_actor(self, role: Role, msg: wire.Message) -> None:
         child = self.children[role]
         frames = wire.encode(msg)
         if not child.ready:
@@ -494,7 +530,7 @@ class Supervisor:
         except zmq.ZMQError:
             child.pending.append(frames)  # not connected yet (restarting); flushed on READY
 
-    def _to_actors(self, msg: wire.Message, roles: Iterable[str] = ROLES) -> None:
+    def _to_actors(self, msg: wire.Message, roles: Iterable[Role] = ROLES) -> None:
         for role in roles:
             self._to_actor(role, msg)
 
@@ -503,7 +539,7 @@ class Supervisor:
         if len(frames) < 3:
             return
         role = frames[0].decode(errors="replace")
-        child = self.children.get(role)
+        child = self.children.get(role)  # a str finds its Role key (StrEnum hashes as its value)
         try:
             msg = wire.decode(frames[1:])
         except wire.WireError as exc:
@@ -549,21 +585,13 @@ class Supervisor:
         if rec is None:
             return
         if isinstance(msg, wire.ChunkPlanned):
-            rec.chunks[msg.index] = {"text": msg.text, "est_s": round(msg.est_s, 3)}
+            rec.chunks[msg.index] = ChunkRecord(text=msg.text, est_s=round(msg.est_s, 3))
         elif isinstance(msg, wire.ChunkSynthesized):
-            chunk = rec.chunks.setdefault(msg.index, {})
-            chunk["dur_s"] = round(msg.dur_s, 3)
-            chunk["synth_ms"] = round(msg.synth_ms, 2)
-            chunk["engine"] = msg.engine
-            if msg.out_end >= 0:
-                chunk["span"] = {
-                    "out_start": msg.out_start,
-                    "out_end": msg.out_end,
-                    "lead_pad": msg.lead_pad,
-                    "src_start": msg.src_start,
-                    "kept": msg.kept,
-                    "overlap_in": msg.overlap_in,
-                }
+            chunk = rec.chunks.setdefault(msg.index, ChunkRecord())
+            chunk.dur_s = round(msg.dur_s, 3)
+            chunk.synth_ms = round(msg.synth_ms, 2)
+            chunk.engine = msg.engine
+            chunk.span = msg.span
         elif isinstance(msg, wire.PlaybackStarted):
             rec.ttfa_ms = msg.ttfa_ms
         elif isinstance(msg, wire.Underrun):
@@ -573,7 +601,7 @@ class Supervisor:
         rec = self.requests.get(request_id)
         return rec is not None and rec.status == "active"
 
-    def _finish(self, rec: RequestRecord, status: str, reason: str = "") -> None:
+    def _finish(self, rec: RequestRecord, status: wire.RequestStatus, reason: str = "") -> None:
         rec.status = status
         rec.reason = reason
         self._publish(
@@ -638,12 +666,12 @@ class Supervisor:
         if isinstance(msg, wire.Append):
             rec = self._open_stream(msg.request_id)
             wire.validate_text(msg.text, limit, allow_empty=True, request_id=msg.request_id)
-            self._to_actor(NARRATIVE, msg)
+            self._text_to_worker(msg.request_id, "narrative", msg.text, final=False)
             return [wire.Accepted(request_id=rec.request_id, t_accepted=time.monotonic())]
         if isinstance(msg, wire.End):
             rec = self._open_stream(msg.request_id)
             rec.text_open = False
-            self._to_actor(NARRATIVE, msg)
+            self._text_to_worker(msg.request_id, "narrative", "", final=True)
             return [wire.Accepted(request_id=rec.request_id, t_accepted=time.monotonic())]
         if isinstance(msg, wire.Cancel):
             return [self._cancel(msg)]
@@ -651,26 +679,27 @@ class Supervisor:
             return [self.status()]
         raise wire.WireError("unknown_kind", f"{msg.KIND.decode()} is not a client request")
 
-    def _new_request_id(self, requested: str, barge_in: str) -> str:
+    def _new_request_id(self, requested: str) -> str:
         request_id = requested or uuid.uuid4().hex[:12]
         if len(request_id) > 128:
             raise wire.WireError("bad_request", "request_id is longer than 128 characters")
         if request_id in self.requests and self.requests[request_id].status == "active":
             raise wire.WireError("bad_request", f"request {request_id!r} is already active", request_id)
-        if barge_in not in ("queue", "interrupt"):
-            raise wire.WireError(
-                "bad_request", f"barge_in must be 'queue' or 'interrupt', not {barge_in!r}", request_id
-            )
         return request_id
 
-    def _barge_in(self, policy: str) -> None:
+    def _text_to_worker(self, request_id: str, source: wire.TextSource, text: str, final: bool) -> None:
+        """The orchestrator's own text, straight to the worker (no text actor in between). The
+        worker orders prelude before narrative (``TtsWorker._text``), so this needs no care."""
+        self._to_actor(TTS_WORKER, wire.TextPiece(request_id=request_id, source=source, text=text, final=final))
+
+    def _barge_in(self, policy: wire.BargeIn) -> None:
         """``interrupt``: everything still playing or queued stops before the new request starts."""
         if policy == "interrupt" and any(r.status == "active" for r in self.requests.values()):
             self._cancel(wire.Cancel(all=True), reason="interrupted by a new request")
 
     def _turn(self, msg: wire.Turn, client: list[bytes] | None) -> wire.Message:
         limit = self.settings.protocol.max_text_chars
-        request_id = self._new_request_id(msg.request_id, msg.barge_in)
+        request_id = self._new_request_id(msg.request_id)
         backends = {role: getattr(self.settings.actors, role).backend for role in (PRELUDE, NARRATIVE)}
         if "text" in backends.values():
             raise wire.WireError(
@@ -706,7 +735,7 @@ class Supervisor:
 
     def _speak(self, msg: wire.Speak, client: list[bytes] | None) -> wire.Message:
         limit = self.settings.protocol.max_text_chars
-        request_id = self._new_request_id(msg.request_id, msg.barge_in)
+        request_id = self._new_request_id(msg.request_id)
         wire.validate_text(msg.text, limit, allow_empty=msg.streaming or bool(msg.prelude), request_id=request_id)
         if msg.prelude:
             wire.validate_text(msg.prelude, limit, request_id=request_id)
@@ -720,17 +749,12 @@ class Supervisor:
                 request_id=request_id, voice=msg.voice, priority=msg.priority, t_accepted=now, has_prelude=has_prelude
             ),
         )
-        forwarded = wire.Speak(
-            request_id=request_id,
-            text=msg.text,
-            voice=msg.voice,
-            priority=msg.priority,
-            streaming=msg.streaming,
-            prelude=msg.prelude,
-        )
         if has_prelude:
-            self._to_actor(PRELUDE, forwarded)
-        self._to_actor(NARRATIVE, forwarded)
+            self._text_to_worker(request_id, "prelude", msg.prelude, final=True)
+        if not msg.streaming:
+            self._text_to_worker(request_id, "narrative", msg.text, final=True)
+        elif msg.text:
+            self._text_to_worker(request_id, "narrative", msg.text, final=False)
         accepted = wire.Accepted(request_id=request_id, t_accepted=now)
         self._publish(accepted)
         return accepted

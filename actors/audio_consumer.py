@@ -39,16 +39,19 @@ import time
 import wave
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from actors import wire
 from actors.audio.output import Int16Converter, IntegerUpsampler
 from actors.audio.prebuffer import PlaybackState, PrebufferConfig, PrebufferPolicy
-from actors.runtime import ActorIO, ActorSpec, process_rss_mb, run_actor
+from actors.runtime import ActorSpec, Send, process_rss_mb, run_actor
 from config.settings import Settings
 from shm import PcmRing
+
+if TYPE_CHECKING:
+    from typing import Self
 
 log = logging.getLogger("skald.audio_consumer")
 
@@ -643,9 +646,12 @@ def build_sink(settings: Settings, core: PlaybackCore, device: Any = None) -> Cl
 
 
 class AudioConsumer:
-    """Ring + callback core + control + sink; runs in its own process or in-process in tests."""
+    """Ring + callback core + control + sink, an ``actors.runtime.Actor``; runs in its own
+    process (built by ``from_spec``) or in-process in tests."""
 
-    def __init__(self, settings: Settings, ring: PcmRing, send: Any, start_s: float | None = None) -> None:
+    def __init__(self, settings: Settings, ring: PcmRing, send: Send, start_s: float | None = None) -> None:
+        self.nice: int | None = None  # the process's nice value once from_spec raised it
+        self._owns_ring = False
         self.settings = settings
         self.ring = ring
         self.send = send
@@ -693,6 +699,8 @@ class AudioConsumer:
             info["upsample"] = self.core.upsample
             info["filter_delay_ms"] = round(self.core.output_delay_s * 1000.0, 3)
         info["dither"] = self.settings.dsp.dither
+        if self.nice is not None:
+            info["nice"] = self.nice
         return info
 
     def metrics(self) -> dict[str, Any]:
@@ -711,7 +719,6 @@ class AudioConsumer:
         }
 
     def run(self, stop: threading.Event, inbox: queue.Queue[wire.Message]) -> None:
-        last_metrics = 0.0
         reported_error = False
         while not stop.is_set():
             # Every wake-up here preempts the TTS worker's inference threads on a small machine,
@@ -728,21 +735,40 @@ class AudioConsumer:
             self.control.poll()
             if self.sink.error and not reported_error:
                 reported_error = True
-                self.send(wire.Error(kind="audio_output", message=self.sink.error, actor="audio_consumer"))
-            now = time.monotonic()
+                self.send(wire.Error(kind="audio_output", message=self.sink.error, actor=wire.Role.AUDIO_CONSUMER))
             if not self.control.idle:
-                self._last_audio = now
-            if now - last_metrics > 1.0:
-                last_metrics = now
-                self.send(wire.Metrics(role="audio_consumer", values=self.metrics()))
+                self._last_audio = time.monotonic()
         # Let the tail of the last request leave the device before the stream closes.
         pad = self.settings.audio.tail_pad_ms / 1000.0
         remaining = pad - (time.monotonic() - self._last_audio)
         if isinstance(self.sink, DeviceSink) and remaining > 0:
             time.sleep(remaining)
 
+    def on_eager(self, msg: wire.Message) -> None:
+        """Nothing to do ahead of order: a cancel is applied by the control loop, which wakes at once."""
+
     def close(self) -> None:
         self.sink.stop()
+        if self._owns_ring:
+            self.ring.close()
+
+    @classmethod
+    def from_spec(cls, spec: ActorSpec, send: Send) -> Self:
+        """The consumer of an ``audio_consumer`` process: raises its priority, attaches the ring
+        as its consumer (and closes it in ``close``); the GPU tier sizes the pre-buffer (0.5 s
+        on a High-End card, 3 s on a Low-End one)."""
+        nice = raise_audio_priority()
+        ring = PcmRing.attach(spec.ring_name, "consumer")
+        ring.start_heartbeat()
+        try:
+            start_s = spec.gpu.config.prebuffer_s if spec.gpu is not None else None
+            consumer = cls(spec.config, ring, send, start_s=start_s)
+        except Exception:
+            ring.close()
+            raise
+        consumer.nice = nice
+        consumer._owns_ring = True
+        return consumer
 
 
 AUDIO_NICE = -10  # the callback must win the CPU from inference threads on a small machine
@@ -760,32 +786,6 @@ def raise_audio_priority() -> int:
     return os.getpriority(os.PRIO_PROCESS, 0)
 
 
-class _AudioConsumerProcess:
-    def __init__(self, spec: ActorSpec, io: ActorIO) -> None:
-        self.io = io
-        self.nice = raise_audio_priority()
-        self.ring = PcmRing.attach(spec.ring_name, "consumer")
-        self.ring.start_heartbeat()
-        try:
-            gpu = spec.extra.get("gpu")
-            # The GPU tier sizes the pre-buffer (0.5 s on a High-End card, 3 s on a Low-End one).
-            start_s = float(gpu["config"]["prebuffer_s"]) if gpu else None
-            self.consumer = AudioConsumer(spec.config, self.ring, io.send, start_s=start_s)
-        except Exception:
-            self.ring.close()
-            raise
-
-    def ready_info(self) -> dict[str, Any]:
-        return {**self.consumer.ready_info(), "nice": self.nice}
-
-    def run(self, stop: threading.Event) -> None:
-        self.consumer.run(stop, self.io.inbox)
-
-    def close(self) -> None:
-        self.consumer.close()
-        self.ring.close()
-
-
 def run_audio_consumer_process(spec: ActorSpec) -> None:
     """Entry point of the audio consumer process."""
-    run_actor(spec, _AudioConsumerProcess)
+    run_actor(spec, AudioConsumer)

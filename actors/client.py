@@ -7,13 +7,19 @@
                 break
 
 Requests go over a DEALER socket to the supervisor's control ROUTER; each request gets one
-direct reply (``Accepted``, ``Status`` or ``Error``). Events are published on a PUB socket;
+direct reply (``Accepted``, ``Status`` or ``Error``). Events are published on an XPUB socket;
 ``events()`` yields them typed. The wire is plain msgpack (see ``docs/protocol.md``), so
 clients in other languages need no skald code.
+
+A client made with an events endpoint returns from its constructor only once its subscription
+is live: the server answers every new subscription with a published ``subscribed`` event, and
+receiving any event proves the subscription reached the publisher. So the events of the first
+request are never lost to ZeroMQ's "slow joiner", and nobody sleeps hoping for it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -41,16 +47,39 @@ class SkaldClient:
         self._control = self._ctx.socket(zmq.DEALER)
         self._control.setsockopt(zmq.LINGER, 0)
         self._control.connect(control_endpoint)
+        self.events_endpoint = events_endpoint or ""
         self._events: zmq.Socket[Any] | None = None
+        self._early: list[wire.Message] = []
         if events_endpoint:
             self._events = self._ctx.socket(zmq.SUB)
             self._events.setsockopt(zmq.LINGER, 0)
             self._events.setsockopt(zmq.SUBSCRIBE, b"")
             self._events.connect(events_endpoint)
+            try:
+                self._await_subscription(events_endpoint)
+            except SkaldClientError:
+                self.close()
+                raise
+
+    def _await_subscription(self, events_endpoint: str) -> None:
+        """Block until an event arrives (the server's ``subscribed`` answer to ours, or any other):
+        from then on every event published reaches this client."""
+        assert self._events is not None
+        if not self._events.poll(int(self.timeout_s * 1000)):
+            raise SkaldClientError(
+                f"no events from {events_endpoint} within {self.timeout_s:g} s "
+                "(is `skald serve` running, and new enough to answer subscriptions?)"
+            )
+        frames = self._events.recv_multipart()
+        with contextlib.suppress(wire.WireError):
+            event = wire.decode(frames)
+            if not isinstance(event, wire.Subscribed):
+                self._early.append(event)  # a real event that beat the handshake: keep it
 
     @classmethod
     def for_run_dir(cls, run_dir: str, timeout_s: float = 5.0) -> SkaldClient:
-        return cls(f"ipc://{run_dir}/control.sock", f"ipc://{run_dir}/events.sock", timeout_s)
+        server = wire.endpoints(run_dir)
+        return cls(server.control, server.events, timeout_s)
 
     # ------------------------------------------------------------------ requests
     def request(self, msg: wire.Message) -> wire.Message:
@@ -82,7 +111,7 @@ class SkaldClient:
         request_id: str = "",
         streaming: bool = False,
         prelude: str = "",
-        barge_in: str = "queue",
+        barge_in: wire.BargeIn = "queue",
     ) -> str:
         """Queue text to be spoken; returns the request id at once (does not wait for audio).
 
@@ -111,7 +140,7 @@ class SkaldClient:
         voice: str = "",
         priority: int = 0,
         request_id: str = "",
-        barge_in: str = "interrupt",
+        barge_in: wire.BargeIn = "interrupt",
     ) -> str:
         """Start a game turn (prelude model speaks at once, narrative model continues it);
         returns the request id at once. A turn interrupts by default: the player acted."""
@@ -150,16 +179,21 @@ class SkaldClient:
 
     # ------------------------------------------------------------------ events
     def events(self, timeout_s: float | None = None) -> Iterator[wire.Message]:
-        """Yield published events until ``timeout_s`` passes with none (forever if None)."""
+        """Yield published events until ``timeout_s`` passes with none (forever if None).
+        ``subscribed`` events (subscription handshakes, this client's or another's) are skipped."""
         if self._events is None:
             raise SkaldClientError("this client was made without an events endpoint")
+        while self._early:
+            yield self._early.pop(0)
         while True:
             if not self._events.poll(None if timeout_s is None else int(timeout_s * 1000)):
                 return
             try:
-                yield wire.decode(self._events.recv_multipart())
+                event = wire.decode(self._events.recv_multipart())
             except wire.WireError:
                 continue
+            if not isinstance(event, wire.Subscribed):
+                yield event
 
     def wait_for(self, request_id: str, timeout_s: float = 60.0) -> tuple[wire.RequestFinished, list[wire.Message]]:
         """Collect events until the request's ``RequestFinished``; raise on timeout."""

@@ -12,10 +12,16 @@ Each role module has one ``run_<role>_process(spec)`` entry point that calls
 3. installs SIGINT/SIGTERM handlers that only set a flag;
 4. starts an ``ActorIO`` thread that owns the DEALER socket to the supervisor: received frames
    are decoded and put on ``inbox`` (a ``queue.Queue``), urgent ones (cancel, shutdown) are
-   also handed to an ``on_eager`` hook at once so a long synthesis can be interrupted, and
-   ``send()`` may be called from any thread (each thread gets its own inproc PUSH socket);
-5. builds the actor, sends ``Ready``, runs it, and on failure sends an ``Error`` before
-   exiting non-zero. Errors cross the process boundary as data, never as tracebacks alone.
+   also handed to the actor's ``on_eager`` hook at once so a long synthesis can be interrupted,
+   and ``send()`` may be called from any thread (each thread gets its own inproc PUSH socket);
+5. builds the actor (``Actor.from_spec``), sends ``Ready``, runs it, and on failure sends an
+   ``Error`` before exiting non-zero. Errors cross the process boundary as data, never as
+   tracebacks alone;
+6. sends the actor's ``metrics()`` as a ``Metrics`` message every ``METRICS_PERIOD_S``, from a
+   thread of its own, so no role loop carries a metrics clock.
+
+Every role class (``TextSourceActor``, ``TtsWorker``, ``AudioConsumer``) implements ``Actor``
+directly; in-process tests build the same classes with their plain constructors.
 """
 
 from __future__ import annotations
@@ -32,26 +38,41 @@ import threading
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Protocol
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Protocol
 
 import zmq
 
 from actors import wire
 from config.settings import Settings
 
+if TYPE_CHECKING:
+    from typing import Self
+
+    from actors.gpu.tiers import ResolvedGpuConfig
+
 log = logging.getLogger("skald.actor")
 
 #: An orphaned actor whose loop has not returned after this long is ended by force.
 ORPHAN_EXIT_S = 1.0
 _PR_SET_PDEATHSIG = 1
+#: How often every actor reports its ``metrics()`` to the supervisor (``status`` shows them).
+METRICS_PERIOD_S = 1.0
+
+#: Sends one message to the supervisor; callable from any thread (``ActorIO.send`` in a process,
+#: a list's ``append`` in in-process tests).
+Send = Callable[[wire.Message], None]
 
 
 @dataclass(frozen=True)
 class ActorSpec:
-    """Plain data handed to a spawned actor (it must pickle)."""
+    """Plain data handed to a spawned actor (it must pickle).
 
-    role: str
+    ``gpu`` is the GPU configuration the supervisor resolved once (detection, tier, the values
+    in force), typed: the worker hands it to GPU control, the consumer takes its pre-buffer.
+    None when the supervisor resolved none (in-process tools)."""
+
+    role: wire.Role
     backend_endpoint: str
     settings: dict[str, Any]
     run_dir: str
@@ -59,7 +80,7 @@ class ActorSpec:
     ring_name: str
     shm_names: tuple[str, ...] = ()
     log_level: int = logging.INFO
-    extra: dict[str, Any] = field(default_factory=dict)
+    gpu: ResolvedGpuConfig | None = None
 
     @property
     def config(self) -> Settings:
@@ -67,11 +88,26 @@ class ActorSpec:
 
 
 class Actor(Protocol):
-    """What ``run_actor`` drives. ``run`` returns when ``stop`` is set or on Shutdown."""
+    """The one contract every role class implements; ``run_actor`` drives it in a process.
+
+    ``from_spec`` builds the actor in its process (attach the ring, load engines); ``send`` is
+    thread-safe. ``ready_info`` goes out in ``Ready``. ``run`` handles ``inbox`` until ``stop``
+    is set or a ``Shutdown`` arrives. ``on_eager`` is called on the IO thread the moment a
+    ``Cancel`` or ``Shutdown`` arrives, before its ordered copy reaches ``inbox``; it must be
+    quick and thread-safe. ``metrics`` is called every ``METRICS_PERIOD_S`` from another thread
+    (read counters; take no lock the hot path holds for long). ``close`` frees what it holds.
+    """
+
+    @classmethod
+    def from_spec(cls, spec: ActorSpec, send: Send) -> Self: ...
 
     def ready_info(self) -> dict[str, Any]: ...
 
-    def run(self, stop: threading.Event) -> None: ...
+    def run(self, stop: threading.Event, inbox: queue.Queue[wire.Message]) -> None: ...
+
+    def on_eager(self, msg: wire.Message) -> None: ...
+
+    def metrics(self) -> dict[str, Any]: ...
 
     def close(self) -> None: ...
 
@@ -84,7 +120,7 @@ class ActorIO:
 
     def __init__(
         self,
-        role: str,
+        role: wire.Role,
         endpoint: str,
         on_eager: Callable[[wire.Message], None] | None = None,
         context: zmq.Context[Any] | None = None,
@@ -118,7 +154,7 @@ class ActorIO:
                 self._senders.append(sock)
         sock.send_multipart(wire.encode(msg))
 
-    def error(self, kind: str, message: str, request_id: str = "") -> None:
+    def error(self, kind: wire.ErrorKind, message: str, request_id: str = "") -> None:
         self.send(wire.Error(kind=kind, message=message, actor=self.role, request_id=request_id))
 
     def _loop(self) -> None:
@@ -232,6 +268,23 @@ def install_stop_handlers(stop: threading.Event) -> None:
     signal.signal(signal.SIGINT, handler)
 
 
+def start_metrics_tick(role: wire.Role, actor: Actor, send: Send, stop: threading.Event) -> threading.Thread:
+    """Send ``actor.metrics()`` every ``METRICS_PERIOD_S`` until ``stop``; the first at once."""
+
+    def tick() -> None:
+        while True:
+            try:
+                send(wire.Metrics(role=role, values=actor.metrics()))
+            except Exception:  # metrics must never take an actor down
+                log.exception("%s: metrics failed", role)
+            if stop.wait(METRICS_PERIOD_S):
+                return
+
+    thread = threading.Thread(target=tick, name=f"{role}-metrics", daemon=True)
+    thread.start()
+    return thread
+
+
 def start_parent_watchdog(spec: ActorSpec, stop: threading.Event) -> threading.Thread:
     def watch() -> None:
         while True:
@@ -250,11 +303,7 @@ def start_parent_watchdog(spec: ActorSpec, stop: threading.Event) -> threading.T
     return thread
 
 
-def run_actor(
-    spec: ActorSpec,
-    build: Callable[[ActorSpec, ActorIO], Actor],
-    eager: Callable[[Actor, wire.Message], None] | None = None,
-) -> None:
+def run_actor(spec: ActorSpec, actor_class: type[Actor]) -> None:
     """Entry scaffolding shared by every ``run_<role>_process``; exits the process when done."""
     configure_logging(spec.log_level)
     set_process_title(spec.role)
@@ -269,19 +318,23 @@ def run_actor(
         if isinstance(msg, wire.Shutdown):
             stop.set()
         actor = holder.get("actor")
-        if actor is not None and eager is not None:
-            eager(actor, msg)
+        if actor is not None:
+            actor.on_eager(msg)
 
     io = ActorIO(spec.role, spec.backend_endpoint, on_eager=on_eager)
     io.start()
     code = 0
     try:
-        actor = build(spec, io)
+        actor = actor_class.from_spec(spec, io.send)
         holder["actor"] = actor
         io.send(wire.Ready(role=spec.role, pid=os.getpid(), info=actor.ready_info()))
+        metrics_stop = threading.Event()
+        ticker = start_metrics_tick(spec.role, actor, io.send, metrics_stop)
         try:
-            actor.run(stop)
+            actor.run(stop, io.inbox)
         finally:
+            metrics_stop.set()
+            ticker.join(2.0)
             actor.close()
     except Exception as exc:
         code = 1

@@ -2,11 +2,14 @@
 
 Backends (``actors.<role>.backend``):
 
-- ``text``: forward the orchestrator's own text, in order (``Speak.text`` / ``Append`` /
-  ``End`` for the narrative actor, ``Speak.prelude`` for the prelude actor). This is a real
-  mode: speaking text the orchestrator already has.
+- ``text``: no model; the actor answers a ``Turn`` with an error (the supervisor refuses turns
+  without models before they get here).
 - ``openai`` / ``transformers``: a language model (``actors.text.llm``) writes the text of a
-  ``Turn``. ``Speak`` requests are still forwarded as with ``text``.
+  ``Turn``.
+
+The orchestrator's own text (``Speak`` / ``Append`` / ``End``) never passes through these
+actors: the supervisor sends it to the TTS worker as ``TextPiece``s itself (one IPC hop, not
+two), whatever the backend. These actors exist for turns.
 
 A ``Turn`` reaches both actors at the same moment (the supervisor forwards it to both):
 
@@ -21,7 +24,9 @@ A ``Turn`` reaches both actors at the same moment (the supervisor forwards it to
   ``TextPiece(source="narrative")`` pieces, ending with ``final=True``.
 
 The TTS worker only ever sees ``TextPiece`` messages, in order, ending with one
-``final=True`` per source. Generation runs on a worker thread; the actor loop (and the IO
+``final=True`` per source; it alone orders speech (prelude before narrative, see
+``TtsWorker._text``). The narrative's wait for ``PreludeDone`` is not ordering but content:
+it continues the opener's words. Generation runs on a worker thread; the actor loop (and the IO
 thread's eager hook) keep handling ``Cancel`` meanwhile. Guarantee: once a ``Cancel`` has
 been handled (the eager hook returned), no ``TextPiece`` or ``PreludeDone`` of that request
 is sent -- every send checks the request's cancel token under the lock the cancel takes.
@@ -38,12 +43,11 @@ import itertools
 import logging
 import queue
 import threading
-import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from actors import wire
-from actors.runtime import ActorIO, ActorSpec, process_rss_mb, run_actor
+from actors.runtime import ActorSpec, Send, process_rss_mb, run_actor
 from actors.text.llm import (
     LLM_BACKENDS,
     CancelToken,
@@ -58,12 +62,13 @@ from actors.text.llm import (
 from config.settings import TextActorSettings
 
 if TYPE_CHECKING:
+    from typing import Self
+
     from actors.text.llm import TextGenerator
 
 log = logging.getLogger("skald.text_source")
 
-PRELUDE = "prelude"
-NARRATIVE = "narrative"
+PRELUDE, NARRATIVE = wire.TEXT_ROLES
 BACKENDS = ("text", *LLM_BACKENDS)
 #: PreludeDone messages kept for turns the narrative actor has not seen (yet); bounded.
 _EARLY_LIMIT = 256
@@ -86,7 +91,8 @@ class TurnJob:
 
 
 class TextSourceActor:
-    """Turns requests into ``TextPiece`` streams for one source (prelude or narrative).
+    """Turns ``Turn`` requests into ``TextPiece`` streams for one source (prelude or narrative);
+    an ``actors.runtime.Actor``.
 
     ``send`` is any callable taking a wire message (``ActorIO.send`` in the process, a list's
     ``append`` in tests); it may be called from the worker thread. ``generator`` overrides the
@@ -95,9 +101,9 @@ class TextSourceActor:
 
     def __init__(
         self,
-        role: str,
+        role: wire.Role,
         backend: str,
-        send: Any,
+        send: Send,
         settings: TextActorSettings | None = None,
         generator: TextGenerator | None = None,
     ) -> None:
@@ -106,10 +112,10 @@ class TextSourceActor:
         if backend not in BACKENDS:
             raise ValueError(f"{role}: unknown backend {backend!r}; available: {', '.join(BACKENDS)}")
         self.role = role
+        self.source = wire.TEXT_SOURCE_OF[role]
         self.backend = backend
         self.settings = settings or TextActorSettings(backend=backend)
         self._send = send
-        self._open: set[str] = set()  # streaming narrative requests still expecting text
         self.pieces_sent = 0
         self.turns_done = 0
         self.generator: TextGenerator | None = generator
@@ -136,6 +142,15 @@ class TextSourceActor:
         self.current: str = ""  # request being generated, for metrics
 
     # ---------------------------------------------------------------- lifecycle
+    @classmethod
+    def from_spec(cls, spec: ActorSpec, send: Send) -> Self:
+        settings: TextActorSettings = getattr(spec.config.actors, spec.role)
+        actor = cls(spec.role, settings.backend, send, settings)
+        if actor.load_error:
+            # Published at startup so the operator sees it before the first turn fails.
+            actor.send_error("", "model_unavailable", f"{spec.role}: {actor.load_error}")
+        return actor
+
     def start(self) -> None:
         """Start the generation thread (``run`` does it; in-process tests call it)."""
         if self._worker is None and self.backend != "text":
@@ -167,19 +182,10 @@ class TextSourceActor:
     # ---------------------------------------------------------------- messages
     def handle(self, msg: wire.Message) -> None:
         """Process one message from the supervisor (also called directly by in-process tests)."""
-        if isinstance(msg, wire.Speak):
-            self._on_speak(msg)
-        elif isinstance(msg, wire.Turn):
+        if isinstance(msg, wire.Turn):
             self._on_turn(msg)
         elif isinstance(msg, wire.PreludeDone):
             self._on_prelude_done(msg)
-        elif isinstance(msg, wire.Append):
-            if msg.request_id in self._open:
-                self._piece(msg.request_id, msg.text, final=False)
-        elif isinstance(msg, wire.End):
-            if msg.request_id in self._open:
-                self._open.discard(msg.request_id)
-                self._piece(msg.request_id, "", final=True)
         elif isinstance(msg, wire.Cancel):
             self.cancel(msg)
             with self._lock:  # the ordered copy of a cancel the eager hook already applied
@@ -190,7 +196,7 @@ class TextSourceActor:
                 else:
                     self._pending_ids.pop(msg.request_id, None)
 
-    def eager(self, msg: wire.Message) -> None:
+    def on_eager(self, msg: wire.Message) -> None:
         """The IO thread's hook, called the moment a Cancel arrives (before it is queued)."""
         if not isinstance(msg, wire.Cancel):
             return
@@ -211,11 +217,9 @@ class TextSourceActor:
         Called by the IO thread's eager hook the moment the Cancel arrives, and again in order."""
         with self._lock:
             if msg.all:
-                self._open.clear()
                 doomed = list(self._jobs.values())
                 self._early.clear()
             else:
-                self._open.discard(msg.request_id)
                 job = self._jobs.get(msg.request_id)
                 doomed = [job] if job is not None else []
                 self._early.pop(msg.request_id, None)
@@ -227,19 +231,6 @@ class TextSourceActor:
                 self._jobs.pop(job.request_id, None)
             self._queue = [item for item in self._queue if item[2] in self._jobs]
             heapq.heapify(self._queue)
-
-    def _on_speak(self, msg: wire.Speak) -> None:
-        if self._cancelled_early(msg.request_id):
-            return
-        if self.role == PRELUDE:
-            self._piece(msg.request_id, msg.prelude, final=True)
-            return
-        if msg.streaming:
-            self._open.add(msg.request_id)
-            if msg.text:
-                self._piece(msg.request_id, msg.text, final=False)
-        else:
-            self._piece(msg.request_id, msg.text, final=True)
 
     def _on_turn(self, msg: wire.Turn) -> None:
         if self._cancelled_early(msg.request_id):
@@ -278,7 +269,7 @@ class TextSourceActor:
     # ---------------------------------------------------------------- sending
     def _piece(self, request_id: str, text: str, final: bool) -> None:
         self.pieces_sent += 1
-        self._send(wire.TextPiece(request_id=request_id, source=self.role, text=text, final=final))
+        self._send(wire.TextPiece(request_id=request_id, source=self.source, text=text, final=final))
 
     def _emit(self, job: TurnJob, text: str, final: bool = False) -> bool:
         """Send a piece of a turn unless it was cancelled; False once it is."""
@@ -292,7 +283,7 @@ class TextSourceActor:
                     self._send(wire.PreludeDone(request_id=job.request_id, text=job.prelude_text))
             return True
 
-    def send_error(self, request_id: str, kind: str, message: str) -> None:
+    def send_error(self, request_id: str, kind: wire.ErrorKind, message: str) -> None:
         self._send(wire.Error(kind=kind, message=message, actor=self.role, request_id=request_id))
 
     # ---------------------------------------------------------------- generation (worker thread)
@@ -326,12 +317,12 @@ class TextSourceActor:
                 self._narrative(job, self.generator)
             self.turns_done += 1
         except LlmError as exc:
-            self._fail(job, exc.kind, exc.message)
+            self._fail(job, cast("wire.ErrorKind", exc.kind), exc.message)  # llm raises only its two kinds
         except Exception as exc:  # a bug must end the request, not the actor
             log.exception("%s: turn %s failed", self.role, job.request_id)
             self._fail(job, "generation_failed", f"{type(exc).__name__}: {exc}")
 
-    def _fail(self, job: TurnJob, kind: str, message: str) -> None:
+    def _fail(self, job: TurnJob, kind: wire.ErrorKind, message: str) -> None:
         with self._lock:
             if job.cancel.cancelled or job.ended:
                 return
@@ -403,7 +394,6 @@ class TextSourceActor:
             queued = len(self._queue)
         return {
             "pieces_sent": self.pieces_sent,
-            "open_streams": len(self._open),
             "turns_done": self.turns_done,
             "turns_queued": queued,
             "generating": self.current,
@@ -412,12 +402,7 @@ class TextSourceActor:
 
     def run(self, stop: threading.Event, inbox: queue.Queue[wire.Message]) -> None:
         self.start()
-        last_metrics = 0.0
         while not stop.is_set():
-            now = time.monotonic()
-            if now - last_metrics > 1.0:
-                last_metrics = now
-                self._send(wire.Metrics(role=self.role, values=self.metrics()))
             try:
                 msg = inbox.get(timeout=0.1)
             except queue.Empty:
@@ -427,34 +412,11 @@ class TextSourceActor:
             self.handle(msg)
 
 
-class _TextSourceProcess:
-    def __init__(self, spec: ActorSpec, io: ActorIO) -> None:
-        settings: TextActorSettings = getattr(spec.config.actors, spec.role)
-        self.actor = TextSourceActor(spec.role, settings.backend, io.send, settings)
-        self.io = io
-        if self.actor.load_error:
-            # Published at startup so the operator sees it before the first turn fails.
-            self.actor.send_error("", "model_unavailable", f"{spec.role}: {self.actor.load_error}")
-
-    def ready_info(self) -> dict[str, Any]:
-        return self.actor.ready_info()
-
-    def run(self, stop: threading.Event) -> None:
-        self.actor.run(stop, self.io.inbox)
-
-    def close(self) -> None:
-        self.actor.close()
-
-
-def _eager(actor: Any, msg: wire.Message) -> None:
-    actor.actor.eager(msg)
-
-
 def run_prelude_process(spec: ActorSpec) -> None:
     """Entry point of the prelude actor process."""
-    run_actor(spec, _TextSourceProcess, eager=_eager)
+    run_actor(spec, TextSourceActor)
 
 
 def run_narrative_process(spec: ActorSpec) -> None:
     """Entry point of the narrative actor process."""
-    run_actor(spec, _TextSourceProcess, eager=_eager)
+    run_actor(spec, TextSourceActor)

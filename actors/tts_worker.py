@@ -43,23 +43,30 @@ import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from actors import wire
-from actors.audio.joiner import ChunkJoiner
+from actors.audio.joiner import ChunkJoiner, ChunkSpan
 from actors.audio.resample import Resampler
-from actors.runtime import ActorIO, ActorSpec, process_rss_mb, run_actor
+from actors.gpu.hooks import GpuControlHooks, GpuHooks
+from actors.runtime import ActorSpec, Send, process_rss_mb, run_actor
 from actors.text.chunker import ChunkerConfig, ChunkPlan, SemanticChunker, SpeakingRate
+from actors.text.normalize import Lexicon
 from actors.text.punctuation import pause_kind
 from actors.tts.base import CancelToken, EngineError, TtsEngine, VoiceInfo
 from config.settings import Settings
 from shm import PcmRing, PeerDeadError
 
+if TYPE_CHECKING:
+    from typing import Self
+
+    from actors.gpu.tiers import ResolvedGpuConfig
+
 log = logging.getLogger("skald.tts_worker")
 
-PRELUDE, NARRATIVE = "prelude", "narrative"
+PRELUDE, NARRATIVE = wire.TEXT_ROLES
 # Release a held crossfade tail when less than this much audio is left ahead of the speaker.
 RELEASE_AHEAD_S = 0.12
 
@@ -68,15 +75,18 @@ class FaultPlan:
     """Failure injection for tests and drills (``SKALD_FAULT_INJECT``), never on by default.
 
     ``load`` — the main engine fails to load; ``chunk=I`` — synthesizing chunk I (any request)
-    on the main engine raises, ``times=N`` times (default 2: the retry fails too). Combine with
-    commas: ``chunk=1,times=2``. The failure is a real exception raised in the engine call path,
-    handled by the same code as any engine failure.
+    on the main engine raises, ``times=N`` times (default 2: the retry fails too); ``after=B`` —
+    it raises only after B of the chunk's blocks went out (a failure mid-chunk: what was heard
+    is closed with a fade and the chunk is spoken again). Combine with commas:
+    ``chunk=1,times=2``. The failure is a real exception raised in the engine call path, handled
+    by the same code as any engine failure.
     """
 
     def __init__(self, spec: str) -> None:
         self.fail_load = False
         self.chunk = -1
         self.times = 2
+        self.after_blocks = 0
         for part in filter(None, (p.strip() for p in spec.split(","))):
             key, _, value = part.partition("=")
             if key == "load":
@@ -85,8 +95,10 @@ class FaultPlan:
                 self.chunk = int(value)
             elif key == "times":
                 self.times = int(value)
+            elif key == "after":
+                self.after_blocks = int(value)
             else:
-                raise ValueError(f"SKALD_FAULT_INJECT: unknown fault {part!r} (known: load, chunk=I, times=N)")
+                raise ValueError(f"SKALD_FAULT_INJECT: unknown fault {part!r} (known: load, chunk=I, times=N, after=B)")
         self._lock = threading.Lock()
 
     @classmethod
@@ -94,11 +106,12 @@ class FaultPlan:
         spec = os.environ.get("SKALD_FAULT_INJECT", "")
         return cls(spec) if spec else None
 
-    def check_chunk(self, index: int) -> None:
+    def check_chunk(self, index: int, blocks_out: int = 0) -> None:
+        """Raise if chunk ``index`` is to fail now, ``blocks_out`` of its blocks having gone out."""
         with self._lock:
-            if index == self.chunk and self.times > 0:
+            if index == self.chunk and self.times > 0 and blocks_out == self.after_blocks:
                 self.times -= 1
-                raise EngineError(f"injected fault (SKALD_FAULT_INJECT) in chunk {index}")
+                raise EngineError(f"injected fault (SKALD_FAULT_INJECT) in chunk {index} after {blocks_out} blocks")
 
 
 @dataclass
@@ -130,7 +143,19 @@ class RequestState:
         return self.narrative_done and (self.prelude_done or not self.has_prelude)
 
 
-_DONE = object()
+class ChunkDone:
+    """Marker in a job's block queue: the chunk's synthesis is over (its audio, or its failure)."""
+
+
+class RestartChunk:
+    """Marker in a job's block queue: an attempt failed after part of the chunk was heard; the
+    pusher closes the chunk there and the next attempt speaks it again from its start."""
+
+
+_DONE = ChunkDone()
+_RESTART = RestartChunk()
+#: What a synthesis thread puts in ``Job.blocks``: audio at the ring rate, or a marker.
+BlockItem = np.ndarray | ChunkDone | RestartChunk
 
 
 @dataclass
@@ -143,7 +168,7 @@ class Job:
     plan: ChunkPlan
     engine: TtsEngine | None = None  # chosen at dispatch (main thread)
     voice: str = ""
-    blocks: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
+    blocks: queue.SimpleQueue[BlockItem] = field(default_factory=queue.SimpleQueue)
     started: float = field(default_factory=time.perf_counter)
     engine_used: str = ""
     frames: int = 0  # frames pushed to the ring (after joining)
@@ -170,34 +195,10 @@ class PushedAudio:
 PREEMPT_MARGIN_S = 0.15
 
 
-class GpuHooks:
-    """What the worker asks of GPU control (``actors.gpu.control``); no-ops on CPU."""
-
-    def chunk_bias(self) -> float:
-        return 1.0
-
-    def streams(self, configured: int) -> int:
-        return configured
-
-    def pause_before_dispatch(self, ring_buffered_s: float) -> float:
-        return 0.0
-
-    def on_error(self, exc: BaseException) -> None:
-        pass
-
-    def after_cancel(self) -> None:
-        pass
-
-    def after_request(self) -> None:
-        pass
-
-    def status(self) -> dict[str, Any]:
-        return {}
-
-
 class TtsWorker:
-    """The worker's logic; runs in its own process via ``run_tts_worker_process`` or in-process
-    in tests (``send`` is any thread-safe callable taking a wire message).
+    """The worker's logic, an ``actors.runtime.Actor``; runs in its own process via
+    ``run_tts_worker_process`` (built by ``from_spec``) or in-process in tests (``send`` is any
+    thread-safe callable taking a wire message).
 
     ``engine`` is the main engine, or None when it could not be loaded (``engine_error`` says
     why); ``fallback`` speaks for it then, and after a chunk fails twice.
@@ -208,7 +209,7 @@ class TtsWorker:
         settings: Settings,
         engine: TtsEngine | None,
         ring: PcmRing,
-        send: Any,
+        send: Send,
         *,
         fallback: TtsEngine | None = None,
         engine_error: str = "",
@@ -238,6 +239,8 @@ class TtsWorker:
         self.voices: dict[str, VoiceInfo] = {}
         self.voice_engine: dict[str, TtsEngine] = {}
         self.rates: dict[str, SpeakingRate] = {}
+        # A campaign's words (chunker.lexicon): read now, so a bad file fails at start with its name.
+        self.lexicon = Lexicon.load(settings.chunker.lexicon) if settings.chunker.lexicon else None
         self.requests: dict[str, RequestState] = {}
         self._queue: list[tuple[int, int, int, ChunkPlan, str]] = []
         self._arrivals = itertools.count()
@@ -250,9 +253,11 @@ class TtsWorker:
         self._replays: dict[tuple[str, int], tuple[ChunkPlan, list[np.ndarray]]] = {}
         self._pushing: Job | None = None
         self.preemptions = 0
+        self.restarts = 0  # chunks closed part-way and spoken again after a failed attempt
         self._next_dispatch = 0.0
         self.chunks_synthesized = 0
         self.fallback_chunks = 0
+        self._owned: list[Any] = []  # what close() releases besides the pool (engines, ring: from_spec)
         self.default_voice = main_voice(settings) if engine is not None else settings.tts.fallback_voice
         self.load_voice(self.default_voice)
         if fallback is not None:
@@ -285,6 +290,15 @@ class TtsWorker:
             return info
         raise EngineError(f"unknown voice {voice!r} ({'; '.join(errors)})")
 
+    def _fresh_lexicon(self) -> Lexicon | None:
+        """The lexicon, re-read if its file changed since (a GM edits it while skald runs)."""
+        if self.lexicon is not None:
+            try:
+                self.lexicon.reload()
+            except ValueError as exc:
+                log.warning("lexicon not reloaded, keeping its previous words: %s", exc)
+        return self.lexicon
+
     def _rate_for(self, voice: str) -> SpeakingRate | None:
         try:
             self.load_voice(voice)
@@ -308,7 +322,7 @@ class TtsWorker:
         return ready
 
     # ---------------------------------------------------------------- messages
-    def eager(self, msg: wire.Message) -> None:
+    def on_eager(self, msg: wire.Message) -> None:
         """Called on the IO thread the moment a Cancel arrives: stop the chunks in progress."""
         if not isinstance(msg, wire.Cancel):
             return
@@ -330,7 +344,9 @@ class TtsWorker:
         try:
             self.load_voice(voice)
         except EngineError as exc:
-            self.send(wire.Error(kind="bad_request", message=str(exc), actor="tts_worker", request_id=msg.request_id))
+            self.send(
+                wire.Error(kind="bad_request", message=str(exc), actor=wire.Role.TTS_WORKER, request_id=msg.request_id)
+            )
             self.send(wire.RequestFinished(request_id=msg.request_id, status="failed", reason=str(exc)))
             return
         self.requests[msg.request_id] = RequestState(
@@ -339,7 +355,9 @@ class TtsWorker:
             priority=msg.priority,
             t_accepted=msg.t_accepted,
             arrival=next(self._arrivals),
-            chunker=SemanticChunker(self.rates[voice], self._chunker_config(), rate_for=self._rate_for),
+            chunker=SemanticChunker(
+                self.rates[voice], self._chunker_config(), rate_for=self._rate_for, lexicon=self._fresh_lexicon()
+            ),
             joiner=ChunkJoiner.from_settings(self.settings.dsp, self.ring.sample_rate),
             has_prelude=msg.has_prelude,
         )
@@ -359,6 +377,9 @@ class TtsWorker:
         req = self.requests.get(piece.request_id)
         if req is None or req.cancel.cancelled:
             return  # cancelled or unknown: late text is dropped on purpose
+        # The one place where prelude-before-narrative is enforced: narrative text that arrives
+        # before the prelude's final piece waits here, whoever sent it (the supervisor for a
+        # speak, the text actors for a turn) and whenever it arrives.
         if piece.source == NARRATIVE and req.has_prelude and not req.prelude_done:
             req.held_narrative.append(piece)
             return
@@ -393,7 +414,12 @@ class TtsWorker:
         heapq.heappush(self._queue, (-req.priority, req.arrival, index, plan, req.request_id))
         self.send(
             wire.ChunkPlanned(
-                request_id=req.request_id, index=index, text=plan.text, est_s=plan.est_s, voice=plan.voice or ""
+                request_id=req.request_id,
+                index=index,
+                text=plan.text,
+                est_s=plan.est_s,
+                voice=plan.voice or "",
+                source=plan.source,
             )
         )
 
@@ -454,7 +480,7 @@ class TtsWorker:
                         wire.Error(
                             kind="bad_request",
                             message=f"{exc}; chunk {job.index} keeps the voice {req.voice!r}",
-                            actor="tts_worker",
+                            actor=wire.Role.TTS_WORKER,
                             request_id=req.request_id,
                         )
                     )
@@ -480,13 +506,14 @@ class TtsWorker:
             if req.cancel.cancelled:
                 break
             if n and emitted:
-                job.blocks.put("restart")  # part of this chunk was heard: close it, speak it again
+                job.blocks.put(_RESTART)  # part of this chunk was heard: close it, speak it again
                 emitted = False
             try:
                 if eng is self.engine and self.faults is not None:
                     self.faults.check_chunk(job.index)
                 info = self.voices[name]  # loaded on the main thread at dispatch or start-up
                 resampler = Resampler(info.sample_rate, self.ring.sample_rate)
+                blocks_out = 0
                 for block in eng.synthesize(job.plan.text, name, req.cancel):
                     if req.cancel.cancelled:
                         break
@@ -494,6 +521,9 @@ class TtsWorker:
                     if len(out):
                         job.blocks.put(out)
                         emitted = True
+                        blocks_out += 1
+                        if eng is self.engine and self.faults is not None:
+                            self.faults.check_chunk(job.index, blocks_out)
                 if not req.cancel.cancelled:
                     tail = resampler.flush()
                     if len(tail):
@@ -513,7 +543,7 @@ class TtsWorker:
                             kind="engine_failed",
                             message=f"{eng.name} failed twice on chunk {job.index} ({job.failed}); "
                             f"{self.fallback.name} speaks the rest of this request",
-                            actor="tts_worker",
+                            actor=wire.Role.TTS_WORKER,
                             request_id=req.request_id,
                         )
                     )
@@ -521,7 +551,10 @@ class TtsWorker:
             if not req.cancel.cancelled:
                 self.send(
                     wire.Error(
-                        kind="synthesis_failed", message=job.failed, actor="tts_worker", request_id=req.request_id
+                        kind="synthesis_failed",
+                        message=job.failed,
+                        actor=wire.Role.TTS_WORKER,
+                        request_id=req.request_id,
                     )
                 )
         if job.engine_used and job.engine_used != (self.engine.name if self.engine else ""):
@@ -690,10 +723,11 @@ class TtsWorker:
             except queue.Empty:
                 self._maybe_release()
                 return
-            if item is _DONE:
+            if isinstance(item, ChunkDone):
                 self._complete(job, stop)
                 return
-            if isinstance(item, str):  # "restart": the chunk is spoken again from its start
+            if isinstance(item, RestartChunk):
+                self.restarts += 1
                 job.frames += self._push(req, job.index, req.joiner.end_chunk(), stop)
                 job.frames += self._push(req, job.index, req.joiner.release(), stop)
                 req.joiner.start_chunk(pause_kind(job.plan.boundary, job.plan.text))
@@ -726,13 +760,8 @@ class TtsWorker:
             if voice in self.rates and self.voice_engine.get(voice) is not None:
                 self.rates[voice].observe(job.plan.text, span.engine_frames / self.ring.sample_rate)
         self.send(
-            wire.ChunkSynthesized(
-                request_id=req.request_id,
-                index=job.index,
-                dur_s=dur_s,
-                synth_ms=synth_ms,
-                engine=job.engine_used or "none",
-                **_span_fields(span),
+            wire.ChunkSynthesized.of(
+                req.request_id, job.index, dur_s, synth_ms, job.engine_used or "none", _wire_span(span)
             )
         )
         if req.text_complete and req.queued == 0:
@@ -763,8 +792,10 @@ class TtsWorker:
             "chunks_synthesized": self.chunks_synthesized,
             "fallback_chunks": self.fallback_chunks,
             "preemptions": self.preemptions,
+            "restarts": self.restarts,
             "rss_mb": process_rss_mb(),
-            "chars_per_s": {v: round(r.chars_per_s, 2) for v, r in self.rates.items()},
+            # list(): metrics run on the runtime's tick thread while the loop may add a voice.
+            "chars_per_s": {v: round(r.chars_per_s, 2) for v, r in list(self.rates.items())},
         }
         gpu = self.gpu.status()
         if gpu:
@@ -772,9 +803,8 @@ class TtsWorker:
         return values
 
     def run(self, stop: threading.Event, inbox: queue.Queue[wire.Message]) -> None:
-        last_metrics = 0.0
         if self.engine_error:
-            self.send(wire.Error(kind="engine_unavailable", message=self.engine_error, actor="tts_worker"))
+            self.send(wire.Error(kind="engine_unavailable", message=self.engine_error, actor=wire.Role.TTS_WORKER))
         while not stop.is_set():
             # Drain every pending message before dispatching, so a cancel or a higher-priority
             # request that arrived meanwhile is honoured at the next chunk seam.
@@ -789,30 +819,60 @@ class TtsWorker:
                 pass
             self._dispatch()
             self.pump(stop)
-            now = time.monotonic()
-            if now - last_metrics > 1.0:
-                last_metrics = now
-                self.send(wire.Metrics(role="tts_worker", values=self.metrics()))
 
     def close(self) -> None:
         for req in list(self.requests.values()):
             req.cancel.cancel()
         self._pool.shutdown(wait=True, cancel_futures=True)
+        for resource in self._owned:
+            resource.close()
+        self._owned.clear()
+
+    @classmethod
+    def from_spec(cls, spec: ActorSpec, send: Send) -> Self:
+        """The worker of a ``tts_worker`` process: attaches the ring as its producer, sets the
+        GPU limits before loading the engines, and owns (closes) the engines and the ring."""
+        settings = spec.config
+        ring = PcmRing.attach(spec.ring_name, "producer")
+        ring.start_heartbeat()
+        try:
+            gpu, resolved = _gpu_hooks(settings, spec.gpu)  # the VRAM limit is set before loading
+            main, fallback, error = build_engines(settings)
+            streams = settings.tts.parallel_streams
+            if streams < 0:
+                streams = resolved.config.parallel_streams if resolved is not None else 1
+            worker = cls(
+                settings,
+                main,
+                ring,
+                send,
+                fallback=fallback,
+                engine_error=error,
+                parallel_streams=streams,
+                gpu=gpu,
+                faults=FaultPlan.from_env(),
+            )
+        except Exception:
+            ring.close()
+            raise
+        worker._owned = [e for e in (main, fallback) if e is not None] + [ring]
+        return worker
 
 
-def _span_fields(span: Any) -> dict[str, int]:
+def _wire_span(span: ChunkSpan | None) -> wire.ChunkSpan | None:
+    """The joiner's span of a finished chunk as the one span type the events and reports carry."""
     if span is None or span.end < 0:
-        return {}
-    return {
-        "out_start": span.start,
-        "out_end": span.end,
-        "lead_pad": span.lead_pad,
-        "src_start": span.src_start,
-        "kept": span.kept,
-        "overlap_in": span.overlap_in,
+        return None
+    return wire.ChunkSpan(
+        out_start=span.start,
+        out_end=span.end,
+        lead_pad=span.lead_pad,
+        src_start=span.src_start,
+        kept=span.kept,
+        overlap_in=span.overlap_in,
         # Known only once the next chunk is mixed; the joiner holds at most `crossfade` frames.
-        "overlap_out": span.overlap_out,
-    }
+        overlap_out=span.overlap_out,
+    )
 
 
 def main_voice(settings: Settings) -> str:
@@ -854,109 +914,18 @@ def build_engines(settings: Settings) -> tuple[TtsEngine | None, TtsEngine | Non
     return main, fallback, error
 
 
-class _TtsWorkerProcess:
-    def __init__(self, spec: ActorSpec, io: ActorIO) -> None:
-        settings = spec.config
-        self.io = io
-        self.ring = PcmRing.attach(spec.ring_name, "producer")
-        self.ring.start_heartbeat()
-        try:
-            gpu_config: dict[str, Any] | None = spec.extra.get("gpu")
-            gpu, resolved = _gpu_hooks(settings, gpu_config)  # the VRAM limit is set before loading
-            main, fallback, error = build_engines(settings)
-            streams = settings.tts.parallel_streams
-            if streams < 0:
-                streams = resolved.config.parallel_streams if resolved is not None else 1
-            self.worker = TtsWorker(
-                settings,
-                main,
-                self.ring,
-                io.send,
-                fallback=fallback,
-                engine_error=error,
-                parallel_streams=streams,
-                gpu=gpu,
-                faults=FaultPlan.from_env(),
-            )
-        except Exception:
-            self.ring.close()
-            raise
-
-    def ready_info(self) -> dict[str, Any]:
-        return self.worker.ready_info()
-
-    def run(self, stop: threading.Event) -> None:
-        self.worker.run(stop, self.io.inbox)
-
-    def close(self) -> None:
-        self.worker.close()
-        for engine in (self.worker.engine, self.worker.fallback):
-            if engine is not None:
-                engine.close()
-        self.ring.close()
-
-
-class GpuControlHooks(GpuHooks):
-    """``GpuHooks`` backed by ``actors.gpu.control``: the VRAM limit, pressure and OOM handling,
-    and the utilization controller's yield and parallelism (the ring's fill wins over both)."""
-
-    def __init__(self, resolved: Any) -> None:
-        from actors.gpu.control import UtilizationController, VramManager
-
-        self.resolved = resolved
-        self.vram = VramManager.for_worker(resolved)
-        self.vram.apply_limit()  # before the model is loaded, so the limit covers it
-        self.util = UtilizationController.for_worker(resolved)
-        self._streams = resolved.config.concurrency
-
-    def streams(self, configured: int) -> int:
-        return max(1, min(configured, self._streams, self.vram.max_streams))
-
-    def chunk_bias(self) -> float:
-        return self.vram.chunk_bias  # the tier's bias, lowered further under memory pressure
-
-    def pause_before_dispatch(self, ring_buffered_s: float) -> float:
-        pressure = self.vram.check()
-        decision = self.util.decide(ring_buffered_s, streams_cap=pressure.max_streams)
-        self._streams = decision.parallel_streams
-        return decision.yield_s
-
-    def on_error(self, exc: BaseException) -> None:
-        from actors.gpu.control import is_oom_error
-
-        if is_oom_error(exc):
-            self.vram.oom_count += 1
-            self.vram.pressure = self.vram.governor.note_oom()  # fewer streams, smaller chunks
-            self.vram.release("oom")
-
-    def after_cancel(self) -> None:
-        self.vram.release("cancel")
-
-    def after_request(self) -> None:
-        self.vram.release("request_done")
-
-    def status(self) -> dict[str, Any]:
-        from actors.gpu.control import control_status
-
-        return control_status(self.resolved, self.vram, self.util)
-
-
-def _gpu_hooks(settings: Settings, gpu_config: dict[str, Any] | None) -> tuple[GpuHooks, Any]:
+def _gpu_hooks(settings: Settings, gpu: ResolvedGpuConfig | None) -> tuple[GpuHooks, ResolvedGpuConfig | None]:
     """GPU control when the engine runs on CUDA (XTTS); plain no-ops otherwise (no torch import)."""
-    if not gpu_config or settings.tts.engine != "xtts" or settings.xtts.device == "cpu":
+    if gpu is None or settings.tts.engine != "xtts" or settings.xtts.device == "cpu":
         return GpuHooks(), None
-    from actors.gpu.tiers import ResolvedGpuConfig, confirm_with_torch
+    from actors.gpu.tiers import confirm_with_torch
 
-    resolved = confirm_with_torch(settings, ResolvedGpuConfig.from_dict(gpu_config))
+    resolved = confirm_with_torch(settings, gpu)
     if not resolved.on_gpu:
         return GpuHooks(), resolved
     return GpuControlHooks(resolved), resolved
 
 
-def _eager(actor: Any, msg: wire.Message) -> None:
-    actor.worker.eager(msg)
-
-
 def run_tts_worker_process(spec: ActorSpec) -> None:
     """Entry point of the TTS worker process."""
-    run_actor(spec, _TtsWorkerProcess, eager=_eager)
+    run_actor(spec, TtsWorker)

@@ -19,12 +19,74 @@ changed). PCM never travels here; it goes through ``shm.PcmRing``.
 
 from __future__ import annotations
 
+import enum
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal, NamedTuple, get_args
 
 import msgspec
 
 PROTOCOL_VERSION = 1
+
+
+class Role(enum.StrEnum):
+    """The actor processes, by role: the DEALER identity on ``actors.sock``, the process title
+    (``skald::<role>``), ``Ready.role``/``Metrics.role`` and ``Error.actor``. Defined once, here,
+    because the supervisor, the actors and the clients all import this module."""
+
+    PRELUDE = "prelude"
+    NARRATIVE = "narrative"
+    TTS_WORKER = "tts_worker"
+    AUDIO_CONSUMER = "audio_consumer"
+
+
+#: The text actors (where a request's text comes from), prelude first.
+TEXT_ROLES: tuple[Role, Role] = (Role.PRELUDE, Role.NARRATIVE)
+
+# Enum-like wire fields are Literals: msgspec rejects any other value while decoding, so a bad
+# value becomes one error reply at the socket edge (see ``decode``) instead of a string checked by
+# hand somewhere inside.
+BargeIn = Literal["queue", "interrupt"]
+RequestStatus = Literal["done", "cancelled", "failed"]
+TextSource = Literal["prelude", "narrative"]
+ErrorKind = Literal[
+    "malformed",  # payload is not msgpack / fields of the wrong type / invalid UTF-8
+    "unknown_kind",  # first frame names no message
+    "wrong_version",  # v > PROTOCOL_VERSION
+    "oversized",  # payload or text over the configured limit
+    "bad_request",  # well-formed but meaningless (empty text, control characters, unknown id, bad enum value)
+    "actor_crashed",  # a child process died; it is being restarted
+    "actor_failed",  # a child process could not be (re)started; giving up
+    "synthesis_failed",  # the engine raised on a chunk (and on its retry, with no fallback)
+    "engine_failed",  # the main engine failed a chunk twice: the fallback engine finishes the request
+    "engine_unavailable",  # the main engine could not be loaded (no CUDA, model files missing)
+    "model_unavailable",  # a language model cannot be loaded or its server cannot be reached
+    "generation_failed",  # a language model failed mid-turn (HTTP error, broken stream, timeout)
+    "audio_output",  # the sink failed (device lost, ...)
+    "internal",
+]
+#: The text source each text actor speaks for (``TextPiece.source``).
+TEXT_SOURCE_OF: dict[Role, TextSource] = {Role.PRELUDE: "prelude", Role.NARRATIVE: "narrative"}
+
+
+class Endpoints(NamedTuple):
+    """Where a supervisor listens: ``control`` (ROUTER, requests), ``events`` (XPUB, events) and
+    ``actors`` (ROUTER, the actor processes)."""
+
+    control: str
+    events: str
+    actors: str
+
+
+def endpoints(run_dir: str, control: str = "", events: str = "") -> Endpoints:
+    """The one rule for a supervisor's endpoints: the configured ones (``supervisor.control_endpoint``,
+    ``supervisor.events_endpoint``) when set, else ipc sockets in its run dir. The supervisor binds
+    these and every client derives them the same way."""
+    return Endpoints(
+        control=control or f"ipc://{run_dir}/control.sock",
+        events=events or f"ipc://{run_dir}/events.sock",
+        actors=f"ipc://{run_dir}/actors.sock",
+    )
+
 
 #: Hard cap on a payload the decoder will even look at; the configured limit is usually lower.
 ABSOLUTE_MAX_PAYLOAD = 64 * 1024 * 1024
@@ -33,7 +95,7 @@ ABSOLUTE_MAX_PAYLOAD = 64 * 1024 * 1024
 class WireError(Exception):
     """A message could not be accepted. ``kind`` is the error kind reported to the sender."""
 
-    def __init__(self, kind: str, message: str, request_id: str = "") -> None:
+    def __init__(self, kind: ErrorKind, message: str, request_id: str = "") -> None:
         super().__init__(message)
         self.kind = kind
         self.message = message
@@ -67,7 +129,7 @@ class Speak(Message, kw_only=True):
     priority: int = 0
     streaming: bool = False
     prelude: str = ""
-    barge_in: str = "queue"  # "queue": after what is playing; "interrupt": cancel everything first
+    barge_in: BargeIn = "queue"  # "queue": after what is playing; "interrupt": cancel everything first
 
 
 class Turn(Message, kw_only=True):
@@ -84,7 +146,7 @@ class Turn(Message, kw_only=True):
     player_action: str
     voice: str = ""
     priority: int = 0
-    barge_in: str = "queue"
+    barge_in: BargeIn = "queue"
 
 
 class Append(Message, kw_only=True):
@@ -138,10 +200,34 @@ class ChunkPlanned(Message, kw_only=True):
     text: str
     est_s: float
     voice: str = ""  # set when an inline [voice:NAME] tag chose another voice for this chunk
+    source: str = ""  # the characters as written ("1492" where text says "fourteen ninety-two")
+
+
+class ChunkSpan(msgspec.Struct, frozen=True, kw_only=True):
+    """Where one chunk lies in its request's joined audio, in frames from the request's first
+    frame: output frame ``out_start + lead_pad + i`` is engine frame ``src_start + i`` for
+    ``0 <= i < kept``; the first ``overlap_in`` and last ``overlap_out`` frames are crossfaded with
+    the neighbours (``overlap_out`` is known only once the next chunk is mixed).
+
+    The one span type from the worker to the report: the worker builds it from the joiner's
+    ``ChunkSpan``, ``ChunkSynthesized`` carries exactly these fields (flat, for older clients),
+    and ``RequestRecord.chunks`` and the ``speak --report`` JSON hold it as is."""
+
+    out_start: int
+    out_end: int
+    lead_pad: int = 0
+    src_start: int = 0
+    kept: int = 0
+    overlap_in: int = 0
+    overlap_out: int = 0
 
 
 class ChunkSynthesized(Message, kw_only=True):
-    """A chunk's audio is in the ring: real duration and synthesis wall time."""
+    """A chunk's audio is in the ring: real duration and synthesis wall time.
+
+    The span fields are ``ChunkSpan``'s, flat on the wire (``span`` reads them back as one);
+    ``out_end`` is -1 when the chunk produced no audio.
+    """
 
     KIND: ClassVar[bytes] = b"chunk_synthesized"
     request_id: str
@@ -159,6 +245,19 @@ class ChunkSynthesized(Message, kw_only=True):
     kept: int = 0
     overlap_in: int = 0
     overlap_out: int = 0
+
+    @classmethod
+    def of(
+        cls, request_id: str, index: int, dur_s: float, synth_ms: float, engine: str, span: ChunkSpan | None
+    ) -> ChunkSynthesized:
+        fields = msgspec.structs.asdict(span) if span is not None else {}
+        return cls(request_id=request_id, index=index, dur_s=dur_s, synth_ms=synth_ms, engine=engine, **fields)
+
+    @property
+    def span(self) -> ChunkSpan | None:
+        if self.out_end < 0:
+            return None
+        return ChunkSpan(**{f: getattr(self, f) for f in ChunkSpan.__struct_fields__})
 
 
 class PlaybackStarted(Message, kw_only=True):
@@ -184,7 +283,7 @@ class RequestFinished(Message, kw_only=True):
 
     KIND: ClassVar[bytes] = b"request_finished"
     request_id: str
-    status: str
+    status: RequestStatus
     audio_s: float = 0.0
     underruns: int = 0
     ttfa_ms: float = -1.0
@@ -209,7 +308,7 @@ class Error(Message, kw_only=True):
     """An error, as data. ``kind`` is machine-readable (see ``ERROR_KINDS``)."""
 
     KIND: ClassVar[bytes] = b"error"
-    kind: str
+    kind: ErrorKind
     message: str
     actor: str = ""
     request_id: str = ""
@@ -226,22 +325,17 @@ class Status(Message, kw_only=True):
     gpu: dict[str, Any] = msgspec.field(default_factory=dict)  # detection, tier, configuration in force
 
 
-ERROR_KINDS = (
-    "malformed",  # payload is not msgpack / fields of the wrong type / invalid UTF-8
-    "unknown_kind",  # first frame names no message
-    "wrong_version",  # v > PROTOCOL_VERSION
-    "oversized",  # payload or text over the configured limit
-    "bad_request",  # well-formed but meaningless (empty text, control characters, unknown id)
-    "actor_crashed",  # a child process died; it is being restarted
-    "actor_failed",  # a child process could not be (re)started; giving up
-    "synthesis_failed",  # the engine raised on a chunk (and on its retry, with no fallback)
-    "engine_failed",  # the main engine failed a chunk twice: the fallback engine finishes the request
-    "engine_unavailable",  # the main engine could not be loaded (no CUDA, model files missing)
-    "model_unavailable",  # a language model cannot be loaded or its server cannot be reached
-    "generation_failed",  # a language model failed mid-turn (HTTP error, broken stream, timeout)
-    "audio_output",  # the sink failed (device lost, ...)
-    "internal",
-)
+class Subscribed(Message, kw_only=True):
+    """Published each time a client subscribes to the events socket. Receiving any event proves a
+    subscription is live, so a client that waits for this one after connecting (``SkaldClient``
+    does) never misses the events of its first request (ZeroMQ's "slow joiner"). Carries nothing
+    a client must read; clients that do not know it ignore it."""
+
+    KIND: ClassVar[bytes] = b"subscribed"
+    subscribers: int = 0  # subscriptions the server has seen since it started
+
+
+ERROR_KINDS: tuple[str, ...] = get_args(ErrorKind)
 
 
 # --------------------------------------------------------------------------------------------
@@ -253,7 +347,7 @@ class Ready(Message, kw_only=True):
     """Startup handshake: the actor is built and listening. ``info`` is role-specific."""
 
     KIND: ClassVar[bytes] = b"ready"
-    role: str
+    role: Role
     pid: int
     info: dict[str, Any] = msgspec.field(default_factory=dict)
 
@@ -278,7 +372,7 @@ class TextPiece(Message, kw_only=True):
 
     KIND: ClassVar[bytes] = b"text_piece"
     request_id: str
-    source: str
+    source: TextSource
     text: str
     final: bool = False
 
@@ -329,7 +423,7 @@ class Metrics(Message, kw_only=True):
     """Actor -> supervisor: periodic figures for ``status`` (rss, queue depth, ring fill...)."""
 
     KIND: ClassVar[bytes] = b"metrics"
-    role: str
+    role: Role
     values: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
@@ -349,6 +443,7 @@ _ALL: tuple[type[Message], ...] = (
     Silenced,
     Error,
     Status,
+    Subscribed,
     Ready,
     OpenRequest,
     TextPiece,
@@ -384,6 +479,21 @@ CLIENT_REQUESTS: frozenset[bytes] = frozenset(
 )
 
 
+class _RequestIdOnly(msgspec.Struct):
+    request_id: str = ""
+
+
+_REQUEST_ID_DECODER = msgspec.msgpack.Decoder(_RequestIdOnly)
+
+
+def _request_id_of(payload: bytes) -> str:
+    """The request id of a payload that failed validation elsewhere, so its error names it."""
+    try:
+        return _REQUEST_ID_DECODER.decode(payload).request_id
+    except (msgspec.DecodeError, msgspec.ValidationError, UnicodeDecodeError, ValueError):
+        return ""
+
+
 def encode(msg: Message) -> list[bytes]:
     """Return the multipart frames ``[kind, payload]`` for ``msg``."""
     return [msg.KIND, _ENCODER.encode(msg)]
@@ -412,6 +522,9 @@ def decode(frames: list[bytes], max_payload: int = ABSOLUTE_MAX_PAYLOAD) -> Mess
     try:
         msg: Message = decoder.decode(payload)
     except msgspec.ValidationError as exc:
+        if str(exc).startswith("Invalid enum value"):
+            # Well-formed, but a value outside an enum-like field's set (barge_in, status, ...).
+            raise WireError("bad_request", f"{kind.decode()}: {exc}", _request_id_of(payload)) from None
         raise WireError("malformed", f"{kind.decode()}: {exc}") from None
     except (msgspec.DecodeError, UnicodeDecodeError, ValueError) as exc:
         raise WireError("malformed", f"{kind.decode()}: payload is not valid msgpack: {exc}") from None

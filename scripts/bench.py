@@ -120,8 +120,7 @@ def bench_core(args: argparse.Namespace) -> dict[str, Any]:
         import psutil
 
         sup = psutil.Process(server.pid)
-        with SkaldClient.for_run_dir(str(run_dir), timeout_s=10) as client:
-            time.sleep(0.3)
+        with SkaldClient.for_run_dir(str(run_dir), timeout_s=10) as client:  # returns once its subscription is live
             for i in range(args.runs + 1):
                 if first_text:
                     cold_floor.append(raw.synth(first_text)[0])
@@ -191,7 +190,7 @@ def bench_core(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # Benchmarks that live in their own module scripts/bench_<name>.py, each with main(argv) -> int.
-MODULE_BENCHES = ("xtts", "gpu", "quality", "cancel", "turn")
+MODULE_BENCHES = ("xtts", "gpu", "quality", "cancel", "turn", "intelligibility")
 
 
 def main() -> int:

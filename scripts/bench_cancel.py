@@ -91,8 +91,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if b"skald serving" not in server.stdout.readline():
             raise SystemExit(f"bench cancel: server did not start; see {parent / 'server.log'}")
         recorder = MonitorRecorder(rate=22050, env=rig.env if rig else None).start() if rig else None
-        with SkaldClient.for_run_dir(str(run_dir), timeout_s=10) as client:
-            time.sleep(0.3)
+        with SkaldClient.for_run_dir(str(run_dir), timeout_s=10) as client:  # returns once its subscription is live
             for i in range(args.cancels):
                 rid = client.speak(text)
                 accepted = time.monotonic()

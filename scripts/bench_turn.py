@@ -253,8 +253,7 @@ def bench_turn(args: argparse.Namespace) -> dict[str, Any]:
         turns: list[dict[str, Any]] = []
         control: dict[str, Any] = {}
         offsets = [0]
-        with SkaldClient.for_run_dir(str(run_dir), timeout_s=10) as client:
-            time.sleep(0.3)
+        with SkaldClient.for_run_dir(str(run_dir), timeout_s=10) as client:  # returns once its subscription is live
             for i in range(args.runs + 1):
                 reply = client.request(wire.Turn(context=CONTEXT, player_action=ACTIONS[i % len(ACTIONS)]))
                 assert isinstance(reply, wire.Accepted)

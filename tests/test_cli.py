@@ -42,12 +42,13 @@ def test_chunk_stream_emits_chunks_while_input_is_still_arriving() -> None:
         [*SKALD, "chunk", "--stream"],
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         cwd=ROOT,
         env=server_env(),
         text=True,
         bufsize=1,
     )
-    assert proc.stdin is not None and proc.stdout is not None
+    assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
     words = sample_text("crypt.txt").split(" ")
     first_line_at: float | None = None
     started = time.monotonic()
@@ -65,7 +66,9 @@ def test_chunk_stream_emits_chunks_while_input_is_still_arriving() -> None:
 
     reader = threading.Thread(target=read)
     reader.start()
-    time.sleep(1.5)  # voice load
+    # In stream mode the command says on stderr when the voice is loaded and it reads its input.
+    while "reading standard input" not in (line := proc.stderr.readline()):
+        assert line, "skald chunk --stream exited before reading its input"
     feed_started = time.monotonic()
     for word in words:
         proc.stdin.write(word + " ")

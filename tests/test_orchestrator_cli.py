@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
+from collections.abc import Callable
+from typing import Any
 
 from tests.conftest import ROOT, SKALD, server_env
 
@@ -24,8 +25,22 @@ def test_say_events_cancel_and_status_from_the_command_line(make_server) -> None
         stderr=subprocess.PIPE,
         text=True,
     )
+    assert events.stdout is not None and events.stderr is not None
+    published: list[dict[str, Any]] = []
+
+    def read_until(pred: Callable[[dict[str, Any]], bool]) -> None:
+        """Read the subscriber's lines until one satisfies ``pred`` (it exits after 20 s idle)."""
+        assert events.stdout is not None
+        while line := events.stdout.readline():
+            published.append(json.loads(line))
+            if pred(published[-1]):
+                return
+        raise AssertionError(f"the events stream ended first: {published}")
+
     try:
-        time.sleep(1.0)  # the subscriber is connected before anything happens
+        # `skald events` says so on stderr once its subscription is live (the server answered it).
+        while "subscribed to" not in (line := events.stderr.readline()):
+            assert line, "skald events exited before subscribing"
         said = _cli("say", "The guard steps aside.", "--wait", "--json", *run)
         assert said.returncode == 0, said.stderr
         lines = said.stdout.strip().splitlines()
@@ -39,7 +54,7 @@ def test_say_events_cancel_and_status_from_the_command_line(make_server) -> None
         long = _cli("say", "--file", str(ROOT / "config" / "samples" / "crypt.txt"), *run)
         assert long.returncode == 0, long.stderr
         long_id = long.stdout.strip()
-        time.sleep(0.5)
+        read_until(lambda e: e["event"] == "playback_started" and e["request_id"] == long_id)
         assert _cli("cancel", long_id, *run).returncode == 0
         bad = _cli("cancel", "no-such-request", *run)
         assert bad.returncode == 1 and "no request 'no-such-request'" in bad.stderr
@@ -48,12 +63,12 @@ def test_say_events_cancel_and_status_from_the_command_line(make_server) -> None
         assert status["requests"] == [] and status["gpu"]["tier"] == "CPU"
         malformed = _cli("say", *run, "--voice", "no-such-voice", "x")
         assert malformed.returncode == 0  # accepted at once; the worker reports the bad voice
-        time.sleep(1.5)
+        read_until(lambda e: e["event"] == "error" and "no-such-voice" in e["message"])
     finally:
         events.terminate()
         out, _err = events.communicate(timeout=10)
-    published = [json.loads(line) for line in out.splitlines()]
-    by_kind = {}
+    published += [json.loads(line) for line in out.splitlines()]
+    by_kind: dict[str, list[dict[str, Any]]] = {}
     for event in published:
         by_kind.setdefault(event["event"], []).append(event)
     assert any(e["request_id"] == rid for e in by_kind["request_finished"])

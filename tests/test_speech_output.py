@@ -98,6 +98,8 @@ def joined_reference(report: dict, parts: list[np.ndarray], rate: int) -> tuple[
 def joined_from_events(seen: list, request_id: str, rate: int = 22050) -> np.ndarray:
     """The joined reference of one request, from its ``chunk_planned``/``chunk_synthesized``
     events (chunks that were never synthesized, e.g. after a cancel, are left out)."""
+    import msgspec
+
     from actors import wire
 
     synth = {e.index: e for e in seen if isinstance(e, wire.ChunkSynthesized) and e.request_id == request_id}
@@ -105,8 +107,7 @@ def joined_from_events(seen: list, request_id: str, rate: int = 22050) -> np.nda
         (e for e in seen if isinstance(e, wire.ChunkPlanned) and e.request_id == request_id and e.index in synth),
         key=lambda e: e.index,
     )
-    keys = ("out_start", "out_end", "lead_pad", "src_start", "kept", "overlap_in")
-    report = {"chunks": [{"text": p.text, "span": {k: getattr(synth[p.index], k) for k in keys}} for p in planned]}
+    report = {"chunks": [{"text": p.text, "span": msgspec.to_builtins(synth[p.index].span)} for p in planned]}
     return joined_reference(report, [_raw_piper([p.text])[0] for p in planned], rate)[0]
 
 
@@ -251,7 +252,6 @@ def test_prelude_to_narrative_seam_has_no_gap_and_no_overlap(make_server, pulse_
     with server.client() as ctl, MonitorRecorder(rate=22050, env=pulse_sink.env) as recorder:
         events = server.client()
         try:
-            time.sleep(0.2)
             rid = ctl.speak(
                 "Beyond it, a stair winds down into the dark, and the air smells of old rain.",
                 prelude="The door groans open.",
@@ -300,14 +300,15 @@ def test_an_urgent_line_preempts_at_the_next_seam_and_the_rest_resumes(make_serv
     with server.client() as ctl:
         events = server.client()
         try:
-            time.sleep(0.2)
             slow = ctl.speak(sample_text("crypt.txt"))
             seen: list[wire.Message] = []
+            # Playing, with its next chunk already in the ring: audio ahead of the speaker that
+            # the urgent line must go before.
             for event in events.events(timeout_s=30):
                 seen.append(event)
-                if isinstance(event, wire.PlaybackStarted) and event.request_id == slow:
+                if isinstance(event, wire.ChunkSynthesized) and event.request_id == slow and event.index >= 1:
                     break
-            time.sleep(1.0)  # by now the worker has pushed far ahead of the speaker
+            assert any(isinstance(e, wire.PlaybackStarted) and e.request_id == slow for e in seen)
             urgent = ctl.speak("Wait! Someone is coming down the stairs.", priority=5)
             for event in events.events(timeout_s=60):
                 seen.append(event)

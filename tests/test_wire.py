@@ -21,20 +21,21 @@ def test_every_message_round_trips() -> None:
         wire.Accepted(request_id="r1", t_accepted=1.5),
         wire.ChunkPlanned(request_id="r1", index=0, text="Hello.", est_s=0.4),
         wire.ChunkSynthesized(request_id="r1", index=0, dur_s=0.5, synth_ms=12.0, engine="piper"),
+        wire.Subscribed(subscribers=2),
         wire.PlaybackStarted(request_id="r1", ttfa_ms=90.0),
         wire.Underrun(request_id="r1", frames=256, count=1),
         wire.RequestFinished(request_id="r1", status="done", audio_s=1.0),
         wire.Silenced(request_id="r1", t_silent=2.5),
         wire.Error(kind="bad_request", message="no", actor="supervisor", request_id="r1"),
         wire.Status(actors={"a": {"pid": 1}}, requests=[], ring={}, uptime_s=1.0),
-        wire.Ready(role="tts_worker", pid=1, info={"x": 1}),
+        wire.Ready(role=wire.Role.TTS_WORKER, pid=1, info={"x": 1}),
         wire.OpenRequest(request_id="r1"),
         wire.TextPiece(request_id="r1", source="narrative", text="a", final=True),
         wire.Segment(request_id="r1", index=0, start=0, end=10, last=False),
         wire.PreludeDone(request_id="t1", text="The door creaks."),
         wire.Skip(start=10, end=20, reopen=["r1"], reason="preempted"),
         wire.Shutdown(reason="x"),
-        wire.Metrics(role="tts_worker", values={"q": 1}),
+        wire.Metrics(role=wire.Role.TTS_WORKER, values={"q": 1}),
     ]
     assert {type(m) for m in samples} == set(wire.MESSAGE_TYPES.values())
     for msg in samples:
@@ -120,3 +121,57 @@ def test_numpy_scalars_encode_as_plain_numbers() -> None:
     assert wire.decode(wire.encode(msg)) == wire.PlaybackStarted(request_id="r1", ttfa_ms=81.5)
     seg = wire.Segment(request_id="r1", index=np.int64(2), start=np.int64(0), end=np.int64(5))  # type: ignore[arg-type]
     assert wire.decode(wire.encode(seg)).end == 5
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "where"),
+    [
+        (b"speak", {"request_id": "r7", "text": "Hi.", "barge_in": "shout"}, "$.barge_in"),
+        (b"turn", {"request_id": "r7", "player_action": "I run.", "barge_in": 3}, "$.barge_in"),
+        (b"request_finished", {"request_id": "r7", "status": "maybe"}, "$.status"),
+        (b"text_piece", {"request_id": "r7", "source": "tts_worker", "text": "a"}, "$.source"),
+        (b"error", {"request_id": "r7", "kind": "oops", "message": "m"}, "$.kind"),
+        (b"metrics", {"role": "mixer"}, "$.role"),
+    ],
+)
+def test_a_value_outside_an_enum_field_is_a_bad_request_naming_the_field(
+    kind: bytes, fields: dict[str, object], where: str
+) -> None:
+    with pytest.raises(wire.WireError) as info:
+        wire.decode([kind, msgpack.packb({"v": 1, **fields})])
+    # A string outside the set is well-formed but meaningless (bad_request, as the supervisor's own
+    # check answered before); a value of the wrong type is malformed.
+    expected = "malformed" if fields.get("barge_in") == 3 else "bad_request"
+    assert info.value.kind == expected and where in info.value.message
+    if expected == "bad_request":
+        assert info.value.request_id == fields.get("request_id", "")
+
+
+def test_roles_and_enum_fields_travel_as_plain_strings() -> None:
+    _kind, payload = wire.encode(wire.Metrics(role=wire.Role.AUDIO_CONSUMER))
+    assert msgpack.unpackb(payload)["role"] == "audio_consumer"
+    decoded = wire.decode([b"ready", msgpack.packb({"v": 1, "role": "prelude", "pid": 3})])
+    assert isinstance(decoded, wire.Ready) and decoded.role is wire.Role.PRELUDE
+    assert wire.ERROR_KINDS[0] == "malformed" and "internal" in wire.ERROR_KINDS
+
+
+def test_chunk_span_is_one_type_from_the_worker_to_the_event() -> None:
+    span = wire.ChunkSpan(out_start=100, out_end=900, lead_pad=3, src_start=7, kept=780, overlap_in=20)
+    event = wire.ChunkSynthesized.of("r1", 2, 0.5, 12.0, "piper", span)
+    received = wire.decode(wire.encode(event))
+    assert isinstance(received, wire.ChunkSynthesized) and received.span == span
+    # Flat on the wire, as older clients read it.
+    assert msgpack.unpackb(wire.encode(event)[1])["out_end"] == 900
+    assert wire.ChunkSynthesized.of("r1", 3, 0.0, 1.0, "none", None).span is None
+
+
+def test_endpoints_come_from_one_rule() -> None:
+    assert wire.endpoints("/run/x") == wire.Endpoints(
+        "ipc:///run/x/control.sock", "ipc:///run/x/events.sock", "ipc:///run/x/actors.sock"
+    )
+    moved = wire.endpoints("/run/x", control="tcp://127.0.0.1:5555", events="tcp://127.0.0.1:5556")
+    assert (moved.control, moved.events, moved.actors) == (
+        "tcp://127.0.0.1:5555",
+        "tcp://127.0.0.1:5556",
+        "ipc:///run/x/actors.sock",
+    )

@@ -37,7 +37,6 @@ def test_voice_tags_switch_voice_and_engine_at_the_next_chunk(make_server, xtts_
     with server.client(timeout_s=30) as ctl:
         events = server.client()
         try:
-            time.sleep(0.2)
             rid = ctl.speak('He looks up. [voice:en_US-joe-medium] "Two silver." [voice:] He waits.')
             seen = _events(events, lambda e: isinstance(e, wire.RequestFinished) and e.request_id == rid)
         finally:
@@ -69,7 +68,6 @@ def test_next_chunk_outranks_look_ahead_and_urgent_lines_go_at_the_next_seam(  #
     with server.client(timeout_s=30) as ctl:
         events = server.client()
         try:
-            time.sleep(0.2)
             slow = ctl.speak(long_text)
             seen = _events(events, lambda e: isinstance(e, wire.ChunkSynthesized) and e.request_id == slow)
             urgent = ctl.speak("Run! Now!", priority=5)
@@ -114,7 +112,6 @@ def test_injected_xtts_failure_falls_back_to_piper_with_no_gap(  # type: ignore[
     with server.client(timeout_s=30) as ctl, MonitorRecorder(rate=24000, env=pulse_sink.env) as recorder:
         events = server.client()
         try:
-            time.sleep(0.2)
             rid = ctl.speak("The rope snaps. You fall into the dark water. Something cold brushes your leg.")
             seen = _events(events, lambda e: isinstance(e, wire.RequestFinished) and e.request_id == rid, 400)
         finally:

@@ -12,7 +12,6 @@ import json
 import logging
 import os
 import sys
-import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -22,7 +21,7 @@ import msgspec
 from actors import wire
 from actors.runtime import configure_logging
 from config.settings import ConfigError, Settings, load_settings
-from supervisor import TTS_WORKER, RequestRecord, Supervisor, SupervisorError, control_endpoint, default_run_dir
+from supervisor import RequestRecord, Supervisor, SupervisorError, default_run_dir, endpoints
 
 
 def _read_text(args: argparse.Namespace) -> str:
@@ -124,20 +123,21 @@ def cmd_speak(args: argparse.Namespace) -> int:
 
 
 def _report(sup: Supervisor, rec: RequestRecord) -> dict[str, Any]:
+    # The span goes out as the wire's ChunkSpan fields, the same shape as in chunk_synthesized.
     chunks = [
         {
-            "text": c.get("text", ""),
-            "est_s": c.get("est_s", 0.0),
-            "dur_s": c.get("dur_s", 0.0),
-            "synth_ms": c.get("synth_ms", 0.0),
-            "engine": c.get("engine", ""),
-            "span": c.get("span", {}),
+            "text": c.text,
+            "est_s": c.est_s,
+            "dur_s": c.dur_s,
+            "synth_ms": c.synth_ms,
+            "engine": c.engine,
+            "span": msgspec.to_builtins(c.span) if c.span is not None else {},
         }
         for _, c in sorted(rec.chunks.items())
     ]
-    audio_s = rec.audio_s or sum(c["dur_s"] for c in chunks)
-    synth_s = sum(c["synth_ms"] for c in chunks) / 1000.0
-    worker = sup.children[TTS_WORKER].info
+    audio_s = rec.audio_s or sum(c.dur_s for c in rec.chunks.values())
+    synth_s = sum(c.synth_ms for c in rec.chunks.values()) / 1000.0
+    worker = sup.children[wire.Role.TTS_WORKER].info
     return {
         "request_id": rec.request_id,
         "status": rec.status,
@@ -177,7 +177,7 @@ def cmd_status(args: argparse.Namespace) -> int:
 
     overrides = {"supervisor.run_dir": args.run_dir} if args.run_dir else {}
     settings = _settings(args, overrides)
-    endpoint = args.endpoint or control_endpoint(settings, default_run_dir(settings, shared=True))
+    endpoint = args.endpoint or endpoints(settings, default_run_dir(settings, shared=True)).control
     try:
         with SkaldClient(endpoint, events_endpoint=None, timeout_s=args.timeout) as client:
             status = client.status()
@@ -193,13 +193,11 @@ def _client(args: argparse.Namespace, events: bool = False) -> Any:
 
     overrides = {"supervisor.run_dir": args.run_dir} if args.run_dir else {}
     settings = _settings(args, overrides)
-    run_dir = default_run_dir(settings, shared=True)
-    endpoint = args.endpoint or control_endpoint(settings, run_dir)
-    events_ep = settings.supervisor.events_endpoint or f"ipc://{run_dir}/events.sock"
-    client = SkaldClient(endpoint, events_endpoint=events_ep if events else None, timeout_s=args.timeout)
-    if events:
-        time.sleep(0.2)  # ZeroMQ "slow joiner": let the subscription reach the publisher before we ask
-    return client
+    server = endpoints(settings, default_run_dir(settings, shared=True))
+    # With events, the client returns once its subscription is proven live (see SkaldClient).
+    return SkaldClient(
+        args.endpoint or server.control, events_endpoint=server.events if events else None, timeout_s=args.timeout
+    )
 
 
 def _event_line(msg: wire.Message) -> str:
@@ -275,6 +273,8 @@ def cmd_events(args: argparse.Namespace) -> int:
     seen = 0
     try:
         with _client(args, events=True) as client:
+            # The client returned: its subscription is live. Said on stderr for scripts that wait.
+            print(f"skald events: subscribed to {client.events_endpoint}", file=sys.stderr, flush=True)
             for event in client.events(timeout_s=args.idle_timeout):
                 if args.request and getattr(event, "request_id", None) != args.request:
                     continue
@@ -292,6 +292,7 @@ def cmd_events(args: argparse.Namespace) -> int:
 
 def cmd_chunk(args: argparse.Namespace) -> int:
     from actors.text.chunker import ChunkerConfig, SemanticChunker, SpeakingRate
+    from actors.text.normalize import Lexicon
     from actors.tts import EngineError, create_engine
 
     settings = _settings(args)
@@ -305,15 +306,18 @@ def cmd_chunk(args: argparse.Namespace) -> int:
     chunker = SemanticChunker(
         SpeakingRate(chars_per_s=info.chars_per_s),
         ChunkerConfig(c.target_min_s, c.target_max_s, c.hard_min_s, c.hard_max_s, c.first_chunk_s, c.first_chunk_max_s),
+        lexicon=Lexicon.load(c.lexicon) if c.lexicon else None,
     )
 
     def emit(plans: Iterable[Any]) -> None:
         for plan in plans:
-            sys.stdout.write(json.dumps({"text": plan.text, "est_s": round(plan.est_s, 3)}, ensure_ascii=False) + "\n")
+            row = {"text": plan.text, "source": plan.source, "est_s": round(plan.est_s, 3)}
+            sys.stdout.write(json.dumps(row, ensure_ascii=False) + "\n")
         sys.stdout.flush()
 
     if args.stream:
         # Read whatever has arrived (tokens piped from a model) and decide chunks at once.
+        print(f"skald chunk: voice {info.name} loaded; reading standard input", file=sys.stderr, flush=True)
         fd = sys.stdin.fileno()
         decoder = __import__("codecs").getincrementaldecoder("utf-8")(errors="replace")
         while True:
