@@ -133,15 +133,25 @@ def skald_audio(text: str) -> tuple[np.ndarray, int, list[dict[str, Any]]]:
     return np.concatenate(parts), info.sample_rate, chunks
 
 
-def raw_piper_audio(text: str) -> tuple[np.ndarray, int]:
-    """The text handed whole to piper-tts, as Piper alone would speak it."""
-    from piper import PiperVoice
+class RawPiper:
+    """piper-tts alone: the text handed whole to ``PiperVoice.synthesize``, as a Piper user would.
 
-    from actors.tts.piper import DEFAULT_VOICE, _bundled_voices
+    One voice for all runs: a freshly loaded voice's first synthesis always draws the same noise
+    (onnxruntime's seed), later ones draw new noise, so the runs differ as Piper's output does.
+    """
 
-    voice = PiperVoice.load(_bundled_voices()[DEFAULT_VOICE])
-    audio = np.concatenate([c.audio_float_array for c in voice.synthesize(" ".join(text.split()))])
-    return audio.astype(np.float32), int(voice.config.sample_rate)
+    def __init__(self) -> None:
+        from piper import PiperVoice
+
+        from actors.tts.piper import DEFAULT_VOICE, _bundled_voices
+
+        self._voice = PiperVoice.load(_bundled_voices()[DEFAULT_VOICE])
+        self.rate = int(self._voice.config.sample_rate)
+        self.speak("Warm up.")  # the deterministic first draw, and onnxruntime's slow first run
+
+    def speak(self, text: str) -> np.ndarray:
+        chunks = [c.audio_float_array for c in self._voice.synthesize(" ".join(text.split()))]
+        return np.concatenate(chunks).astype(np.float32)
 
 
 def main(argv: list[str]) -> int:
@@ -153,6 +163,7 @@ def main(argv: list[str]) -> int:
     from bench import machine, write_json
 
     asr = Recognizer()
+    raw_piper = RawPiper()
     result: dict[str, Any] = {
         "bench": "intelligibility",
         "machine": machine(),
@@ -168,8 +179,7 @@ def main(argv: list[str]) -> int:
         raw_wers = []
         raw_hyps = []
         for _ in range(args.raw_runs):
-            raw, raw_rate = raw_piper_audio(text)
-            hyp = asr.transcribe(raw, raw_rate)
+            hyp = asr.transcribe(raw_piper.speak(text), raw_piper.rate)
             raw_hyps.append(" ".join(hyp))
             raw_wers.append(wer(ref, hyp))
         entry = {
