@@ -171,7 +171,15 @@ _NOT_NAME_WORDS = (
     "the a an and but or if then when as at in on of to by for with from i he she it we they you "
     "his her its our their my your this that these those there here what who which"
 )
-_NOT_NAMES = frozenset(_NOT_NAME_WORDS.split())
+# ... nor are the titles the rules write out: "Dr. VIII" stays "Doctor VIII" when normalized again.
+# ... nor are the titles and numbers the rules write out: "Dr. VIII" stays "Doctor VIII" and
+# "Henry the Eighth VIII" stays as it is when normalized again.
+_NOT_NAMES = (
+    frozenset(_NOT_NAME_WORDS.split())
+    | {t.lower() for t in _TITLES.values()}
+    | {"doctor", "saint"}
+    | {w for i in range(101) for w in num2words(i, to="ordinal").split("-") + num2words(i).split("-")}
+)
 _FRACTIONS = {2: ("half", "halves"), 4: ("quarter", "quarters")}
 _ROMAN = re.compile(r"(?=[IVXLC])(C?)(XC|XL|L?X{0,3})(IX|IV|V?I{0,3})")
 _ROMAN_VALUES = {"I": 1, "V": 5, "X": 10, "L": 50, "C": 100}
@@ -297,15 +305,15 @@ def _en_word(prev2: str, prev1: str, core: str, trail: str, nxt: str) -> _Said |
     pcore = p1.core
     prev_num = _numeric_value(pcore) is not None and not p1.trail
     # Abbreviations and titles (the period is theirs; it stays only where it also ends a sentence).
-    if low in ("st", "dr") and (dot or next_cap):
-        if dot and _is_name(pcore) and not p1.trail:  # "Main St." / "Elm Dr.": after a name
-            spoken = "Street" if low == "st" else "Drive"
+    # Only with their period: "Mr Smith" is left to the engine (after a rewrite the next word may
+    # be capitalized where it was not, and a second pass would then read the title differently).
+    if low in ("st", "dr") and dot:
+        if _is_name(pcore) and not p1.trail:
+            spoken = "Street" if low == "st" else "Drive"  # "Main St." / "Elm Dr.": after a name
             return (spoken + ("." if next_cap or not nxt else ""), 1, "")
-        if next_cap:  # "St. Mary", "Dr. Smith": before one
-            return ("Saint" if low == "st" else "Doctor", 1 if dot else 0, "next")
-        return None
-    if low in _TITLES and (dot or (next_cap and core[:1].isupper())):
-        return (_TITLES[low], 1 if dot else 0, "next")
+        return ("Saint" if low == "st" else "Doctor", 1, "next")  # "St. Mary", "Dr. Smith"
+    if low in _TITLES and dot:
+        return (_TITLES[low], 1, "next")
     if low in _ABBREVIATIONS and dot:
         ends = low not in _INLINE_ABBREVIATIONS and (next_cap or not nxt) and len(trail) == 1
         return (_ABBREVIATIONS[low] + ("." if ends else ""), 1, "")
