@@ -134,6 +134,7 @@ class ChunkerSettings:
     hard_max_s: Annotated[float, _range(0.5, 120.0)] = 8.0
     first_chunk_s: Annotated[float, _range(0.1, 60.0)] = 1.2
     first_chunk_max_s: Annotated[float, _range(0.2, 60.0)] = 2.5
+    lexicon: str = ""  # TOML file of a campaign's words and how to say them (actors.text.normalize.Lexicon)
 
 
 @dataclass(frozen=True)

@@ -30,8 +30,8 @@ def test_chunk_prints_the_plan_as_json_lines() -> None:
     assert out.returncode == 0, out.stderr
     plans = [json.loads(line) for line in out.stdout.splitlines()]
     assert len(plans) >= 3
-    assert all(set(p) == {"text", "est_s"} for p in plans)
-    assert _letters("".join(p["text"] for p in plans)) == _letters(text)
+    assert all(set(p) == {"text", "source", "est_s"} for p in plans)
+    assert _letters("".join(p["source"] for p in plans)) == _letters(text)  # "text" is as spoken
     assert all(0 < p["est_s"] <= 8.0 for p in plans)
     assert plans[0]["est_s"] <= 2.6  # the first chunk is short so audio starts fast
 

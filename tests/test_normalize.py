@@ -348,3 +348,17 @@ def test_xtts_tokenizer_gets_the_normalized_text_unchanged() -> None:
 def said_words(text: str) -> list[str]:
     """The words (coqui drops quotes and some other punctuation; only the words matter here)."""
     return re.findall(r"[\w']+", text)
+
+
+def test_skald_chunk_reads_the_configured_lexicon(tmp_path: Path) -> None:
+    """``chunker.lexicon`` (here from the environment) names the file ``skald chunk`` and the worker read."""
+    lexicon = tmp_path / "campaign.toml"
+    lexicon.write_text('"Ærenfell" = "Airen-fell"\n', encoding="utf-8")
+    env = dict(os.environ, SKALD_CHUNKER_LEXICON=str(lexicon))
+    out = subprocess.run(
+        [sys.executable, "-m", "actors.cli", "chunk"], input="The road to Ærenfell is long.", capture_output=True,
+        text=True, env=env, cwd=ROOT, timeout=120, check=True,
+    ).stdout  # fmt: skip
+    rows = [json.loads(line) for line in out.splitlines() if line.strip()]
+    said = [(r["text"], r["source"]) for r in rows]
+    assert said == [("The road to Airen-fell is long.", "The road to Ærenfell is long.")]
