@@ -3,9 +3,11 @@
 Engines are imported lazily so the audio consumer, which never synthesizes, never loads
 onnxruntime or torch.
 
-* ``piper``: ONNX on CPU, the embedded default voice (``piper_engine``).
+* ``piper``: ONNX on CPU, the embedded default voice (``actors.tts.piper``).
 * ``xtts``: XTTS v2 on CUDA (or CPU for offline rendering) with cloned voice profiles
-  (``xtts_engine``; profiles in ``actors.tts.voices``; random-weight models in ``xtts_random``).
+  (``actors.tts.xtts``; its model directory in ``actors.tts.xtts_model``; profiles in
+  ``actors.tts.voices``). Random-weight models for tests and benchmarks are built by
+  ``python -m tests.support.xtts_random``, outside the engine room.
 """
 
 from __future__ import annotations
