@@ -75,6 +75,7 @@ EXAMPLES = [
     ("On 2024-03-12 it began.", "On March twelfth, twenty twenty-four it began."),
     ("On March 12, it began.", "On March twelfth, it began."),
     ("On 12 March it began.", "On the twelfth of March it began."),
+    ("Paid on Jan. 5th, and Sept. 3.", "Paid on January fifth, and September third."),
     ("On 31/12/2024 it ended.", "On the thirty-first of December, twenty twenty-four it ended."),
     # units
     ("1 ft away, 5 lb heavy, 3 km off.", "one foot away, five pounds heavy, three kilometers off."),

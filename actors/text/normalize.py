@@ -314,6 +314,10 @@ def _en_word(prev2: str, prev1: str, core: str, trail: str, nxt: str) -> _Said |
         return ("Saint" if low == "st" else "Doctor", 1, "next")  # "St. Mary", "Dr. Smith"
     if low in _TITLES and dot:
         return (_TITLES[low], 1, "next")
+    if dot and low in _MONTH_NAMES and low != _MONTH_NAMES[low].lower():  # "Jan. 5th" → "January fifth"
+        ncore = _split(nxt).core
+        if _numeric_value(ncore) is not None or _RE_ORDINAL.fullmatch(ncore):
+            return (_MONTH_NAMES[low], 1, "next")
     if low in _ABBREVIATIONS and dot:
         ends = low not in _INLINE_ABBREVIATIONS and (next_cap or not nxt) and len(trail) == 1
         return (_ABBREVIATIONS[low] + ("." if ends else ""), 1, "")
