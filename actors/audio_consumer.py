@@ -7,9 +7,9 @@ PortAudio callback runs on time. Two threads matter:
   real-time clock thread for the ``null``/``wav`` sinks, so TTFA and underruns mean the same on
   every paced sink. It reads the ring as float32, writes the whole output buffer, zero-fills and
   counts an underrun when audio that is still expected is missing, and converts to int16 with
-  ``actors.audio.dsp.Int16Converter`` (rounded, clipped, optional TPDF dither). When the device refuses
+  ``actors.audio.output.Int16Converter`` (rounded, clipped, optional TPDF dither). When the device refuses
   the ring's rate it runs at a whole multiple of it and the callback upsamples
-  (``actors.audio.dsp.IntegerUpsampler``). It allocates no sample buffer, takes no lock, logs nothing
+  (``actors.audio.output.IntegerUpsampler``). It allocates no sample buffer, takes no lock, logs nothing
   and never blocks.
 * the **control thread** (``ConsumerControl``), which handles ``Segment`` and ``Cancel``
   messages, publishes what the callback may play, and turns the callback's counters and

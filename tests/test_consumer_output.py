@@ -3,7 +3,7 @@ ring, fades cuts in float, upsamples when the device runs at a multiple of the r
 converts with ``Int16Converter`` (rounding, optional TPDF dither) — with no allocation.
 
 No device here: blocks are rendered by hand with a simulated DAC clock, so every output sample
-can be compared with what ``actors.audio.dsp`` says it must be, bit for bit.
+can be compared with what ``actors.audio.output`` says it must be, bit for bit.
 """
 
 from __future__ import annotations

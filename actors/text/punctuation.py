@@ -19,7 +19,7 @@ DASHES = "—–"
 #: Every mark after which a speaker naturally pauses.
 TERMINAL = frozenset(SENTENCE_END + CLAUSE_END)
 
-#: What ended a chunk, and so which pause follows it (``actors.audio.dsp.DEFAULT_PAUSES_MS``).
+#: What ended a chunk, and so which pause follows it (``actors.audio.joiner.DEFAULT_PAUSES_MS``).
 PAUSE_KINDS = ("paragraph", "sentence", "clause", "conjunction", "word", "end")
 
 # A hyphen left at a chunk's end (a dash typed as "-") and markdown emphasis left by a model
