@@ -16,7 +16,7 @@ no digits and no rule matches it again: normalizing spoken text changes nothing.
 Numbers, ordinals, years and decimals come from ``num2words``; the rules below are skald's own
 where no library fits (tabletop notation, context for Roman numerals and titles, units, coins).
 English only for now: :data:`LANGUAGES` lists the rule sets, and another language plugs in as
-another :class:`_Rules` (any other language gets the lexicon only, its engine's own expansion
+another rules function in ``LANGUAGES`` (any other language gets the lexicon only, its engine's own expansion
 doing the rest).
 
 English rules, each tested (``tests/test_normalize.py``):
@@ -283,13 +283,8 @@ def _split(tok: str) -> _Token:
 
 
 _Said = tuple[str, int, str]
-
-
-class _Rules:
-    """One language's rules: ``word(prev2, prev1, core, trail, next1)`` → spoken core (None: as is)."""
-
-    def __init__(self, word: Callable[[str, str, str, str, str], _Said | None]) -> None:
-        self.word = word
+#: One language's rules: ``(prev2, prev1, core, trail, next1)`` → (spoken, trail used, glue) or None.
+_Rules = Callable[[str, str, str, str, str], _Said | None]
 
 
 def _en_word(prev2: str, prev1: str, core: str, trail: str, nxt: str) -> _Said | None:
@@ -454,7 +449,7 @@ def _plain_number(core: str) -> str:
     return _number(int_part, frac)
 
 
-LANGUAGES: dict[str, _Rules] = {"en": _Rules(_en_word)}
+LANGUAGES: dict[str, _Rules] = {"en": _en_word}
 
 # Alphabetic words some English rule looks at; any other alphabetic word is said as written.
 _KEYWORDS = frozenset(
@@ -573,7 +568,7 @@ class Normalizer:
             if said is not None:
                 spoken = (said, 0, "")
         if spoken is None and self._rules is not None and t.core and not _plain_word(t.core):
-            spoken = self._rules.word(prev2, prev1, t.core, t.trail, nxt)
+            spoken = self._rules(prev2, prev1, t.core, t.trail, nxt)
         if spoken is None or spoken[0] == t.core + t.trail[: spoken[1]]:
             return [Spoken(tok, tok)], ""
         said, used, glue = spoken
