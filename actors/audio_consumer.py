@@ -57,7 +57,7 @@ log = logging.getLogger("skald.audio_consumer")
 
 PLAY_LIMIT, EXPECTING, WIN_TABLE, N_WIN_0, N_WIN_1 = range(5)
 MAX_WINDOWS = 16
-UNDERRUNS, UNDERRUN_FRAMES, BLOCKS, STATE, LOG_COUNT, DEVICE_UNDERFLOWS, CUTS = range(7)
+UNDERRUNS, UNDERRUN_FRAMES, BLOCKS, STATE, LOG_COUNT, DEVICE_UNDERFLOWS, CUTS, CALLBACK_REALTIME = range(8)
 LOG_N = 512  # timing-log entries (about 6 s of 256-frame blocks at 22.05 kHz)
 
 
@@ -89,7 +89,7 @@ class PlaybackCore:
         self.policy = prebuffer
         self.ctl = np.zeros(5, dtype=np.int64)
         self.windows = np.zeros((2, MAX_WINDOWS, 2), dtype=np.int64)
-        self.stats = np.zeros(7, dtype=np.int64)
+        self.stats = np.zeros(8, dtype=np.int64)
         # DAC time at which the output went silent (or moved on) after the last skip-window
         # jump, and the ring index the jump started from; stats[CUTS] counts jumps. Written by
         # the callback before it bumps the count, read by control after it sees the count move.
@@ -602,7 +602,17 @@ class DeviceSink:
 
         core = self.core
 
+        realtime = [False]  # a list: the callback sets it once, from PortAudio's thread
+
         def callback(outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+            if not realtime[0]:
+                # Once, on PortAudio's own callback thread: ask for SCHED_FIFO, as JACK and
+                # PulseAudio (via rtkit) do for their audio threads. nice -10 only weights the CFS
+                # share; on a 2-core machine the engine's inference threads still delay a 6-ms
+                # callback past the device buffer. One syscall, never repeated; refused without
+                # the privilege (CAP_SYS_NICE / RLIMIT_RTPRIO), which leaves the nice value.
+                realtime[0] = True
+                core.stats[CALLBACK_REALTIME] = 1 if enable_realtime_thread() else -1
             if status.output_underflow:
                 core.stats[DEVICE_UNDERFLOWS] += 1
             now = time.monotonic()
@@ -713,6 +723,8 @@ class AudioConsumer:
             "underruns": int(stats[UNDERRUNS]),
             "underrun_frames": int(stats[UNDERRUN_FRAMES]),
             "device_underflows": int(stats[DEVICE_UNDERFLOWS]),
+            # 1: the device callback runs under SCHED_FIFO; -1: refused (nice only); 0: not started
+            "callback_realtime": int(stats[CALLBACK_REALTIME]),
             "blocks": int(stats[BLOCKS]),
             "rebuffers": self.core.policy.rebuffer_count,
             "rss_mb": process_rss_mb(),
@@ -772,6 +784,20 @@ class AudioConsumer:
 
 
 AUDIO_NICE = -10  # the callback must win the CPU from inference threads on a small machine
+#: SCHED_FIFO priority of the device callback thread, where permitted: above ordinary work, below
+#: the kernel's own threaded IRQs (50) is not needed here, so it sits at JACK's default range.
+AUDIO_RT_PRIORITY = 40
+
+
+def enable_realtime_thread(priority: int = AUDIO_RT_PRIORITY) -> bool:
+    """Put the calling thread under SCHED_FIFO at ``priority``; False where not permitted."""
+    import os
+
+    try:
+        os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # 0: the calling thread
+    except (OSError, AttributeError):
+        return False
+    return True
 
 
 def raise_audio_priority() -> int:

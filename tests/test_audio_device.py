@@ -29,7 +29,7 @@ from actors.audio.device import (
     wasapi_exclusive_settings,
 )
 from actors.audio_consumer import choose_upsample
-from tests.audio_rig import MonitorRecorder, PulseNullSink, align, pulse_sink  # noqa: F401  # fixture
+from tests.audio_rig import STEADY_DEVICE, MonitorRecorder, PulseNullSink, align, pulse_sink  # noqa: F401  # fixture
 
 # --- against the real null sink --------------------------------------------------------------------
 
@@ -123,7 +123,7 @@ def test_upsampled_device_playback_matches_piper_and_is_gap_free(
     report_file = tmp_path / "report.json"
     cmd = [sys.executable, "-m", "actors.cli", "--log-info", "speak", "--file", str(text_file)]
     cmd += ["--sink", "device", "--report", str(report_file)]
-    env = server_env(**DETERMINISTIC, **pulse_sink.env, SKALD_AUDIO_DEVICE_RATE=str(device_rate))
+    env = server_env(**DETERMINISTIC, **pulse_sink.env, **STEADY_DEVICE, SKALD_AUDIO_DEVICE_RATE=str(device_rate))
     with MonitorRecorder(rate=device_rate, env=pulse_sink.env) as recorder:
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
         recording = recorder.stop()

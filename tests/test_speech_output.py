@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.audio_rig import MonitorRecorder, PulseNullSink, align
+from tests.audio_rig import STEADY_DEVICE, MonitorRecorder, PulseNullSink, align
 from tests.conftest import ROOT, sample_text, server_env
 
 DETERMINISTIC = {"SKALD_TTS_NOISE_SCALE": "0", "SKALD_TTS_NOISE_W_SCALE": "0"}
@@ -213,7 +213,7 @@ def assert_recording_plays(
 def test_real_device_playback_is_complete_and_gap_free(tmp_path: Path, pulse_sink: PulseNullSink) -> None:
     text = sample_text("crypt.txt")
     with MonitorRecorder(rate=22050, env=pulse_sink.env) as recorder:
-        report = _speak(tmp_path, text, "device", env=dict(pulse_sink.env))
+        report = _speak(tmp_path, text, "device", env={**pulse_sink.env, **STEADY_DEVICE})
         recording = recorder.stop()
     assert report["underruns"] == 0
     assert report["device_underflows"] == 0, "the device ran dry (callback late): audible gap"
@@ -248,7 +248,7 @@ def test_prelude_to_narrative_seam_has_no_gap_and_no_overlap(make_server, pulse_
     shift everything after it), and the silence there is the sentence pause, not more."""
     from actors import wire
 
-    server = make_server("--sink", "device", **pulse_sink.env, **DETERMINISTIC)
+    server = make_server("--sink", "device", **pulse_sink.env, **DETERMINISTIC, **STEADY_DEVICE)
     with server.client() as ctl, MonitorRecorder(rate=22050, env=pulse_sink.env) as recorder:
         events = server.client()
         try:

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from actors import wire
-from tests.audio_rig import MonitorRecorder, PulseNullSink
+from tests.audio_rig import STEADY_DEVICE, MonitorRecorder, PulseNullSink
 
 XTTS_ENV = {"SKALD_TTS_ENGINE": "xtts", "SKALD_XTTS_DEVICE": "cpu"}
 
@@ -102,6 +102,7 @@ def test_injected_xtts_failure_falls_back_to_piper_with_no_gap(  # type: ignore[
         "--sink",
         "device",
         **pulse_sink.env,
+        **STEADY_DEVICE,
         **XTTS_ENV,
         SKALD_XTTS_MODEL_DIR=str(xtts_tiny_dir),
         SKALD_FAULT_INJECT="chunk=1,times=2",
