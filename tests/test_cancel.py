@@ -20,6 +20,13 @@ from tests.conftest import sample_text
 from tests.test_speech_output import DETERMINISTIC, joined_from_events
 
 RATE = 22050
+# PortAudio's "high" device latency (~35-43 ms on the PulseAudio rig) with the default 128-frame
+# blocks. The default "low" latency underflowed 3 times in 3 s of audio on the 2-vCPU test VM
+# (before and after the "Rooms" change alike: the host stalls its vCPUs 5-11 ms at a time), and
+# each underflow stretches the recording so the recorded audio no longer lines up with the
+# reference. The cancel bound below follows: device buffer + one block + the 8 ms fade, with
+# room for the VM; `scripts/bench cancel` measures the default latency precisely.
+CANCEL_DEVICE = {"SKALD_AUDIO_LATENCY": "high"}
 NEW_TEXT = "Enough. The guard lowers his spear and waves you through."
 
 
@@ -54,7 +61,7 @@ def test_cancel_during_playback_fades_to_silence_and_the_next_request_plays_only
     make_server,  # type: ignore[no-untyped-def]
     pulse_sink: PulseNullSink,
 ) -> None:
-    server = make_server("--sink", "device", **pulse_sink.env, **DETERMINISTIC)
+    server = make_server("--sink", "device", **pulse_sink.env, **DETERMINISTIC, **CANCEL_DEVICE)
     with server.client() as ctl, MonitorRecorder(rate=RATE, env=pulse_sink.env) as recorder:
         from actors.client import SkaldClient
 
@@ -83,7 +90,7 @@ def test_cancel_during_playback_fades_to_silence_and_the_next_request_plays_only
     assert silenced.was_audible
     cancel_to_silence_ms = (silenced.t_silent - t_cancel) * 1000.0
     hop_ms = (silenced.t_cancel_seen - t_cancel) * 1000.0
-    assert 0.0 < cancel_to_silence_ms <= 50.0, f"cancel -> silence {cancel_to_silence_ms:.1f} ms (hop {hop_ms:.1f} ms)"
+    assert 0.0 < cancel_to_silence_ms <= 100.0, f"cancel -> silence {cancel_to_silence_ms:.1f} ms (hop {hop_ms:.1f} ms)"
     assert status["ring"]["buffered_s"] == 0.0 or status["requests"] == [], status
 
     # Where the old request starts in the recording, from its own (deterministic) audio.
@@ -123,7 +130,7 @@ def test_cancel_during_playback_fades_to_silence_and_the_next_request_plays_only
 
 @pytest.mark.device
 def test_cancel_during_synthesis_is_never_heard(make_server, pulse_sink: PulseNullSink) -> None:  # type: ignore[no-untyped-def]
-    server = make_server("--sink", "device", **pulse_sink.env, **DETERMINISTIC)
+    server = make_server("--sink", "device", **pulse_sink.env, **DETERMINISTIC, **CANCEL_DEVICE)
     with server.client() as ctl, MonitorRecorder(rate=RATE, env=pulse_sink.env) as recorder:
         events = server.client()
         try:
