@@ -36,7 +36,7 @@ if os.environ.get("CI"):
 # SCHED_FIFO thread sleeping 1 ms measured 44 wake-ups more than 5 ms late in 20 s (worst 11 ms),
 # and the null sink then catches up past the device buffer, a gap skald did not make. The same
 # tests failed on this VM before and after the "Rooms" change alike. A regression that always
-# gaps still fails all three tries; the figures themselves are measured by `scripts/bench`.
+# gaps still fails every try; the figures themselves are measured by `scripts/bench`.
 DEVICE_RERUNS = 3
 
 
