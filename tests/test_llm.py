@@ -552,11 +552,23 @@ def test_transformers_cancel_stops_within_a_step(local_generator: TransformersGe
 
 
 def test_transformers_early_exit_stops_generation(local_generator: TransformersGenerator) -> None:
+    """Leaving the loop closes the stream, and closing joins the generate thread: so generation
+    stopped. Against a yardstick measured in the same run (a whole 200-token stream) rather than
+    a wall-clock bound: had the close waited for the 4000 tokens asked for, it would take longer."""
     t0 = time.monotonic()
-    for n, _ in enumerate(local_generator.stream(MESSAGES, 4000, CancelToken())):
+    full = list(local_generator.stream(MESSAGES, 200, CancelToken()))
+    whole_200_s = time.monotonic() - t0
+    assert len(full) > 20, f"the yardstick stream ended after {len(full)} pieces"
+
+    t0 = time.monotonic()
+    stream = local_generator.stream(MESSAGES, 4000, CancelToken())
+    for n, _ in enumerate(stream):
         if n == 2:
             break
-    assert time.monotonic() - t0 < 3.0  # 4000 tokens would take far longer
+    stream.close()  # what the loop's exit leaves to garbage collection, done now
+    early_exit_s = time.monotonic() - t0
+    assert not any(t.name == "llm-generate" for t in threading.enumerate()), "the generate thread outlived the close"
+    assert early_exit_s < whole_200_s, (early_exit_s, whole_200_s)
 
 
 def test_transformers_missing_model_dir_is_a_clear_error(tmp_path: Path) -> None:
