@@ -14,7 +14,7 @@ import importlib.util
 import os
 import re
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -343,35 +343,31 @@ def detect_gpus(use_torch: bool = False) -> GpuDetection:
     build = _torch_build_without_import()
     torch_version, torch_cuda = build if build else ("", "")
     min_cc = min_cc_for_torch_build(torch_version, torch_cuda) if build else DEFAULT_MIN_CC
-    common = {"driver_version": nvml.driver_version, "cuda_driver_version": nvml.cuda_driver_version}
+
+    def detection(gpus: Sequence[GpuInfo], reason: str, via: str) -> GpuDetection:
+        # Everything but the GPUs, the fallback reason and the source is read the same way on
+        # every path; notes is read at return time, after the paths have added theirs.
+        return GpuDetection(
+            tuple(gpus),
+            reason,
+            via,
+            driver_version=nvml.driver_version,
+            cuda_driver_version=nvml.cuda_driver_version,
+            torch_version=torch_version,
+            torch_cuda=torch_cuda,
+            min_compute_capability=min_cc,
+            notes=tuple(notes),
+        )
 
     if use_torch:
         probe, torch_version, torch_cuda, arch_min = _probe_torch(nvml_visible)
         min_cc = arch_min or min_cc_for_torch_build(torch_version, torch_cuda)
         if probe.reason:
             reason = probe.reason if not nvml.reason else f"{nvml.reason}; {probe.reason}"
-            return GpuDetection(
-                tuple(nvml_visible),
-                reason,
-                "nvml" if not nvml.reason else "",
-                torch_version=torch_version,
-                torch_cuda=torch_cuda,
-                min_compute_capability=min_cc,
-                notes=tuple(notes),
-                **common,
-            )
+            return detection(nvml_visible, reason, "nvml" if not nvml.reason else "")
         if nvml.reason:
             notes.append(f"{nvml.reason}: no utilization or per-process memory sampling")
-        return GpuDetection(
-            tuple(probe.gpus),
-            "",
-            "torch" if nvml.reason else "nvml+torch",
-            torch_version=torch_version,
-            torch_cuda=torch_cuda,
-            min_compute_capability=min_cc,
-            notes=tuple(notes),
-            **common,
-        )
+        return detection(probe.gpus, "", "torch" if nvml.reason else "nvml+torch")
 
     reason = nvml.reason or hidden_reason
     if not reason and build and not torch_cuda:
@@ -380,13 +376,4 @@ def detect_gpus(use_torch: bool = False) -> GpuDetection:
         notes.append(
             f"torch is not installed (the xtts extra): tier assumes its pinned build (CC >= {_cc(DEFAULT_MIN_CC)})"
         )
-    return GpuDetection(
-        tuple(nvml_visible),
-        reason,
-        "nvml" if not nvml.reason else "",
-        torch_version=torch_version,
-        torch_cuda=torch_cuda,
-        min_compute_capability=min_cc,
-        notes=tuple(notes),
-        **common,
-    )
+    return detection(nvml_visible, reason, "nvml" if not nvml.reason else "")
