@@ -33,6 +33,7 @@ zero, so the stop is a fade, not a click.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import threading
 import time
@@ -791,8 +792,6 @@ AUDIO_RT_PRIORITY = 40
 
 def enable_realtime_thread(priority: int = AUDIO_RT_PRIORITY) -> bool:
     """Put the calling thread under SCHED_FIFO at ``priority``; False where not permitted."""
-    import os
-
     try:
         os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(priority))  # 0: the calling thread
     except (OSError, AttributeError):
@@ -803,8 +802,6 @@ def enable_realtime_thread(priority: int = AUDIO_RT_PRIORITY) -> bool:
 def raise_audio_priority() -> int:
     """Lower this process's nice value so the device callback runs on time under inference load;
     returns the nice value in effect (unchanged when not permitted: an unprivileged user)."""
-    import os
-
     try:
         os.setpriority(os.PRIO_PROCESS, 0, AUDIO_NICE)
     except OSError:
