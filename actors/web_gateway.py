@@ -27,6 +27,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import queue
 import socket
 import threading
@@ -287,6 +288,14 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
+#: The gateway encodes renders (opus, mp3 ...) on its threads: that work, too, yields to the stage.
+WEB_NICENESS = 5
+
+
 def run_web_process(spec: ActorSpec) -> None:
     """Entry point of the web actor process."""
+    try:
+        os.nice(WEB_NICENESS)
+    except OSError as exc:  # a container may forbid it
+        log.warning("web: cannot lower its priority (%s)", exc)
     run_actor(spec, WebGateway)

@@ -148,8 +148,9 @@ class RenderReader:
             stream.end(status, reason, kind)
 
     def active(self) -> int:
+        """Renders whose responses are still open (synthesized or not: a slow client's counts)."""
         with self._lock:
-            return sum(1 for s in self.streams.values() if not s.ended)
+            return len(self.streams)
 
     def handle(self, msg: wire.Message, stop: threading.Event | None = None) -> None:
         if isinstance(msg, wire.Segment):
