@@ -79,6 +79,9 @@ STAGE_ROLES = ROLES
 RENDER_ROLES = (WEB, TTS_RENDER)
 PENDING_LIMIT = 10_000  # messages held for an actor that is restarting
 HEALTHY_RESET_S = 60.0  # an actor alive this long gets its restart count back
+#: How long a cancelled stage request waits for the consumer's ``Silenced`` before it is closed
+#: anyway (the consumer answers within a callback block or two; this covers a hung one).
+SILENCE_REPORT_S = 2.0
 
 _SHM_NAME = re.compile(r"^skald-(\d+)-(?:pcm|render)$")
 
@@ -196,6 +199,8 @@ class RequestRecord:
     device_underflows: int = 0
     audio_s: float = 0.0
     reason: str = ""
+    # Cancelled, its Silenced not yet reported: request_finished waits for it (until this deadline).
+    silence_deadline: float | None = None
 
 
 def _shutdown_children(children: Iterable[Child], timeout: float) -> None:
@@ -514,6 +519,11 @@ class Supervisor:
                 child.proc.kill()
             elif child.ready and child.restarts and now - child.started_at > HEALTHY_RESET_S:
                 child.restarts = 0
+        overdue = [r for r in self.requests.values() if r.silence_deadline is not None and now > r.silence_deadline]
+        for rec in overdue:
+            log.warning("no silence report for cancelled %s in %.1f s; closing it", rec.request_id, SILENCE_REPORT_S)
+            self._publish(wire.Silenced(request_id=rec.request_id, t_silent=now, was_audible=False))
+            self._finish(rec, "cancelled", rec.reason)
 
     def _on_subscription(self, frame: bytes) -> None:
         """XPUB hands us ``\x01topic`` for each subscribe (``\x00topic`` to unsubscribe). Any
@@ -625,6 +635,12 @@ class Supervisor:
         elif isinstance(msg, wire.Metrics):
             if child is not None:
                 child.metrics = dict(msg.values)
+        elif isinstance(msg, wire.Silenced):
+            rec = self.requests.get(msg.request_id)
+            if rec is None or rec.silence_deadline is None:
+                return  # it ended on its own before the cancel reached the consumer: not cancelled
+            self._publish(msg)
+            self._finish(rec, "cancelled", rec.reason)
         elif isinstance(msg, wire.RequestFinished):
             rec = self.requests.get(msg.request_id)
             if rec is not None and rec.status == "active":
@@ -659,11 +675,12 @@ class Supervisor:
 
     def _active(self, request_id: str) -> bool:
         rec = self.requests.get(request_id)
-        return rec is not None and rec.status == "active"
+        return rec is not None and rec.status == "active" and rec.silence_deadline is None
 
     def _finish(self, rec: RequestRecord, status: wire.RequestStatus, reason: str = "") -> None:
         rec.status = status
         rec.reason = reason
+        rec.silence_deadline = None
         self._publish(
             wire.RequestFinished(
                 request_id=rec.request_id,
@@ -852,17 +869,26 @@ class Supervisor:
         """``all`` stops the stage (a player's interrupt); a render is cancelled by its id only."""
         output: wire.Output = "stage"
         if msg.all:
-            targets = [r for r in self.requests.values() if r.status == "active" and r.output == "stage"]
+            targets = [r for r in self.requests.values() if self._active(r.request_id) and r.output == "stage"]
+            msg = wire.Cancel(all=True, request_ids=[r.request_id for r in targets])
         else:
             rec = self.requests.get(msg.request_id)
             if rec is None:
                 raise wire.WireError("bad_request", f"no request {msg.request_id!r} to cancel", msg.request_id)
-            targets = [rec] if rec.status == "active" else []
+            targets = [rec] if self._active(rec.request_id) else []
             output = rec.output
         # The audio end first: it is the one that makes the silence.
         self._to_actors(msg, self._side_roles(output))
+        now = time.monotonic()
         for rec in targets:
-            self._finish(rec, "cancelled", reason)
+            if rec.output == "render":
+                # No speaker: the render's bytes stop now. Silenced, then finished, as on the stage.
+                self._publish(wire.Silenced(request_id=rec.request_id, t_silent=now, was_audible=bool(rec.chunks)))
+                self._finish(rec, "cancelled", reason)
+            else:
+                # request_finished waits for the consumer's Silenced (docs/protocol.md: the contract).
+                rec.reason = reason
+                rec.silence_deadline = now + SILENCE_REPORT_S
         return wire.Accepted(request_id="*" if msg.all else msg.request_id, t_accepted=time.monotonic())
 
     def status(self) -> wire.Status:

@@ -182,6 +182,9 @@ class Cancel(Message, kw_only=True):
     KIND: ClassVar[bytes] = b"cancel"
     request_id: str = ""
     all: bool = False
+    # Supervisor -> audio consumer only: the requests an ``all`` cancel stops, so that each gets
+    # its ``Silenced`` even when none of its audio had reached the consumer yet.
+    request_ids: list[str] = msgspec.field(default_factory=list)
 
 
 class StatusQuery(Message, kw_only=True):
