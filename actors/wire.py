@@ -304,6 +304,7 @@ class RequestFinished(Message, kw_only=True):
     ttfa_ms: float = -1.0
     reason: str = ""
     device_underflows: int = 0  # the device itself ran dry (callback late): a gap skald did not cause
+    resumed: int = 0  # times the request was picked up again after its TTS worker died
 
 
 class Silenced(Message, kw_only=True):
@@ -377,6 +378,7 @@ class OpenRequest(Message, kw_only=True):
     t_accepted: float = 0.0
     has_prelude: bool = False
     speed: float = 1.0  # speaking rate handed to the engine (``Speak.speed``)
+    first_index: int = 0  # a resumed request's first chunk index (the chunks before it were spoken)
 
 
 class TextPiece(Message, kw_only=True):
