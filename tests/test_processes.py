@@ -86,7 +86,8 @@ def test_malformed_input_gets_error_events_and_the_server_lives_on(make_server) 
     assert server.stop() == 0
 
 
-@pytest.mark.parametrize("role", list(wire.Role))
+# The stage's actors; the gateway's (web, tts_render) are killed in tests/test_http.py.
+@pytest.mark.parametrize("role", [r for r in wire.Role if r not in (wire.Role.WEB, wire.Role.TTS_RENDER)])
 def test_sigkill_of_an_actor_is_noticed_restarted_and_reported(make_server, role: str) -> None:  # type: ignore[no-untyped-def]
     server = make_server()
     victim = server.actor_pids()[role]
