@@ -196,6 +196,7 @@ class RequestRecord:
     text_open: bool
     status: str = "active"  # "active", then a wire.RequestStatus
     output: wire.Output = "stage"
+    turn: bool = False  # written by the text actors (a turn), not by the client (a speak)
     chunks: dict[int, ChunkRecord] = field(default_factory=dict)
     ttfa_ms: float = -1.0
     underruns: int = 0
@@ -674,6 +675,14 @@ class Supervisor:
         active = [
             r for r in self.requests.values() if r.status == "active" and r.output == output and not r.resuming
         ]
+        if role in wire.TEXT_ROLES:
+            # A language model's turn cannot be continued by another process mid-sentence (its
+            # generation state died with it): turns end failed, with the reason. A speak never
+            # passes through the text actors, so it plays on.
+            for rec in [r for r in active if r.turn]:
+                self._to_actors(wire.Cancel(request_id=rec.request_id), self._side_roles(output))
+                self._finish(rec, "failed", reason)
+            return
         if not active:
             return
         self._to_actors(wire.Cancel(all=True), self._side_roles(output))
@@ -917,7 +926,7 @@ class Supervisor:
         wire.validate_text(msg.context, limit, allow_empty=True, request_id=request_id)
         self._barge_in(msg.barge_in)
         now = time.monotonic()
-        self.requests[request_id] = RequestRecord(request_id, client, now, False, False)
+        self.requests[request_id] = RequestRecord(request_id, client, now, False, False, turn=True)
         opened = wire.OpenRequest(
             request_id=request_id, voice=msg.voice, priority=msg.priority, t_accepted=now, has_prelude=True
         )
