@@ -514,6 +514,8 @@ class SemanticChunker(CutRanking):
             c = cpos[i]
             if self._lower(s, c) > limit:
                 break
+            if self._units[c] == self._units[s]:
+                continue  # nothing to say before it ("—…" alone): never a chunk of its own
             length = self._est(s, c)
             if length > limit:
                 continue

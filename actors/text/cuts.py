@@ -116,7 +116,9 @@ def classify_cut(buf: str, c: int, final: bool) -> tuple[int, bool] | None:
         if nxt in CLOSERS:
             return (-1, False)
         if prev == "—" or (prev == "–" and not (buf[c - 2 : c - 1].isdigit() and nxt.isdigit())):
-            return (CLAUSE, False) if nxt not in "—–-" else (-1, False)
+            # Only before a word (or its opening quote): "—…" is one mark, and a cut inside it
+            # would leave a chunk of punctuation alone, nothing to say.
+            return (CLAUSE, False) if nxt.isalnum() or nxt in OPENERS else (-1, False)
         if prev == "-" and c >= 2 and buf[c - 2] == "-" and nxt != "-":
             return (CLAUSE, False)
         return (-1, False)
