@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from actors import wire
+from actors.live_config import LiveSettings
 from actors.runtime import ActorSpec
 from config.settings import ConfigError, Settings
 from shm import pid_running
@@ -236,6 +237,7 @@ class Supervisor:
         self._sentinels: dict[int, Child] = {}
         self._poll_key: tuple[int, ...] = ()
         self.subscriptions = 0  # subscriptions seen on the events socket
+        self.live = LiveSettings(self, send=self._to_actors, publish=self._publish)  # skald config, SIGHUP
 
     # ------------------------------------------------------------------ endpoints
     @property
@@ -387,12 +389,14 @@ class Supervisor:
             self.stop_reason = reason
         self._stop.set()
 
-    def install_signal_handlers(self) -> None:
+    def install_signal_handlers(self, reload_on_hangup: bool = False) -> None:
         def handler(signum: int, _frame: object) -> None:
             self.request_stop(signal.Signals(signum).name)
 
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
+        if reload_on_hangup:  # skald serve: SIGHUP re-reads the config file (on the main loop)
+            signal.signal(signal.SIGHUP, lambda _signum, _frame: self.live.request_reload())
 
     def run(self, until: Callable[[], bool] | None = None, timeout: float | None = None) -> bool:
         """Serve until ``until()`` is true (returns True), stop is requested or ``timeout`` passes."""
@@ -450,6 +454,7 @@ class Supervisor:
         self._housekeeping()
 
     def _housekeeping(self) -> None:
+        self.live.poll()
         now = time.monotonic()
         for child in self.children.values():
             if child.restart_at is not None and now >= child.restart_at:
@@ -677,6 +682,8 @@ class Supervisor:
             return [self._cancel(msg)]
         if isinstance(msg, wire.StatusQuery):
             return [self.status()]
+        if isinstance(msg, (wire.ConfigGet, wire.ConfigSet)):
+            return [self.live.handle(msg)]
         raise wire.WireError("unknown_kind", f"{msg.KIND.decode()} is not a client request")
 
     def _new_request_id(self, requested: str) -> str:

@@ -20,7 +20,7 @@ import msgspec
 
 from actors import wire
 from actors.runtime import configure_logging
-from config.settings import ConfigError, Settings, load_settings
+from config.settings import ConfigError, Settings, load_settings, logging_level
 from supervisor import RequestRecord, Supervisor, SupervisorError, default_run_dir, endpoints
 
 
@@ -51,6 +51,8 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["audio.sink"] = args.sink
     if getattr(args, "engine", None):
         overrides["tts.engine"] = args.engine
+    if args.log_level is not None:  # -v / --log-info win over log.level
+        overrides["log.level"] = logging.getLevelName(args.log_level).lower()
     return overrides
 
 
@@ -59,7 +61,11 @@ def _supervisor(args: argparse.Namespace, overrides: dict[str, Any], shared_run_
 
     settings = _settings(args, overrides)
     origins = setting_origins(args.config, overrides=overrides)
-    return Supervisor(settings, shared_run_dir=shared_run_dir, log_level=args.log_level, origins=origins)
+    level = logging_level(settings.log.level)
+    logging.getLogger().setLevel(level)
+    sup = Supervisor(settings, shared_run_dir=shared_run_dir, log_level=level, origins=origins)
+    sup.live.config_file, sup.live.overrides = args.config, overrides  # what SIGHUP re-reads
+    return sup
 
 
 def cmd_speak(args: argparse.Namespace) -> int:
@@ -159,7 +165,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.run_dir:
         overrides["supervisor.run_dir"] = args.run_dir
     sup = _supervisor(args, overrides, shared_run_dir=True)
-    sup.install_signal_handlers()
+    sup.install_signal_handlers(reload_on_hangup=True)
     try:
         sup.start()
         print(f"skald serving: control {sup.control_endpoint}  events {sup.events_endpoint}", flush=True)
@@ -333,6 +339,7 @@ def cmd_chunk(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from actors.cli.config_cmd import add_config_parser
     from actors.cli.gpu import add_gpu_arguments, add_gpu_parser
     from actors.cli.voice import add_voice_parser, run_voice_command
     from actors.tts import ENGINES
@@ -340,7 +347,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skald", description="Real-time streaming narration engine.")
     parser.add_argument("--config", help="TOML file overriding config/default.toml")
     parser.add_argument(
-        "-v", "--verbose", action="store_const", dest="log_level", const=logging.DEBUG, default=logging.WARNING
+        "-v", "--verbose", action="store_const", dest="log_level", const=logging.DEBUG, default=None
     )
     parser.add_argument("--log-info", action="store_const", dest="log_level", const=logging.INFO)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -366,6 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_voice_parser(sub).set_defaults(func=lambda a: run_voice_command(a, _settings(a)))
     add_gpu_parser(sub)
+    add_config_parser(sub)
 
     status = sub.add_parser("status", help="print a running server's status as JSON")
     status.add_argument("--endpoint", help="control endpoint (default: the serve run dir's control.sock)")
@@ -422,5 +430,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level if args.log_level is not None else logging.WARNING)
     return int(args.func(args))
