@@ -340,6 +340,7 @@ def cmd_chunk(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from actors.cli.config_cmd import add_config_parser
+    from actors.cli.devices import add_devices_parser
     from actors.cli.gpu import add_gpu_arguments, add_gpu_parser
     from actors.cli.voice import add_voice_parser, run_voice_command
     from actors.tts import ENGINES
@@ -374,6 +375,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_voice_parser(sub).set_defaults(func=lambda a: run_voice_command(a, _settings(a)))
     add_gpu_parser(sub)
     add_config_parser(sub)
+    add_devices_parser(sub)
 
     status = sub.add_parser("status", help="print a running server's status as JSON")
     status.add_argument("--endpoint", help="control endpoint (default: the serve run dir's control.sock)")
