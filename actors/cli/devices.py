@@ -96,7 +96,8 @@ def cmd_devices(args: argparse.Namespace) -> int:
     for d in devices:
         mark = "*" if d.index == selected else " "
         name = d.name if len(d.name) <= 32 else d.name[:31] + "…"
-        print(f"{mark:2}{d.index:>5}  {name:<32} {d.hostapi:<12} {d.default_samplerate:>8g}  {d.max_output_channels:>6}")
+        rate, channels = d.default_samplerate, d.max_output_channels
+        print(f"{mark:2}{d.index:>5}  {name:<32} {d.hostapi:<12} {rate:>8g}  {channels:>6}")
     if not devices:
         print("  (no output device: see docs/troubleshooting.md, 'No sound')")
     print(f"* selected by {rule}" if selected is not None else f"{rule} selects nothing: {problem}")
