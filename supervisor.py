@@ -224,6 +224,7 @@ class Supervisor:
         self.children: dict[str, Child] = {role: Child(role) for role in ROLES}
         self.requests: dict[str, RequestRecord] = {}
         self.listeners: list[Callable[[wire.Message], None]] = []
+        self.ready_listeners: list[Callable[[str, dict[str, Any]], None]] = []  # (role, Ready info)
         self.exit_code = 0
         self.stop_reason = ""
         self._stop = threading.Event()
@@ -559,6 +560,8 @@ class Supervisor:
             for held in pending:
                 self._backend.send_multipart([role.encode(), *held])
             log.info("%s ready (pid %d) %s", role, msg.pid, json.dumps(msg.info))
+            for on_ready in self.ready_listeners:
+                on_ready(role, child.info)
         elif isinstance(msg, wire.TextPiece):
             if self._active(msg.request_id):
                 self._to_actor(TTS_WORKER, msg)

@@ -19,6 +19,7 @@ from typing import Any
 import msgspec
 
 from actors import wire
+from actors.cli.progress import RenderProgress, StartupProgress, interactive
 from actors.runtime import configure_logging
 from config.settings import ConfigError, Settings, load_settings, logging_level
 from supervisor import RequestRecord, Supervisor, SupervisorError, default_run_dir, endpoints
@@ -76,35 +77,20 @@ def cmd_speak(args: argparse.Namespace) -> int:
     sup = _supervisor(args, overrides, shared_run_dir=False)
     settings = sup.settings
     sup.install_signal_handlers()
-    progress = not args.quiet
-
-    def show(msg: wire.Message) -> None:
-        if not progress:
-            return
-        if isinstance(msg, wire.ChunkSynthesized):
-            rec = sup.requests.get(msg.request_id)
-            total = len(rec.chunks) if rec else "?"
-            print(
-                f"  chunk {msg.index + 1}/{total}: {msg.dur_s:5.2f} s of audio in {msg.synth_ms:6.1f} ms",
-                file=sys.stderr,
-            )
-        elif isinstance(msg, wire.PlaybackStarted):
-            print(f"  playback started, TTFA {msg.ttfa_ms:.0f} ms", file=sys.stderr)
-        elif isinstance(msg, wire.Underrun):
-            print(f"  underrun #{msg.count}", file=sys.stderr)
-        elif isinstance(msg, wire.Error):
-            print(f"  error [{msg.kind}] {msg.actor}: {msg.message}", file=sys.stderr)
-
-    sup.listeners.append(show)
+    # A bar for an offline render on a terminal; else one line per chunk (both off with --quiet).
+    progress = RenderProgress(sup, bar=args.unpaced and interactive(args.quiet), lines=not args.quiet)
+    sup.listeners.append(progress)
     try:
-        sup.start()
+        with StartupProgress(sup, enabled=interactive(args.quiet)):
+            sup.start()
         reply = sup.submit(wire.Speak(text=text, voice=args.voice or ""))[0]
         if isinstance(reply, wire.Error):
             print(f"skald speak: [{reply.kind}] {reply.message}", file=sys.stderr)
             return 2
         assert isinstance(reply, wire.Accepted)
         rec = sup.requests[reply.request_id]
-        sup.run(until=lambda: rec.status != "active")
+        with progress:
+            sup.run(until=lambda: rec.status != "active")
         if rec.status == "active":
             rec.status = "cancelled"
             rec.reason = sup.stop_reason or "interrupted"
@@ -167,7 +153,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     sup = _supervisor(args, overrides, shared_run_dir=True)
     sup.install_signal_handlers(reload_on_hangup=True)
     try:
-        sup.start()
+        with StartupProgress(sup, enabled=interactive()):
+            sup.start()
         print(f"skald serving: control {sup.control_endpoint}  events {sup.events_endpoint}", flush=True)
         sup.run()
         return sup.exit_code
