@@ -488,7 +488,8 @@ def allowed(dotted: str) -> str:
     """What ``dotted`` accepts, in the words of the start-up errors (``between 64 and 1024``)."""
     kind, meta = _FIELDS[dotted]
     if meta is not None and meta.ge is not None and meta.le is not None:
-        return f"{_EXPECTED[kind]} between {meta.ge:g} and {meta.le:g}"
+        lo, hi = (f"{int(meta.ge)}", f"{int(meta.le)}") if kind is int else (f"{meta.ge:g}", f"{meta.le:g}")
+        return f"{_EXPECTED[kind]} between {lo} and {hi}"
     if meta is not None and meta.extra and "choices" in meta.extra:
         return "one of: " + ", ".join(repr(c) if c == "" else c for c in meta.extra["choices"])
     return _EXPECTED.get(kind, kind.__name__)
