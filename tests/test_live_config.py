@@ -172,3 +172,44 @@ def test_gpu_profile_retunes_the_utilization_band_and_vram_limit() -> None:
     assert hooks.status()["profile"] == "modest"
     hooks.retune(load_settings(env={"SKALD_GPU_UTIL_TARGET_LOW": "70", "SKALD_GPU_UTIL_TARGET_HIGH": "90"}))
     assert (hooks.util.policy.low, hooks.util.policy.high) == (70.0, 90.0)
+
+
+def test_the_worker_takes_joiner_chunker_and_voice_settings_for_its_next_request(tmp_path: Path) -> None:
+    """In-process TtsWorker with real Piper and a real ring: after ``apply_config`` the next
+    request's joiner has the new crossfade and pauses, its chunker the new first-chunk length, and
+    requests that name no voice get the new default voice (the bundled model by its path)."""
+    import os
+
+    from actors.tts import create_engine
+    from actors.tts.piper import _bundled_voices
+    from actors.tts_worker import TtsWorker
+    from shm import PcmRing
+
+    settings = load_settings(env={})
+    ring = PcmRing.create(f"skald-{os.getpid()}-live", 1 << 17, 22050, 4.0, role="producer")
+    sent: list[wire.Message] = []
+    worker = TtsWorker(settings, create_engine("piper", settings), ring, sent.append)
+    try:
+        worker.handle(wire.OpenRequest(request_id="before"))
+        before = worker.requests["before"]
+        assert before.joiner.crossfade == round(0.030 * 22050)
+
+        model_path = str(_bundled_voices()["en_US-joe-medium"])
+        changed = settings.replace(
+            {"dsp.crossfade_ms": "10", "dsp.pause_sentence_ms": "600", "chunker.first_chunk_s": "2.0",
+             "tts.voice": model_path},
+            "skald config set",
+        )  # fmt: skip
+        worker.handle(wire.ConfigUpdate(settings=changed.to_dict(), changed=["dsp.crossfade_ms"]))
+        worker.handle(wire.OpenRequest(request_id="after"))
+        after = worker.requests["after"]
+        assert after.joiner.crossfade == round(0.010 * 22050)
+        assert after.joiner.pauses["sentence"] == round(0.600 * 22050)
+        assert worker.chunker_config.first_chunk_s == 2.0
+        assert worker.default_voice == model_path and after.voice == model_path
+        assert before.joiner.crossfade == round(0.030 * 22050)  # a request in flight keeps its joiner
+        assert not [m for m in sent if isinstance(m, wire.Error)]
+    finally:
+        worker.close()
+        ring.close()
+        ring.unlink()
