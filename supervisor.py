@@ -71,16 +71,26 @@ shutdown_log = logging.getLogger("skald.shutdown")
 
 Role = wire.Role
 PRELUDE, NARRATIVE, TTS_WORKER, AUDIO_CONSUMER = Role.PRELUDE, Role.NARRATIVE, Role.TTS_WORKER, Role.AUDIO_CONSUMER
+TTS_RENDER, WEB = Role.TTS_RENDER, Role.WEB
 #: Start order: the sink first, the text actors last.
 ROLES = (AUDIO_CONSUMER, TTS_WORKER, NARRATIVE, PRELUDE)
+#: The actors of the live narration (the stage) and of the HTTP gateway's renders. A crash, a
+#: ``cancel --all`` or a barge-in touches only its own side: a render never stops the stage.
+STAGE_ROLES = ROLES
+RENDER_ROLES = (WEB, TTS_RENDER)
 PENDING_LIMIT = 10_000  # messages held for an actor that is restarting
 HEALTHY_RESET_S = 60.0  # an actor alive this long gets its restart count back
 
-_SHM_NAME = re.compile(r"^skald-(\d+)-pcm$")
+_SHM_NAME = re.compile(r"^skald-(\d+)-(?:pcm|render)$")
 
 
 class SupervisorError(RuntimeError):
     """The supervisor could not start or keep its actors running."""
+
+
+def roles_for(settings: Settings) -> tuple[Role, ...]:
+    """The actors a supervisor runs: the stage's, plus the gateway's when ``web.http`` is set."""
+    return ROLES + RENDER_ROLES if settings.web.http else ROLES
 
 
 def _entry(role: Role) -> Callable[[ActorSpec], None]:
@@ -93,6 +103,14 @@ def _entry(role: Role) -> Callable[[ActorSpec], None]:
         from actors.tts_worker import run_tts_worker_process
 
         return run_tts_worker_process
+    if role == TTS_RENDER:
+        from actors.tts_worker import run_tts_render_process
+
+        return run_tts_render_process
+    if role == WEB:
+        from actors.web_gateway import run_web_process
+
+        return run_web_process
     from actors.text_source import run_narrative_process, run_prelude_process
 
     return run_prelude_process if role == PRELUDE else run_narrative_process
@@ -172,6 +190,7 @@ class RequestRecord:
     streaming: bool
     text_open: bool
     status: str = "active"  # "active", then a wire.RequestStatus
+    output: wire.Output = "stage"
     chunks: dict[int, ChunkRecord] = field(default_factory=dict)
     ttfa_ms: float = -1.0
     underruns: int = 0
@@ -221,7 +240,7 @@ class Supervisor:
         self.log_level = log_level
         self.run_dir = default_run_dir(settings, shared_run_dir)
         self.shared_run_dir = shared_run_dir
-        self.children: dict[str, Child] = {role: Child(role) for role in ROLES}
+        self.children: dict[str, Child] = {role: Child(role) for role in roles_for(settings)}
         self.requests: dict[str, RequestRecord] = {}
         self.listeners: list[Callable[[wire.Message], None]] = []
         self.ready_listeners: list[Callable[[str, dict[str, Any]], None]] = []  # (role, Ready info)
@@ -231,6 +250,7 @@ class Supervisor:
         self._mp = multiprocessing.get_context("spawn")
         self._ctx: zmq.Context[Any] | None = None
         self._ring: Any = None
+        self._render_ring: Any = None
         self._started = time.monotonic()
         self._closed = False
         self._finalizer: weakref.finalize[Any, Any] | None = None
@@ -238,7 +258,10 @@ class Supervisor:
         self._sentinels: dict[int, Child] = {}
         self._poll_key: tuple[int, ...] = ()
         self.subscriptions = 0  # subscriptions seen on the events socket
-        self.live = LiveSettings(self, send=self._to_actors, publish=self._publish)  # skald config, SIGHUP
+        # skald config, SIGHUP: a change goes to every actor this server runs (stage and renders)
+        self.live = LiveSettings(
+            self, send=lambda msg: self._to_actors(msg, [c.role for c in self.children.values()]), publish=self._publish
+        )
 
     # ------------------------------------------------------------------ endpoints
     @property
@@ -260,6 +283,15 @@ class Supervisor:
     @property
     def ring_name(self) -> str:
         return f"skald-{os.getpid()}-pcm"
+
+    @property
+    def render_ring_name(self) -> str:
+        """The render worker -> gateway ring (only with ``web.http``)."""
+        return f"skald-{os.getpid()}-render"
+
+    @property
+    def gateway(self) -> bool:
+        return WEB in self.children
 
     def _resolve_gpu(self) -> ResolvedGpuConfig:
         """Detect the GPU once (NVML: no torch in the supervisor) and resolve the tier's config;
@@ -288,10 +320,16 @@ class Supervisor:
         if removed:
             log.info("removed leftovers of dead supervisors: %s", ", ".join(removed))
         self.gpu = self._resolve_gpu()
+        if self.gateway:
+            self._check_gateway_deps()
         self._claim_run_dir()
         rate = engine_sample_rate(self.settings.tts.engine, self.settings.tts.voice)
         ring_cfg = self.settings.ring
         self._ring = PcmRing.create(self.ring_name, int(ring_cfg.capacity_s * rate), rate, ring_cfg.max_fill_s)
+        if self.gateway:
+            self._render_ring = PcmRing.create(
+                self.render_ring_name, int(ring_cfg.capacity_s * rate), rate, ring_cfg.max_fill_s
+            )
         self._ctx = zmq.Context()
         self._backend = self._bind(zmq.ROUTER, self.backend_endpoint)
         self._backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -309,6 +347,16 @@ class Supervisor:
             self.control_endpoint,
             self.events_endpoint,
         )
+
+    def _check_gateway_deps(self) -> None:
+        import importlib.util
+
+        missing = [m for m in ("fastapi", "uvicorn", "av") if importlib.util.find_spec(m) is None]
+        if missing:
+            raise SupervisorError(
+                f"web.http = {self.settings.web.http!r} needs {', '.join(missing)}: pip install 'skald[web]' "
+                "(or leave web.http empty / drop --http)"
+            )
 
     def _claim_run_dir(self) -> None:
         pidfile = self.run_dir / "supervisor.pid"
@@ -342,8 +390,8 @@ class Supervisor:
             settings=self.settings.to_dict(),
             run_dir=str(self.run_dir),
             parent_pid=os.getpid(),
-            ring_name=self.ring_name,
-            shm_names=(self.ring_name,),
+            ring_name=self.render_ring_name if child.role in RENDER_ROLES else self.ring_name,
+            shm_names=(self.ring_name, self.render_ring_name) if self.gateway else (self.ring_name,),
             log_level=self.log_level,
             gpu=self.gpu,
         )
@@ -359,6 +407,8 @@ class Supervisor:
         deadline = time.monotonic() + self.settings.supervisor.ready_timeout_s
         poller = zmq.Poller()
         poller.register(self._backend, zmq.POLLIN)
+        # Subscriptions are answered during start-up too: the web actor subscribes before READY.
+        poller.register(self._events, zmq.POLLIN)
         sentinels = {c.proc.sentinel: c for c in self.children.values()}
         for fd in sentinels:
             poller.register(fd, zmq.POLLIN)
@@ -375,6 +425,8 @@ class Supervisor:
             for sock, _ in poller.poll(min(100, int(remaining * 1000) + 1)):
                 if sock is self._backend:
                     self._on_backend(self._backend.recv_multipart())
+                elif sock is self._events:
+                    self._on_subscription(self._events.recv())
                 elif sock in sentinels:
                     child = sentinels[sock]
                     # Drain messages first: its error report may already be queued.
@@ -496,7 +548,7 @@ class Supervisor:
             )
             log.error(msg)
             self._publish(wire.Error(kind="actor_failed", message=msg, actor=child.role))
-            self._fail_active(f"{child.role} failed")
+            self._fail_active(f"{child.role} failed", child.role)
             self.exit_code = 1
             self.request_stop(f"{child.role} failed")
             child.restart_at = float("inf")
@@ -509,18 +561,20 @@ class Supervisor:
         )
         log.error(msg)
         self._publish(wire.Error(kind="actor_crashed", message=msg, actor=child.role))
-        self._fail_active(f"{child.role} crashed")
+        self._fail_active(f"{child.role} crashed", child.role)
         child.last_error = ""
         child.pending.clear()
         child.restart_at = time.monotonic() + backoff
 
-    def _fail_active(self, reason: str) -> None:
+    def _fail_active(self, reason: str, role: Role) -> None:
         """Requests in flight lose state held by a dead actor: report them failed and clear them
-        from the others, so no half-spoken request lingers or resurfaces later."""
-        active = [r for r in self.requests.values() if r.status == "active"]
+        from the others, so no half-spoken request lingers or resurfaces later. Only the dead
+        actor's side is touched: a crashed gateway fails its renders, never the stage."""
+        output: wire.Output = "render" if role in RENDER_ROLES else "stage"
+        active = [r for r in self.requests.values() if r.status == "active" and r.output == output]
         if not active:
             return
-        self._to_actors(wire.Cancel(all=True))
+        self._to_actors(wire.Cancel(all=True), self._side_roles(output))
         for rec in active:
             self._finish(rec, "failed", reason)
 
@@ -539,6 +593,14 @@ class Supervisor:
     def _to_actors(self, msg: wire.Message, roles: Iterable[Role] = ROLES) -> None:
         for role in roles:
             self._to_actor(role, msg)
+
+    def _side_roles(self, output: wire.Output) -> tuple[Role, ...]:
+        """The actors holding a request of ``output``, the audio end first (it makes the silence)."""
+        return RENDER_ROLES if output == "render" else (AUDIO_CONSUMER, TTS_WORKER, NARRATIVE, PRELUDE)
+
+    def _worker_of(self, request_id: str) -> Role:
+        rec = self.requests.get(request_id)
+        return TTS_RENDER if rec is not None and rec.output == "render" else TTS_WORKER
 
     # ------------------------------------------------------------------ actor messages
     def _on_backend(self, frames: list[bytes]) -> None:
@@ -566,7 +628,8 @@ class Supervisor:
             if self._active(msg.request_id):
                 self._to_actor(TTS_WORKER, msg)
         elif isinstance(msg, (wire.Segment, wire.Skip)):
-            self._to_actor(AUDIO_CONSUMER, msg)
+            # Each worker's ring has one reader: the stage's is the consumer, the renders' the gateway.
+            self._to_actor(WEB if role == TTS_RENDER else AUDIO_CONSUMER, msg)
         elif isinstance(msg, wire.PreludeDone):
             if self._active(msg.request_id):
                 self._to_actor(NARRATIVE, msg)
@@ -700,11 +763,15 @@ class Supervisor:
     def _text_to_worker(self, request_id: str, source: wire.TextSource, text: str, final: bool) -> None:
         """The orchestrator's own text, straight to the worker (no text actor in between). The
         worker orders prelude before narrative (``TtsWorker._text``), so this needs no care."""
-        self._to_actor(TTS_WORKER, wire.TextPiece(request_id=request_id, source=source, text=text, final=final))
+        self._to_actor(
+            self._worker_of(request_id),
+            wire.TextPiece(request_id=request_id, source=source, text=text, final=final),
+        )
 
     def _barge_in(self, policy: wire.BargeIn) -> None:
-        """``interrupt``: everything still playing or queued stops before the new request starts."""
-        if policy == "interrupt" and any(r.status == "active" for r in self.requests.values()):
+        """``interrupt``: everything still playing or queued on the stage stops before the new
+        request starts (renders are not on the stage: they go on)."""
+        if policy == "interrupt" and any(r.status == "active" and r.output == "stage" for r in self.requests.values()):
             self._cancel(wire.Cancel(all=True), reason="interrupted by a new request")
 
     def _turn(self, msg: wire.Turn, client: list[bytes] | None) -> wire.Message:
@@ -749,14 +816,29 @@ class Supervisor:
         wire.validate_text(msg.text, limit, allow_empty=msg.streaming or bool(msg.prelude), request_id=request_id)
         if msg.prelude:
             wire.validate_text(msg.prelude, limit, request_id=request_id)
-        self._barge_in(msg.barge_in)
+        if not 0.25 <= msg.speed <= 4.0:
+            raise wire.WireError("bad_request", f"speed {msg.speed:g} is outside 0.25-4.0", request_id)
+        render = msg.output == "render"
+        if render and not self.gateway:
+            raise wire.WireError(
+                "bad_request", "output 'render' needs the HTTP gateway (skald serve --http HOST:PORT)", request_id
+            )
+        if not render:
+            self._barge_in(msg.barge_in)
         now = time.monotonic()
-        self.requests[request_id] = RequestRecord(request_id, client, now, msg.streaming, msg.streaming)
+        self.requests[request_id] = RequestRecord(
+            request_id, client, now, msg.streaming, msg.streaming, output=msg.output
+        )
         has_prelude = bool(msg.prelude)
         self._to_actor(
-            TTS_WORKER,
+            TTS_RENDER if render else TTS_WORKER,
             wire.OpenRequest(
-                request_id=request_id, voice=msg.voice, priority=msg.priority, t_accepted=now, has_prelude=has_prelude
+                request_id=request_id,
+                voice=msg.voice,
+                priority=msg.priority,
+                t_accepted=now,
+                has_prelude=has_prelude,
+                speed=msg.speed,
             ),
         )
         if has_prelude:
@@ -780,15 +862,18 @@ class Supervisor:
         return rec
 
     def _cancel(self, msg: wire.Cancel, reason: str = "cancelled by client") -> wire.Message:
+        """``all`` stops the stage (a player's interrupt); a render is cancelled by its id only."""
+        output: wire.Output = "stage"
         if msg.all:
-            targets = [r for r in self.requests.values() if r.status == "active"]
+            targets = [r for r in self.requests.values() if r.status == "active" and r.output == "stage"]
         else:
             rec = self.requests.get(msg.request_id)
             if rec is None:
                 raise wire.WireError("bad_request", f"no request {msg.request_id!r} to cancel", msg.request_id)
             targets = [rec] if rec.status == "active" else []
-        # The consumer first: it is the one that makes the silence.
-        self._to_actors(msg, (AUDIO_CONSUMER, TTS_WORKER, NARRATIVE, PRELUDE))
+            output = rec.output
+        # The audio end first: it is the one that makes the silence.
+        self._to_actors(msg, self._side_roles(output))
         for rec in targets:
             self._finish(rec, "cancelled", reason)
         return wire.Accepted(request_id="*" if msg.all else msg.request_id, t_accepted=time.monotonic())
@@ -814,7 +899,13 @@ class Supervisor:
                 for c in self.children.values()
             },
             requests=[
-                {"request_id": r.request_id, "status": r.status, "chunks": len(r.chunks), "ttfa_ms": r.ttfa_ms}
+                {
+                    "request_id": r.request_id,
+                    "status": r.status,
+                    "chunks": len(r.chunks),
+                    "ttfa_ms": r.ttfa_ms,
+                    "output": r.output,
+                }
                 for r in self.requests.values()
                 if r.status == "active"
             ],
@@ -854,5 +945,9 @@ class Supervisor:
             self._ring.close()
             self._ring.unlink()
             self._ring = None
+        if self._render_ring is not None:
+            self._render_ring.close()
+            self._render_ring.unlink()
+            self._render_ring = None
         shutil.rmtree(self.run_dir, ignore_errors=True)
         shutdown_log.info("skald.shutdown: done (exit code %d)", self.exit_code)

@@ -112,11 +112,15 @@ class SkaldClient:
         streaming: bool = False,
         prelude: str = "",
         barge_in: wire.BargeIn = "queue",
+        output: wire.Output = "stage",
+        speed: float = 1.0,
     ) -> str:
         """Queue text to be spoken; returns the request id at once (does not wait for audio).
 
         ``barge_in="interrupt"`` cancels everything playing or queued first (with a fade);
         ``"queue"`` plays after it. A higher ``priority`` is synthesized before queued work.
+        ``output="render"`` is the HTTP gateway's (its audio goes to the gateway's ring, not the
+        stage); ``speed`` is the speaking rate, 0.25-4.0.
         """
         reply = self.request(
             wire.Speak(
@@ -127,6 +131,8 @@ class SkaldClient:
                 streaming=streaming,
                 prelude=prelude,
                 barge_in=barge_in,
+                output=output,
+                speed=speed,
             )
         )
         assert isinstance(reply, wire.Accepted)

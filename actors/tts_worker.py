@@ -134,6 +134,7 @@ class RequestState:
     queued: int = 0  # chunks planned but not yet fully pushed
     frames_pushed: int = 0
     last_pushed_index: int = 0  # the chunk whose audio (or held tail) went into the ring last
+    speed: float = 1.0  # speaking rate handed to the engine
     degraded: bool = False  # the main engine failed: the fallback speaks the rest
     bad_voices: set[str] = field(default_factory=set)
     cancel: CancelToken = field(default_factory=CancelToken)
@@ -216,10 +217,15 @@ class TtsWorker:
         parallel_streams: int = 1,
         gpu: GpuHooks | None = None,
         faults: FaultPlan | None = None,
+        role: wire.Role = wire.Role.TTS_WORKER,
     ) -> None:
         if engine is None and fallback is None:
             raise EngineError(engine_error or "no TTS engine")
         self.settings = settings
+        self.role = role
+        # The render worker serves its requests round-robin, chunk by chunk, so every concurrent
+        # render gets its first chunk early; the stage serves them in arrival order (one voice).
+        self.fair = role == wire.Role.TTS_RENDER
         self.engine = engine
         self.fallback = fallback
         self.engine_error = engine_error
@@ -316,10 +322,23 @@ class TtsWorker:
             "chars_per_s": round(info.chars_per_s, 2),
             "parallel_streams": self.parallel_streams,
             "fallback": self.fallback.name if self.fallback is not None else "",
+            "voices": self._voice_names(),
         }
         if self.engine_error:
             ready["degraded"] = self.engine_error
         return ready
+
+    def _voice_names(self) -> list[str]:
+        """The voices a request may name (the HTTP gateway lists them and checks against them)."""
+        names: list[str] = []
+        for engine in (self.engine, self.fallback):
+            if engine is None:
+                continue
+            try:
+                names += [n for n in engine.list_voices() if n not in names]
+            except Exception as exc:  # a listing is informative; it must not fail start-up
+                log.warning("cannot list %s voices: %s", engine.name, exc)
+        return names
 
     # ---------------------------------------------------------------- messages
     def on_eager(self, msg: wire.Message) -> None:
@@ -369,7 +388,7 @@ class TtsWorker:
             self.load_voice(voice)
         except EngineError as exc:
             self.send(
-                wire.Error(kind="bad_request", message=str(exc), actor=wire.Role.TTS_WORKER, request_id=msg.request_id)
+                wire.Error(kind="bad_request", message=str(exc), actor=self.role, request_id=msg.request_id)
             )
             self.send(wire.RequestFinished(request_id=msg.request_id, status="failed", reason=str(exc)))
             return
@@ -384,6 +403,7 @@ class TtsWorker:
             ),
             joiner=ChunkJoiner.from_settings(self.settings.dsp, self.ring.sample_rate),
             has_prelude=msg.has_prelude,
+            speed=msg.speed,
         )
 
     def _chunker_config(self) -> ChunkerConfig:
@@ -435,7 +455,7 @@ class TtsWorker:
         index = req.next_index
         req.next_index += 1
         req.queued += 1
-        heapq.heappush(self._queue, (-req.priority, req.arrival, index, plan, req.request_id))
+        heapq.heappush(self._queue, (-req.priority, self._rank(req, index), index, plan, req.request_id))
         self.send(
             wire.ChunkPlanned(
                 request_id=req.request_id,
@@ -446,6 +466,10 @@ class TtsWorker:
                 source=plan.source,
             )
         )
+
+    def _rank(self, req: RequestState, index: int) -> int:
+        """Queue order within a priority: arrival (stage), or chunk index first (renders)."""
+        return (index << 32) | req.arrival if self.fair else req.arrival
 
     def _cancel(self, msg: wire.Cancel) -> None:
         doomed = list(self.requests) if msg.all else [msg.request_id]
@@ -504,7 +528,7 @@ class TtsWorker:
                         wire.Error(
                             kind="bad_request",
                             message=f"{exc}; chunk {job.index} keeps the voice {req.voice!r}",
-                            actor=wire.Role.TTS_WORKER,
+                            actor=self.role,
                             request_id=req.request_id,
                         )
                     )
@@ -538,7 +562,7 @@ class TtsWorker:
                 info = self.voices[name]  # loaded on the main thread at dispatch or start-up
                 resampler = Resampler(info.sample_rate, self.ring.sample_rate)
                 blocks_out = 0
-                for block in eng.synthesize(job.plan.text, name, req.cancel):
+                for block in eng.synthesize(job.plan.text, name, req.cancel, speed=req.speed):
                     if req.cancel.cancelled:
                         break
                     out = resampler.process(block)
@@ -567,7 +591,7 @@ class TtsWorker:
                             kind="engine_failed",
                             message=f"{eng.name} failed twice on chunk {job.index} ({job.failed}); "
                             f"{self.fallback.name} speaks the rest of this request",
-                            actor=wire.Role.TTS_WORKER,
+                            actor=self.role,
                             request_id=req.request_id,
                         )
                     )
@@ -577,7 +601,7 @@ class TtsWorker:
                     wire.Error(
                         kind="synthesis_failed",
                         message=job.failed,
-                        actor=wire.Role.TTS_WORKER,
+                        actor=self.role,
                         request_id=req.request_id,
                     )
                 )
@@ -599,7 +623,7 @@ class TtsWorker:
                 if pause > 0:
                     self._next_dispatch = now + pause
                     return
-            _prio, _arrival, index, plan, request_id = heapq.heappop(self._queue)
+            _prio, _rank, index, plan, request_id = heapq.heappop(self._queue)
             req = self.requests.get(request_id)
             if req is None:
                 continue
@@ -714,7 +738,8 @@ class TtsWorker:
             if req.request_id not in reopened:
                 reopened.append(req.request_id)
             req.queued += 1
-            heapq.heappush(self._queue, (-req.priority, req.arrival, rec.index, rec.plan, req.request_id))
+            rank = self._rank(req, rec.index)
+            heapq.heappush(self._queue, (-req.priority, rank, rec.index, rec.plan, req.request_id))
         self.preemptions += 1
         self.send(wire.Skip(start=start, end=end, reopen=reopened, reason=f"preempted by {urgent.request_id}"))
 
@@ -828,7 +853,7 @@ class TtsWorker:
 
     def run(self, stop: threading.Event, inbox: queue.Queue[wire.Message]) -> None:
         if self.engine_error:
-            self.send(wire.Error(kind="engine_unavailable", message=self.engine_error, actor=wire.Role.TTS_WORKER))
+            self.send(wire.Error(kind="engine_unavailable", message=self.engine_error, actor=self.role))
         while not stop.is_set():
             # Drain every pending message before dispatching, so a cancel or a higher-priority
             # request that arrived meanwhile is honoured at the next chunk seam.
@@ -875,6 +900,7 @@ class TtsWorker:
                 parallel_streams=streams,
                 gpu=gpu,
                 faults=FaultPlan.from_env(),
+                role=spec.role,
             )
         except Exception:
             ring.close()
@@ -952,4 +978,18 @@ def _gpu_hooks(settings: Settings, gpu: ResolvedGpuConfig | None) -> tuple[GpuHo
 
 def run_tts_worker_process(spec: ActorSpec) -> None:
     """Entry point of the TTS worker process."""
+    run_actor(spec, TtsWorker)
+
+
+#: How much the render worker defers to the stage: renders use what CPU the live narration leaves.
+RENDER_NICENESS = 10
+
+
+def run_tts_render_process(spec: ActorSpec) -> None:
+    """Entry point of the render worker (``skald serve --http``): the same worker, for the HTTP
+    gateway's renders, in a ring of its own and at a lower OS priority than the stage's worker."""
+    try:
+        os.nice(RENDER_NICENESS)
+    except OSError as exc:  # a container may forbid it; renders then compete as equals
+        log.warning("tts_render: cannot lower its priority (%s)", exc)
     run_actor(spec, TtsWorker)

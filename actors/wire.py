@@ -37,6 +37,11 @@ class Role(enum.StrEnum):
     NARRATIVE = "narrative"
     TTS_WORKER = "tts_worker"
     AUDIO_CONSUMER = "audio_consumer"
+    #: A second TTS worker, started with the HTTP gateway: it synthesizes renders (audio sent to
+    #: HTTP clients, never played on the stage) into a ring of its own, at a lower OS priority.
+    TTS_RENDER = "tts_render"
+    #: The HTTP gateway (``skald serve --http``): OpenAI-compatible speech API, native narration API.
+    WEB = "web"
 
 
 #: The text actors (where a request's text comes from), prelude first.
@@ -47,6 +52,9 @@ TEXT_ROLES: tuple[Role, Role] = (Role.PRELUDE, Role.NARRATIVE)
 # hand somewhere inside.
 BargeIn = Literal["queue", "interrupt"]
 RequestStatus = Literal["done", "cancelled", "failed"]
+#: Where a request's audio goes: the stage (skald's own output, the live narration) or a render
+#: (synthesized for one HTTP client by the render worker; never played on the stage).
+Output = Literal["stage", "render"]
 TextSource = Literal["prelude", "narrative"]
 ErrorKind = Literal[
     "malformed",  # payload is not msgpack / fields of the wrong type / invalid UTF-8
@@ -120,6 +128,8 @@ class Speak(Message, kw_only=True):
     ``request_id`` may be empty: the supervisor then assigns one and returns it in ``Accepted``.
     ``priority``: higher is served first among queued requests (0 = normal).
     ``prelude``: optional opener spoken before ``text`` (the prelude actor's input).
+    ``output``: ``"render"`` is for the HTTP gateway (``Role.WEB``): the render worker synthesizes
+    it into the gateway's ring; it is never played and never barges in on the stage.
     """
 
     KIND: ClassVar[bytes] = b"speak"
@@ -130,6 +140,8 @@ class Speak(Message, kw_only=True):
     streaming: bool = False
     prelude: str = ""
     barge_in: BargeIn = "queue"  # "queue": after what is playing; "interrupt": cancel everything first
+    output: Output = "stage"  # "render": synthesized for the HTTP gateway, not played (web actor only)
+    speed: float = 1.0  # speaking rate, 0.25-4.0 (Piper length scale, XTTS speed)
 
 
 class Turn(Message, kw_only=True):
@@ -361,6 +373,7 @@ class OpenRequest(Message, kw_only=True):
     priority: int = 0
     t_accepted: float = 0.0
     has_prelude: bool = False
+    speed: float = 1.0  # speaking rate handed to the engine (``Speak.speed``)
 
 
 class TextPiece(Message, kw_only=True):

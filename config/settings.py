@@ -182,6 +182,42 @@ class ActorsSettings:
     narrative: TextActorSettings = field(default_factory=TextActorSettings)
 
 
+#: OpenAI's voice names; each maps to a skald voice (``web.voices.<name>``, "" = ``tts.voice``).
+OPENAI_VOICES = (
+    "alloy", "ash", "ballad", "cedar", "coral", "echo", "fable", "marin", "nova", "onyx", "sage", "shimmer", "verse",
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class WebVoiceSettings:
+    """OpenAI voice name -> skald voice ("" = the default voice, ``tts.voice``)."""
+
+    alloy: str = ""
+    ash: str = ""
+    ballad: str = ""
+    cedar: str = ""
+    coral: str = ""
+    echo: str = ""
+    fable: str = ""
+    marin: str = ""
+    nova: str = ""
+    onyx: str = ""
+    sage: str = ""
+    shimmer: str = ""
+    verse: str = ""
+
+
+@dataclass(frozen=True)
+class WebSettings:
+    http: str = ""
+    api_key: str = ""
+    max_renders: Annotated[int, _range(1, 64)] = 4
+    max_body_bytes: Annotated[int, _range(1024, 64 * 1024 * 1024)] = 1048576
+    render_buffer_s: Annotated[float, _range(1.0, 3600.0)] = 60.0
+    cors_origins: str = ""
+    voices: WebVoiceSettings = field(default_factory=WebVoiceSettings)
+
+
 @dataclass(frozen=True)
 class LogSettings:
     level: Annotated[str, _one_of(*LOG_LEVELS)] = "warning"
@@ -201,6 +237,7 @@ class Settings:
     prebuffer: PrebufferSettings = field(default_factory=PrebufferSettings)
     audio: AudioSettings = field(default_factory=AudioSettings)
     actors: ActorsSettings = field(default_factory=ActorsSettings)
+    web: WebSettings = field(default_factory=WebSettings)
     log: LogSettings = field(default_factory=LogSettings)
 
     def to_dict(self) -> dict[str, Any]:
@@ -383,6 +420,18 @@ def _explain(exc: msgspec.ValidationError, data: Mapping[str, Any], origins: Map
     return ConfigError(f"config error: {dotted} = {value!r}{where}: {why}")
 
 
+def _is_loopback(host: str) -> bool:
+    """``localhost`` and loopback addresses; anything else (0.0.0.0, a LAN address, a name) is not."""
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
 def _validated(settings: Settings, origins: Mapping[str, str]) -> Settings:
     """The checks that involve the meaning or several keys (types and ranges are already checked)."""
     flat = _flatten(settings.to_dict())
@@ -416,6 +465,16 @@ def _validated(settings: Settings, origins: Mapping[str, str]) -> Settings:
     p = settings.prebuffer
     if p.low_water_s > 0 and p.low_water_s >= min(p.start_s, p.resume_s):
         fail("prebuffer.low_water_s", "must be below prebuffer.start_s and prebuffer.resume_s")
+    if settings.web.http:
+        host, sep, port = settings.web.http.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
+            fail("web.http", "must be HOST:PORT, e.g. 127.0.0.1:8880 (port 0 = any free port)")
+        if not _is_loopback(host.strip("[]")) and not settings.web.api_key:
+            fail(
+                "web.http",
+                "binds a non-loopback address, so every request must carry a key: set web.api_key "
+                "(SKALD_WEB_API_KEY), or bind 127.0.0.1",
+            )
     if settings.supervisor.control_endpoint and "://" not in settings.supervisor.control_endpoint:
         fail("supervisor.control_endpoint", "must be a ZeroMQ endpoint such as ipc:///path or tcp://127.0.0.1:5555")
     return settings

@@ -368,7 +368,7 @@ class XttsOnScriptedGpu(TtsEngine):
     def list_voices(self) -> list[str]:
         return ["narrator"]
 
-    def synthesize(self, text: str, voice: str, cancel: CancelToken) -> Iterator[np.ndarray]:
+    def synthesize(self, text: str, voice: str, cancel: CancelToken, speed: float = 1.0) -> Iterator[np.ndarray]:
         activations = self.memory.tensor(self.need_mb)
         yield np.zeros(RATE // 10, dtype=np.float32)
         del activations

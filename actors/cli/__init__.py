@@ -150,12 +150,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = _run_overrides(args)
     if args.run_dir:
         overrides["supervisor.run_dir"] = args.run_dir
+    if args.http:
+        overrides["web.http"] = args.http
     sup = _supervisor(args, overrides, shared_run_dir=True)
     sup.install_signal_handlers(reload_on_hangup=True)
     try:
         with StartupProgress(sup, enabled=interactive()):
             sup.start()
         print(f"skald serving: control {sup.control_endpoint}  events {sup.events_endpoint}", flush=True)
+        if sup.gateway:
+            print(f"skald http: {sup.children['web'].info.get('url', '')}", flush=True)
         sup.run()
         return sup.exit_code
     except SupervisorError as exc:
@@ -356,6 +360,12 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--sink", help="device | null | wav:PATH")
     serve.add_argument("--run-dir", help="directory for the ipc sockets (default: $XDG_RUNTIME_DIR/skald-UID)")
     serve.add_argument("--engine", choices=ENGINES, help="TTS engine (default: tts.engine)")
+    serve.add_argument(
+        "--http",
+        metavar="HOST:PORT",
+        help="also serve the HTTP API (OpenAI-compatible /v1/audio/speech; docs/http.md) on HOST:PORT; "
+        "a non-loopback HOST needs web.api_key",
+    )
     add_gpu_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 

@@ -42,7 +42,9 @@ def _console() -> Any:
 
 def loading_description(role: str, settings: Settings) -> str:
     """What ``role`` loads at start-up, from the settings it is started with."""
-    if role == wire.Role.TTS_WORKER:
+    if role == wire.Role.WEB:
+        return f"HTTP gateway on {settings.web.http}"
+    if role in (wire.Role.TTS_WORKER, wire.Role.TTS_RENDER):
         tts = settings.tts
         if tts.engine == "xtts":
             where = settings.xtts.model_dir or "(xtts.model_dir unset)"
@@ -53,7 +55,9 @@ def loading_description(role: str, settings: Settings) -> str:
         if sink == "device":
             return f"opening audio device {settings.audio.device or '(default output)'}"
         return f"opening the {sink} sink" if sink == "null" else f"opening {sink[4:]}"
-    actor = getattr(settings.actors, str(role))
+    actor = getattr(settings.actors, str(role), None)
+    if actor is None:
+        return "starting"
     if actor.backend == "transformers":
         return f"loading language model {actor.model or '(model unset)'} on {actor.device}"
     if actor.backend == "openai":

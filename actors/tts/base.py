@@ -85,8 +85,9 @@ class TtsEngine(ABC):
         """Names of the voices this engine can load."""
 
     @abstractmethod
-    def synthesize(self, text: str, voice: str, cancel: CancelToken) -> Iterator[np.ndarray]:
-        """Yield float32 mono blocks at the voice's sample rate; stop early once ``cancel`` is set."""
+    def synthesize(self, text: str, voice: str, cancel: CancelToken, speed: float = 1.0) -> Iterator[np.ndarray]:
+        """Yield float32 mono blocks at the voice's sample rate; stop early once ``cancel`` is set.
+        ``speed`` > 1 speaks faster (0.25-4.0), by the engine's own rate control."""
 
     def close(self) -> None:  # noqa: B027 - optional hook; engines without resources need not override
         """Release models and sessions."""

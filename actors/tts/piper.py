@@ -82,7 +82,7 @@ class PiperEngine(TtsEngine):
         self._info[voice] = info
         return info
 
-    def synthesize(self, text: str, voice: str, cancel: CancelToken) -> Iterator[np.ndarray]:
+    def synthesize(self, text: str, voice: str, cancel: CancelToken, speed: float = 1.0) -> Iterator[np.ndarray]:
         voice = voice or DEFAULT_VOICE
         model = self._voices.get(voice)
         if model is None:
@@ -91,7 +91,16 @@ class PiperEngine(TtsEngine):
             from piper import SynthesisConfig
 
             self._syn_config = SynthesisConfig(noise_scale=self._noise_scale, noise_w_scale=self._noise_w_scale)
-        for chunk in model.synthesize(text, self._syn_config):  # type: ignore[attr-defined]
+        syn_config = self._syn_config
+        if speed != 1.0:
+            # Piper's rate control is the phoneme length scale: the voice's own, divided by speed.
+            from piper import SynthesisConfig
+
+            own = float(model.config.length_scale)  # type: ignore[attr-defined]
+            syn_config = SynthesisConfig(
+                noise_scale=self._noise_scale, noise_w_scale=self._noise_w_scale, length_scale=own / speed
+            )
+        for chunk in model.synthesize(text, syn_config):  # type: ignore[attr-defined]
             if cancel.cancelled:
                 return
             yield np.ascontiguousarray(chunk.audio_float_array, dtype=np.float32)

@@ -489,8 +489,8 @@ class XttsEngine(TtsEngine):
         bound = math.ceil(self.max_tokens_per_char * len(text.strip())) + self.min_new_tokens
         return max(1, min(self._max_gen_tokens, bound))
 
-    def synthesize(self, text: str, voice: str, cancel: CancelToken) -> Iterator[np.ndarray]:
-        return self.synthesize_stream(text, voice, cancel)
+    def synthesize(self, text: str, voice: str, cancel: CancelToken, speed: float = 1.0) -> Iterator[np.ndarray]:
+        return self.synthesize_stream(text, voice, cancel, speed=speed)
 
     def synthesize_stream(
         self,
@@ -499,6 +499,7 @@ class XttsEngine(TtsEngine):
         cancel: CancelToken,
         on_token: Callable[[int], None] | None = None,
         max_new_tokens: int | None = None,
+        speed: float = 1.0,
     ) -> Iterator[np.ndarray]:
         """``synthesize`` plus instrumentation: ``on_token(n)`` after the n-th GPT token (called on
         the generating thread), and an explicit token bound for benchmarks."""
@@ -510,7 +511,7 @@ class XttsEngine(TtsEngine):
         budget = max_new_tokens if max_new_tokens is not None else self.max_new_tokens(text)
         if not text:
             return iter(())
-        return self._generate(text, voice, cancel, min(budget, self._max_gen_tokens), on_token)
+        return self._generate(text, voice, cancel, min(budget, self._max_gen_tokens), on_token, speed)
 
     def _step_context(self, stream: Any) -> contextlib.ExitStack:
         torch = self._torch
@@ -522,7 +523,13 @@ class XttsEngine(TtsEngine):
         return stack
 
     def _generate(
-        self, text: str, voice: str, cancel: CancelToken, budget: int, on_token: Callable[[int], None] | None
+        self,
+        text: str,
+        voice: str,
+        cancel: CancelToken,
+        budget: int,
+        on_token: Callable[[int], None] | None,
+        speed: float = 1.0,
     ) -> Iterator[np.ndarray]:
         torch = self._torch
         from transformers import LogitsProcessorList, StoppingCriteriaList
@@ -547,6 +554,7 @@ class XttsEngine(TtsEngine):
             top_k=config.top_k,
             top_p=config.top_p,
             do_sample=True,
+            speed=speed,
             logits_processor=LogitsProcessorList([step_check(state)]),
             stopping_criteria=StoppingCriteriaList([stop_check(state)]),
         )
