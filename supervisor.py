@@ -55,6 +55,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import msgspec
 import zmq
 
 from actors import wire
@@ -80,6 +81,9 @@ STAGE_ROLES = ROLES
 RENDER_ROLES = (WEB, TTS_RENDER)
 PENDING_LIMIT = 10_000  # messages held for an actor that is restarting
 HEALTHY_RESET_S = 60.0  # an actor alive this long gets its restart count back
+#: How long a cancelled stage request waits for the consumer's ``Silenced`` before it is closed
+#: anyway (the consumer answers within a callback block or two; this covers a hung one).
+SILENCE_REPORT_S = 2.0
 
 _SHM_NAME = re.compile(r"^skald-(\d+)-(?:pcm|render)$")
 
@@ -180,6 +184,8 @@ class ChunkRecord:
     synth_ms: float = 0.0
     engine: str = ""
     span: wire.ChunkSpan | None = None
+    source: str = ""  # as written (what a resumed request is lined up against)
+    synthesized: bool = False  # all of its audio is in the ring
 
 
 @dataclass
@@ -197,6 +203,13 @@ class RequestRecord:
     device_underflows: int = 0
     audio_s: float = 0.0
     reason: str = ""
+    # Cancelled, its Silenced not yet reported: request_finished waits for it (until this deadline).
+    silence_deadline: float | None = None
+    # What the TTS worker was given, kept so a restarted worker can resume the request.
+    opened: wire.OpenRequest | None = None
+    texts: list[wire.TextPiece] = field(default_factory=list)
+    resuming: bool = False  # its worker died; it resumes when the worker is READY again
+    resumed: int = 0
 
 
 def _shutdown_children(children: Iterable[Child], timeout: float) -> None:
@@ -523,6 +536,11 @@ class Supervisor:
                 child.proc.kill()
             elif child.ready and child.restarts and now - child.started_at > HEALTHY_RESET_S:
                 child.restarts = 0
+        overdue = [r for r in self.requests.values() if r.silence_deadline is not None and now > r.silence_deadline]
+        for rec in overdue:
+            log.warning("no silence report for cancelled %s in %.1f s; closing it", rec.request_id, SILENCE_REPORT_S)
+            self._publish(wire.Silenced(request_id=rec.request_id, t_silent=now, was_audible=False))
+            self._finish(rec, "cancelled", rec.reason)
 
     def _on_subscription(self, frame: bytes) -> None:
         """XPUB hands us ``\x01topic`` for each subscribe (``\x00topic`` to unsubscribe). Any
@@ -559,6 +577,10 @@ class Supervisor:
             f"{child.role} (pid {child.proc.pid}) exited with code {code}{detail}; "
             f"restarting in {backoff:.2f} s (restart {child.restarts} of {max_restarts})"
         )
+        if child.role == TTS_WORKER:
+            resuming = self._hold_for_resume()
+            if resuming:
+                msg += f"; {resuming} request(s) resume when it is back"
         log.error(msg)
         self._publish(wire.Error(kind="actor_crashed", message=msg, actor=child.role))
         self._fail_active(f"{child.role} crashed", child.role)
@@ -566,12 +588,56 @@ class Supervisor:
         child.pending.clear()
         child.restart_at = time.monotonic() + backoff
 
+    def _hold_for_resume(self) -> int:
+        """The stage's worker died: its requests wait for the new one (``_resume``) instead of failing."""
+        held = [r for r in self.requests.values() if self._active(r.request_id) and r.output == "stage"]
+        for rec in held:
+            rec.resuming = True
+        return len(held)
+
+    def _resume(self, rec: RequestRecord) -> None:
+        """Hand a restarted worker the rest of ``rec``: the text after the chunks whose audio is
+        already in the ring, numbered on from there. The chunk that was being synthesized is
+        spoken again from its start (its first part may have been heard)."""
+        from actors.text.resume import resume_point
+
+        rec.resuming = False
+        done = {i for i, c in rec.chunks.items() if c.synthesized}
+        first = next((i for i in range(len(rec.chunks) + 1) if i not in done), 0)
+        sources = [rec.chunks[i].source for i in range(first)]
+        prelude = [p for p in rec.texts if p.source == "prelude"]
+        narrative = [p for p in rec.texts if p.source == "narrative"]
+        parts = ["".join(p.text for p in prelude), "".join(p.text for p in narrative)]
+        point = resume_point(parts, sources) if rec.opened is not None else None
+        if point is None or rec.opened is None:
+            self._to_actor(TTS_WORKER, wire.Cancel(request_id=rec.request_id))
+            self._finish(rec, "failed", "tts_worker crashed and its text could not be lined up to resume")
+            return
+        part, offset = point
+        prelude_final = any(p.final for p in prelude)
+        in_prelude = rec.opened.has_prelude and (part == 0 or not prelude_final)
+        self._to_actor(
+            TTS_WORKER, msgspec.structs.replace(rec.opened, has_prelude=in_prelude, first_index=first)
+        )
+        if in_prelude:
+            rest = parts[0][offset:] if part == 0 else ""
+            self._to_actor(TTS_WORKER, wire.TextPiece(request_id=rec.request_id, source="prelude", text=rest,
+                                                      final=prelude_final))  # fmt: skip
+        rest = parts[1][offset:] if part == 1 else parts[1]
+        if rest or any(p.final for p in narrative):
+            self._to_actor(TTS_WORKER, wire.TextPiece(request_id=rec.request_id, source="narrative", text=rest,
+                                                      final=any(p.final for p in narrative)))  # fmt: skip
+        rec.resumed += 1
+        log.warning("%s resumes at chunk %d on the restarted tts_worker", rec.request_id, first)
+
     def _fail_active(self, reason: str, role: Role) -> None:
         """Requests in flight lose state held by a dead actor: report them failed and clear them
         from the others, so no half-spoken request lingers or resurfaces later. Only the dead
         actor's side is touched: a crashed gateway fails its renders, never the stage."""
         output: wire.Output = "render" if role in RENDER_ROLES else "stage"
-        active = [r for r in self.requests.values() if r.status == "active" and r.output == output]
+        active = [
+            r for r in self.requests.values() if r.status == "active" and r.output == output and not r.resuming
+        ]
         if not active:
             return
         self._to_actors(wire.Cancel(all=True), self._side_roles(output))
@@ -618,15 +684,19 @@ class Supervisor:
                 return
             child.ready = True
             child.info = dict(msg.info)
+            log.info("%s ready (pid %d) %s", role, msg.pid, json.dumps(msg.info))
+            if role == TTS_WORKER:
+                # Resumed requests first: they were accepted before anything held for the new worker.
+                for held_rec in [r for r in self.requests.values() if r.resuming and self._active(r.request_id)]:
+                    self._resume(held_rec)
             pending, child.pending = child.pending, []
             for held in pending:
                 self._backend.send_multipart([role.encode(), *held])
-            log.info("%s ready (pid %d) %s", role, msg.pid, json.dumps(msg.info))
             for on_ready in self.ready_listeners:
                 on_ready(role, child.info)
         elif isinstance(msg, wire.TextPiece):
             if self._active(msg.request_id):
-                self._to_actor(TTS_WORKER, msg)
+                self._text_piece(msg)
         elif isinstance(msg, (wire.Segment, wire.Skip)):
             # Each worker's ring has one reader: the stage's is the consumer, the renders' the gateway.
             self._to_actor(WEB if role == TTS_RENDER else AUDIO_CONSUMER, msg)
@@ -636,6 +706,12 @@ class Supervisor:
         elif isinstance(msg, wire.Metrics):
             if child is not None:
                 child.metrics = dict(msg.values)
+        elif isinstance(msg, wire.Silenced):
+            rec = self.requests.get(msg.request_id)
+            if rec is None or rec.silence_deadline is None:
+                return  # it ended on its own before the cancel reached the consumer: not cancelled
+            self._publish(msg)
+            self._finish(rec, "cancelled", rec.reason)
         elif isinstance(msg, wire.RequestFinished):
             rec = self.requests.get(msg.request_id)
             if rec is not None and rec.status == "active":
@@ -656,9 +732,10 @@ class Supervisor:
         if rec is None:
             return
         if isinstance(msg, wire.ChunkPlanned):
-            rec.chunks[msg.index] = ChunkRecord(text=msg.text, est_s=round(msg.est_s, 3))
+            rec.chunks[msg.index] = ChunkRecord(text=msg.text, est_s=round(msg.est_s, 3), source=msg.source)
         elif isinstance(msg, wire.ChunkSynthesized):
             chunk = rec.chunks.setdefault(msg.index, ChunkRecord())
+            chunk.synthesized = True
             chunk.dur_s = round(msg.dur_s, 3)
             chunk.synth_ms = round(msg.synth_ms, 2)
             chunk.engine = msg.engine
@@ -670,11 +747,13 @@ class Supervisor:
 
     def _active(self, request_id: str) -> bool:
         rec = self.requests.get(request_id)
-        return rec is not None and rec.status == "active"
+        return rec is not None and rec.status == "active" and rec.silence_deadline is None
 
     def _finish(self, rec: RequestRecord, status: wire.RequestStatus, reason: str = "") -> None:
         rec.status = status
         rec.reason = reason
+        rec.silence_deadline = None
+        rec.resuming = False
         self._publish(
             wire.RequestFinished(
                 request_id=rec.request_id,
@@ -684,6 +763,7 @@ class Supervisor:
                 ttfa_ms=rec.ttfa_ms,
                 reason=reason,
                 device_underflows=rec.device_underflows,
+                resumed=rec.resumed,
             )
         )
         # Keep a bounded history for status and reports.
@@ -763,10 +843,16 @@ class Supervisor:
     def _text_to_worker(self, request_id: str, source: wire.TextSource, text: str, final: bool) -> None:
         """The orchestrator's own text, straight to the worker (no text actor in between). The
         worker orders prelude before narrative (``TtsWorker._text``), so this needs no care."""
-        self._to_actor(
-            self._worker_of(request_id),
-            wire.TextPiece(request_id=request_id, source=source, text=text, final=final),
-        )
+        self._text_piece(wire.TextPiece(request_id=request_id, source=source, text=text, final=final))
+
+    def _text_piece(self, piece: wire.TextPiece) -> None:
+        """Hand a request's text to its worker, and keep it: a restarted worker resumes from it."""
+        rec = self.requests.get(piece.request_id)
+        if rec is not None and rec.output == "stage":
+            rec.texts.append(piece)
+            if rec.resuming:
+                return  # sent with the rest when the worker is back (_resume)
+        self._to_actor(self._worker_of(piece.request_id), piece)
 
     def _barge_in(self, policy: wire.BargeIn) -> None:
         """``interrupt``: everything still playing or queued on the stage stops before the new
@@ -790,12 +876,11 @@ class Supervisor:
         self._barge_in(msg.barge_in)
         now = time.monotonic()
         self.requests[request_id] = RequestRecord(request_id, client, now, False, False)
-        self._to_actor(
-            TTS_WORKER,
-            wire.OpenRequest(
-                request_id=request_id, voice=msg.voice, priority=msg.priority, t_accepted=now, has_prelude=True
-            ),
+        opened = wire.OpenRequest(
+            request_id=request_id, voice=msg.voice, priority=msg.priority, t_accepted=now, has_prelude=True
         )
+        self.requests[request_id].opened = opened
+        self._to_actor(TTS_WORKER, opened)
         forwarded = wire.Turn(
             request_id=request_id,
             context=msg.context,
@@ -830,17 +915,16 @@ class Supervisor:
             request_id, client, now, msg.streaming, msg.streaming, output=msg.output
         )
         has_prelude = bool(msg.prelude)
-        self._to_actor(
-            TTS_RENDER if render else TTS_WORKER,
-            wire.OpenRequest(
-                request_id=request_id,
-                voice=msg.voice,
-                priority=msg.priority,
-                t_accepted=now,
-                has_prelude=has_prelude,
-                speed=msg.speed,
-            ),
+        opened = wire.OpenRequest(
+            request_id=request_id,
+            voice=msg.voice,
+            priority=msg.priority,
+            t_accepted=now,
+            has_prelude=has_prelude,
+            speed=msg.speed,
         )
+        self.requests[request_id].opened = opened
+        self._to_actor(TTS_RENDER if render else TTS_WORKER, opened)
         if has_prelude:
             self._text_to_worker(request_id, "prelude", msg.prelude, final=True)
         if not msg.streaming:
@@ -865,17 +949,26 @@ class Supervisor:
         """``all`` stops the stage (a player's interrupt); a render is cancelled by its id only."""
         output: wire.Output = "stage"
         if msg.all:
-            targets = [r for r in self.requests.values() if r.status == "active" and r.output == "stage"]
+            targets = [r for r in self.requests.values() if self._active(r.request_id) and r.output == "stage"]
+            msg = wire.Cancel(all=True, request_ids=[r.request_id for r in targets])
         else:
             rec = self.requests.get(msg.request_id)
             if rec is None:
                 raise wire.WireError("bad_request", f"no request {msg.request_id!r} to cancel", msg.request_id)
-            targets = [rec] if rec.status == "active" else []
+            targets = [rec] if self._active(rec.request_id) else []
             output = rec.output
         # The audio end first: it is the one that makes the silence.
         self._to_actors(msg, self._side_roles(output))
+        now = time.monotonic()
         for rec in targets:
-            self._finish(rec, "cancelled", reason)
+            if rec.output == "render":
+                # No speaker: the render's bytes stop now. Silenced, then finished, as on the stage.
+                self._publish(wire.Silenced(request_id=rec.request_id, t_silent=now, was_audible=bool(rec.chunks)))
+                self._finish(rec, "cancelled", reason)
+            else:
+                # request_finished waits for the consumer's Silenced (docs/protocol.md: the contract).
+                rec.reason = reason
+                rec.silence_deadline = now + SILENCE_REPORT_S
         return wire.Accepted(request_id="*" if msg.all else msg.request_id, t_accepted=time.monotonic())
 
     def status(self) -> wire.Status:

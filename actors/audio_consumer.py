@@ -272,6 +272,10 @@ class TrackedRequest:
         return self.ranges[-1][1] if self.ranges else -1
 
 
+#: Cancelled request ids the consumer remembers (each id's Silenced is sent once; late segments skipped).
+CANCELLED_MEMORY = 4096
+
+
 class ConsumerControl:
     """Tracks requests from ``Segment`` messages and publishes what the callback may play."""
 
@@ -287,6 +291,9 @@ class ConsumerControl:
         # Cancels whose silence is not yet measured: request_id -> (cuts seen at cancel, lo, hi)
         # where [lo, hi) is the cancelled audio still ahead of the read index at that moment.
         self._silencing: dict[str, tuple[int, int, int, bool, float]] = {}
+        # Requests cancelled here, newest last (bounded): their Silenced is sent or owed exactly
+        # once, and a Segment of theirs that was in flight at the cancel is skipped, never played.
+        self._cancelled: dict[str, None] = {}
 
     # ---------------------------------------------------------------- messages
     def handle(self, msg: wire.Message) -> None:
@@ -315,6 +322,10 @@ class ConsumerControl:
         req = self.requests.get(seg.request_id)
         if req is None:
             req = self.requests[seg.request_id] = TrackedRequest(seg.request_id, seg.t_accepted)
+            if seg.request_id in self._cancelled:
+                # Pushed before the worker saw the cancel, announced after ours: never heard.
+                req.cancelled = True
+                req.last_seen = True
         if seg.end > seg.start:
             if seg.start > self.announced:
                 # Frames pushed but never announced (a worker died between push and message).
@@ -334,7 +345,9 @@ class ConsumerControl:
     def _cancel(self, msg: wire.Cancel) -> None:
         r = self.ring.read_index
         targets = list(self.requests.values()) if msg.all else [self.requests.get(msg.request_id)]
+        named = list(msg.request_ids) if msg.all else [msg.request_id]
         cuts = int(self.core.stats[CUTS])
+        now = time.monotonic()
         for req in targets:
             if req is None or req.cancelled:
                 continue
@@ -346,7 +359,18 @@ class ConsumerControl:
             if req.ranges:
                 lo = ahead[0][0] if ahead else req.end
                 hi = ahead[-1][1] if ahead else req.end
-                self._silencing[req.request_id] = (cuts, lo, hi, req.started, time.monotonic())
+                self._silencing[req.request_id] = (cuts, lo, hi, req.started, now)
+        # The contract (docs/protocol.md): every cancelled request gets exactly one Silenced before
+        # its request_finished. One with audio here is measured at the speaker (_measure_silence);
+        # one with none (queued, still synthesizing, unknown here) was never audible: silent now.
+        for request_id in [*named, *(q.request_id for q in targets if q is not None)]:
+            if not request_id or request_id in self._cancelled:
+                continue
+            self._cancelled[request_id] = None
+            if request_id not in self._silencing:
+                self.send(wire.Silenced(request_id=request_id, t_silent=now, was_audible=False, t_cancel_seen=now))
+        while len(self._cancelled) > CANCELLED_MEMORY:
+            del self._cancelled[next(iter(self._cancelled))]
         if msg.all and self.announced > r:
             # Whatever is announced but unplayed goes, whoever it belonged to.
             self._add_window(r, self.announced)

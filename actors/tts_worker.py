@@ -404,6 +404,7 @@ class TtsWorker:
             joiner=ChunkJoiner.from_settings(self.settings.dsp, self.ring.sample_rate),
             has_prelude=msg.has_prelude,
             speed=msg.speed,
+            next_index=msg.first_index,
         )
 
     def _chunker_config(self) -> ChunkerConfig:

@@ -182,6 +182,9 @@ class Cancel(Message, kw_only=True):
     KIND: ClassVar[bytes] = b"cancel"
     request_id: str = ""
     all: bool = False
+    # Supervisor -> audio consumer only: the requests an ``all`` cancel stops, so that each gets
+    # its ``Silenced`` even when none of its audio had reached the consumer yet.
+    request_ids: list[str] = msgspec.field(default_factory=list)
 
 
 class StatusQuery(Message, kw_only=True):
@@ -301,6 +304,7 @@ class RequestFinished(Message, kw_only=True):
     ttfa_ms: float = -1.0
     reason: str = ""
     device_underflows: int = 0  # the device itself ran dry (callback late): a gap skald did not cause
+    resumed: int = 0  # times the request was picked up again after its TTS worker died
 
 
 class Silenced(Message, kw_only=True):
@@ -374,6 +378,7 @@ class OpenRequest(Message, kw_only=True):
     t_accepted: float = 0.0
     has_prelude: bool = False
     speed: float = 1.0  # speaking rate handed to the engine (``Speak.speed``)
+    first_index: int = 0  # a resumed request's first chunk index (the chunks before it were spoken)
 
 
 class TextPiece(Message, kw_only=True):

@@ -151,7 +151,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.run_dir:
         overrides["supervisor.run_dir"] = args.run_dir
     if args.http:
-        overrides["web.http"] = args.http
+        # A bare port binds loopback, the safe default.
+        overrides["web.http"] = f"127.0.0.1:{args.http}" if args.http.isdigit() else args.http
     sup = _supervisor(args, overrides, shared_run_dir=True)
     sup.install_signal_handlers(reload_on_hangup=True)
     try:
@@ -362,9 +363,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--engine", choices=ENGINES, help="TTS engine (default: tts.engine)")
     serve.add_argument(
         "--http",
-        metavar="HOST:PORT",
-        help="also serve the HTTP API (OpenAI-compatible /v1/audio/speech; docs/http.md) on HOST:PORT; "
-        "a non-loopback HOST needs web.api_key",
+        metavar="[HOST:]PORT",
+        help="also serve the HTTP API (OpenAI-compatible /v1/audio/speech; docs/http.md) on HOST:PORT "
+        "(a bare PORT binds 127.0.0.1); a non-loopback HOST needs web.api_key",
     )
     add_gpu_arguments(serve)
     serve.set_defaults(func=cmd_serve)
