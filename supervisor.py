@@ -197,6 +197,7 @@ class RequestRecord:
     text_open: bool
     status: str = "active"  # "active", then a wire.RequestStatus
     output: wire.Output = "stage"
+    turn: bool = False  # written by the text actors (a turn), not by the client (a speak)
     chunks: dict[int, ChunkRecord] = field(default_factory=dict)
     ttfa_ms: float = -1.0
     underruns: int = 0
@@ -210,6 +211,8 @@ class RequestRecord:
     texts: list[wire.TextPiece] = field(default_factory=list)
     resuming: bool = False  # its worker died; it resumes when the worker is READY again
     resumed: int = 0
+    segments: list[wire.Segment] = field(default_factory=list)  # announced to the consumer, not yet played
+    audio_before_s: float = 0.0  # played by consumers that died since (added to request_finished)
 
 
 def _shutdown_children(children: Iterable[Child], timeout: float) -> None:
@@ -269,6 +272,7 @@ class Supervisor:
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._poller: zmq.Poller | None = None
         self._sentinels: dict[int, Child] = {}
+        self._replay_segments: list[wire.Segment] = []  # for a restarted consumer (_reannounce)
         self._poll_key: tuple[int, ...] = ()
         self.subscriptions = 0  # subscriptions seen on the events socket
         # skald config, SIGHUP: a change goes to every actor this server runs (stage and renders)
@@ -581,12 +585,52 @@ class Supervisor:
             resuming = self._hold_for_resume()
             if resuming:
                 msg += f"; {resuming} request(s) resume when it is back"
+        elif child.role == AUDIO_CONSUMER:
+            resuming = self._hold_for_consumer()
+            if resuming:
+                msg += f"; {resuming} request(s) play on when it is back"
         log.error(msg)
         self._publish(wire.Error(kind="actor_crashed", message=msg, actor=child.role))
         self._fail_active(f"{child.role} crashed", child.role)
         child.last_error = ""
         child.pending.clear()
         child.restart_at = time.monotonic() + backoff
+
+    def _keep_segment(self, seg: wire.Segment) -> None:
+        """Remember what the consumer was told, until it is played: a new consumer is told again."""
+        rec = self.requests.get(seg.request_id)
+        if rec is None or rec.status != "active":
+            return
+        rec.segments.append(seg)
+        if len(rec.segments) > 64 and self._ring is not None:
+            played = self._ring.read_index
+            rec.segments = [s for s in rec.segments if s.end > played or s.last]
+
+    def _hold_for_consumer(self) -> int:
+        """The consumer died: its requests wait for the new one, which reads the ring on from the
+        last frame the old one took (the device buffer's few ms are lost), told again by
+        ``_reannounce`` what it holds. The worker waits on the ring meanwhile."""
+        held = [r for r in self.requests.values() if self._active(r.request_id) and r.output == "stage"]
+        played = self._ring.read_index if self._ring is not None else 0
+        replay: list[wire.Segment] = []
+        for rec in held:
+            rec.audio_before_s += sum(max(0, min(s.end, played) - s.start) for s in rec.segments) / max(
+                1, self._ring.sample_rate if self._ring is not None else 1
+            )
+            replay += [
+                msgspec.structs.replace(s, start=max(s.start, played)) for s in rec.segments if s.end > played or s.last
+            ]
+            rec.segments = []
+            rec.resumed += 1
+        self._replay_segments = sorted(replay, key=lambda s: (s.start, not s.last))
+        return len(held)
+
+    def _reannounce(self) -> None:
+        """A new consumer is READY: tell it, in ring order, what the dead one had not played."""
+        replay, self._replay_segments = self._replay_segments, []
+        for seg in replay:
+            self._keep_segment(seg)
+            self._to_actor(AUDIO_CONSUMER, seg)
 
     def _hold_for_resume(self) -> int:
         """The stage's worker died: its requests wait for the new one (``_resume``) instead of failing."""
@@ -635,9 +679,19 @@ class Supervisor:
         from the others, so no half-spoken request lingers or resurfaces later. Only the dead
         actor's side is touched: a crashed gateway fails its renders, never the stage."""
         output: wire.Output = "render" if role in RENDER_ROLES else "stage"
+        if role == AUDIO_CONSUMER:
+            return  # its requests play on when the new consumer is READY (_hold_for_consumer)
         active = [
             r for r in self.requests.values() if r.status == "active" and r.output == output and not r.resuming
         ]
+        if role in wire.TEXT_ROLES:
+            # A language model's turn cannot be continued by another process mid-sentence (its
+            # generation state died with it): turns end failed, with the reason. A speak never
+            # passes through the text actors, so it plays on.
+            for rec in [r for r in active if r.turn]:
+                self._to_actors(wire.Cancel(request_id=rec.request_id), self._side_roles(output))
+                self._finish(rec, "failed", reason)
+            return
         if not active:
             return
         self._to_actors(wire.Cancel(all=True), self._side_roles(output))
@@ -685,6 +739,8 @@ class Supervisor:
             child.ready = True
             child.info = dict(msg.info)
             log.info("%s ready (pid %d) %s", role, msg.pid, json.dumps(msg.info))
+            if role == AUDIO_CONSUMER:
+                self._reannounce()  # before what was held for it: the ring's order
             if role == TTS_WORKER:
                 # Resumed requests first: they were accepted before anything held for the new worker.
                 for held_rec in [r for r in self.requests.values() if r.resuming and self._active(r.request_id)]:
@@ -699,6 +755,8 @@ class Supervisor:
                 self._text_piece(msg)
         elif isinstance(msg, (wire.Segment, wire.Skip)):
             # Each worker's ring has one reader: the stage's is the consumer, the renders' the gateway.
+            if isinstance(msg, wire.Segment) and role == TTS_WORKER:
+                self._keep_segment(msg)
             self._to_actor(WEB if role == TTS_RENDER else AUDIO_CONSUMER, msg)
         elif isinstance(msg, wire.PreludeDone):
             if self._active(msg.request_id):
@@ -715,7 +773,7 @@ class Supervisor:
         elif isinstance(msg, wire.RequestFinished):
             rec = self.requests.get(msg.request_id)
             if rec is not None and rec.status == "active":
-                rec.audio_s = msg.audio_s
+                rec.audio_s = msg.audio_s + rec.audio_before_s
                 rec.underruns = msg.underruns
                 rec.device_underflows = msg.device_underflows
                 if msg.ttfa_ms >= 0:
@@ -724,8 +782,14 @@ class Supervisor:
         else:
             if isinstance(msg, wire.Error) and child is not None:
                 child.last_error = msg.message
+            if isinstance(msg, wire.PlaybackStarted) and self._started_before(msg.request_id):
+                return  # a restarted consumer starting a request the listener already hears
             self._track(msg)
             self._publish(msg)
+
+    def _started_before(self, request_id: str) -> bool:
+        rec = self.requests.get(request_id)
+        return rec is not None and rec.ttfa_ms >= 0
 
     def _track(self, msg: wire.Message) -> None:
         rec = self.requests.get(getattr(msg, "request_id", ""))
@@ -875,7 +939,7 @@ class Supervisor:
         wire.validate_text(msg.context, limit, allow_empty=True, request_id=request_id)
         self._barge_in(msg.barge_in)
         now = time.monotonic()
-        self.requests[request_id] = RequestRecord(request_id, client, now, False, False)
+        self.requests[request_id] = RequestRecord(request_id, client, now, False, False, turn=True)
         opened = wire.OpenRequest(
             request_id=request_id, voice=msg.voice, priority=msg.priority, t_accepted=now, has_prelude=True
         )

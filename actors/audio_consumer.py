@@ -690,7 +690,8 @@ class AudioConsumer:
         self.settings = settings
         self.ring = ring
         self.send = send
-        ring.clear()  # audio nobody announced to this consumer is never played
+        # No clear(): after a crash the supervisor announces again what the dead consumer had not
+        # played yet (its requests resume); frames nobody announces are skipped (ConsumerControl).
         policy = PrebufferPolicy(
             PrebufferConfig(
                 start_s=settings.prebuffer.start_s if start_s is None else start_s,

@@ -666,10 +666,12 @@ class TtsWorker:
                         cancel=lambda: req.cancel.cancelled or (stop is not None and stop.is_set()),
                     )
                 except PeerDeadError:
-                    # The consumer died: the supervisor fails this request and restarts it.
-                    # Keeping the rest of this chunk would only replay stale audio later.
-                    req.cancel.cancel()
-                    break
+                    # The consumer died. The supervisor restarts it, and the new one reads this
+                    # ring on from where the old one stopped (its requests resume): wait for it.
+                    if req.cancel.cancelled or (stop is not None and stop.is_set()):
+                        break
+                    time.sleep(0.05)
+                    continue
                 if not ok and (req.cancel.cancelled or (stop is not None and stop.is_set())):
                     break
         if offset:

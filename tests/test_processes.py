@@ -86,7 +86,8 @@ def test_malformed_input_gets_error_events_and_the_server_lives_on(make_server) 
     assert server.stop() == 0
 
 
-@pytest.mark.parametrize("role", list(wire.Role))
+# The stage's actors; the gateway's (web, tts_render) are killed in tests/test_http.py.
+@pytest.mark.parametrize("role", [r for r in wire.Role if r not in (wire.Role.WEB, wire.Role.TTS_RENDER)])
 def test_sigkill_of_an_actor_is_noticed_restarted_and_reported(make_server, role: str) -> None:  # type: ignore[no-untyped-def]
     server = make_server()
     victim = server.actor_pids()[role]
@@ -107,7 +108,9 @@ def test_sigkill_of_an_actor_is_noticed_restarted_and_reported(make_server, role
                 break
         assert crash is not None and crash.actor == role, crash
         assert noticed_s < 1.0, f"crash noticed after {noticed_s:.3f} s"
-        assert finished is not None and finished.status in ("failed", "done")
+        # Nothing is lost: a killed worker's requests resume, a killed consumer's play on, and a
+        # speak never passes through the text actors (tests/test_resume.py checks the content).
+        assert finished is not None and finished.status == "done", finished
         # Restarted: a new pid, ready, and the next request completes.
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:

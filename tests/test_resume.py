@@ -83,3 +83,27 @@ def test_a_killed_worker_resumes_the_narration(make_server: Callable[..., Server
         assert finished.audio_s >= 0.95 * heard - 1.0  # every synthesized chunk was played
     finally:
         log.close()
+
+
+def test_a_killed_consumer_plays_on_from_where_it_stopped(make_server: Callable[..., Server]) -> None:
+    """The new consumer reads the ring on from the old one's last frame, told again what it holds:
+    the request ends ``done`` and plays (nearly) all of its audio, the lost device buffer aside."""
+    server = make_server("--sink", "null", **DETERMINISTIC)
+    log = EventLog(server)
+    try:
+        with server.client() as ctl:
+            consumer = ctl.status()["actors"]["audio_consumer"]["pid"]
+            request_id = ctl.speak(sample_text("crypt.txt"))
+            log.wait(lambda e: isinstance(e, wire.ChunkSynthesized) and e.request_id == request_id and e.index == 2)
+            log.wait(lambda e: isinstance(e, wire.PlaybackStarted) and e.request_id == request_id)
+            os.kill(consumer, signal.SIGKILL)
+            _, crash = log.wait(lambda e: isinstance(e, wire.Error) and e.kind == "actor_crashed")
+            assert isinstance(crash, wire.Error) and "play on" in crash.message, crash
+            _, finished = log.finished(request_id, timeout=120)
+            assert ctl.status()["actors"]["audio_consumer"]["pid"] != consumer
+        assert finished.status == "done" and finished.resumed == 1, finished
+        assert len(log.of(request_id, wire.PlaybackStarted)) == 1, "the listener heard one start"
+        synthesized = sum(e.dur_s for _, e in log.of(request_id, wire.ChunkSynthesized))
+        assert synthesized - 0.5 <= finished.audio_s <= synthesized + 0.1, (finished.audio_s, synthesized)
+    finally:
+        log.close()
