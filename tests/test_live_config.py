@@ -108,7 +108,9 @@ def test_restart_only_keys_and_bad_values_are_refused_like_start_up(make_server:
     unknown = _skald("config", "set", "prebuffer.start", "1", *run_dir)
     assert "unknown setting 'prebuffer.start'; known: prebuffer.start_s" in unknown.stderr
 
-    # Nothing refused was applied.
+    # Nothing refused was applied; `config get` marks what changes live.
+    assert _skald("config", "get", "prebuffer.start_s", *run_dir).stdout == "prebuffer.start_s = 0.5  [live]\n"
+    assert _skald("config", "get", "audio.blocksize", *run_dir).stdout == "audio.blocksize = 128  [restart]\n"
     got = _skald("config", "get", "--json", *run_dir)
     values = json.loads(got.stdout)["values"]
     assert (values["audio.blocksize"], values["prebuffer.start_s"], values["prebuffer.low_water_s"]) == (128, 0.5, 0.0)
