@@ -267,6 +267,9 @@ class Supervisor:
         self._ctx: zmq.Context[Any] | None = None
         self._ring: Any = None
         self._render_ring: Any = None
+        self._curve: Any = None  # actors.security.CurveServer, with a tcp:// endpoint
+        self._fronts: list[zmq.Socket[Any]] = []  # control ROUTERs: ipc, and tcp when configured
+        self._pubs: list[zmq.Socket[Any]] = []  # events XPUBs: likewise
         self._started = time.monotonic()
         self._closed = False
         self._finalizer: weakref.finalize[Any, Any] | None = None
@@ -350,10 +353,20 @@ class Supervisor:
         self._ctx = zmq.Context()
         self._backend = self._bind(zmq.ROUTER, self.backend_endpoint)
         self._backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
-        self._frontend = self._bind(zmq.ROUTER, self.control_endpoint)
-        self._frontend.setsockopt(zmq.MAXMSGSIZE, wire.ABSOLUTE_MAX_PAYLOAD + 4096)
-        self._events = self._bind(zmq.XPUB, self.events_endpoint)
-        self._events.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription is seen, not only the first
+        # The ipc sockets in the 0700 run dir always (the actors and local tools); a configured
+        # other endpoint (tcp://) gets sockets of its own, CurveZMQ-only (actors/security.py).
+        local = wire.endpoints(str(self.run_dir))
+        self._frontend = self._bind(zmq.ROUTER, local.control)
+        self._events = self._bind(zmq.XPUB, local.events)
+        self._fronts, self._pubs = [self._frontend], [self._events]
+        if self.control_endpoint != local.control:
+            self._fronts.append(self._bind(zmq.ROUTER, self.control_endpoint))
+        if self.events_endpoint != local.events:
+            self._pubs.append(self._bind(zmq.XPUB, self.events_endpoint))
+        for sock in self._fronts:
+            sock.setsockopt(zmq.MAXMSGSIZE, wire.ABSOLUTE_MAX_PAYLOAD + 4096)
+        for sock in self._pubs:
+            sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription is seen, not only the first
         self._finalizer = weakref.finalize(self, _shutdown_children, list(self.children.values()), 1.0)
         for child in self.children.values():
             self._spawn(child)
@@ -393,6 +406,17 @@ class Supervisor:
         assert self._ctx is not None
         sock = self._ctx.socket(kind)
         sock.setsockopt(zmq.LINGER, 0)
+        if endpoint.startswith("tcp://"):
+            from actors.security import CurveServer, SecurityError
+
+            if self._curve is None:
+                sup = self.settings.supervisor
+                try:
+                    self._curve = CurveServer(self._ctx, sup.curve_server_key, sup.curve_clients_dir)
+                except SecurityError as exc:
+                    sock.close()
+                    raise SupervisorError(f"cannot bind {endpoint}: {exc}") from None
+            self._curve.apply(sock)
         try:
             sock.bind(endpoint)
         except zmq.ZMQError as exc:
@@ -425,7 +449,8 @@ class Supervisor:
         poller = zmq.Poller()
         poller.register(self._backend, zmq.POLLIN)
         # Subscriptions are answered during start-up too: the web actor subscribes before READY.
-        poller.register(self._events, zmq.POLLIN)
+        for pub in self._pubs:
+            poller.register(pub, zmq.POLLIN)
         sentinels = {c.proc.sentinel: c for c in self.children.values()}
         for fd in sentinels:
             poller.register(fd, zmq.POLLIN)
@@ -442,8 +467,8 @@ class Supervisor:
             for sock, _ in poller.poll(min(100, int(remaining * 1000) + 1)):
                 if sock is self._backend:
                     self._on_backend(self._backend.recv_multipart())
-                elif sock is self._events:
-                    self._on_subscription(self._events.recv())
+                elif sock in self._pubs:
+                    self._on_subscription(sock.recv())
                 elif sock in sentinels:
                     child = sentinels[sock]
                     # Drain messages first: its error report may already be queued.
@@ -490,8 +515,8 @@ class Supervisor:
         if self._poll_key != key or self._poller is None:
             poller = zmq.Poller()
             poller.register(self._backend, zmq.POLLIN)
-            poller.register(self._frontend, zmq.POLLIN)
-            poller.register(self._events, zmq.POLLIN)
+            for sock in (*self._fronts, *self._pubs):
+                poller.register(sock, zmq.POLLIN)
             sentinels: dict[int, Child] = {}
             for child in self.children.values():
                 if child.proc is not None and child.restart_at is None:
@@ -515,10 +540,10 @@ class Supervisor:
                     self._on_backend(self._backend.recv_multipart())
                     if not self._backend.poll(0):
                         break
-            elif sock is self._frontend:
-                self._on_client(self._frontend.recv_multipart())
-            elif sock is self._events:
-                self._on_subscription(self._events.recv())
+            elif sock in self._fronts:
+                self._on_client(sock.recv_multipart(), sock)
+            elif sock in self._pubs:
+                self._on_subscription(sock.recv())
             elif sock in sentinels:
                 self._on_child_exit(sentinels[sock])
         self._housekeeping()
@@ -842,16 +867,19 @@ class Supervisor:
             except Exception:
                 log.exception("event listener failed")
         if self._ctx is not None:
-            self._events.send_multipart(wire.encode(msg))
+            frames = wire.encode(msg)
+            for pub in self._pubs:
+                pub.send_multipart(frames)
 
     # ------------------------------------------------------------------ client messages
-    def _on_client(self, frames: list[bytes]) -> None:
-        # ROUTER gives [identity, (empty delimiter from REQ), kind, payload].
+    def _on_client(self, frames: list[bytes], sock: zmq.Socket[Any]) -> None:
+        # ROUTER gives [identity, (empty delimiter from REQ), kind, payload]; the reply goes back
+        # on the socket the request came in on (ipc or tcp).
         split = 2 if len(frames) >= 2 and frames[1] == b"" else 1
         envelope, body = frames[:split], frames[split:]
         reply = self.submit(body, envelope)
         for msg in reply:
-            self._frontend.send_multipart([*envelope, *wire.encode(msg)])
+            sock.send_multipart([*envelope, *wire.encode(msg)])
 
     def submit(self, frames: list[bytes] | wire.Message, client: list[bytes] | None = None) -> list[wire.Message]:
         """Handle one client request; return the direct replies. Never raises for bad input."""
@@ -1089,8 +1117,11 @@ class Supervisor:
             shutdown_log.info("skald.shutdown: stage 2, joining actors (deadline %.1f s)", timeout)
             _shutdown_children(self.children.values(), timeout)
             shutdown_log.info("skald.shutdown: stage 3, closing sockets")
-            for sock in (self._frontend, self._events, self._backend):
+            for sock in (*self._fronts, *self._pubs, self._backend):
                 sock.close(linger=0)
+            if self._curve is not None:
+                self._curve.stop()
+                self._curve = None
             self._ctx.term()
             self._ctx = None
         else:

@@ -22,11 +22,14 @@ from __future__ import annotations
 import contextlib
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import zmq
 
 from actors import wire
+
+if TYPE_CHECKING:
+    from actors.security import ClientKeys
 
 
 class SkaldClientError(RuntimeError):
@@ -40,12 +43,22 @@ class SkaldClientError(RuntimeError):
 class SkaldClient:
     """Synchronous client; not thread-safe (one per thread)."""
 
-    def __init__(self, control_endpoint: str, events_endpoint: str | None = None, timeout_s: float = 5.0) -> None:
+    def __init__(
+        self,
+        control_endpoint: str,
+        events_endpoint: str | None = None,
+        timeout_s: float = 5.0,
+        curve: ClientKeys | None = None,
+    ) -> None:
+        """``curve``: this client's CurveZMQ keys and the server's public key, for a ``tcp://``
+        server (``actors.security``); a server that does not know them answers nothing."""
         self._ctx = zmq.Context()
         self.timeout_s = timeout_s
         self.control_endpoint = control_endpoint
         self._control = self._ctx.socket(zmq.DEALER)
         self._control.setsockopt(zmq.LINGER, 0)
+        if curve is not None:
+            curve.apply(self._control)
         self._control.connect(control_endpoint)
         self.events_endpoint = events_endpoint or ""
         self._events: zmq.Socket[Any] | None = None
@@ -53,6 +66,8 @@ class SkaldClient:
         if events_endpoint:
             self._events = self._ctx.socket(zmq.SUB)
             self._events.setsockopt(zmq.LINGER, 0)
+            if curve is not None:
+                curve.apply(self._events)
             self._events.setsockopt(zmq.SUBSCRIBE, b"")
             self._events.connect(events_endpoint)
             try:

@@ -111,8 +111,7 @@ class WebGateway:
         sock: socket.socket | None = None
         try:
             sock = bind_http(settings.web.http)
-            sup = settings.supervisor
-            ends = wire.endpoints(spec.run_dir, sup.control_endpoint, sup.events_endpoint)
+            ends = wire.endpoints(spec.run_dir)  # the local ipc sockets, whatever tcp endpoint is configured
             return cls(settings, ring, send, sock, ends)
         except Exception:
             if sock is not None:

@@ -98,8 +98,8 @@ def read_sections(path: Path = DEFAULT_FILE) -> list[Section]:
         if key is None or current is None:
             continue
         _value, comment = _split_comment(key.group(2))
-        if block and comment and not current.keys:
-            current.note.extend(block)  # a section's opening comment, above its first key
+        if block and comment:
+            current.note.extend(block)  # a comment above a key that has its own: about the section
         elif block:
             run_block = block
         block = []

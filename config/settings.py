@@ -65,6 +65,10 @@ class SupervisorSettings:
     shutdown_timeout_s: Annotated[float, _range(0.1, 60.0)] = 3.0
     control_endpoint: str = ""
     events_endpoint: str = ""
+    curve_server_key: str = ""
+    curve_clients_dir: str = ""
+    curve_client_key: str = ""
+    curve_server_public_key: str = ""
 
 
 @dataclass(frozen=True)

@@ -177,7 +177,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     settings = _settings(args, overrides)
     endpoint = args.endpoint or endpoints(settings, default_run_dir(settings, shared=True)).control
     try:
-        with SkaldClient(endpoint, events_endpoint=None, timeout_s=args.timeout) as client:
+        curve = _curve_keys(settings, endpoint)
+        with SkaldClient(endpoint, events_endpoint=None, timeout_s=args.timeout, curve=curve) as client:
             status = client.status()
     except SkaldClientError as exc:
         print(f"skald status: {exc}", file=sys.stderr)
@@ -192,10 +193,26 @@ def _client(args: argparse.Namespace, events: bool = False) -> Any:
     overrides = {"supervisor.run_dir": args.run_dir} if args.run_dir else {}
     settings = _settings(args, overrides)
     server = endpoints(settings, default_run_dir(settings, shared=True))
+    control = args.endpoint or server.control
+    curve = _curve_keys(settings, control)
     # With events, the client returns once its subscription is proven live (see SkaldClient).
     return SkaldClient(
-        args.endpoint or server.control, events_endpoint=server.events if events else None, timeout_s=args.timeout
+        control, events_endpoint=server.events if events else None, timeout_s=args.timeout, curve=curve
     )
+
+
+def _curve_keys(settings: Settings, endpoint: str) -> Any:
+    """The CurveZMQ keys a ``tcp://`` endpoint needs (``supervisor.curve_client_key`` and
+    ``supervisor.curve_server_public_key``); None for the local ipc sockets."""
+    if not endpoint.startswith("tcp://"):
+        return None
+    from actors.security import ClientKeys, SecurityError
+
+    sup = settings.supervisor
+    try:
+        return ClientKeys.load(sup.curve_client_key, sup.curve_server_public_key)
+    except SecurityError as exc:
+        raise SystemExit(f"skald: {exc}") from None
 
 
 def _event_line(msg: wire.Message) -> str:
@@ -371,6 +388,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.set_defaults(func=cmd_serve)
 
     add_voice_parser(sub).set_defaults(func=lambda a: run_voice_command(a, _settings(a)))
+    from actors.cli.keys import add_keys_parser
+
+    add_keys_parser(sub)
     add_gpu_parser(sub)
     add_config_parser(sub)
     add_devices_parser(sub)

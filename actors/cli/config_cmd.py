@@ -37,27 +37,37 @@ def add_config_parser(subparsers: Any) -> argparse.ArgumentParser:
     return parser
 
 
-def _control_endpoint(args: argparse.Namespace) -> str:
+def _client(args: argparse.Namespace) -> Any:
+    """A control client of the server ``--endpoint``/``--run-dir`` name, with the CurveZMQ keys
+    a ``tcp://`` endpoint needs (``supervisor.curve_*``), as ``skald status`` makes it."""
+    from actors.client import SkaldClient
+    from actors.security import ClientKeys, SecurityError
     from config.settings import ConfigError, load_settings
     from supervisor import default_run_dir, endpoints
 
-    if args.endpoint:
-        return str(args.endpoint)
     try:
         settings = load_settings(args.config, overrides={"supervisor.run_dir": args.run_dir} if args.run_dir else {})
     except ConfigError as exc:
         raise SystemExit(f"skald: {exc}") from None
-    return endpoints(settings, default_run_dir(settings, shared=True)).control
+    endpoint = args.endpoint or endpoints(settings, default_run_dir(settings, shared=True)).control
+    curve = None
+    if endpoint.startswith("tcp://"):
+        sup = settings.supervisor
+        try:
+            curve = ClientKeys.load(sup.curve_client_key, sup.curve_server_public_key)
+        except SecurityError as exc:
+            raise SystemExit(f"skald: {exc}") from None
+    return SkaldClient(endpoint, timeout_s=args.timeout, curve=curve)
 
 
 def cmd_config(args: argparse.Namespace) -> int:
-    from actors.client import SkaldClient, SkaldClientError
+    from actors.client import SkaldClientError
 
     request: wire.Message = (
         wire.ConfigGet(key=args.key) if args.verb == "get" else wire.ConfigSet(values={args.key: args.value})
     )
     try:
-        with SkaldClient(_control_endpoint(args), timeout_s=args.timeout) as client:
+        with _client(args) as client:
             reply = client.request(request)
     except SkaldClientError as exc:
         if exc.error is not None and exc.error.message.startswith("config error:"):
