@@ -30,6 +30,7 @@ from config.settings import (
     ConfigError,
     Settings,
     check_live_change,
+    env_word,
     flat_values,
     load_settings,
     logging_level,
@@ -100,6 +101,8 @@ class LiveSettings:
         try:
             for key in values:
                 check_live_change(key)
+            # A string is read as a SKALD_* variable would be ("yes" is a boolean's true there too).
+            values = {k: env_word(k, v) if isinstance(v, str) else v for k, v in values.items()}
             new = self.host.settings.replace(values, source)
             origins = {**self.host.origins, **dict.fromkeys(values, source)}
             resolved = self._validate(new, origins)

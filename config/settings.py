@@ -577,3 +577,8 @@ def check_live_change(dotted: str) -> None:
 def flat_values(settings: Settings) -> dict[str, Any]:
     """Every setting by dotted key (``{"audio.blocksize": 128, ...}``)."""
     return _flatten(settings.to_dict())
+
+
+def env_word(dotted: str, raw: str) -> str:
+    """``raw`` as a ``SKALD_*`` variable's value is read for ``dotted`` (yes/no/on/off for booleans)."""
+    return _env_bool_word(dotted, raw)

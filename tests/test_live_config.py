@@ -108,6 +108,9 @@ def test_restart_only_keys_and_bad_values_are_refused_like_start_up(make_server:
     unknown = _skald("config", "set", "prebuffer.start", "1", *run_dir)
     assert "unknown setting 'prebuffer.start'; known: prebuffer.start_s" in unknown.stderr
 
+    # Booleans read like SKALD_* variables: "off" is false.
+    off = _skald("config", "set", "dsp.trim_silence", "off", *run_dir)
+    assert off.returncode == 0 and off.stdout.strip() == "dsp.trim_silence: true -> false", off.stderr
     # Nothing refused was applied; `config get` marks what changes live.
     assert _skald("config", "get", "prebuffer.start_s", *run_dir).stdout == "prebuffer.start_s = 0.5  [live]\n"
     assert _skald("config", "get", "audio.blocksize", *run_dir).stdout == "audio.blocksize = 128  [restart]\n"
