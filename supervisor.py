@@ -59,6 +59,7 @@ import msgspec
 import zmq
 
 from actors import wire
+from actors.live_config import LiveSettings
 from actors.runtime import ActorSpec
 from config.settings import ConfigError, Settings
 from shm import pid_running
@@ -258,6 +259,7 @@ class Supervisor:
         self.children: dict[str, Child] = {role: Child(role) for role in roles_for(settings)}
         self.requests: dict[str, RequestRecord] = {}
         self.listeners: list[Callable[[wire.Message], None]] = []
+        self.ready_listeners: list[Callable[[str, dict[str, Any]], None]] = []  # (role, Ready info)
         self.exit_code = 0
         self.stop_reason = ""
         self._stop = threading.Event()
@@ -276,6 +278,10 @@ class Supervisor:
         self._replay_segments: list[wire.Segment] = []  # for a restarted consumer (_reannounce)
         self._poll_key: tuple[int, ...] = ()
         self.subscriptions = 0  # subscriptions seen on the events socket
+        # skald config, SIGHUP: a change goes to every actor this server runs (stage and renders)
+        self.live = LiveSettings(
+            self, send=lambda msg: self._to_actors(msg, [c.role for c in self.children.values()]), publish=self._publish
+        )
 
     # ------------------------------------------------------------------ endpoints
     @property
@@ -478,12 +484,14 @@ class Supervisor:
             self.stop_reason = reason
         self._stop.set()
 
-    def install_signal_handlers(self) -> None:
+    def install_signal_handlers(self, reload_on_hangup: bool = False) -> None:
         def handler(signum: int, _frame: object) -> None:
             self.request_stop(signal.Signals(signum).name)
 
         signal.signal(signal.SIGINT, handler)
         signal.signal(signal.SIGTERM, handler)
+        if reload_on_hangup:  # skald serve: SIGHUP re-reads the config file (on the main loop)
+            signal.signal(signal.SIGHUP, lambda _signum, _frame: self.live.request_reload())
 
     def run(self, until: Callable[[], bool] | None = None, timeout: float | None = None) -> bool:
         """Serve until ``until()`` is true (returns True), stop is requested or ``timeout`` passes."""
@@ -541,6 +549,7 @@ class Supervisor:
         self._housekeeping()
 
     def _housekeeping(self) -> None:
+        self.live.poll()
         now = time.monotonic()
         for child in self.children.values():
             if child.restart_at is not None and now >= child.restart_at:
@@ -764,6 +773,8 @@ class Supervisor:
             pending, child.pending = child.pending, []
             for held in pending:
                 self._backend.send_multipart([role.encode(), *held])
+            for on_ready in self.ready_listeners:
+                on_ready(role, child.info)
         elif isinstance(msg, wire.TextPiece):
             if self._active(msg.request_id):
                 self._text_piece(msg)
@@ -909,6 +920,8 @@ class Supervisor:
             return [self._cancel(msg)]
         if isinstance(msg, wire.StatusQuery):
             return [self.status()]
+        if isinstance(msg, (wire.ConfigGet, wire.ConfigSet)):
+            return [self.live.handle(msg)]
         raise wire.WireError("unknown_kind", f"{msg.KIND.decode()} is not a client request")
 
     def _new_request_id(self, requested: str) -> str:

@@ -767,6 +767,8 @@ class AudioConsumer:
                 msg = inbox.get(timeout=0.05 if self.control.idle else 0.01)
                 if isinstance(msg, wire.Shutdown):
                     break
+                if isinstance(msg, wire.ConfigUpdate):
+                    self.apply_config(msg)
                 self.control.handle(msg)
             except queue.Empty:
                 pass
@@ -781,6 +783,16 @@ class AudioConsumer:
         remaining = pad - (time.monotonic() - self._last_audio)
         if isinstance(self.sink, DeviceSink) and remaining > 0:
             time.sleep(remaining)
+
+    def apply_config(self, update: wire.ConfigUpdate) -> None:
+        """Live settings (``skald config set``, SIGHUP): the pre-buffer thresholds, from the next
+        start or resume on; the rest of the consumer (device, block size, fade) is fixed at start."""
+        settings = Settings.from_dict(update.settings)
+        start_s = update.prebuffer_start_s if update.prebuffer_start_s >= 0 else self.core.policy.config.start_s
+        p = settings.prebuffer
+        self.core.policy.retune(PrebufferConfig(start_s=start_s, resume_s=p.resume_s, low_water_s=p.low_water_s))
+        self.settings = settings
+        log.info("pre-buffer now start %.3g s, resume %.3g s, low water %.3g s", start_s, p.resume_s, p.low_water_s)
 
     def on_eager(self, msg: wire.Message) -> None:
         """Nothing to do ahead of order: a cancel is applied by the control loop, which wakes at once."""

@@ -191,6 +191,8 @@ class ActorIO:
             # Only the supervisor talks to us; a bad frame is a bug worth reporting, not dying for.
             self.error(exc.kind, f"{self.role} received a bad message: {exc.message}")
             return
+        if isinstance(msg, wire.ConfigUpdate) and msg.log_level:
+            logging.getLogger().setLevel(msg.log_level)  # log.level changed live: every role alike
         if msg.KIND in _EAGER_KINDS and self.on_eager is not None:
             try:
                 self.on_eager(msg)

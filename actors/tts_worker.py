@@ -357,6 +357,30 @@ class TtsWorker:
             self._text(msg)
         elif isinstance(msg, wire.Cancel):
             self._cancel(msg)
+        elif isinstance(msg, wire.ConfigUpdate):
+            self.apply_config(Settings.from_dict(msg.settings))
+
+    def apply_config(self, settings: Settings) -> None:
+        """Live settings (``skald config set``, SIGHUP): the joiner (``dsp.*``), the chunk sizes
+        and the default voice apply from the next request; GPU control (profile, utilization band,
+        VRAM limit) at once. Engines, the ring and the number of synthesis threads stay as started."""
+        self.settings = settings
+        c = settings.chunker
+        self.chunker_config = ChunkerConfig(
+            c.target_min_s, c.target_max_s, c.hard_min_s, c.hard_max_s, c.first_chunk_s, c.first_chunk_max_s
+        )
+        voice = main_voice(settings) if self.engine is not None else settings.tts.fallback_voice
+        if voice != self.default_voice:
+            try:
+                self.load_voice(voice)
+            except EngineError as exc:  # the supervisor checked it exists; a model that fails to load
+                self.send(wire.Error(kind="bad_request", message=f"tts.voice: {exc}", actor=wire.Role.TTS_WORKER))
+            else:
+                self.default_voice = voice
+        try:
+            self.gpu.retune(settings)
+        except ValueError as exc:  # ConfigError: torch's view of the tier refuses what NVML's allowed
+            self.send(wire.Error(kind="bad_request", message=f"GPU settings: {exc}", actor=wire.Role.TTS_WORKER))
 
     def _open(self, msg: wire.OpenRequest) -> None:
         voice = msg.voice or self.default_voice

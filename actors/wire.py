@@ -445,6 +445,62 @@ class Metrics(Message, kw_only=True):
     values: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+# --------------------------------------------------------------------------------------------
+# Runtime settings (``skald config``): client -> supervisor -> actors
+# --------------------------------------------------------------------------------------------
+
+
+class ConfigGet(Message, kw_only=True):
+    """Ask for the settings in force (one dotted ``key``, or all when empty); replied ``ConfigValues``."""
+
+    KIND: ClassVar[bytes] = b"config_get"
+    key: str = ""
+
+
+class ConfigSet(Message, kw_only=True):
+    """Change settings of a running server: dotted key -> value (a string is read like a
+    ``SKALD_*`` variable: ``"1.0"``, ``"true"``). Validated like start-up configuration; a key
+    that needs a restart is refused. Replied ``ConfigChanged`` (also published), or ``Error``."""
+
+    KIND: ClassVar[bytes] = b"config_set"
+    values: dict[str, Any] = msgspec.field(default_factory=dict)
+
+
+class ConfigValues(Message, kw_only=True):
+    """Reply to ``ConfigGet``: ``values`` by dotted key, the ``live`` ones among them (changeable
+    without a restart) and where each non-default value came from (``origins``)."""
+
+    KIND: ClassVar[bytes] = b"config_values"
+    values: dict[str, Any] = msgspec.field(default_factory=dict)
+    live: list[str] = msgspec.field(default_factory=list)
+    origins: dict[str, str] = msgspec.field(default_factory=dict)
+
+
+class ConfigChanged(Message, kw_only=True):
+    """Settings changed on a running server (``config_changed`` event, and the reply to
+    ``ConfigSet``): ``changed`` new values and ``previous`` ones by dotted key; ``source`` is
+    ``skald config set`` or ``SIGHUP <file>``; ``restart_needed`` lists keys a re-read file
+    changed that only a restart applies (left as they were)."""
+
+    KIND: ClassVar[bytes] = b"config_changed"
+    changed: dict[str, Any] = msgspec.field(default_factory=dict)
+    previous: dict[str, Any] = msgspec.field(default_factory=dict)
+    source: str = ""
+    restart_needed: list[str] = msgspec.field(default_factory=list)
+
+
+class ConfigUpdate(Message, kw_only=True):
+    """Supervisor -> actors: the settings now in force (``Settings.to_dict()``, validated), the
+    keys that ``changed``, the audio consumer's start threshold (the GPU tier's pre-buffer, or
+    ``prebuffer.start_s`` on the CPU tier) and the ``logging`` level for every process."""
+
+    KIND: ClassVar[bytes] = b"config_update"
+    settings: dict[str, Any] = msgspec.field(default_factory=dict)
+    changed: list[str] = msgspec.field(default_factory=list)
+    prebuffer_start_s: float = -1.0  # -1: unchanged
+    log_level: int = 0  # 0: unchanged
+
+
 _ALL: tuple[type[Message], ...] = (
     Speak,
     Turn,
@@ -470,6 +526,11 @@ _ALL: tuple[type[Message], ...] = (
     PreludeDone,
     Shutdown,
     Metrics,
+    ConfigGet,
+    ConfigSet,
+    ConfigValues,
+    ConfigChanged,
+    ConfigUpdate,
 )
 
 MESSAGE_TYPES: dict[bytes, type[Message]] = {cls.KIND: cls for cls in _ALL}
@@ -493,7 +554,7 @@ _ENCODER = msgspec.msgpack.Encoder(enc_hook=_encode_extra)
 
 #: Requests a client may send to the supervisor's control socket.
 CLIENT_REQUESTS: frozenset[bytes] = frozenset(
-    {Speak.KIND, Turn.KIND, Append.KIND, End.KIND, Cancel.KIND, StatusQuery.KIND}
+    {Speak.KIND, Turn.KIND, Append.KIND, End.KIND, Cancel.KIND, StatusQuery.KIND, ConfigGet.KIND, ConfigSet.KIND}
 )
 
 

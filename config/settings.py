@@ -52,6 +52,8 @@ _XTTS_LANGUAGES = (
     "en", "es", "fr", "de", "it", "pt", "pl", "tr", "ru", "nl", "cs", "ar", "zh-cn", "hu", "ko", "ja", "hi",
 )  # fmt: skip
 _TEXT_BACKENDS = ("text", "openai", "transformers")
+#: ``log.level`` words, quietest last; ``logging_level`` maps them to the ``logging`` numbers.
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass(frozen=True)
@@ -221,6 +223,11 @@ class WebSettings:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    level: Annotated[str, _one_of(*LOG_LEVELS)] = "warning"
+
+
+@dataclass(frozen=True)
 class Settings:
     supervisor: SupervisorSettings = field(default_factory=SupervisorSettings)
     protocol: ProtocolSettings = field(default_factory=ProtocolSettings)
@@ -235,6 +242,7 @@ class Settings:
     audio: AudioSettings = field(default_factory=AudioSettings)
     actors: ActorsSettings = field(default_factory=ActorsSettings)
     web: WebSettings = field(default_factory=WebSettings)
+    log: LogSettings = field(default_factory=LogSettings)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (TOML-shaped), for passing to child processes and for reports."""
@@ -474,3 +482,103 @@ def _validated(settings: Settings, origins: Mapping[str, str]) -> Settings:
     if settings.supervisor.control_endpoint and "://" not in settings.supervisor.control_endpoint:
         fail("supervisor.control_endpoint", "must be a ZeroMQ endpoint such as ipc:///path or tcp://127.0.0.1:5555")
     return settings
+
+
+# ---------------------------------------------------------------------------- live settings
+
+#: The keys a running server changes without a restart (``skald config set``, SIGHUP), and who
+#: applies each: the audio consumer (pre-buffer thresholds, from the next start), the TTS worker
+#: (joiner, chunker and default voice: from the next request; GPU control at once), every process
+#: (log level) or the supervisor itself (read on each use). docs/configuration.md marks them; every
+#: other key is read once at start-up (sockets, the ring, engines, the device stream) and
+#: needs a restart.
+LIVE_KEYS: frozenset[str] = frozenset(
+    {
+        "supervisor.ready_timeout_s",
+        "supervisor.max_restarts",
+        "supervisor.restart_backoff_s",
+        "supervisor.shutdown_timeout_s",
+        "protocol.max_message_bytes",
+        "protocol.max_text_chars",
+        "tts.voice",
+        "gpu.profile",
+        "gpu.vram_limit_gb",
+        "gpu.prebuffer_s",
+        "gpu.util_target_low",
+        "gpu.util_target_high",
+        "dsp.crossfade_ms",
+        "dsp.trim_silence",
+        "dsp.silence_db",
+        "dsp.lead_ms",
+        "dsp.pause_paragraph_ms",
+        "dsp.pause_sentence_ms",
+        "dsp.pause_clause_ms",
+        "dsp.pause_conjunction_ms",
+        "dsp.pause_word_ms",
+        "dsp.pause_end_ms",
+        "chunker.target_min_s",
+        "chunker.target_max_s",
+        "chunker.hard_min_s",
+        "chunker.hard_max_s",
+        "chunker.first_chunk_s",
+        "chunker.first_chunk_max_s",
+        "prebuffer.start_s",
+        "prebuffer.resume_s",
+        "prebuffer.low_water_s",
+        "log.level",
+    }
+)
+
+
+def logging_level(word: str) -> int:
+    """``log.level`` as a ``logging`` level number (``"info"`` -> ``logging.INFO``)."""
+    import logging
+
+    return int(getattr(logging, word.upper()))
+
+
+def setting_keys() -> list[str]:
+    """Every leaf setting as a dotted key, in ``Settings`` order (``audio.blocksize``, ...)."""
+    return list(_FIELDS)
+
+
+def env_name(dotted: str) -> str:
+    """The ``SKALD_*`` variable that sets ``dotted`` (``audio.blocksize`` -> ``SKALD_AUDIO_BLOCKSIZE``)."""
+    return ENV_PREFIX + dotted.replace(".", "_").upper()
+
+
+def allowed(dotted: str) -> str:
+    """What ``dotted`` accepts, in the words of the start-up errors (``between 64 and 1024``)."""
+    kind, meta = _FIELDS[dotted]
+    if meta is not None and meta.ge is not None and meta.le is not None:
+        lo, hi = (f"{int(meta.ge)}", f"{int(meta.le)}") if kind is int else (f"{meta.ge:g}", f"{meta.le:g}")
+        return f"{_EXPECTED[kind]} between {lo} and {hi}"
+    if meta is not None and meta.extra and "choices" in meta.extra:
+        return "one of: " + ", ".join(repr(c) if c == "" else c for c in meta.extra["choices"])
+    return _EXPECTED.get(kind, kind.__name__)
+
+
+def check_live_change(dotted: str) -> None:
+    """``ConfigError`` unless ``dotted`` is a known key that a running server changes live."""
+    if dotted not in _FIELDS:
+        section = dotted.split(".", 1)[0]
+        known = ", ".join(k for k in _FIELDS if k.split(".", 1)[0] == section) or ", ".join(
+            sorted({k.split(".", 1)[0] for k in _FIELDS})
+        )
+        raise ConfigError(f"config error: unknown setting {dotted!r}; known: {known}")
+    if dotted not in LIVE_KEYS:
+        raise ConfigError(
+            f"config error: {dotted} is read once at start-up: a restart is needed to change it "
+            f"(set it in the --config file or {env_name(dotted)} and restart skald serve); "
+            "`skald config get` marks the keys that change live"
+        )
+
+
+def flat_values(settings: Settings) -> dict[str, Any]:
+    """Every setting by dotted key (``{"audio.blocksize": 128, ...}``)."""
+    return _flatten(settings.to_dict())
+
+
+def env_word(dotted: str, raw: str) -> str:
+    """``raw`` as a ``SKALD_*`` variable's value is read for ``dotted`` (yes/no/on/off for booleans)."""
+    return _env_bool_word(dotted, raw)

@@ -1,4 +1,4 @@
-"""The layout's rules, asserted on the real import graph (README "Architecture", docs/architecture.md).
+"""The layout's rules, asserted on the real import graph (docs/architecture.md: "How it works", "The import rules").
 
 Every module under ``actors/``, ``shm/``, ``config/`` and ``supervisor.py`` is parsed with ``ast``;
 every import counts, wherever it is written: module level, inside a function (the lazy imports that

@@ -36,6 +36,11 @@ def test_every_message_round_trips() -> None:
         wire.Skip(start=10, end=20, reopen=["r1"], reason="preempted"),
         wire.Shutdown(reason="x"),
         wire.Metrics(role=wire.Role.TTS_WORKER, values={"q": 1}),
+        wire.ConfigGet(key="prebuffer.start_s"),
+        wire.ConfigSet(values={"prebuffer.start_s": "1.0"}),
+        wire.ConfigValues(values={"prebuffer.start_s": 0.5}, live=["prebuffer.start_s"], origins={}),
+        wire.ConfigChanged(changed={"prebuffer.start_s": 1.0}, previous={"prebuffer.start_s": 0.5}, source="x"),
+        wire.ConfigUpdate(settings={"prebuffer": {"start_s": 1.0}}, changed=["prebuffer.start_s"], log_level=20),
     ]
     assert {type(m) for m in samples} == set(wire.MESSAGE_TYPES.values())
     for msg in samples:

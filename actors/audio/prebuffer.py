@@ -220,6 +220,16 @@ class PrebufferPolicy:
         self._state = state
         return state
 
+    def retune(self, config: PrebufferConfig) -> None:
+        """Take new thresholds (``skald config set prebuffer.*``) without leaving the current
+        state: a start still buffering waits for the new ``start_s``. Called from another thread
+        than ``step``: each threshold is one attribute store, and a block that sees the old value
+        of one and the new value of another decides as either configuration would."""
+        self._config = config
+        self._low_water_s = float(config.low_water_s)
+        self._start_s = float(config.start_s)
+        self._resume_s = float(config.effective_resume_s)
+
     def reset(self) -> None:
         """Return to IDLE (interrupt or end of request); the next start uses ``start_s`` again."""
         self._state = PlaybackState.IDLE

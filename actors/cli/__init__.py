@@ -19,8 +19,9 @@ from typing import Any
 import msgspec
 
 from actors import wire
+from actors.cli.progress import RenderProgress, StartupProgress, interactive
 from actors.runtime import configure_logging
-from config.settings import ConfigError, Settings, load_settings
+from config.settings import ConfigError, Settings, load_settings, logging_level
 from supervisor import RequestRecord, Supervisor, SupervisorError, default_run_dir, endpoints
 
 
@@ -51,6 +52,8 @@ def _run_overrides(args: argparse.Namespace) -> dict[str, Any]:
         overrides["audio.sink"] = args.sink
     if getattr(args, "engine", None):
         overrides["tts.engine"] = args.engine
+    if args.log_level is not None:  # -v / --log-info win over log.level
+        overrides["log.level"] = logging.getLevelName(args.log_level).lower()
     return overrides
 
 
@@ -59,7 +62,11 @@ def _supervisor(args: argparse.Namespace, overrides: dict[str, Any], shared_run_
 
     settings = _settings(args, overrides)
     origins = setting_origins(args.config, overrides=overrides)
-    return Supervisor(settings, shared_run_dir=shared_run_dir, log_level=args.log_level, origins=origins)
+    level = logging_level(settings.log.level)
+    logging.getLogger().setLevel(level)
+    sup = Supervisor(settings, shared_run_dir=shared_run_dir, log_level=level, origins=origins)
+    sup.live.config_file, sup.live.overrides = args.config, overrides  # what SIGHUP re-reads
+    return sup
 
 
 def cmd_speak(args: argparse.Namespace) -> int:
@@ -70,35 +77,20 @@ def cmd_speak(args: argparse.Namespace) -> int:
     sup = _supervisor(args, overrides, shared_run_dir=False)
     settings = sup.settings
     sup.install_signal_handlers()
-    progress = not args.quiet
-
-    def show(msg: wire.Message) -> None:
-        if not progress:
-            return
-        if isinstance(msg, wire.ChunkSynthesized):
-            rec = sup.requests.get(msg.request_id)
-            total = len(rec.chunks) if rec else "?"
-            print(
-                f"  chunk {msg.index + 1}/{total}: {msg.dur_s:5.2f} s of audio in {msg.synth_ms:6.1f} ms",
-                file=sys.stderr,
-            )
-        elif isinstance(msg, wire.PlaybackStarted):
-            print(f"  playback started, TTFA {msg.ttfa_ms:.0f} ms", file=sys.stderr)
-        elif isinstance(msg, wire.Underrun):
-            print(f"  underrun #{msg.count}", file=sys.stderr)
-        elif isinstance(msg, wire.Error):
-            print(f"  error [{msg.kind}] {msg.actor}: {msg.message}", file=sys.stderr)
-
-    sup.listeners.append(show)
+    # A bar for an offline render on a terminal; else one line per chunk (both off with --quiet).
+    progress = RenderProgress(sup, bar=args.unpaced and interactive(args.quiet), lines=not args.quiet)
+    sup.listeners.append(progress)
     try:
-        sup.start()
+        with StartupProgress(sup, enabled=interactive(args.quiet)):
+            sup.start()
         reply = sup.submit(wire.Speak(text=text, voice=args.voice or ""))[0]
         if isinstance(reply, wire.Error):
             print(f"skald speak: [{reply.kind}] {reply.message}", file=sys.stderr)
             return 2
         assert isinstance(reply, wire.Accepted)
         rec = sup.requests[reply.request_id]
-        sup.run(until=lambda: rec.status != "active")
+        with progress:
+            sup.run(until=lambda: rec.status != "active")
         if rec.status == "active":
             rec.status = "cancelled"
             rec.reason = sup.stop_reason or "interrupted"
@@ -162,9 +154,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # A bare port binds loopback, the safe default.
         overrides["web.http"] = f"127.0.0.1:{args.http}" if args.http.isdigit() else args.http
     sup = _supervisor(args, overrides, shared_run_dir=True)
-    sup.install_signal_handlers()
+    sup.install_signal_handlers(reload_on_hangup=True)
     try:
-        sup.start()
+        with StartupProgress(sup, enabled=interactive()):
+            sup.start()
         print(f"skald serving: control {sup.control_endpoint}  events {sup.events_endpoint}", flush=True)
         if sup.gateway:
             print(f"skald http: {sup.children['web'].info.get('url', '')}", flush=True)
@@ -355,6 +348,8 @@ def cmd_chunk(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from actors.cli.config_cmd import add_config_parser
+    from actors.cli.devices import add_devices_parser
     from actors.cli.gpu import add_gpu_arguments, add_gpu_parser
     from actors.cli.voice import add_voice_parser, run_voice_command
     from actors.tts import ENGINES
@@ -362,7 +357,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skald", description="Real-time streaming narration engine.")
     parser.add_argument("--config", help="TOML file overriding config/default.toml")
     parser.add_argument(
-        "-v", "--verbose", action="store_const", dest="log_level", const=logging.DEBUG, default=logging.WARNING
+        "-v", "--verbose", action="store_const", dest="log_level", const=logging.DEBUG, default=None
     )
     parser.add_argument("--log-info", action="store_const", dest="log_level", const=logging.INFO)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -397,6 +392,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     add_keys_parser(sub)
     add_gpu_parser(sub)
+    add_config_parser(sub)
+    add_devices_parser(sub)
 
     status = sub.add_parser("status", help="print a running server's status as JSON")
     status.add_argument("--endpoint", help="control endpoint (default: the serve run dir's control.sock)")
@@ -453,5 +450,5 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
+    configure_logging(args.log_level if args.log_level is not None else logging.WARNING)
     return int(args.func(args))

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from actors.cli.progress import interactive, spinner
 from actors.tts.voices import SUGGESTED_REF_SECONDS, VoiceProfileError, VoiceProfileStore, validate_voice_name
 from config.settings import Settings
 
@@ -22,6 +23,7 @@ def add_voice_parser(subparsers: Any) -> argparse.ArgumentParser:
     add.add_argument("--model-dir", help="XTTS model directory (default: xtts.model_dir)")
     add.add_argument("--device", choices=("cuda", "cpu"), help="default: xtts.device, or cpu when CUDA is unusable")
     add.add_argument("--replace", action="store_true", help="overwrite an existing profile of that name")
+    add.add_argument("--quiet", "-q", action="store_true", help="no progress spinners on the terminal")
     listing = sub.add_parser("list", help="list XTTS voice profiles and installed Piper voices")
     listing.add_argument("--json", action="store_true", help="one JSON object per voice")
     remove = sub.add_parser("remove", help="delete an XTTS voice profile")
@@ -41,18 +43,22 @@ def _voice_add(args: argparse.Namespace, settings: Settings, store: VoiceProfile
         device = "cpu"  # conditioning is a one-off: a few seconds on CPU
         print("skald voice add: CUDA unusable here, computing on cpu", file=sys.stderr)
     model_dir = args.model_dir or settings.xtts.model_dir
+    shown = interactive(args.quiet)  # spinners with elapsed time on a terminal's stderr
     try:
-        engine = XttsEngine(
-            model_dir,
-            device=device,
-            language=settings.xtts.language,
-            voices_dir=store.dir,
-            warmup=False,
-        )
+        with spinner(f"loading XTTS v2 model from {model_dir or '(xtts.model_dir unset)'} on {device}", shown):
+            engine = XttsEngine(
+                model_dir,
+                device=device,
+                language=settings.xtts.language,
+                voices_dir=store.dir,
+                warmup=False,
+            )
     except EngineError as exc:
         raise VoiceProfileError(str(exc)) from None
     try:
-        profile = store.add(args.name, args.refs, engine, replace=args.replace)
+        refs = len(args.refs)
+        with spinner(f"computing {args.name!r}'s conditioning latents from {refs} reference(s) on {device}", shown):
+            profile = store.add(args.name, args.refs, engine, replace=args.replace)
     except EngineError as exc:
         raise VoiceProfileError(str(exc)) from None
     finally:

@@ -11,8 +11,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from actors.gpu.control import OomRecovery, UtilizationController, VramManager, control_status
-from actors.gpu.tiers import ResolvedGpuConfig
+from actors.gpu.control import OomRecovery, UtilizationController, UtilizationPolicy, VramManager, control_status
+from actors.gpu.tiers import ResolvedGpuConfig, resolve_gpu_config
+from config.settings import Settings
 
 __all__ = ["GpuControlHooks", "GpuHooks"]
 
@@ -36,6 +37,9 @@ class GpuHooks:
 
     def after_cancel(self) -> None:
         pass
+
+    def retune(self, settings: Settings) -> None:
+        """Live settings changed (``gpu.profile``, the utilization band, the VRAM limit)."""
 
     def after_request(self) -> None:
         pass
@@ -78,6 +82,21 @@ class GpuControlHooks(GpuHooks):
 
     def on_error(self, exc: BaseException) -> OomRecovery | None:
         return self.vram.recover_from_oom(exc)  # a CUDA OOM: fewer streams, smaller chunks, cache freed
+
+    def retune(self, settings: Settings) -> None:
+        """Resolve the GPU knobs again against this worker's own detection, then hold the new
+        utilization band and yield ceiling and cap the allocator at the new VRAM limit. The
+        smoothed utilization starts over; the synthesis threads made at start stay the ceiling of
+        parallelism. ``ConfigError`` (a ``ValueError``) when the knobs do not fit the tier."""
+        resolved = resolve_gpu_config(settings, self.resolved.detection)
+        self.resolved = resolved
+        config = resolved.config
+        self.util.config = config
+        self.util.policy = UtilizationPolicy(
+            config.util_band, config.concurrency, config.yield_max_ms, self.util.low_water_s
+        )
+        if config.vram_limit_mb != self.vram.limit_mb:
+            self.vram.apply_limit(config.vram_limit_mb)
 
     def after_cancel(self) -> None:
         self.vram.release("cancel")
