@@ -153,13 +153,15 @@ class Child:
 
 @dataclass
 class ChunkRecord:
-    """What the events told of one chunk: planned (text, estimate), then synthesized."""
+    """What the events told of one chunk: planned (text, estimate), then synthesized
+    (``synth_ms``: engine compute; ``wait_ms``: the worker's wait for ring space, apart)."""
 
     text: str = ""
     est_s: float = 0.0
     dur_s: float = 0.0
     synth_ms: float = 0.0
     engine: str = ""
+    wait_ms: float = 0.0
     span: wire.ChunkSpan | None = None
 
 
@@ -590,6 +592,7 @@ class Supervisor:
             chunk = rec.chunks.setdefault(msg.index, ChunkRecord())
             chunk.dur_s = round(msg.dur_s, 3)
             chunk.synth_ms = round(msg.synth_ms, 2)
+            chunk.wait_ms = round(msg.wait_ms, 2)
             chunk.engine = msg.engine
             chunk.span = msg.span
         elif isinstance(msg, wire.PlaybackStarted):

@@ -223,7 +223,9 @@ class ChunkSpan(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ChunkSynthesized(Message, kw_only=True):
-    """A chunk's audio is in the ring: real duration and synthesis wall time.
+    """A chunk's audio is in the ring: real duration, the engine's compute time (``synth_ms``)
+    and, apart, how long pushing it waited for ring space (``wait_ms``: backpressure from the
+    overfill guard on a paced sink, no part of the engine's cost).
 
     The span fields are ``ChunkSpan``'s, flat on the wire (``span`` reads them back as one);
     ``out_end`` is -1 when the chunk produced no audio.
@@ -245,13 +247,23 @@ class ChunkSynthesized(Message, kw_only=True):
     kept: int = 0
     overlap_in: int = 0
     overlap_out: int = 0
+    wait_ms: float = 0.0  # the worker's wait for ring space while pushing this chunk
 
     @classmethod
     def of(
-        cls, request_id: str, index: int, dur_s: float, synth_ms: float, engine: str, span: ChunkSpan | None
+        cls,
+        request_id: str,
+        index: int,
+        dur_s: float,
+        synth_ms: float,
+        engine: str,
+        span: ChunkSpan | None,
+        wait_ms: float = 0.0,
     ) -> ChunkSynthesized:
         fields = msgspec.structs.asdict(span) if span is not None else {}
-        return cls(request_id=request_id, index=index, dur_s=dur_s, synth_ms=synth_ms, engine=engine, **fields)
+        return cls(
+            request_id=request_id, index=index, dur_s=dur_s, synth_ms=synth_ms, engine=engine, wait_ms=wait_ms, **fields
+        )
 
     @property
     def span(self) -> ChunkSpan | None:

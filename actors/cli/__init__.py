@@ -79,7 +79,8 @@ def cmd_speak(args: argparse.Namespace) -> int:
             rec = sup.requests.get(msg.request_id)
             total = len(rec.chunks) if rec else "?"
             print(
-                f"  chunk {msg.index + 1}/{total}: {msg.dur_s:5.2f} s of audio in {msg.synth_ms:6.1f} ms",
+                f"  chunk {msg.index + 1}/{total}: {msg.dur_s:5.2f} s of audio in {msg.synth_ms:6.1f} ms"
+                + (f" (waited {msg.wait_ms / 1000:.1f} s for ring space)" if msg.wait_ms >= 100 else ""),
                 file=sys.stderr,
             )
         elif isinstance(msg, wire.PlaybackStarted):
@@ -130,19 +131,24 @@ def _report(sup: Supervisor, rec: RequestRecord) -> dict[str, Any]:
             "est_s": c.est_s,
             "dur_s": c.dur_s,
             "synth_ms": c.synth_ms,
+            "wait_ms": c.wait_ms,
             "engine": c.engine,
             "span": msgspec.to_builtins(c.span) if c.span is not None else {},
         }
         for _, c in sorted(rec.chunks.items())
     ]
     audio_s = rec.audio_s or sum(c.dur_s for c in rec.chunks.values())
+    # rtf: the engine's compute over the audio; wait_s: time the worker waited for ring space
+    # (the overfill guard on a paced sink), reported apart so neither hides in the other.
     synth_s = sum(c.synth_ms for c in rec.chunks.values()) / 1000.0
+    wait_s = sum(c.wait_ms for c in rec.chunks.values()) / 1000.0
     worker = sup.children[wire.Role.TTS_WORKER].info
     return {
         "request_id": rec.request_id,
         "status": rec.status,
         "ttfa_ms": rec.ttfa_ms,
         "rtf": synth_s / audio_s if audio_s else 0.0,
+        "wait_s": round(wait_s, 3),
         "underruns": rec.underruns,
         "device_underflows": rec.device_underflows,
         "audio_seconds": audio_s,
