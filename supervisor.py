@@ -58,6 +58,7 @@ from typing import TYPE_CHECKING, Any
 import zmq
 
 from actors import wire
+from actors.logs import log_event
 from actors.runtime import ActorSpec
 from config.settings import ConfigError, Settings
 from shm import pid_running
@@ -215,16 +216,18 @@ class Supervisor:
         shared_run_dir: bool = False,
         log_level: int = logging.INFO,
         origins: dict[str, str] | None = None,
+        log_format: str = "",
     ) -> None:
         self.settings = settings
         self.origins = origins or {}
         self.gpu: ResolvedGpuConfig | None = None  # from detection at start()
         self.log_level = log_level
+        self.log_format = log_format or settings.log.format  # the actors log as this process does
         self.run_dir = default_run_dir(settings, shared_run_dir)
         self.shared_run_dir = shared_run_dir
         self.children: dict[str, Child] = {role: Child(role) for role in ROLES}
         self.requests: dict[str, RequestRecord] = {}
-        self.listeners: list[Callable[[wire.Message], None]] = []
+        self.listeners: list[Callable[[wire.Message], None]] = [log_event]
         self.exit_code = 0
         self.stop_reason = ""
         self._stop = threading.Event()
@@ -345,6 +348,7 @@ class Supervisor:
             shm_names=(self.ring_name,),
             log_level=self.log_level,
             gpu=self.gpu,
+            log_format=self.log_format,
         )
         child.proc = self._mp.Process(target=_entry(child.role), args=(spec,), name=f"skald::{child.role}")
         child.proc.start()

@@ -63,6 +63,7 @@ class SupervisorSettings:
     shutdown_timeout_s: Annotated[float, _range(0.1, 60.0)] = 3.0
     control_endpoint: str = ""
     events_endpoint: str = ""
+    metrics: str = ""  # HOST:PORT of the Prometheus /metrics endpoint; "" = not served over HTTP
 
 
 @dataclass(frozen=True)
@@ -175,6 +176,12 @@ class TextActorSettings:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    level: Annotated[str, _one_of("error", "warning", "info", "debug")] = "warning"
+    format: Annotated[str, _one_of("text", "json")] = "text"
+
+
+@dataclass(frozen=True)
 class ActorsSettings:
     prelude: TextActorSettings = field(default_factory=TextActorSettings)
     narrative: TextActorSettings = field(default_factory=TextActorSettings)
@@ -194,6 +201,7 @@ class Settings:
     prebuffer: PrebufferSettings = field(default_factory=PrebufferSettings)
     audio: AudioSettings = field(default_factory=AudioSettings)
     actors: ActorsSettings = field(default_factory=ActorsSettings)
+    log: LogSettings = field(default_factory=LogSettings)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (TOML-shaped), for passing to child processes and for reports."""
@@ -408,6 +416,27 @@ def _validated(settings: Settings, origins: Mapping[str, str]) -> Settings:
     p = settings.prebuffer
     if p.low_water_s > 0 and p.low_water_s >= min(p.start_s, p.resume_s):
         fail("prebuffer.low_water_s", "must be below prebuffer.start_s and prebuffer.resume_s")
+    if settings.supervisor.metrics:
+        try:
+            metrics_address(settings.supervisor.metrics)
+        except ValueError as exc:
+            fail("supervisor.metrics", str(exc))
     if settings.supervisor.control_endpoint and "://" not in settings.supervisor.control_endpoint:
         fail("supervisor.control_endpoint", "must be a ZeroMQ endpoint such as ipc:///path or tcp://127.0.0.1:5555")
     return settings
+
+
+def metrics_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``"HOST:PORT"``, ``":PORT"`` or ``"PORT"`` as ``(host, port)``; a bare port listens on
+    loopback only (metrics are for the machine's own scraper unless a host is named)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        host = ""
+    host = host.strip("[]") or default_host
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise ValueError("must be HOST:PORT or PORT, with a port from 0 to 65535 (e.g. 127.0.0.1:9464)")
+    return host, number

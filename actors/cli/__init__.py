@@ -19,7 +19,7 @@ from typing import Any
 import msgspec
 
 from actors import wire
-from actors.runtime import configure_logging
+from actors.logs import LEVELS, LOG_FORMATS, configure_logging, stepped_level
 from config.settings import ConfigError, Settings, load_settings
 from supervisor import RequestRecord, Supervisor, SupervisorError, default_run_dir, endpoints
 
@@ -59,7 +59,9 @@ def _supervisor(args: argparse.Namespace, overrides: dict[str, Any], shared_run_
 
     settings = _settings(args, overrides)
     origins = setting_origins(args.config, overrides=overrides)
-    return Supervisor(settings, shared_run_dir=shared_run_dir, log_level=args.log_level, origins=origins)
+    return Supervisor(
+        settings, shared_run_dir=shared_run_dir, log_level=args.log_level, origins=origins, log_format=args.log_format
+    )
 
 
 def cmd_speak(args: argparse.Namespace) -> int:
@@ -70,7 +72,8 @@ def cmd_speak(args: argparse.Namespace) -> int:
     sup = _supervisor(args, overrides, shared_run_dir=False)
     settings = sup.settings
     sup.install_signal_handlers()
-    progress = not args.quiet
+    # JSON logs: stderr holds JSON lines only; the chunks are the supervisor's event log lines.
+    progress = not args.quiet and args.log_format != "json"
 
     def show(msg: wire.Message) -> None:
         if not progress:
@@ -107,6 +110,11 @@ def cmd_speak(args: argparse.Namespace) -> int:
         if args.report:
             Path(args.report).parent.mkdir(parents=True, exist_ok=True)
             Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+        if args.log_format == "json":
+            _result_log.info(
+                "%s", rec.status, extra={"event": "speak_finished", "request_id": rec.request_id, **_summary(report)}
+            )
+            return 0 if rec.status == "done" and sup.exit_code == 0 else 1
         print(
             f"skald: {rec.status}; TTFA {report['ttfa_ms']:.0f} ms, RTF {report['rtf']:.3f}, "
             f"underruns {report['underruns']}"
@@ -121,6 +129,16 @@ def cmd_speak(args: argparse.Namespace) -> int:
         return 1
     finally:
         sup.shutdown()
+
+
+# The result of ``skald speak`` in JSON-log mode: always written, whatever the log level.
+_result_log = logging.getLogger("skald.result")
+_result_log.setLevel(logging.INFO)
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    keys = ("ttfa_ms", "rtf", "wait_s", "underruns", "device_underflows", "audio_seconds", "sink")
+    return {k: report[k] for k in keys}
 
 
 def _report(sup: Supervisor, rec: RequestRecord) -> dict[str, Any]:
@@ -346,9 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="skald", description="Real-time streaming narration engine.")
     parser.add_argument("--config", help="TOML file overriding config/default.toml")
     parser.add_argument(
-        "-v", "--verbose", action="store_const", dest="log_level", const=logging.DEBUG, default=logging.WARNING
+        "-v", "--verbose", action="count", default=0, help="more log detail, one step each: warning -> info -> debug"
     )
-    parser.add_argument("--log-info", action="store_const", dest="log_level", const=logging.INFO)
+    parser.add_argument("--log-level", choices=LEVELS, help="log level (default: log.level, SKALD_LOG_LEVEL)")
+    parser.add_argument("--log-info", action="store_const", dest="log_level", const="info", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, help="text | json: one JSON object per line from every process"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     speak = sub.add_parser("speak", help="speak TEXT or a file, then exit")
@@ -428,5 +450,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level)
+    _configure_logs(args)
     return int(args.func(args))
+
+
+def _configure_logs(args: argparse.Namespace) -> None:
+    """Level and format from the flags over ``log.*`` (config file, ``SKALD_LOG_*``); ``-v`` steps
+    from there. ``speak``/``serve`` run the supervisor in this process: it logs as "supervisor"."""
+    settings = _settings(args)
+    args.log_level = stepped_level(args.log_level or settings.log.level, args.verbose)
+    args.log_format = args.log_format or settings.log.format
+    configure_logging(args.log_level, args.log_format, "supervisor" if args.command in ("speak", "serve") else "cli")
