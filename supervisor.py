@@ -59,8 +59,9 @@ import zmq
 
 from actors import wire
 from actors.logs import log_event
+from actors.metrics import ServerMetrics
 from actors.runtime import ActorSpec
-from config.settings import ConfigError, Settings
+from config.settings import ConfigError, Settings, metrics_address
 from shm import pid_running
 
 if TYPE_CHECKING:
@@ -182,6 +183,15 @@ class RequestRecord:
     reason: str = ""
 
 
+def _child_state(child: Child) -> str:
+    """What ``status`` (and ``skald top``) says of a child: running, starting, restarting, failed."""
+    if child.ready:
+        return "running"
+    if child.restart_at == float("inf"):
+        return "failed"
+    return "restarting" if child.restart_at is not None else "starting"
+
+
 def _shutdown_children(children: Iterable[Child], timeout: float) -> None:
     """Join against one deadline, then SIGTERM, then SIGKILL. Module-level for ``weakref.finalize``."""
     procs = [c.proc for c in children if c.proc is not None]
@@ -228,6 +238,8 @@ class Supervisor:
         self.children: dict[str, Child] = {role: Child(role) for role in ROLES}
         self.requests: dict[str, RequestRecord] = {}
         self.listeners: list[Callable[[wire.Message], None]] = [log_event]
+        self.metrics = ServerMetrics(self.status, default_engine=settings.tts.engine)  # actors/metrics.py
+        self.listeners.append(self.metrics.observe)
         self.exit_code = 0
         self.stop_reason = ""
         self._stop = threading.Event()
@@ -301,6 +313,8 @@ class Supervisor:
         self._frontend.setsockopt(zmq.MAXMSGSIZE, wire.ABSOLUTE_MAX_PAYLOAD + 4096)
         self._events = self._bind(zmq.XPUB, self.events_endpoint)
         self._events.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription is seen, not only the first
+        if self.settings.supervisor.metrics:
+            self._serve_metrics(self.settings.supervisor.metrics)
         self._finalizer = weakref.finalize(self, _shutdown_children, list(self.children.values()), 1.0)
         for child in self.children.values():
             self._spawn(child)
@@ -311,6 +325,16 @@ class Supervisor:
             self.control_endpoint,
             self.events_endpoint,
         )
+
+    def _serve_metrics(self, address: str) -> None:
+        host, port = metrics_address(address)
+        try:
+            bound = self.metrics.serve(host, port)
+        except OSError as exc:
+            raise SupervisorError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} (supervisor.metrics, --metrics)"
+            ) from None
+        log.info("metrics on http://%s:%d/metrics", *bound)
 
     def _claim_run_dir(self) -> None:
         pidfile = self.run_dir / "supervisor.pid"
@@ -684,6 +708,8 @@ class Supervisor:
             return [self._cancel(msg)]
         if isinstance(msg, wire.StatusQuery):
             return [self.status()]
+        if isinstance(msg, wire.MetricsQuery):
+            return [wire.MetricsText(text=self.metrics.exposition())]
         raise wire.WireError("unknown_kind", f"{msg.KIND.decode()} is not a client request")
 
     def _new_request_id(self, requested: str) -> str:
@@ -804,21 +830,36 @@ class Supervisor:
                 c.role: {
                     "pid": c.proc.pid if c.proc is not None else None,
                     "ready": c.ready,
+                    "state": _child_state(c),
                     "restarts": c.restarts,
                     "info": c.info,
                     "metrics": c.metrics,
                 }
                 for c in self.children.values()
             },
-            requests=[
-                {"request_id": r.request_id, "status": r.status, "chunks": len(r.chunks), "ttfa_ms": r.ttfa_ms}
-                for r in self.requests.values()
-                if r.status == "active"
-            ],
+            requests=[self._request_status(r) for r in list(self.requests.values()) if r.status == "active"],
             ring=ring,
             uptime_s=round(time.monotonic() - self._started, 3),
             gpu=self.gpu.report() if self.gpu is not None else {},
+            recent=self.metrics.recent(),
         )
+
+    @staticmethod
+    def _request_status(r: RequestRecord) -> dict[str, Any]:
+        done = [c for c in list(r.chunks.values()) if c.engine]
+        return {
+            "request_id": r.request_id,
+            "status": r.status,
+            "chunks": len(r.chunks),
+            "ttfa_ms": r.ttfa_ms,
+            # Progress (``skald top``): chunks synthesized of those planned so far, and their audio.
+            "chunks_synthesized": len(done),
+            "audio_s": round(sum(c.dur_s for c in done), 3),
+            "synth_ms": round(sum(c.synth_ms for c in done), 1),
+            "wait_ms": round(sum(c.wait_ms for c in done), 1),
+            "age_s": round(time.monotonic() - r.t_accepted, 3),
+            "text_open": r.text_open,
+        }
 
     # ------------------------------------------------------------------ shutdown
     def shutdown(self) -> None:
@@ -844,6 +885,7 @@ class Supervisor:
             self._ctx = None
         else:
             _shutdown_children(self.children.values(), timeout)
+        self.metrics.close()
         if self._finalizer is not None:
             self._finalizer.detach()
         if self._ring is not None:

@@ -335,6 +335,7 @@ class Status(Message, kw_only=True):
     ring: dict[str, Any] = msgspec.field(default_factory=dict)
     uptime_s: float = 0.0
     gpu: dict[str, Any] = msgspec.field(default_factory=dict)  # detection, tier, configuration in force
+    recent: dict[str, Any] = msgspec.field(default_factory=dict)  # TTFA p50/p95, underruns, RTF: last minutes
 
 
 class Subscribed(Message, kw_only=True):
@@ -439,6 +440,25 @@ class Metrics(Message, kw_only=True):
     values: dict[str, Any] = msgspec.field(default_factory=dict)
 
 
+# --------------------------------------------------------------------------------------------
+# Added later (appended, so older peers keep their kinds): metrics for any control client
+# --------------------------------------------------------------------------------------------
+
+
+class MetricsQuery(Message, kw_only=True):
+    """Ask for a ``MetricsText`` reply: the server's Prometheus metrics, so a control client (an
+    HTTP gateway's ``/metrics``) can serve them without a port of its own on the supervisor."""
+
+    KIND: ClassVar[bytes] = b"metrics_query"
+
+
+class MetricsText(Message, kw_only=True):
+    """Reply to ``MetricsQuery``: the Prometheus text exposition format (version 0.0.4)."""
+
+    KIND: ClassVar[bytes] = b"metrics_text"
+    text: str = ""
+
+
 _ALL: tuple[type[Message], ...] = (
     Speak,
     Turn,
@@ -464,6 +484,8 @@ _ALL: tuple[type[Message], ...] = (
     PreludeDone,
     Shutdown,
     Metrics,
+    MetricsQuery,
+    MetricsText,
 )
 
 MESSAGE_TYPES: dict[bytes, type[Message]] = {cls.KIND: cls for cls in _ALL}
@@ -487,7 +509,7 @@ _ENCODER = msgspec.msgpack.Encoder(enc_hook=_encode_extra)
 
 #: Requests a client may send to the supervisor's control socket.
 CLIENT_REQUESTS: frozenset[bytes] = frozenset(
-    {Speak.KIND, Turn.KIND, Append.KIND, End.KIND, Cancel.KIND, StatusQuery.KIND}
+    {Speak.KIND, Turn.KIND, Append.KIND, End.KIND, Cancel.KIND, StatusQuery.KIND, MetricsQuery.KIND}
 )
 
 

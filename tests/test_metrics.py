@@ -74,3 +74,109 @@ def test_a_paced_narration_reports_engine_compute_apart_from_ring_waits(tmp_path
     )
     # Generous: a shared 2-core machine swings, but wait counted as compute is ~1/engine_rtf off.
     assert 1 / 3 < ratio < 3, (report["rtf"], engine_rtf)
+
+
+# ------------------------------------------------------------------------------ Prometheus
+
+
+def _samples(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
+    """Every sample of an exposition, parsed by prometheus-client's own parser."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return {
+        (s.name, frozenset(s.labels.items())): s.value
+        for family in text_string_to_metric_families(text)
+        for s in family.samples
+    }
+
+
+def _value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
+    return samples.get((name, frozenset(labels.items())), 0.0)
+
+
+def _scrape(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=10) as reply:
+        assert reply.status == 200
+        return reply.read().decode()
+
+
+def test_metrics_scraped_during_narration_follow_the_events(make_server) -> None:  # type: ignore[no-untyped-def]
+    import os
+    import re
+    import signal
+
+    from actors import wire
+    from tests.conftest import wait_until
+
+    server = make_server("--sink", "null", "--metrics", "127.0.0.1:0")
+    found = re.search(r"metrics (http://\S+/metrics)", server.banner)
+    assert found, server.banner
+    url = found.group(1)
+    seen: list[wire.Message] = []
+
+    def follow(client, until, timeout: float = 60.0) -> wire.Message:  # type: ignore[no-untyped-def]
+        for event in client.events(timeout_s=timeout):
+            seen.append(event)
+            if until(event):
+                return event
+        raise AssertionError(f"event not seen; last: {seen[-3:]}")
+
+    with server.client() as client:
+        before = _samples(_scrape(url))
+        assert _value(before, "skald_ttfa_seconds_count", engine="piper") == 0
+        assert _value(before, "skald_requests_active") == 0
+        assert ("skald_gpu_utilization_ratio", frozenset()) not in before  # no GPU here, no GPU series
+
+        long_id = client.speak(CRYPT)
+        follow(client, lambda e: isinstance(e, wire.PlaybackStarted) and e.request_id == long_id)
+        follow(client, lambda e: isinstance(e, wire.ChunkSynthesized) and e.request_id == long_id and e.index >= 1)
+        during = _samples(_scrape(url))
+        assert _value(during, "skald_requests_active") == 1
+        assert _value(during, "skald_ttfa_seconds_count", engine="piper") == 1
+        assert _value(during, "skald_chunk_synthesis_seconds_count", engine="piper") >= 2
+        assert _value(during, "skald_ring_fill_seconds") > 0  # audio queued ahead of the null sink
+        assert 0 < _value(during, "skald_rtf") < 5
+        assert _value(during, "skald_actor_rss_bytes", actor="tts_worker") > 50e6
+        assert _value(during, "skald_actor_rss_bytes", actor="supervisor") > 10e6
+
+        client.cancel(long_id)
+        follow(client, lambda e: isinstance(e, wire.Silenced) and e.request_id == long_id)
+        short_id = client.speak("The crypt falls silent.")
+        follow(client, lambda e: isinstance(e, wire.RequestFinished) and e.request_id == short_id)
+
+        # An actor dies: the restart is counted once it is noticed, and it comes back.
+        victim = client.status()["actors"]["audio_consumer"]["pid"]
+        os.kill(victim, signal.SIGKILL)
+        follow(client, lambda e: isinstance(e, wire.Error) and e.kind == "actor_crashed")
+        assert wait_until(lambda: client.status()["actors"]["audio_consumer"]["state"] == "running", 30)
+
+        text = client.metrics_text()  # the control request a gateway's /metrics serves
+        after = _samples(text)
+        assert _samples(_scrape(url)).keys() == after.keys()
+
+    finished = [e for e in seen if isinstance(e, wire.RequestFinished)]
+    playbacks = [e for e in seen if isinstance(e, wire.PlaybackStarted)]
+    chunks = [e for e in seen if isinstance(e, wire.ChunkSynthesized) and e.dur_s > 0]
+    assert _value(after, "skald_ttfa_seconds_count", engine="piper") == len(playbacks) == 2
+    assert _value(after, "skald_ttfa_seconds_sum", engine="piper") == pytest.approx(
+        sum(e.ttfa_ms for e in playbacks) / 1000, rel=1e-6
+    )
+    for status in ("done", "cancelled", "failed"):
+        expected = sum(1 for e in finished if e.status == status)
+        assert (
+            _value(after, "skald_requests_total", status=status) - _value(before, "skald_requests_total", status=status)
+            == expected
+        ), status
+    assert _value(after, "skald_requests_total", status="cancelled") == 1
+    assert _value(after, "skald_requests_total", status="done") == 1
+    assert _value(after, "skald_requests_active") == 0
+    assert _value(after, "skald_chunk_synthesis_seconds_count", engine="piper") == len(chunks)
+    assert _value(after, "skald_cancel_to_silence_seconds_count") == 1
+    assert 0 < _value(after, "skald_cancel_to_silence_seconds_sum") < 1.0
+    assert _value(after, "skald_actor_restarts_total", actor="audio_consumer") == 1
+    assert _value(after, "skald_actor_restarts_total", actor="tts_worker") == 0
+    assert _value(after, "skald_errors_total", kind="actor_crashed") == 1
+    assert _value(after, "skald_underruns_total") == sum(1 for e in seen if isinstance(e, wire.Underrun))
+    assert server.stop() == 0

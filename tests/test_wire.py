@@ -36,6 +36,8 @@ def test_every_message_round_trips() -> None:
         wire.Skip(start=10, end=20, reopen=["r1"], reason="preempted"),
         wire.Shutdown(reason="x"),
         wire.Metrics(role=wire.Role.TTS_WORKER, values={"q": 1}),
+        wire.MetricsQuery(),
+        wire.MetricsText(text="skald_requests_active 0.0\n"),
     ]
     assert {type(m) for m in samples} == set(wire.MESSAGE_TYPES.values())
     for msg in samples:

@@ -182,11 +182,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
     overrides = _run_overrides(args)
     if args.run_dir:
         overrides["supervisor.run_dir"] = args.run_dir
+    if args.metrics:
+        overrides["supervisor.metrics"] = args.metrics
     sup = _supervisor(args, overrides, shared_run_dir=True)
     sup.install_signal_handlers()
     try:
         sup.start()
-        print(f"skald serving: control {sup.control_endpoint}  events {sup.events_endpoint}", flush=True)
+        where = sup.metrics.http_address
+        print(
+            f"skald serving: control {sup.control_endpoint}  events {sup.events_endpoint}"
+            + (f"  metrics http://{where[0]}:{where[1]}/metrics" if where else ""),
+            flush=True,
+        )
         sup.run()
         return sup.exit_code
     except SupervisorError as exc:
@@ -389,6 +396,13 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--sink", help="device | null | wav:PATH")
     serve.add_argument("--run-dir", help="directory for the ipc sockets (default: $XDG_RUNTIME_DIR/skald-UID)")
     serve.add_argument("--engine", choices=ENGINES, help="TTS engine (default: tts.engine)")
+    serve.add_argument(
+        "--metrics",
+        nargs="?",
+        const="127.0.0.1:9464",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics over HTTP (default 127.0.0.1:9464; a bare PORT is loopback)",
+    )
     add_gpu_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
