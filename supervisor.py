@@ -824,6 +824,7 @@ class Supervisor:
                 "sample_rate": self._ring.sample_rate,
                 "buffered_s": round(self._ring.buffer_length_seconds(), 3),
                 "capacity_frames": self._ring.capacity_frames,
+                "max_fill_s": self.settings.ring.max_fill_s,
             }
         return wire.Status(
             actors={

@@ -365,6 +365,7 @@ def cmd_chunk(args: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     from actors.cli.gpu import add_gpu_arguments, add_gpu_parser
+    from actors.cli.top import add_top_parser, run_top
     from actors.cli.voice import add_voice_parser, run_voice_command
     from actors.tts import ENGINES
 
@@ -419,6 +420,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--endpoint", help="control endpoint (default: the serve run dir's control.sock)")
         p.add_argument("--run-dir", help="the server's run dir")
         p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server's reply")
+
+    top = add_top_parser(sub)  # actors/cli/top.py
+    client_options(top)
+    top.set_defaults(func=lambda a: run_top(a, lambda: _client(a, events=True)))
 
     say = sub.add_parser("say", help="send text to a running `skald serve`; prints the request id at once")
     say.add_argument("text", nargs="*", help="text to speak")
