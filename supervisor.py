@@ -868,6 +868,7 @@ class Supervisor:
         if self._closed:
             return
         self._closed = True
+        self.metrics.close()  # first: no scrape thread may read the ring once it is unmapped
         timeout = self.settings.supervisor.shutdown_timeout_s
         if self._ctx is not None:
             shutdown_log.info("skald.shutdown: stage 1, asking actors to stop (%s)", self.stop_reason or "done")
@@ -886,7 +887,6 @@ class Supervisor:
             self._ctx = None
         else:
             _shutdown_children(self.children.values(), timeout)
-        self.metrics.close()
         if self._finalizer is not None:
             self._finalizer.detach()
         if self._ring is not None:

@@ -180,3 +180,27 @@ def test_metrics_scraped_during_narration_follow_the_events(make_server) -> None
     assert _value(after, "skald_errors_total", kind="actor_crashed") == 1
     assert _value(after, "skald_underruns_total") == sum(1 for e in seen if isinstance(e, wire.Underrun))
     assert server.stop() == 0
+
+
+def test_metrics_address_errors_name_the_setting(run_dir: Path) -> None:
+    import socket
+
+    from config.settings import ConfigError
+
+    with pytest.raises(ConfigError, match=r"supervisor.metrics = 'loopback' \(from SKALD_SUPERVISOR_METRICS\)"):
+        load_settings(env={"SKALD_SUPERVISOR_METRICS": "loopback"})
+    assert load_settings(env={"SKALD_SUPERVISOR_METRICS": "9464"}).supervisor.metrics == "9464"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        out = subprocess.run(
+            [*SKALD, "serve", "--sink", "null", "--run-dir", str(run_dir), "--metrics", f"127.0.0.1:{port}"],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            env=server_env(),
+            timeout=60,
+        )
+    assert out.returncode == 1
+    assert f"cannot serve metrics on 127.0.0.1:{port}" in out.stderr and "supervisor.metrics" in out.stderr, out.stderr
