@@ -542,7 +542,13 @@ class TtsWorker:
                 job.failed = f"{type(exc).__name__}: {exc}"
                 self.gpu.on_error(exc)  # a CUDA OOM frees memory and lowers parallelism first
                 log.warning(
-                    "chunk %d of %s failed on %s (attempt %d): %s", job.index, req.request_id, eng.name, n + 1, exc
+                    "chunk %d of %s failed on %s (attempt %d): %s",
+                    job.index,
+                    req.request_id,
+                    eng.name,
+                    n + 1,
+                    exc,
+                    extra={"request_id": req.request_id, "event": "chunk_failed"},
                 )
                 if eng is self.engine and n == 1 and self.fallback is not None:
                     req.degraded = True

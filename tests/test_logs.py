@@ -44,9 +44,10 @@ def test_levels_go_one_step_per_v() -> None:
 
 @pytest.mark.slow
 def test_serve_with_json_logs_from_the_environment_writes_json_lines_from_every_process(make_server) -> None:  # type: ignore[no-untyped-def]
-    server = make_server("--sink", "null", SKALD_LOG_FORMAT="json")
+    # Chunk 1 fails once (then its retry speaks it): the worker's own log line is about a request.
+    server = make_server("--sink", "null", SKALD_LOG_FORMAT="json", SKALD_FAULT_INJECT="chunk=1,times=1")
     with server.client() as client:
-        rid = client.speak("The torchlight flickers. Somewhere ahead, water drips.")
+        rid = client.speak("The torchlight flickers. Somewhere ahead, water drips. The air tastes of iron.")
         finished, _ = client.wait_for(rid, timeout_s=60)
     assert finished.status == "done"
     assert server.stop() == 0
@@ -58,6 +59,9 @@ def test_serve_with_json_logs_from_the_environment_writes_json_lines_from_every_
     assert all(r.get("request_id") == rid for r in about_request), about_request
     finished_line = next(r for r in about_request if r["event"] == "request_finished")
     assert finished_line["status"] == "done" and finished_line["level"] == "INFO"
+    failed = [r for r in records if r["event"] == "chunk_failed"]
+    assert len(failed) == 1 and failed[0]["actor"] == "tts_worker", failed
+    assert failed[0]["request_id"] == rid and failed[0]["level"] == "WARNING"
 
 
 @pytest.mark.slow
