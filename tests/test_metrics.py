@@ -72,8 +72,10 @@ def test_a_paced_narration_reports_engine_compute_apart_from_ring_waits(tmp_path
         f"reported compute RTF {report['rtf']:.3f}, engine's own {engine_rtf:.3f} (x{ratio:.2f}), "
         f"waited {waited_s:.1f} s of {audio_s:.1f} s"
     )
-    # Generous: a shared 2-core machine swings, but wait counted as compute is ~1/engine_rtf off.
-    assert 1 / 3 < ratio < 3, (report["rtf"], engine_rtf)
+    # Generous: the shared 2-core VM swings (at load 12 the reference ran 0.9 against 0.34
+    # reported, timed back to back rather than in the narration's bursts), while wait counted as
+    # compute is off by ~1/engine_rtf (RTF ~1.0 on a paced sink).
+    assert 1 / 4 < ratio < 3, (report["rtf"], engine_rtf)
 
 
 # ------------------------------------------------------------------------------ Prometheus
