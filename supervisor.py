@@ -60,8 +60,10 @@ import zmq
 
 from actors import wire
 from actors.live_config import LiveSettings
+from actors.logs import log_event
+from actors.metrics import ServerMetrics
 from actors.runtime import ActorSpec
-from config.settings import ConfigError, Settings
+from config.settings import ConfigError, Settings, metrics_address
 from shm import pid_running
 
 if TYPE_CHECKING:
@@ -176,13 +178,15 @@ class Child:
 
 @dataclass
 class ChunkRecord:
-    """What the events told of one chunk: planned (text, estimate), then synthesized."""
+    """What the events told of one chunk: planned (text, estimate), then synthesized
+    (``synth_ms``: engine compute; ``wait_ms``: the worker's wait for ring space, apart)."""
 
     text: str = ""
     est_s: float = 0.0
     dur_s: float = 0.0
     synth_ms: float = 0.0
     engine: str = ""
+    wait_ms: float = 0.0
     span: wire.ChunkSpan | None = None
     source: str = ""  # as written (what a resumed request is lined up against)
     synthesized: bool = False  # all of its audio is in the ring
@@ -213,6 +217,15 @@ class RequestRecord:
     resumed: int = 0
     segments: list[wire.Segment] = field(default_factory=list)  # announced to the consumer, not yet played
     audio_before_s: float = 0.0  # played by consumers that died since (added to request_finished)
+
+
+def _child_state(child: Child) -> str:
+    """What ``status`` (and ``skald top``) says of a child: running, starting, restarting, failed."""
+    if child.ready:
+        return "running"
+    if child.restart_at == float("inf"):
+        return "failed"
+    return "restarting" if child.restart_at is not None else "starting"
 
 
 def _shutdown_children(children: Iterable[Child], timeout: float) -> None:
@@ -249,17 +262,21 @@ class Supervisor:
         shared_run_dir: bool = False,
         log_level: int = logging.INFO,
         origins: dict[str, str] | None = None,
+        log_format: str = "",
     ) -> None:
         self.settings = settings
         self.origins = origins or {}
         self.gpu: ResolvedGpuConfig | None = None  # from detection at start()
         self.log_level = log_level
+        self.log_format = log_format or settings.log.format  # the actors log as this process does
         self.run_dir = default_run_dir(settings, shared_run_dir)
         self.shared_run_dir = shared_run_dir
         self.children: dict[str, Child] = {role: Child(role) for role in roles_for(settings)}
         self.requests: dict[str, RequestRecord] = {}
-        self.listeners: list[Callable[[wire.Message], None]] = []
+        self.listeners: list[Callable[[wire.Message], None]] = [log_event]
         self.ready_listeners: list[Callable[[str, dict[str, Any]], None]] = []  # (role, Ready info)
+        self.metrics = ServerMetrics(self.status, default_engine=settings.tts.engine)  # actors/metrics.py
+        self.listeners.append(self.metrics.observe)
         self.exit_code = 0
         self.stop_reason = ""
         self._stop = threading.Event()
@@ -367,6 +384,8 @@ class Supervisor:
             sock.setsockopt(zmq.MAXMSGSIZE, wire.ABSOLUTE_MAX_PAYLOAD + 4096)
         for sock in self._pubs:
             sock.setsockopt(zmq.XPUB_VERBOSE, 1)  # every subscription is seen, not only the first
+        if self.settings.supervisor.metrics:
+            self._serve_metrics(self.settings.supervisor.metrics)
         self._finalizer = weakref.finalize(self, _shutdown_children, list(self.children.values()), 1.0)
         for child in self.children.values():
             self._spawn(child)
@@ -387,6 +406,15 @@ class Supervisor:
                 f"web.http = {self.settings.web.http!r} needs {', '.join(missing)}: pip install 'skald[web]' "
                 "(or leave web.http empty / drop --http)"
             )
+    def _serve_metrics(self, address: str) -> None:
+        host, port = metrics_address(address)
+        try:
+            bound = self.metrics.serve(host, port)
+        except OSError as exc:
+            raise SupervisorError(
+                f"cannot serve metrics on {host}:{port}: {exc.strerror or exc} (supervisor.metrics, --metrics)"
+            ) from None
+        log.info("metrics on http://%s:%d/metrics", *bound)
 
     def _claim_run_dir(self) -> None:
         pidfile = self.run_dir / "supervisor.pid"
@@ -435,6 +463,7 @@ class Supervisor:
             shm_names=(self.ring_name, self.render_ring_name) if self.gateway else (self.ring_name,),
             log_level=self.log_level,
             gpu=self.gpu,
+            log_format=self.log_format,
         )
         child.proc = self._mp.Process(target=_entry(child.role), args=(spec,), name=f"skald::{child.role}")
         child.proc.start()
@@ -827,6 +856,7 @@ class Supervisor:
             chunk.synthesized = True
             chunk.dur_s = round(msg.dur_s, 3)
             chunk.synth_ms = round(msg.synth_ms, 2)
+            chunk.wait_ms = round(msg.wait_ms, 2)
             chunk.engine = msg.engine
             chunk.span = msg.span
         elif isinstance(msg, wire.PlaybackStarted):
@@ -922,6 +952,8 @@ class Supervisor:
             return [self.status()]
         if isinstance(msg, (wire.ConfigGet, wire.ConfigSet)):
             return [self.live.handle(msg)]
+        if isinstance(msg, wire.MetricsQuery):
+            return [wire.MetricsText(text=self.metrics.exposition())]
         raise wire.WireError("unknown_kind", f"{msg.KIND.decode()} is not a client request")
 
     def _new_request_id(self, requested: str) -> str:
@@ -1071,33 +1103,45 @@ class Supervisor:
                 "sample_rate": self._ring.sample_rate,
                 "buffered_s": round(self._ring.buffer_length_seconds(), 3),
                 "capacity_frames": self._ring.capacity_frames,
+                "max_fill_s": self.settings.ring.max_fill_s,
             }
         return wire.Status(
             actors={
                 c.role: {
                     "pid": c.proc.pid if c.proc is not None else None,
                     "ready": c.ready,
+                    "state": _child_state(c),
                     "restarts": c.restarts,
                     "info": c.info,
                     "metrics": c.metrics,
                 }
                 for c in self.children.values()
             },
-            requests=[
-                {
-                    "request_id": r.request_id,
-                    "status": r.status,
-                    "chunks": len(r.chunks),
-                    "ttfa_ms": r.ttfa_ms,
-                    "output": r.output,
-                }
-                for r in self.requests.values()
-                if r.status == "active"
-            ],
+            requests=[self._request_status(r) for r in list(self.requests.values()) if r.status == "active"],
             ring=ring,
             uptime_s=round(time.monotonic() - self._started, 3),
             gpu=self.gpu.report() if self.gpu is not None else {},
+            recent=self.metrics.recent(),
         )
+
+    @staticmethod
+    def _request_status(r: RequestRecord) -> dict[str, Any]:
+        done = [c for c in list(r.chunks.values()) if c.engine]
+        return {
+            "request_id": r.request_id,
+            "status": r.status,
+            "chunks": len(r.chunks),
+            "ttfa_ms": r.ttfa_ms,
+            # Progress (``skald top``): chunks synthesized of those planned so far, and their audio.
+            "chunks_synthesized": len(done),
+            "audio_s": round(sum(c.dur_s for c in done), 3),
+            "synth_ms": round(sum(c.synth_ms for c in done), 1),
+            "wait_ms": round(sum(c.wait_ms for c in done), 1),
+            "age_s": round(time.monotonic() - r.t_accepted, 3),
+            "text_open": r.text_open,
+            "output": r.output,  # stage, or render (the HTTP gateway's)
+            "resumed": r.resumed,
+        }
 
     # ------------------------------------------------------------------ shutdown
     def shutdown(self) -> None:
@@ -1105,6 +1149,7 @@ class Supervisor:
         if self._closed:
             return
         self._closed = True
+        self.metrics.close()  # first: no scrape thread may read the ring once it is unmapped
         timeout = self.settings.supervisor.shutdown_timeout_s
         if self._ctx is not None:
             shutdown_log.info("skald.shutdown: stage 1, asking actors to stop (%s)", self.stop_reason or "done")

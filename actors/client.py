@@ -196,7 +196,14 @@ class SkaldClient:
             "ring": reply.ring,
             "uptime_s": reply.uptime_s,
             "gpu": reply.gpu,
+            "recent": reply.recent,
         }
+
+    def metrics_text(self) -> str:
+        """The server's Prometheus metrics in the text exposition format (what ``/metrics`` serves)."""
+        reply = self.request(wire.MetricsQuery())
+        assert isinstance(reply, wire.MetricsText)
+        return reply.text
 
     # ------------------------------------------------------------------ events
     def events(self, timeout_s: float | None = None) -> Iterator[wire.Message]:

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import zmq
 
 from actors import wire
+from actors.logs import configure_logging
 from config.settings import Settings
 
 if TYPE_CHECKING:
@@ -81,6 +82,7 @@ class ActorSpec:
     shm_names: tuple[str, ...] = ()
     log_level: int = logging.INFO
     gpu: ResolvedGpuConfig | None = None
+    log_format: str = "text"  # "text" or "json" (``actors.logs``): every process logs alike
 
     @property
     def config(self) -> Settings:
@@ -220,15 +222,6 @@ def process_rss_mb() -> float:
         return -1.0
 
 
-def configure_logging(level: int) -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s.%(msecs)03d %(levelname)s %(name)s[%(process)d]: %(message)s",
-        datefmt="%H:%M:%S",
-    )
-
-
 def set_process_title(role: str) -> None:
     try:
         import setproctitle
@@ -274,9 +267,20 @@ def start_metrics_tick(role: wire.Role, actor: Actor, send: Send, stop: threadin
     """Send ``actor.metrics()`` every ``METRICS_PERIOD_S`` until ``stop``; the first at once."""
 
     def tick() -> None:
+        try:
+            import psutil
+
+            own: Any = psutil.Process(os.getpid())
+            own.cpu_percent(None)  # the first call only starts the measurement
+        except Exception:  # metrics must never take an actor down
+            own = None
         while True:
             try:
-                send(wire.Metrics(role=role, values=actor.metrics()))
+                values = actor.metrics()
+                if own is not None:
+                    # CPU since the last tick, percent of one core (``skald top``).
+                    values["cpu_percent"] = round(own.cpu_percent(None), 1)
+                send(wire.Metrics(role=role, values=values))
             except Exception:  # metrics must never take an actor down
                 log.exception("%s: metrics failed", role)
             if stop.wait(METRICS_PERIOD_S):
@@ -307,7 +311,7 @@ def start_parent_watchdog(spec: ActorSpec, stop: threading.Event) -> threading.T
 
 def run_actor(spec: ActorSpec, actor_class: type[Actor]) -> None:
     """Entry scaffolding shared by every ``run_<role>_process``; exits the process when done."""
-    configure_logging(spec.log_level)
+    configure_logging(spec.log_level, spec.log_format, actor=spec.role)
     set_process_title(spec.role)
     arm_parent_death_signal()
     stop = threading.Event()
@@ -330,6 +334,7 @@ def run_actor(spec: ActorSpec, actor_class: type[Actor]) -> None:
         actor = actor_class.from_spec(spec, io.send)
         holder["actor"] = actor
         io.send(wire.Ready(role=spec.role, pid=os.getpid(), info=actor.ready_info()))
+        log.info("%s ready (pid %d)", spec.role, os.getpid(), extra={"event": "actor_ready"})
         metrics_stop = threading.Event()
         ticker = start_metrics_tick(spec.role, actor, io.send, metrics_stop)
         try:
@@ -338,6 +343,7 @@ def run_actor(spec: ActorSpec, actor_class: type[Actor]) -> None:
             metrics_stop.set()
             ticker.join(2.0)
             actor.close()
+            log.info("%s stopped", spec.role, extra={"event": "actor_stopped"})
     except Exception as exc:
         code = 1
         log.error("%s failed: %s\n%s", spec.role, exc, traceback.format_exc())

@@ -319,14 +319,14 @@ class TextSourceActor:
         except LlmError as exc:
             self._fail(job, cast("wire.ErrorKind", exc.kind), exc.message)  # llm raises only its two kinds
         except Exception as exc:  # a bug must end the request, not the actor
-            log.exception("%s: turn %s failed", self.role, job.request_id)
+            log.exception("%s: turn %s failed", self.role, job.request_id, extra={"request_id": job.request_id})
             self._fail(job, "generation_failed", f"{type(exc).__name__}: {exc}")
 
     def _fail(self, job: TurnJob, kind: wire.ErrorKind, message: str) -> None:
         with self._lock:
             if job.cancel.cancelled or job.ended:
                 return
-            log.error("%s: turn %s: %s", self.role, job.request_id, message)
+            log.error("%s: turn %s: %s", self.role, job.request_id, message, extra={"request_id": job.request_id})
             self.send_error(job.request_id, kind, f"{self.role}: {message}")
         self._emit(job, "", final=True)
 
@@ -353,6 +353,7 @@ class TextSourceActor:
                 job.request_id,
                 len(job.prelude_text.split()),
                 job.prelude_text,
+                extra={"request_id": job.request_id},
             )
 
     def _narrative(self, job: TurnJob, generator: TextGenerator) -> None:
@@ -367,7 +368,13 @@ class TextSourceActor:
             try:
                 generator.prepare(head, job.cancel, continue_final=continue_final)
             except Exception as exc:  # only a head start: the generation proper reports real failures
-                log.warning("%s: prefill of %s failed (the turn goes on): %s", self.role, job.request_id, exc)
+                log.warning(
+                    "%s: prefill of %s failed (the turn goes on): %s",
+                    self.role,
+                    job.request_id,
+                    exc,
+                    extra={"request_id": job.request_id},
+                )
         job.prelude_ready.wait()  # set by PreludeDone, or by the cancel
         if job.cancel.cancelled:
             return
@@ -385,7 +392,13 @@ class TextSourceActor:
                 return
         guard.finish()
         if guard.dropped:
-            log.info("%s: dropped a repeat of the prelude in %s: %r", self.role, job.request_id, guard.dropped)
+            log.info(
+                "%s: dropped a repeat of the prelude in %s: %r",
+                self.role,
+                job.request_id,
+                guard.dropped,
+                extra={"request_id": job.request_id},
+            )
         self._emit(job, "", final=True)
 
     # ---------------------------------------------------------------- loop

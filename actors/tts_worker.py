@@ -171,6 +171,11 @@ class Job:
     voice: str = ""
     blocks: queue.SimpleQueue[BlockItem] = field(default_factory=queue.SimpleQueue)
     started: float = field(default_factory=time.perf_counter)
+    # Engine compute, measured on the synthesis thread (its own clock), apart from the pusher's
+    # wait for ring space: a paced narration waits on the overfill guard most of the time, and
+    # that wait is no part of what the engine costs.
+    compute_s: float = 0.0
+    wait_s: float = 0.0  # the pusher's wait for ring space (backpressure) while pushing this chunk
     engine_used: str = ""
     frames: int = 0  # frames pushed to the ring (after joining)
     failed: str = ""
@@ -263,6 +268,8 @@ class TtsWorker:
         self._next_dispatch = 0.0
         self.chunks_synthesized = 0
         self.fallback_chunks = 0
+        self.compute_s_total = 0.0  # engine compute of every chunk (``Job.compute_s``)
+        self.wait_s_total = 0.0  # backpressure: time the pusher waited for ring space
         self._owned: list[Any] = []  # what close() releases besides the pool (engines, ring: from_spec)
         self.default_voice = main_voice(settings) if engine is not None else settings.tts.fallback_voice
         self.load_voice(self.default_voice)
@@ -551,6 +558,7 @@ class TtsWorker:
             if self.fallback is not None:
                 attempts.append((self.fallback, self.settings.tts.fallback_voice))
         emitted = False
+        t_start = time.perf_counter()
         for n, (eng, name) in enumerate(attempts):
             if req.cancel.cancelled:
                 break
@@ -583,7 +591,13 @@ class TtsWorker:
                 job.failed = f"{type(exc).__name__}: {exc}"
                 self.gpu.on_error(exc)  # a CUDA OOM frees memory and lowers parallelism first
                 log.warning(
-                    "chunk %d of %s failed on %s (attempt %d): %s", job.index, req.request_id, eng.name, n + 1, exc
+                    "chunk %d of %s failed on %s (attempt %d): %s",
+                    job.index,
+                    req.request_id,
+                    eng.name,
+                    n + 1,
+                    exc,
+                    extra={"request_id": req.request_id, "event": "chunk_failed"},
                 )
                 if eng is self.engine and n == 1 and self.fallback is not None:
                     req.degraded = True
@@ -608,6 +622,7 @@ class TtsWorker:
                 )
         if job.engine_used and job.engine_used != (self.engine.name if self.engine else ""):
             self.fallback_chunks += 1
+        job.compute_s = time.perf_counter() - t_start  # read by the pusher after _DONE
         job.blocks.put(_DONE)
 
     def _dispatch(self) -> None:
@@ -650,15 +665,25 @@ class TtsWorker:
             return
         self._push(req, req.last_pushed_index, req.joiner.release(), None)
 
-    def _push(self, req: RequestState, index: int, audio: np.ndarray, stop: threading.Event | None) -> int:
-        """Push ``audio`` into the ring and announce it; frames pushed (fewer if cancelled)."""
+    def _push(
+        self, req: RequestState, index: int, audio: np.ndarray, stop: threading.Event | None, job: Job | None = None
+    ) -> int:
+        """Push ``audio`` into the ring and announce it; frames pushed (fewer if cancelled). Time
+        spent waiting for ring space is backpressure, counted on ``job`` (its ``wait_s``)."""
         if not len(audio):
             return 0
         start = self.ring.write_index
-        offset = 0
+        offset = announced = 0
         while offset < len(audio):
             offset += self.ring.push(audio[offset:])
             if offset < len(audio):
+                # Announce what is in the ring before waiting for space: the consumer plays only
+                # announced frames, so a block longer than the overfill guard (ring.max_fill_s)
+                # would otherwise wait for space that never comes.
+                if offset > announced:
+                    self._announce(req, index, start + announced, audio[announced:offset])
+                    announced = offset
+                t_wait = time.perf_counter()
                 try:
                     ok = self.ring.wait_for_space(
                         min(len(audio) - offset, 4096),
@@ -672,18 +697,27 @@ class TtsWorker:
                         break
                     time.sleep(0.05)
                     continue
+                finally:
+                    waited = time.perf_counter() - t_wait
+                    self.wait_s_total += waited
+                    if job is not None:
+                        job.wait_s += waited
                 if not ok and (req.cancel.cancelled or (stop is not None and stop.is_set())):
                     break
-        if offset:
-            self.send(
-                wire.Segment(
-                    request_id=req.request_id, index=index, start=start, end=start + offset, t_accepted=req.t_accepted
-                )
-            )
-            self._remember(req, index, start, audio[:offset])
+        if offset > announced:
+            self._announce(req, index, start + announced, audio[announced:offset])
         req.frames_pushed += offset
         req.last_pushed_index = index
         return offset
+
+    def _announce(self, req: RequestState, index: int, start: int, audio: np.ndarray) -> None:
+        """Tell the consumer that ring frames ``[start, start + len(audio))`` are this chunk's."""
+        self.send(
+            wire.Segment(
+                request_id=req.request_id, index=index, start=start, end=start + len(audio), t_accepted=req.t_accepted
+            )
+        )
+        self._remember(req, index, start, audio)
 
     def _remember(self, req: RequestState, index: int, start: int, audio: np.ndarray) -> None:
         played = self.ring.read_index
@@ -780,12 +814,12 @@ class TtsWorker:
                 return
             if isinstance(item, RestartChunk):
                 self.restarts += 1
-                job.frames += self._push(req, job.index, req.joiner.end_chunk(), stop)
-                job.frames += self._push(req, job.index, req.joiner.release(), stop)
+                job.frames += self._push(req, job.index, req.joiner.end_chunk(), stop, job)
+                job.frames += self._push(req, job.index, req.joiner.release(), stop, job)
                 req.joiner.start_chunk(pause_kind(job.plan.boundary, job.plan.text))
                 continue
             joined = item if job.replay else req.joiner.feed(item)
-            job.frames += self._push(req, job.index, joined, stop)
+            job.frames += self._push(req, job.index, joined, stop, job)
             if req.cancel.cancelled or time.monotonic() >= deadline:
                 return
 
@@ -801,8 +835,10 @@ class TtsWorker:
             if req.text_complete and req.queued == 0:
                 self._finish_request(req)
             return
-        job.frames += self._push(req, job.index, req.joiner.end_chunk(), stop)
-        synth_ms = (time.perf_counter() - job.started) * 1000.0
+        job.frames += self._push(req, job.index, req.joiner.end_chunk(), stop, job)
+        # synth_ms is the engine's compute alone; the wait for ring space goes out as wait_ms.
+        synth_ms = job.compute_s * 1000.0
+        self.compute_s_total += job.compute_s
         req.queued -= 1
         span = req.joiner.spans[-1] if req.joiner.spans else None
         dur_s = (span.end - span.start) / self.ring.sample_rate if span is not None and span.end >= 0 else 0.0
@@ -813,7 +849,13 @@ class TtsWorker:
                 self.rates[voice].observe(job.plan.text, span.engine_frames / self.ring.sample_rate)
         self.send(
             wire.ChunkSynthesized.of(
-                req.request_id, job.index, dur_s, synth_ms, job.engine_used or "none", _wire_span(span)
+                req.request_id,
+                job.index,
+                dur_s,
+                synth_ms,
+                job.engine_used or "none",
+                _wire_span(span),
+                wait_ms=job.wait_s * 1000.0,
             )
         )
         if req.text_complete and req.queued == 0:
@@ -845,6 +887,8 @@ class TtsWorker:
             "fallback_chunks": self.fallback_chunks,
             "preemptions": self.preemptions,
             "restarts": self.restarts,
+            "compute_s": round(self.compute_s_total, 3),
+            "wait_s": round(self.wait_s_total, 3),
             "rss_mb": process_rss_mb(),
             # list(): metrics run on the runtime's tick thread while the loop may add a voice.
             "chars_per_s": {v: round(r.chars_per_s, 2) for v, r in list(self.rates.items())},

@@ -238,7 +238,9 @@ class ChunkSpan(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class ChunkSynthesized(Message, kw_only=True):
-    """A chunk's audio is in the ring: real duration and synthesis wall time.
+    """A chunk's audio is in the ring: real duration, the engine's compute time (``synth_ms``)
+    and, apart, how long pushing it waited for ring space (``wait_ms``: backpressure from the
+    overfill guard on a paced sink, no part of the engine's cost).
 
     The span fields are ``ChunkSpan``'s, flat on the wire (``span`` reads them back as one);
     ``out_end`` is -1 when the chunk produced no audio.
@@ -260,13 +262,23 @@ class ChunkSynthesized(Message, kw_only=True):
     kept: int = 0
     overlap_in: int = 0
     overlap_out: int = 0
+    wait_ms: float = 0.0  # the worker's wait for ring space while pushing this chunk
 
     @classmethod
     def of(
-        cls, request_id: str, index: int, dur_s: float, synth_ms: float, engine: str, span: ChunkSpan | None
+        cls,
+        request_id: str,
+        index: int,
+        dur_s: float,
+        synth_ms: float,
+        engine: str,
+        span: ChunkSpan | None,
+        wait_ms: float = 0.0,
     ) -> ChunkSynthesized:
         fields = msgspec.structs.asdict(span) if span is not None else {}
-        return cls(request_id=request_id, index=index, dur_s=dur_s, synth_ms=synth_ms, engine=engine, **fields)
+        return cls(
+            request_id=request_id, index=index, dur_s=dur_s, synth_ms=synth_ms, engine=engine, wait_ms=wait_ms, **fields
+        )
 
     @property
     def span(self) -> ChunkSpan | None:
@@ -339,6 +351,7 @@ class Status(Message, kw_only=True):
     ring: dict[str, Any] = msgspec.field(default_factory=dict)
     uptime_s: float = 0.0
     gpu: dict[str, Any] = msgspec.field(default_factory=dict)  # detection, tier, configuration in force
+    recent: dict[str, Any] = msgspec.field(default_factory=dict)  # TTFA p50/p95, underruns, RTF: last minutes
 
 
 class Subscribed(Message, kw_only=True):
@@ -499,6 +512,22 @@ class ConfigUpdate(Message, kw_only=True):
     changed: list[str] = msgspec.field(default_factory=list)
     prebuffer_start_s: float = -1.0  # -1: unchanged
     log_level: int = 0  # 0: unchanged
+# Added later (appended, so older peers keep their kinds): metrics for any control client
+# --------------------------------------------------------------------------------------------
+
+
+class MetricsQuery(Message, kw_only=True):
+    """Ask for a ``MetricsText`` reply: the server's Prometheus metrics, so a control client (an
+    HTTP gateway's ``/metrics``) can serve them without a port of its own on the supervisor."""
+
+    KIND: ClassVar[bytes] = b"metrics_query"
+
+
+class MetricsText(Message, kw_only=True):
+    """Reply to ``MetricsQuery``: the Prometheus text exposition format (version 0.0.4)."""
+
+    KIND: ClassVar[bytes] = b"metrics_text"
+    text: str = ""
 
 
 _ALL: tuple[type[Message], ...] = (
@@ -531,6 +560,8 @@ _ALL: tuple[type[Message], ...] = (
     ConfigValues,
     ConfigChanged,
     ConfigUpdate,
+    MetricsQuery,
+    MetricsText,
 )
 
 MESSAGE_TYPES: dict[bytes, type[Message]] = {cls.KIND: cls for cls in _ALL}
@@ -554,7 +585,17 @@ _ENCODER = msgspec.msgpack.Encoder(enc_hook=_encode_extra)
 
 #: Requests a client may send to the supervisor's control socket.
 CLIENT_REQUESTS: frozenset[bytes] = frozenset(
-    {Speak.KIND, Turn.KIND, Append.KIND, End.KIND, Cancel.KIND, StatusQuery.KIND, ConfigGet.KIND, ConfigSet.KIND}
+    {
+        Speak.KIND,
+        Turn.KIND,
+        Append.KIND,
+        End.KIND,
+        Cancel.KIND,
+        StatusQuery.KIND,
+        ConfigGet.KIND,
+        ConfigSet.KIND,
+        MetricsQuery.KIND,
+    }
 )
 
 

@@ -69,6 +69,7 @@ class SupervisorSettings:
     curve_clients_dir: str = ""
     curve_client_key: str = ""
     curve_server_public_key: str = ""
+    metrics: str = ""  # HOST:PORT of the Prometheus /metrics endpoint; "" = not served over HTTP
 
 
 @dataclass(frozen=True)
@@ -181,6 +182,12 @@ class TextActorSettings:
 
 
 @dataclass(frozen=True)
+class LogSettings:
+    level: Annotated[str, _one_of(*LOG_LEVELS)] = "warning"
+    format: Annotated[str, _one_of("text", "json")] = "text"
+
+
+@dataclass(frozen=True)
 class ActorsSettings:
     prelude: TextActorSettings = field(default_factory=TextActorSettings)
     narrative: TextActorSettings = field(default_factory=TextActorSettings)
@@ -220,11 +227,6 @@ class WebSettings:
     render_buffer_s: Annotated[float, _range(1.0, 3600.0)] = 60.0
     cors_origins: str = ""
     voices: WebVoiceSettings = field(default_factory=WebVoiceSettings)
-
-
-@dataclass(frozen=True)
-class LogSettings:
-    level: Annotated[str, _one_of(*LOG_LEVELS)] = "warning"
 
 
 @dataclass(frozen=True)
@@ -479,6 +481,11 @@ def _validated(settings: Settings, origins: Mapping[str, str]) -> Settings:
                 "binds a non-loopback address, so every request must carry a key: set web.api_key "
                 "(SKALD_WEB_API_KEY), or bind 127.0.0.1",
             )
+    if settings.supervisor.metrics:
+        try:
+            metrics_address(settings.supervisor.metrics)
+        except ValueError as exc:
+            fail("supervisor.metrics", str(exc))
     if settings.supervisor.control_endpoint and "://" not in settings.supervisor.control_endpoint:
         fail("supervisor.control_endpoint", "must be a ZeroMQ endpoint such as ipc:///path or tcp://127.0.0.1:5555")
     return settings
@@ -582,3 +589,17 @@ def flat_values(settings: Settings) -> dict[str, Any]:
 def env_word(dotted: str, raw: str) -> str:
     """``raw`` as a ``SKALD_*`` variable's value is read for ``dotted`` (yes/no/on/off for booleans)."""
     return _env_bool_word(dotted, raw)
+def metrics_address(text: str, default_host: str = "127.0.0.1") -> tuple[str, int]:
+    """``"HOST:PORT"``, ``":PORT"`` or ``"PORT"`` as ``(host, port)``; a bare port listens on
+    loopback only (metrics are for the machine's own scraper unless a host is named)."""
+    host, sep, port = text.strip().rpartition(":")
+    if not sep:
+        host = ""
+    host = host.strip("[]") or default_host
+    try:
+        number = int(port)
+    except ValueError:
+        number = -1
+    if not 0 <= number <= 65535:
+        raise ValueError("must be HOST:PORT or PORT, with a port from 0 to 65535 (e.g. 127.0.0.1:9464)")
+    return host, number

@@ -13,6 +13,11 @@
   * raw_rtf      raw piper-tts RTF over the same chunk texts, outside skald
   * underruns    total over all runs
   * rss_mb       peak resident memory of each process
+  * cpu_s_per_audio_s  CPU seconds (user + system) of the whole server, supervisor and actors,
+                 per second of audio, over the measured runs
+With ``--observe`` the server runs as it would be watched: ``--metrics`` (scraped every second
+by this script) and JSON logs at info level. ``--compare`` runs plain and observed servers
+alternately (``--pairs`` of each) and prints the ratios: the cost of metrics and logging.
 Every report names the machine, the engine and whether the weights are real.
 """
 
@@ -88,7 +93,48 @@ class RawPiper:
         return time.perf_counter() - t0, frames / self.rate
 
 
-def bench_core(args: argparse.Namespace) -> dict[str, Any]:
+def _tree_cpu_s(proc: Any) -> float:
+    """CPU seconds (user + system) used so far by ``proc`` and its live descendants."""
+    import psutil
+
+    total = 0.0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            times = p.cpu_times()
+            total += times.user + times.system
+        except psutil.NoSuchProcess:
+            pass
+    return total
+
+
+class Scraper:
+    """Scrapes a ``/metrics`` URL every ``period_s`` on a thread, as Prometheus would (faster)."""
+
+    def __init__(self, url: str, period_s: float = 1.0) -> None:
+        import threading
+
+        self.url, self.period_s, self.scrapes = url, period_s, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        import urllib.request
+
+        while not self._stop.wait(self.period_s):
+            with urllib.request.urlopen(self.url, timeout=5) as reply:
+                reply.read()
+            self.scrapes += 1
+
+    def stop(self) -> int:
+        self._stop.set()
+        self._thread.join(10)
+        return self.scrapes
+
+
+def bench_core(args: argparse.Namespace, observe: bool = False) -> dict[str, Any]:
+    import re
+
     from actors import wire
     from actors.client import SkaldClient
 
@@ -97,8 +143,21 @@ def bench_core(args: argparse.Namespace) -> dict[str, Any]:
     run_dir = parent / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
     log = (parent / "server.log").open("wb")
+    logging_args = ["--log-format", "json", "-v"] if observe else []
+    metrics_args = ["--metrics", "127.0.0.1:0"] if observe else []
     server = subprocess.Popen(
-        [sys.executable, "-m", "actors.cli", "serve", "--sink", args.sink, "--run-dir", str(run_dir)],
+        [
+            sys.executable,
+            "-m",
+            "actors.cli",
+            *logging_args,
+            "serve",
+            "--sink",
+            args.sink,
+            "--run-dir",
+            str(run_dir),
+            *metrics_args,
+        ],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,
@@ -112,6 +171,8 @@ def bench_core(args: argparse.Namespace) -> dict[str, Any]:
     cold_floor: list[float] = []
     first_text = ""
     raw = RawPiper()
+    scraper: Scraper | None = None
+    cpu_s = 0.0
     try:
         assert server.stdout is not None
         line = server.stdout.readline()
@@ -120,6 +181,10 @@ def bench_core(args: argparse.Namespace) -> dict[str, Any]:
         import psutil
 
         sup = psutil.Process(server.pid)
+        found = re.search(rb"metrics (http://\S+)", line)
+        if found:
+            scraper = Scraper(found.group(1).decode())
+        cpu_mark = 0.0
         with SkaldClient.for_run_dir(str(run_dir), timeout_s=10) as client:  # returns once its subscription is live
             for i in range(args.runs + 1):
                 if first_text:
@@ -140,6 +205,7 @@ def bench_core(args: argparse.Namespace) -> dict[str, Any]:
                 if i == 0:
                     # Warm-up: it tells us the first chunk's text; its TTFA has no floor sample.
                     first_text = planned[0]["text"]
+                    cpu_mark = _tree_cpu_s(sup)
                     continue
                 ttfas.append(finished.ttfa_ms)
                 chunks = [planned[k] for k in sorted(planned)]
@@ -153,7 +219,11 @@ def bench_core(args: argparse.Namespace) -> dict[str, Any]:
                     f"  run {i}/{args.runs}: TTFA {finished.ttfa_ms:6.1f} ms, underruns {finished.underruns}",
                     file=sys.stderr,
                 )
+        # The measured runs only (the warm-up and the floor samples between runs are this
+        # script's own process, not the server's).
+        cpu_s = _tree_cpu_s(sup) - cpu_mark
     finally:
+        scrapes = scraper.stop() if scraper is not None else 0
         server.terminate()
         server.wait(30)
         log.close()
@@ -186,7 +256,54 @@ def bench_core(args: argparse.Namespace) -> dict[str, Any]:
         "underruns": underruns,
         "rss_mb": {k: round(v, 1) for k, v in sorted(rss.items())},
         "chunks": len(chunks),
+        "observed": observe,
+        "metrics_scrapes": scrapes,
+        "log_lines": sum(1 for _ in (parent / "server.log").open("rb")),
+        "cpu_s_per_audio_s": round(cpu_s / pipe_audio, 4) if pipe_audio else None,
     }
+
+
+def compare_observability(args: argparse.Namespace) -> int:
+    """The cost of metrics and JSON logs: plain and observed servers alternately, in one run (the
+    shared machine's speed drifts; alternating spreads the drift over both)."""
+    results: dict[bool, list[dict[str, Any]]] = {False: [], True: []}
+    for pair in range(args.pairs):
+        for observe in (False, True):
+            print(f"pair {pair + 1}/{args.pairs}, {'observed' if observe else 'plain'}:", file=sys.stderr)
+            results[observe].append(bench_core(args, observe=observe))
+
+    def mean(observe: bool, key: str) -> float:
+        return statistics.fmean(r[key] for r in results[observe])
+
+    summary = {
+        "benchmark": "core --compare",
+        "machine": machine(),
+        "pairs": args.pairs,
+        "runs": args.runs,
+        **{
+            f"{key}_{kind}": round(mean(observe, key), 4)
+            for key in ("rtf", "raw_rtf", "cpu_s_per_audio_s", "ttfa_ms_p50")
+            for kind, observe in (("plain", False), ("observed", True))
+        },
+        "metrics_scrapes": sum(r["metrics_scrapes"] for r in results[True]),
+        "log_lines_observed": sum(r["log_lines"] for r in results[True]),
+        "each": {"plain": results[False], "observed": results[True]},
+    }
+    summary["rtf_ratio"] = round(summary["rtf_observed"] / summary["rtf_plain"], 4)
+    summary["cpu_ratio"] = round(summary["cpu_s_per_audio_s_observed"] / summary["cpu_s_per_audio_s_plain"], 4)
+    print(json.dumps({k: v for k, v in summary.items() if k != "each"}, indent=2))
+    print(
+        f"\nmetrics + JSON logs, {args.pairs} servers of each kind x {args.runs} narrations:\n"
+        f"  RTF (engine compute) plain {summary['rtf_plain']:.4f}, observed {summary['rtf_observed']:.4f} "
+        f"(x{summary['rtf_ratio']:.3f}); raw piper in the same runs {summary['raw_rtf_plain']:.4f} / "
+        f"{summary['raw_rtf_observed']:.4f}\n"
+        f"  server CPU per audio second plain {summary['cpu_s_per_audio_s_plain']:.4f} s, observed "
+        f"{summary['cpu_s_per_audio_s_observed']:.4f} s (x{summary['cpu_ratio']:.3f}); "
+        f"{summary['metrics_scrapes']} scrapes, {summary['log_lines_observed']} log lines",
+        file=sys.stderr,
+    )
+    write_json(args.json, summary)
+    return 0
 
 
 # Benchmarks that live in their own module scripts/bench_<name>.py, each with main(argv) -> int.
@@ -206,8 +323,13 @@ def main() -> int:
     core.add_argument("--json", help="also write the figures to this file")
     core.add_argument("--runs", type=int, default=12)
     core.add_argument("--sink", default="null", help="null (real-time clock) or device")
+    core.add_argument("--observe", action="store_true", help="serve with --metrics (scraped 1/s) and JSON info logs")
+    core.add_argument("--compare", action="store_true", help="plain and observed servers alternately; ratios")
+    core.add_argument("--pairs", type=int, default=2, help="with --compare: servers of each kind")
     args = parser.parse_args()
-    result = bench_core(args)
+    if args.compare:
+        return compare_observability(args)
+    result = bench_core(args, observe=args.observe)
     ratio = result["ttfa_ms_p50"] / result["floor_ms"] if result["floor_ms"] else float("nan")
     rtf_ratio = result["rtf"] / result["raw_rtf"] if result["raw_rtf"] else float("nan")
     print(json.dumps(result, indent=2))

@@ -195,6 +195,7 @@ class Server:
                 line = self.proc.stdout.readline()
                 if not line or time.monotonic() > deadline:
                     raise AssertionError(f"server did not start:\n{self.log()}")
+            self.banner = line.decode(errors="replace")  # endpoints (and metrics URL) as printed
         except BaseException:  # also pytest-timeout's Failed, raised inside readline()
             self.proc.kill()
             self.proc.wait()

@@ -41,6 +41,8 @@ def test_every_message_round_trips() -> None:
         wire.ConfigValues(values={"prebuffer.start_s": 0.5}, live=["prebuffer.start_s"], origins={}),
         wire.ConfigChanged(changed={"prebuffer.start_s": 1.0}, previous={"prebuffer.start_s": 0.5}, source="x"),
         wire.ConfigUpdate(settings={"prebuffer": {"start_s": 1.0}}, changed=["prebuffer.start_s"], log_level=20),
+        wire.MetricsQuery(),
+        wire.MetricsText(text="skald_requests_active 0.0\n"),
     ]
     assert {type(m) for m in samples} == set(wire.MESSAGE_TYPES.values())
     for msg in samples:

@@ -20,8 +20,8 @@ import msgspec
 
 from actors import wire
 from actors.cli.progress import RenderProgress, StartupProgress, interactive
-from actors.runtime import configure_logging
-from config.settings import ConfigError, Settings, load_settings, logging_level
+from actors.logs import LEVELS, LOG_FORMATS, configure_logging, stepped_level
+from config.settings import ConfigError, Settings, load_settings
 from supervisor import RequestRecord, Supervisor, SupervisorError, default_run_dir, endpoints
 
 
@@ -62,9 +62,9 @@ def _supervisor(args: argparse.Namespace, overrides: dict[str, Any], shared_run_
 
     settings = _settings(args, overrides)
     origins = setting_origins(args.config, overrides=overrides)
-    level = logging_level(settings.log.level)
-    logging.getLogger().setLevel(level)
-    sup = Supervisor(settings, shared_run_dir=shared_run_dir, log_level=level, origins=origins)
+    sup = Supervisor(
+        settings, shared_run_dir=shared_run_dir, log_level=args.log_level, origins=origins, log_format=args.log_format
+    )
     sup.live.config_file, sup.live.overrides = args.config, overrides  # what SIGHUP re-reads
     return sup
 
@@ -78,7 +78,11 @@ def cmd_speak(args: argparse.Namespace) -> int:
     settings = sup.settings
     sup.install_signal_handlers()
     # A bar for an offline render on a terminal; else one line per chunk (both off with --quiet).
-    progress = RenderProgress(sup, bar=args.unpaced and interactive(args.quiet), lines=not args.quiet)
+    # JSON logs: stderr holds JSON lines only; the chunks are the supervisor's event log lines.
+    text_out = args.log_format != "json"
+    progress = RenderProgress(
+        sup, bar=args.unpaced and interactive(args.quiet) and text_out, lines=not args.quiet and text_out
+    )
     sup.listeners.append(progress)
     try:
         with StartupProgress(sup, enabled=interactive(args.quiet)):
@@ -98,6 +102,11 @@ def cmd_speak(args: argparse.Namespace) -> int:
         if args.report:
             Path(args.report).parent.mkdir(parents=True, exist_ok=True)
             Path(args.report).write_text(json.dumps(report, indent=2) + "\n")
+        if args.log_format == "json":
+            _result_log.info(
+                "%s", rec.status, extra={"event": "speak_finished", "request_id": rec.request_id, **_summary(report)}
+            )
+            return 0 if rec.status == "done" and sup.exit_code == 0 else 1
         print(
             f"skald: {rec.status}; TTFA {report['ttfa_ms']:.0f} ms, RTF {report['rtf']:.3f}, "
             f"underruns {report['underruns']}"
@@ -114,6 +123,16 @@ def cmd_speak(args: argparse.Namespace) -> int:
         sup.shutdown()
 
 
+# The result of ``skald speak`` in JSON-log mode: always written, whatever the log level.
+_result_log = logging.getLogger("skald.result")
+_result_log.setLevel(logging.INFO)
+
+
+def _summary(report: dict[str, Any]) -> dict[str, Any]:
+    keys = ("ttfa_ms", "rtf", "wait_s", "underruns", "device_underflows", "audio_seconds", "sink")
+    return {k: report[k] for k in keys}
+
+
 def _report(sup: Supervisor, rec: RequestRecord) -> dict[str, Any]:
     # The span goes out as the wire's ChunkSpan fields, the same shape as in chunk_synthesized.
     chunks = [
@@ -122,19 +141,24 @@ def _report(sup: Supervisor, rec: RequestRecord) -> dict[str, Any]:
             "est_s": c.est_s,
             "dur_s": c.dur_s,
             "synth_ms": c.synth_ms,
+            "wait_ms": c.wait_ms,
             "engine": c.engine,
             "span": msgspec.to_builtins(c.span) if c.span is not None else {},
         }
         for _, c in sorted(rec.chunks.items())
     ]
     audio_s = rec.audio_s or sum(c.dur_s for c in rec.chunks.values())
+    # rtf: the engine's compute over the audio; wait_s: time the worker waited for ring space
+    # (the overfill guard on a paced sink), reported apart so neither hides in the other.
     synth_s = sum(c.synth_ms for c in rec.chunks.values()) / 1000.0
+    wait_s = sum(c.wait_ms for c in rec.chunks.values()) / 1000.0
     worker = sup.children[wire.Role.TTS_WORKER].info
     return {
         "request_id": rec.request_id,
         "status": rec.status,
         "ttfa_ms": rec.ttfa_ms,
         "rtf": synth_s / audio_s if audio_s else 0.0,
+        "wait_s": round(wait_s, 3),
         "underruns": rec.underruns,
         "device_underflows": rec.device_underflows,
         "audio_seconds": audio_s,
@@ -153,12 +177,19 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if args.http:
         # A bare port binds loopback, the safe default.
         overrides["web.http"] = f"127.0.0.1:{args.http}" if args.http.isdigit() else args.http
+    if args.metrics:
+        overrides["supervisor.metrics"] = args.metrics
     sup = _supervisor(args, overrides, shared_run_dir=True)
     sup.install_signal_handlers(reload_on_hangup=True)
     try:
         with StartupProgress(sup, enabled=interactive()):
             sup.start()
-        print(f"skald serving: control {sup.control_endpoint}  events {sup.events_endpoint}", flush=True)
+        where = sup.metrics.http_address
+        print(
+            f"skald serving: control {sup.control_endpoint}  events {sup.events_endpoint}"
+            + (f"  metrics http://{where[0]}:{where[1]}/metrics" if where else ""),
+            flush=True,
+        )
         if sup.gateway:
             print(f"skald http: {sup.children['web'].info.get('url', '')}", flush=True)
         sup.run()
@@ -351,15 +382,20 @@ def build_parser() -> argparse.ArgumentParser:
     from actors.cli.config_cmd import add_config_parser
     from actors.cli.devices import add_devices_parser
     from actors.cli.gpu import add_gpu_arguments, add_gpu_parser
+    from actors.cli.top import add_top_parser, run_top
     from actors.cli.voice import add_voice_parser, run_voice_command
     from actors.tts import ENGINES
 
     parser = argparse.ArgumentParser(prog="skald", description="Real-time streaming narration engine.")
     parser.add_argument("--config", help="TOML file overriding config/default.toml")
     parser.add_argument(
-        "-v", "--verbose", action="store_const", dest="log_level", const=logging.DEBUG, default=None
+        "-v", "--verbose", action="count", default=0, help="more log detail, one step each: warning -> info -> debug"
     )
-    parser.add_argument("--log-info", action="store_const", dest="log_level", const=logging.INFO)
+    parser.add_argument("--log-level", choices=LEVELS, help="log level (default: log.level, SKALD_LOG_LEVEL)")
+    parser.add_argument("--log-info", action="store_const", dest="log_level", const="info", help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--log-format", choices=LOG_FORMATS, help="text | json: one JSON object per line from every process"
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     speak = sub.add_parser("speak", help="speak TEXT or a file, then exit")
@@ -384,6 +420,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="also serve the HTTP API (OpenAI-compatible /v1/audio/speech; docs/http.md) on HOST:PORT "
         "(a bare PORT binds 127.0.0.1); a non-loopback HOST needs web.api_key",
     )
+    serve.add_argument(
+        "--metrics",
+        nargs="?",
+        const="127.0.0.1:9464",
+        metavar="HOST:PORT",
+        help="serve Prometheus /metrics over HTTP (default 127.0.0.1:9464; a bare PORT is loopback)",
+    )
     add_gpu_arguments(serve)
     serve.set_defaults(func=cmd_serve)
 
@@ -405,6 +448,10 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--endpoint", help="control endpoint (default: the serve run dir's control.sock)")
         p.add_argument("--run-dir", help="the server's run dir")
         p.add_argument("--timeout", type=float, default=5.0, help="seconds to wait for the server's reply")
+
+    top = add_top_parser(sub)  # actors/cli/top.py
+    client_options(top)
+    top.set_defaults(func=lambda a: run_top(a, lambda: _client(a, events=True)))
 
     say = sub.add_parser("say", help="send text to a running `skald serve`; prints the request id at once")
     say.add_argument("text", nargs="*", help="text to speak")
@@ -450,5 +497,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure_logging(args.log_level if args.log_level is not None else logging.WARNING)
+    _configure_logs(args)
     return int(args.func(args))
+
+
+def _configure_logs(args: argparse.Namespace) -> None:
+    """Level and format from the flags over ``log.*`` (config file, ``SKALD_LOG_*``); ``-v`` steps
+    from there. ``speak``/``serve`` run the supervisor in this process: it logs as "supervisor"."""
+    settings = _settings(args)
+    args.log_level = stepped_level(args.log_level or settings.log.level, args.verbose)
+    args.log_format = args.log_format or settings.log.format
+    configure_logging(args.log_level, args.log_format, "supervisor" if args.command in ("speak", "serve") else "cli")

@@ -37,7 +37,7 @@ from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import msgspec
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, PlainTextResponse, StreamingResponse
 from pydantic import BaseModel, Field, ValidationError
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -376,6 +376,14 @@ def build_app(gw: Gateway) -> FastAPI:
         default = str(info.get("voice") or "")
         aliases = {name: (getattr(web.voices, name) or default) for name in OPENAI_VOICES}
         return {"voices": [*own, *OPENAI_VOICES], "skald": own, "openai": aliases, "default": default}
+
+    @app.get("/metrics")
+    async def metrics() -> PlainTextResponse:
+        """skald's Prometheus metrics (the supervisor's, as ``skald serve --metrics`` serves them)."""
+        reply = await gw.control(wire.MetricsQuery())
+        if not isinstance(reply, wire.MetricsText):
+            raise ApiError(503, "the supervisor gave no metrics", code="metrics_unavailable")
+        return PlainTextResponse(reply.text, media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/healthz")
     async def healthz() -> JSONResponse:
