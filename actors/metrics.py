@@ -180,7 +180,6 @@ class ServerMetrics:
         self._ttfas: deque[tuple[float, float]] = deque()  # (t, ttfa_s)
         self._underrun_times: deque[float] = deque()
         self._engine_of: dict[str, str] = {}
-        self._cancelled_at: dict[str, float] = {}
         self._httpd: Any = None
         self._http_thread: threading.Thread | None = None
         self.http_address: tuple[str, int] | None = None
@@ -213,12 +212,11 @@ class ServerMetrics:
             if msg.device_underflows > 0:
                 self.device_underflows.inc(msg.device_underflows)
             self._engine_of.pop(msg.request_id, None)
-            if msg.status == "cancelled":
-                self._remember(self._cancelled_at, msg.request_id, now)
         elif isinstance(msg, wire.Silenced):
-            cancelled_at = self._cancelled_at.pop(msg.request_id, None)
-            if cancelled_at is not None and msg.was_audible:
-                self.cancel_to_silence.observe(max(0.0, msg.t_silent - cancelled_at))
+            # The contract (docs/protocol.md) puts silenced before request_finished: the cancel is
+            # timed from when the consumer applied it (its own clock, as t_silent's).
+            if msg.was_audible and msg.t_cancel_seen > 0:
+                self.cancel_to_silence.observe(max(0.0, msg.t_silent - msg.t_cancel_seen))
         elif isinstance(msg, wire.Error):
             self.errors.labels(msg.kind).inc()
             if msg.kind == "actor_crashed" and msg.actor:
