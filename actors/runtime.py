@@ -81,6 +81,8 @@ class ActorSpec:
     shm_names: tuple[str, ...] = ()
     log_level: int = logging.INFO
     gpu: ResolvedGpuConfig | None = None
+    #: The stage tee ring (audio consumer -> web actor), "" when no gateway runs.
+    tee_name: str = ""
 
     @property
     def config(self) -> Settings:
