@@ -96,6 +96,7 @@ class PlaybackCore:
     ) -> None:
         self.ring = ring
         self.tee = tee  # the stage tee's producer handle (web listeners), or None
+        self._tee_epoch_ns = 0  # the tee clock last published (DAC time of tee frame 0)
         self.sample_rate = ring.sample_rate
         self.blocksize = blocksize
         self.policy = prebuffer
@@ -158,7 +159,7 @@ class PlaybackCore:
             else:
                 out.fill(0)
             if self.tee is not None:
-                self._tee(self._silence, frames)
+                self._tee(self._silence, frames, dac_time)
             self._log_block(r, r, dac_time, PlaybackState.IDLE)
             return 0
         buf = self._float
@@ -231,16 +232,22 @@ class PlaybackCore:
             self._audible = False
         self._emit(frames, out)
         if self.tee is not None:
-            self._tee(buf, frames)
+            self._tee(buf, frames, dac_time)
         if self._upsampler is not None:
             self._filter_tail = self._upsampler.taps_per_phase if pos > 0 else self._filter_tail - frames
         self._log_block(r_start, r, dac_time, state)
         return pos
 
-    def _tee(self, block: np.ndarray, frames: int) -> None:
+    def _tee(self, block: np.ndarray, frames: int, dac_time: float) -> None:
         """Push the block just rendered into the stage tee; what does not fit is dropped and counted
-        (the web side is slow or gone). Two atomic ops and a memcpy: never a wait."""
+        (the web side is slow or gone). Two atomic ops and a memcpy: never a wait. When the DAC
+        clock moved against the tee's frame count (start, an underflow, dropped frames), the tee's
+        clock is published again (one more atomic store), so the web side paces by the DAC."""
         assert self.tee is not None
+        epoch_ns = int((dac_time - self.tee.write_index / self.sample_rate) * 1e9)
+        if abs(epoch_ns - self._tee_epoch_ns) > 100_000:  # 0.1 ms
+            self._tee_epoch_ns = epoch_ns
+            self.tee.publish_clock(max(1, epoch_ns))
         pushed = self.tee.push(block[:frames])
         self.stats[TEE_FRAMES] += pushed
         if pushed < frames:
