@@ -197,7 +197,7 @@ class Stage:
 
     def save(self) -> None:
         (self.out / "result.json").write_text(json.dumps(self.result, indent=1, default=str))
-        np.savez(self.out / "audio.npz", **self.audio)
+        np.savez(self.out / "audio.npz", **self.audio)  # type: ignore[arg-type]
 
 
 # ---------------------------------------------------------------------------------------- scenarios
@@ -227,7 +227,103 @@ async def listen(stage: Stage) -> None:
     stage.audio["ref_stopped"] = stage.reference(rid2)
 
 
-SCENARIOS = {"listen": (listen, 1)}
+async def started(stage: Stage, request_id: str) -> None:
+    assert stage.events is not None
+    await asyncio.to_thread(
+        stage.events.wait, lambda e: isinstance(e, wire.PlaybackStarted) and e.request_id == request_id
+    )
+
+
+async def crowd(stage: Stage) -> None:
+    """Three browsers hear one narration together; during a second one a fourth joins mid-way and
+    then one of the first three is killed."""
+    await stage.start()
+    b1 = await stage.open_browser("b1")
+    await stage.open_browser("b2")
+    await stage.open_browser("b3")
+    rid, t_click = await stage.speak_from(b1, SHORT)
+    await stage.finished(rid)
+    await stage.recorders["device"].wait_seconds(0.6)
+    stage.result["narration"] = {"request_id": rid, "t_click": t_click, **stage.event_times(rid)}
+    stage.audio["ref_narration"] = stage.reference(rid)
+    rid2, t_click2 = await stage.speak_from(b1, LONG)
+    await started(stage, rid2)
+    await stage.recorders["device"].wait_seconds(2.0)
+    stage.mark("join_requested")
+    await stage.open_browser("b4")  # mid-narration
+    await stage.recorders["device"].wait_seconds(1.0)
+    stage.result.setdefault("stats", {})["b2"] = await stage.stats("b2")
+    stage.mark("kill_b2")
+    killed = stage.browsers.pop("b2")
+    killed.kill()
+    await killed.close()
+    finished2 = await stage.finished(rid2)
+    await stage.recorders["device"].wait_seconds(0.6)
+    stage.result["long"] = {"request_id": rid2, "t_click": t_click2, "status": finished2.status,
+                            "underruns": finished2.underruns, **stage.event_times(rid2)}  # fmt: skip
+    stage.audio["ref_long"] = stage.reference(rid2)
+
+
+async def stall(stage: Stage) -> None:
+    """The web actor is SIGSTOPped for 2 s mid-narration: the device never notices; the browser
+    resumes at the live point after SIGCONT."""
+    await stage.start()
+    b1 = await stage.open_browser("b1")
+    rid, t_click = await stage.speak_from(b1, LONG)
+    await started(stage, rid)
+    await stage.recorders["device"].wait_seconds(1.5)
+    web = stage.actor_pid(wire.Role.WEB)
+    stage.mark("sigstop")
+    os.kill(web, signal.SIGSTOP)
+    try:
+        await stage.recorders["device"].wait_seconds(2.0)
+    finally:
+        os.kill(web, signal.SIGCONT)
+    stage.mark("sigcont")
+    finished = await stage.finished(rid)
+    await stage.recorders["device"].wait_seconds(0.6)
+    stage.result["long"] = {"request_id": rid, "t_click": t_click, "status": finished.status,
+                            "underruns": finished.underruns, "device_underflows": finished.device_underflows,
+                            **stage.event_times(rid)}  # fmt: skip
+    stage.audio["ref_long"] = stage.reference(rid)
+
+
+def nft(*args: str) -> None:
+    subprocess.run(["nft", *args], check=True, capture_output=True, text=True)
+
+
+async def loss(stage: Stage) -> None:
+    """5 % UDP loss for 5 s inside the namespace mid-narration, then a clean narration."""
+    await stage.start()
+    b1 = await stage.open_browser("b1")
+    await stage.open_browser("b2")
+    rid, t_click = await stage.speak_from(b1, LONG)
+    await started(stage, rid)
+    await stage.recorders["device"].wait_seconds(1.0)
+    nft("add", "table", "inet", "t")
+    nft("add", "chain", "inet", "t", "c", "{ type filter hook input priority 0; }")
+    nft("add", "rule", "inet", "t", "c", "meta", "l4proto", "udp", "numgen", "random", "mod", "100", "<", "5", "drop")
+    stage.mark("loss_on")
+    try:
+        await stage.recorders["device"].wait_seconds(5.0)
+    finally:
+        nft("delete", "table", "inet", "t")
+    stage.mark("loss_off")
+    finished = await stage.finished(rid)
+    await stage.recorders["device"].wait_seconds(0.6)
+    stage.result["long"] = {"request_id": rid, "t_click": t_click, "status": finished.status,
+                            "underruns": finished.underruns, **stage.event_times(rid)}  # fmt: skip
+    stage.audio["ref_long"] = stage.reference(rid)
+    stage.mark("clean_start")
+    rid2, t_click2 = await stage.speak_from(b1, SHORT)
+    await stage.finished(rid2)
+    await stage.recorders["device"].wait_seconds(0.6)
+    stage.mark("clean_end")
+    stage.result["narration"] = {"request_id": rid2, "t_click": t_click2, **stage.event_times(rid2)}
+    stage.audio["ref_narration"] = stage.reference(rid2)
+
+
+SCENARIOS = {"listen": (listen, 1), "crowd": (crowd, 4), "stall": (stall, 1), "loss": (loss, 2)}
 
 
 async def main(name: str, out: Path) -> int:

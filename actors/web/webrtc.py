@@ -56,6 +56,8 @@ MAX_QUEUED_FRAMES = 5
 #: After a stall of the web actor, audio older than this in the tee is skipped (back to live).
 LIVE_WINDOW_S = 0.5
 _POLL_S = 0.005
+#: The send lead (how far the consumer renders ahead of its DAC) is the least seen over this window.
+LEAD_WINDOW_S = 5.0
 _TIME_BASE = fractions.Fraction(1, OPUS_RATE)
 
 
@@ -111,6 +113,10 @@ class StageFeed:
         ready: collections.deque[tuple[float, bytes]] = collections.deque()  # (due, frame)
         base = self.ring.read_index  # tee frame where the resampler (re)started
         made = 0  # 48 kHz samples cut into frames since then
+        # How far ahead of its DAC time the consumer renders (its device's buffer): frames go out
+        # that much before their DAC time, so the browsers are not late by the device's buffer on
+        # top of their own. The least lead of the last few seconds: a burst never moves it earlier.
+        leads: collections.deque[tuple[float, float]] = collections.deque()
         while not self._stop.is_set():
             r = self.ring.read_index
             fill = self.ring.write_index - r
@@ -133,12 +139,20 @@ class StageFeed:
                 pending = np.concatenate([self._pending, out]) if len(self._pending) else out
                 n = len(pending) // FRAME_SAMPLES
                 epoch_s = self.ring.clock_epoch_ns() / 1e9
+                lead = 0.0
+                if epoch_s > 0:
+                    # DAC time of the newest tee frame, against now: how far ahead it was rendered.
+                    ahead = epoch_s + (r + got) / self.rate - now
+                    while leads and (leads[-1][1] >= ahead or leads[0][0] < now - LEAD_WINDOW_S):
+                        leads.pop() if leads[-1][1] >= ahead else leads.popleft()
+                    leads.append((now, ahead))
+                    lead = max(0.0, leads[0][1])
                 for i in range(n):
                     block = pending[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
                     # When the device plays this frame's first sample: the frame goes out then, so
                     # the listeners follow the DAC's clock, not the bursts in which a device with a
                     # deep buffer asks for audio. No clock published (yet): it goes out at once.
-                    due = epoch_s + (base + made * ratio) / self.rate if epoch_s > 0 else now
+                    due = epoch_s + (base + made * ratio) / self.rate - lead if epoch_s > 0 else now
                     if not now - 1.0 < due < now + 1.0:
                         due = now  # a clock that jumped (a restarted consumer): never hold a frame long
                     made += FRAME_SAMPLES
