@@ -115,6 +115,10 @@ class WebGateway:
         self._render_pool = concurrent.futures.ThreadPoolExecutor(
             max_workers=4, thread_name_prefix="web-render", initializer=_lower_thread_priority
         )
+        # Calls to the supervisor wait on its answers (and on each other, under the control lock).
+        # They have their own threads: aiortc encodes every listener's frames on the loop's default
+        # executor, and a pile of waiting status polls there would stop every listener's audio.
+        self._control_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="web-control")
 
     @property
     def address(self) -> str:
@@ -201,6 +205,7 @@ class WebGateway:
                 self.reader.end(stream_id, "failed", "the web actor is stopping", "internal")
             loop.run_until_complete(loop.shutdown_default_executor())
             self._render_pool.shutdown(wait=True, cancel_futures=True)
+            self._control_pool.shutdown(wait=False, cancel_futures=True)
             loop.close()
             for thread in threads:
                 thread.join(2.0)
@@ -276,7 +281,7 @@ class WebGateway:
 
     async def control(self, msg: wire.Message) -> wire.Message:
         try:
-            reply = await asyncio.to_thread(self._request, msg)
+            reply = await asyncio.get_running_loop().run_in_executor(self._control_pool, self._request, msg)
         except SkaldClientError as exc:
             raise ApiError(503, f"skald's supervisor did not answer: {exc}", code="supervisor_unavailable") from None
         if isinstance(msg, wire.Speak) and msg.output == "render" and isinstance(reply, wire.Accepted):
@@ -294,7 +299,7 @@ class WebGateway:
 
     async def actors_status(self) -> dict[str, Any]:
         try:
-            return await asyncio.to_thread(self._fetch_status)
+            return await asyncio.get_running_loop().run_in_executor(self._control_pool, self._fetch_status)
         except SkaldClientError as exc:
             raise ApiError(503, f"skald's supervisor did not answer: {exc}", code="supervisor_unavailable") from None
 

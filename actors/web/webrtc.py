@@ -141,8 +141,9 @@ class StageFeed:
                 epoch_s = self.ring.clock_epoch_ns() / 1e9
                 lead = 0.0
                 if epoch_s > 0:
-                    # DAC time of the newest tee frame, against now: how far ahead it was rendered.
-                    ahead = epoch_s + (r + got) / self.rate - now
+                    # DAC time of the oldest frame just read, against now: how far ahead it was
+                    # rendered. Its least value is a lead no frame arrives too late for (no bursts).
+                    ahead = epoch_s + r / self.rate - now
                     while leads and (leads[-1][1] >= ahead or leads[0][0] < now - LEAD_WINDOW_S):
                         leads.pop() if leads[-1][1] >= ahead else leads.popleft()
                     leads.append((now, ahead))
