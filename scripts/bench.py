@@ -190,7 +190,7 @@ def bench_core(args: argparse.Namespace) -> dict[str, Any]:
 
 
 # Benchmarks that live in their own module scripts/bench_<name>.py, each with main(argv) -> int.
-MODULE_BENCHES = ("xtts", "gpu", "quality", "cancel", "turn", "intelligibility", "http")
+MODULE_BENCHES = ("xtts", "gpu", "quality", "cancel", "turn", "intelligibility", "http", "webrtc")
 
 
 def main() -> int:

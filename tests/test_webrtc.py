@@ -19,12 +19,14 @@ bound for browsers is 0.85 per window and 0.95 overall.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import http.client
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -33,11 +35,42 @@ import numpy as np
 import pytest
 
 from tests.audio_rig import align
-from tests.conftest import ROOT, SESSION_ID, SESSION_VAR, Server
+from tests.conftest import ROOT, SESSION_ID, SESSION_VAR, Server, wait_until
 from tests.test_http import KEY, free_port
 from tests.test_speech_output import DETERMINISTIC, _window_scores
 
 RATE = 22050
+
+
+def _chromium_leftovers() -> list[str]:
+    """Browsers (and their profile dirs) of tests/browser_rig.py still around."""
+    import glob
+
+    import psutil
+
+    found = glob.glob(os.path.join(tempfile.gettempdir(), "skald-chromium-*"))
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any("skald-chromium-" in part for part in proc.info["cmdline"] or []):
+                found.append(f"pid {proc.info['pid']}")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_browser_left() -> Iterator[None]:
+    """The leak check for browsers (conftest's covers skald's processes, shm and run dirs; a web
+    actor whose aiortc tasks did not end would be a process left there)."""
+    before = set(_chromium_leftovers())
+    yield
+    left: list[str] = []
+
+    def gone() -> bool:
+        nonlocal left
+        left = [x for x in _chromium_leftovers() if x not in before]
+        return not left
+
+    wait_until(gone, timeout=10.0)
+    assert not left, f"browsers left behind: {left}"
 
 
 # ------------------------------------------------------------------------------------------- WHEP
@@ -131,6 +164,22 @@ def test_player_page_loads_without_a_key_and_the_api_behind_it_needs_one(keyed: 
     status, _, body = _request(port, "GET", "/v1/stage", headers={"Authorization": f"Bearer {KEY}"})
     stage = json.loads(body)
     assert status == 200 and stage["listeners"] == 0 and "underruns" in stage and stage["state"]
+
+
+def test_a_listener_that_never_connects_is_dropped_after_the_timeout(make_server: Callable[..., Server]) -> None:
+    """An offer answered but never followed by ICE (the page closed at once): the session is
+    dropped after web.listener_timeout_s and its slot freed."""
+    port = free_port()
+    make_server("--sink", "null", "--http", f"127.0.0.1:{port}", SKALD_WEB_LISTENER_TIMEOUT_S="1.5")
+
+    def stage() -> dict[str, Any]:
+        return dict(json.loads(_request(port, "GET", "/v1/stage")[2]))
+
+    status, _, _ = _request(port, "POST", "/whep", _offer_sdp().encode(), {"Content-Type": "application/sdp"})
+    assert status == 201
+    assert stage()["listeners"] == 1
+    assert wait_until(lambda: stage()["listeners"] == 0, timeout=30.0), stage()
+    assert stage()["listeners_timed_out"] == 1
 
 
 # ------------------------------------------------------------------------------ real browsers

@@ -323,7 +323,58 @@ async def loss(stage: Stage) -> None:
     stage.audio["ref_narration"] = stage.reference(rid2)
 
 
-SCENARIOS = {"listen": (listen, 1), "crowd": (crowd, 4), "stall": (stall, 1), "loss": (loss, 2)}
+BENCH_TEXT = "The door creaks open, and cold air spills over the broken steps."
+
+
+async def bench(stage: Stage) -> None:
+    """``scripts/bench webrtc``: N listeners (``BENCH_LISTENERS``), ``BENCH_REQUESTS`` narrations
+    sent over HTTP and heard to the end, then as many again cancelled 0.8 s after their audio
+    starts; the web actor's CPU time over the run."""
+    import aiohttp
+    import psutil
+
+    requests = int(os.environ.get("BENCH_REQUESTS", "10"))
+    await stage.start({"SKALD_PREBUFFER_START_S": "0.5", "SKALD_PREBUFFER_RESUME_S": "0.5"})
+    for i in range(1, stage.n + 1):
+        await stage.open_browser(f"b{i}")
+    web = psutil.Process(stage.actor_pid(wire.Role.WEB))
+    cpu0, t0 = web.cpu_times(), time.monotonic()
+    stage.mark("measure_start")
+    played: list[dict[str, Any]] = []
+    cancelled: list[dict[str, Any]] = []
+    async with aiohttp.ClientSession() as http:
+        for i in range(2 * requests):
+            cancel = i >= requests
+            t_send = wall()
+            async with http.post(f"{stage.url}/v1/narration", json={"text": BENCH_TEXT}) as resp:
+                rid = (await resp.json())["request_id"]
+            item: dict[str, Any] = {"request_id": rid, "t_send": t_send}
+            if cancel:
+                await started(stage, rid)
+                await stage.recorders["device"].wait_seconds(0.8)
+                item["t_cancel"] = wall()
+                async with http.post(f"{stage.url}/v1/narration/cancel", json={"all": True}) as resp:
+                    await resp.read()
+            finished = await stage.finished(rid)
+            item.update(status=finished.status, ttfa_ms=finished.ttfa_ms, underruns=finished.underruns)
+            await stage.recorders["device"].wait_seconds(0.8)  # the tail reaches every browser
+            (cancelled if cancel else played).append(item)
+    cpu1, t1 = web.cpu_times(), time.monotonic()
+    stage.mark("measure_end")
+    stage.result["bench"] = {
+        "listeners": stage.n, "played": played, "cancelled": cancelled,
+        "web_cpu_pct": 100.0 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (t1 - t0),
+    }  # fmt: skip
+
+
+SCENARIOS = {
+    "listen": (listen, 1),
+    "crowd": (crowd, 4),
+    "stall": (stall, 1),
+    "loss": (loss, 2),
+    "bench1": (bench, 1),
+    "bench3": (bench, 3),
+}
 
 
 async def main(name: str, out: Path) -> int:
