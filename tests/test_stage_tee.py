@@ -89,3 +89,49 @@ def test_a_full_tee_drops_for_the_web_side_only_and_never_allocates() -> None:
         producer.close()
         owner.close()
         owner.unlink()
+
+
+def test_stage_feed_sends_20ms_frames_of_the_tee_at_their_dac_time_never_before() -> None:
+    """The web side of the tee: 0.45 s pushed at once (a device with a deep buffer asking for a
+    burst; beyond ``LIVE_WINDOW_S`` it would count as a stalled web side) goes out as 20 ms frames
+    of 48 kHz s16 paced by the published clock: frame k leaves no earlier than k × 20 ms after
+    frame 0 (the device plays them 20 ms apart), never as a burst, and carries the tee's tone."""
+    import threading
+    import time
+
+    from actors.web.webrtc import FRAME_SAMPLES, OPUS_RATE, StageFeed
+
+    owner, producer = _tee_ring(seconds=2.0)
+    reader = PcmRing.attach(owner.name, "consumer")
+    sent: list[tuple[float, bytes]] = []
+    enough = threading.Event()
+
+    def on_frame(frame: bytes) -> None:
+        sent.append((time.monotonic(), frame))
+        if len(sent) >= 18:
+            enough.set()
+
+    feed = StageFeed(reader, on_frame)
+    try:
+        feed.start()
+        x = tone(440.0, 0.45)
+        epoch = time.monotonic() + 0.05  # the device plays tee frame 0 50 ms from now
+        producer.publish_clock(int(epoch * 1e9))
+        assert producer.push(x) == len(x)
+        assert enough.wait(30.0), f"only {len(sent)} frames"
+    finally:
+        feed.stop()
+        reader.close()
+        producer.close()
+        owner.close()
+        owner.unlink()
+    frames = [np.frombuffer(f, dtype="<i2") for _, f in sent[:18]]
+    assert all(len(f) == FRAME_SAMPLES for f in frames)
+    for k, (t, _) in enumerate(sent[:18]):
+        due = sent[0][0] + k * FRAME_SAMPLES / OPUS_RATE
+        assert t >= due - 0.002, f"frame {k} left {1000 * (due - t):.1f} ms ahead of the device's clock"
+    assert sent[17][0] - sent[0][0] >= 17 * 0.020 - 0.004, "the burst went out at once"
+    audio = np.concatenate(frames[2:17]).astype(np.float64) / 32767.0
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    peak_hz = np.argmax(spectrum) * OPUS_RATE / len(audio)
+    assert abs(peak_hz - 440.0) < 5.0 and 0.45 < np.max(np.abs(audio)) < 0.55
