@@ -120,6 +120,7 @@ async function disconnect() {
 async function speak() {
   const text = $("text").value.trim();
   if (!text) { say("Type something to speak first.", "error"); $("text").focus(); return; }
+  restoreVolume(0);
   try {
     const body = {text: text, barge_in: $("bargein").checked ? "interrupt" : "queue"};
     const reply = await api("/v1/narration", body);
@@ -129,12 +130,29 @@ async function speak() {
   } catch (e) { say(e.message, "error"); }
 }
 
+// Stop fades this page out at once (20 ms), while the cancel travels: the stage's own fade reaches
+// the browsers a jitter buffer later (other listeners hear that one). The volume comes back once
+// the faded stage has had time to arrive, or at the next Speak.
+let restoreTimer = null;
+function fadeLocally() {
+  const audio = $("audio");
+  const from = Number($("volume").value);
+  [0.5, 0.25, 0.1, 0].forEach((k, i) => setTimeout(() => { audio.volume = from * k; }, 5 * i));
+  clearTimeout(restoreTimer);
+}
+function restoreVolume(afterMs) {
+  clearTimeout(restoreTimer);
+  restoreTimer = setTimeout(() => { $("audio").volume = Number($("volume").value); }, afterMs);
+}
+
 async function stop() {
   player.log.push({what: "stop", t: performance.now()});
+  fadeLocally();
   try {
     await api("/v1/narration/cancel", {all: true});
     say("Stopped: everything on the stage was cancelled.", "ok");
   } catch (e) { say(e.message, "error"); }
+  restoreVolume(600);
 }
 
 // ------------------------------------------------------------------ the live panel
