@@ -319,22 +319,38 @@ def test_a_stalled_web_actor_never_reaches_the_device_and_listeners_resume(tmp_p
     result, audio = run_scenario("stall", tmp_path)
     long = result["long"]
     ref = audio["ref_long"]
-    check_device_plays(ref, audio["rec_device"])  # no gap on the device through the 2 s stall
+    marks = result["marks"]
+    # No gap on the device from 0.5 s before the SIGSTOP to the end of the narration: the reference
+    # from there on is in the device recording whole and unslipped.
+    onset, _ = align(ref[: 2 * RATE], audio["rec_device"], RATE)
+    device_onset = result["rec_t0"]["device"] + onset / RATE
+    cut = int((marks["sigstop"] - 0.5 - device_onset) * RATE)
+    assert 0 < cut < len(ref) - 5 * RATE, "the SIGSTOP did not fall inside the narration"
+    check_device_plays(ref[cut:], clip(result, audio, "device", marks["sigstop"] - 1.5)[0])
     assert long["status"] == "done" and long["underruns"] == 0, long
-    # After SIGCONT the browser hears the stage again, at the live point: the reference after
-    # SIGCONT + 1 s is in its recording, at the moment the device played it (within 120 ms:
-    # the browser's jitter buffer, refilled after the stall, is not yet settled back).
-    device_offset = check_device_plays(ref, audio["rec_device"])
-    device_onset = result["rec_t0"]["device"] + device_offset / RATE
-    cut = int((result["marks"]["sigcont"] + 1.0 - device_onset) * RATE)
-    assert 0 < cut < len(ref) - 2 * RATE
-    offset, _ = check_browser_plays(ref[cut:], audio["rec_b1"], min_windows=10)
-    lag_ms = 1000.0 * (result["rec_t0"]["b1"] + offset / RATE - (device_onset + cut / RATE))
-    print(f"after SIGCONT, browser - device {lag_ms:.0f} ms")
-    assert -50.0 <= lag_ms <= 200.0
+    # After SIGCONT the browser hears the stage again, from its live point: the speech envelope the
+    # device played in the 3 s after SIGCONT + 1 s is in the browser's recording less than 0.6 s
+    # later (a browser served the two stalled seconds would be 2 s behind). Envelopes, not
+    # samples: Chromium's jitter buffer time-stretches for a while after a 2 s hole.
+    t_from = marks["sigcont"] + 1.0
+    dev, _ = clip(result, audio, "device", t_from, t_from + 3.0)
+    rec, _ = clip(result, audio, "b1", t_from, t_from + 4.5)
+    hop = RATE // 100  # 10 ms
+
+    def envelope(x: np.ndarray) -> np.ndarray:
+        frames = x[: len(x) // hop * hop].astype(np.float64).reshape(-1, hop)
+        return np.sqrt(np.mean(frames**2, axis=1))
+
+    e_dev, e_rec = envelope(dev), envelope(rec)
+    assert e_dev.max() > 1000, "the device played no speech after SIGCONT (the narration ended too soon)"
+    lags = range(len(e_rec) - len(e_dev) + 1)
+    scores = [float(np.corrcoef(e_dev, e_rec[k : k + len(e_dev)])[0, 1]) for k in lags]
+    best = int(np.argmax(scores))
+    print(f"after SIGCONT the browser follows the device by {10 * best} ms (envelope r {scores[best]:.2f})")
+    assert scores[best] > 0.45 and 10 * best < 600, (best, scores[best])  # unrelated speech: r < 0.3
     series = result["stats"]["b1"]
-    after = stats_after(series, result["marks"]["sigcont"] + 1.0)
-    assert after["packetsReceived"] > 100 and after["concealedSamples"] == 0, after
+    after = stats_after(series, t_from)
+    assert after["packetsReceived"] > 100 and after["packetsLost_total"] == 0 and after["concealedSamples"] == 0, after
     # PortAudio's own count (the rig's callback was late): last, as in the device tests.
     assert long["device_underflows"] == 0, long
 
