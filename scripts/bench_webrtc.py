@@ -5,9 +5,10 @@ on the player page (one null sink each, recorded with ``parec``), all inside a p
 namespace (``unshare -n``): ``tests/webrtc_scenario.py bench1`` / ``bench3``. For N = 1 and 3
 listeners, N requests heard whole and N cancelled 0.8 s into their audio:
 
-* ``browser_ttfa_ms_p50/p95``: ``POST /v1/narration`` sent → the first audible sample (|x| > 500)
-  in each browser's recording; ``device_ttfa_ms_p50``: the same on the device's recording, same
-  requests; ``browser_minus_device_ms_p50``: the median per-request difference.
+* ``device_ttfa_ms_p50``: ``POST /v1/narration`` sent → the first audible sample (|x| > 500) in
+  the device's recording; ``browser_ttfa_ms_p50/p95``: sent → where that same first 0.5 s of
+  audio starts in each browser's recording (cross-correlation: the previous request's tail may
+  still sound there); ``browser_minus_device_ms_p50``: the median per-request difference.
 * ``listener_onset_spread_ms``: per request, latest − earliest browser onset (N = 3), median.
 * ``cancel_to_browser_silence_ms_p50/p95``: the cancel sent → the last audible sample after it.
 * ``concealed_per_min``: getStats concealedSamples per minute of listening (after the first
@@ -46,6 +47,17 @@ def _first_loud(rec: np.ndarray, t0: float, t_from: float, t_to: float) -> float
     return None if loud.size == 0 else t0 + (lo + int(loud[0])) / RATE
 
 
+def _find(template: np.ndarray, rec: np.ndarray, t0: float, t_from: float, t_to: float) -> float | None:
+    """Wall time where ``template`` starts in ``rec`` between two wall times (None if not found)."""
+    from tests.audio_rig import align
+
+    lo, hi = max(0, int((t_from - t0) * RATE)), min(len(rec), int((t_to - t0) * RATE) + len(template))
+    if hi - lo <= len(template):
+        return None
+    lag, score = align(template, rec[lo:hi], RATE)
+    return t0 + (lo + lag) / RATE if score > 0.8 else None
+
+
 def _last_loud(rec: np.ndarray, t0: float, t_from: float, t_to: float) -> float | None:
     lo, hi = max(0, int((t_from - t0) * RATE)), min(len(rec), int((t_to - t0) * RATE))
     loud = np.flatnonzero(np.abs(rec[lo:hi].astype(np.int32)) > LOUD)
@@ -72,7 +84,14 @@ def run(listeners: int, requests: int) -> dict[str, Any]:
     browser_ttfa, device_ttfa, diffs, spreads = [], [], [], []
     for item, end in zip(bench["played"], ends, strict=False):
         dev = _first_loud(audio["rec_device"], t0["device"], item["t_send"], end)
-        onsets = [_first_loud(audio[f"rec_{n}"], t0[n], item["t_send"], end + 1.0) for n in names]
+        if dev is None:
+            continue
+        # The browsers play the same sentence as the previous request a little later, so its tail
+        # may still sound after t_send: each browser's onset is where the device's first 0.5 s
+        # of this request is found in its recording (cross-correlation), not its first loud sample.
+        lo = int((dev - t0["device"]) * RATE)
+        template = audio["rec_device"][lo : lo + RATE // 2].astype(np.float64) / 32768.0
+        onsets = [_find(template, audio[f"rec_{n}"], t0[n], dev - 0.05, dev + 1.5) for n in names]
         heard = [o for o in onsets if o is not None]
         if dev is None or not heard:
             continue
