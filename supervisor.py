@@ -87,7 +87,9 @@ HEALTHY_RESET_S = 60.0  # an actor alive this long gets its restart count back
 #: anyway (the consumer answers within a callback block or two; this covers a hung one).
 SILENCE_REPORT_S = 2.0
 
-_SHM_NAME = re.compile(r"^skald-(\d+)-(?:pcm|render)$")
+_SHM_NAME = re.compile(r"^skald-(\d+)-(?:pcm|render|stage)$")
+#: The stage tee holds this much audio for the web actor; beyond it the consumer drops (web side only).
+STAGE_TEE_S = 2.0
 
 
 class SupervisorError(RuntimeError):
@@ -287,6 +289,7 @@ class Supervisor:
         self._curve: Any = None  # actors.security.CurveServer, with a tcp:// endpoint
         self._fronts: list[zmq.Socket[Any]] = []  # control ROUTERs: ipc, and tcp when configured
         self._pubs: list[zmq.Socket[Any]] = []  # events XPUBs: likewise
+        self._stage_tee: Any = None
         self._started = time.monotonic()
         self._closed = False
         self._finalizer: weakref.finalize[Any, Any] | None = None
@@ -325,6 +328,18 @@ class Supervisor:
     def render_ring_name(self) -> str:
         """The render worker -> gateway ring (only with ``web.http``)."""
         return f"skald-{os.getpid()}-render"
+
+    @property
+    def stage_tee_name(self) -> str:
+        """The audio consumer -> gateway ring of what the stage plays (only with ``web.http``)."""
+        return f"skald-{os.getpid()}-stage"
+
+    @property
+    def shm_names(self) -> tuple[str, ...]:
+        """Every segment this supervisor creates (an orphaned actor removes them on its way out)."""
+        if self.gateway:
+            return (self.ring_name, self.render_ring_name, self.stage_tee_name)
+        return (self.ring_name,)
 
     @property
     def gateway(self) -> bool:
@@ -367,6 +382,7 @@ class Supervisor:
             self._render_ring = PcmRing.create(
                 self.render_ring_name, int(ring_cfg.capacity_s * rate), rate, ring_cfg.max_fill_s
             )
+            self._stage_tee = PcmRing.create(self.stage_tee_name, int(STAGE_TEE_S * rate), rate, STAGE_TEE_S)
         self._ctx = zmq.Context()
         self._backend = self._bind(zmq.ROUTER, self.backend_endpoint)
         self._backend.setsockopt(zmq.ROUTER_MANDATORY, 1)
@@ -460,10 +476,11 @@ class Supervisor:
             run_dir=str(self.run_dir),
             parent_pid=os.getpid(),
             ring_name=self.render_ring_name if child.role in RENDER_ROLES else self.ring_name,
-            shm_names=(self.ring_name, self.render_ring_name) if self.gateway else (self.ring_name,),
+            shm_names=self.shm_names,
             log_level=self.log_level,
             gpu=self.gpu,
             log_format=self.log_format,
+            tee_name=self.stage_tee_name if self.gateway and child.role in (AUDIO_CONSUMER, WEB) else "",
         )
         child.proc = self._mp.Process(target=_entry(child.role), args=(spec,), name=f"skald::{child.role}")
         child.proc.start()
@@ -1182,5 +1199,9 @@ class Supervisor:
             self._render_ring.close()
             self._render_ring.unlink()
             self._render_ring = None
+        if self._stage_tee is not None:
+            self._stage_tee.close()
+            self._stage_tee.unlink()
+            self._stage_tee = None
         shutil.rmtree(self.run_dir, ignore_errors=True)
         shutdown_log.info("skald.shutdown: done (exit code %d)", self.exit_code)

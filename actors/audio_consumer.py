@@ -28,6 +28,14 @@ The callback plays only announced frames (below PLAY_LIMIT), so a cancelled requ
 that was pushed a moment before the cancel can be skipped rather than heard. When a skip cuts
 audio that is playing, the first ``fade_ms`` of the cut audio is played with a linear ramp to
 zero, so the stop is a fade, not a click.
+
+The **stage tee** (only when the supervisor runs the HTTP gateway): every block the callback
+renders — fades, skips, silence and all, at the ring rate, before any upsampling — is also pushed
+into a second SPSC ring (``ActorSpec.tee_name``) that the web actor reads for its WebRTC
+listeners. The push never waits: when the web side is slow, stopped or absent, the frames that do
+not fit are dropped for the web side only and counted (``tee_dropped_frames``); the device never
+notices. Because the tee carries silence too, its frames are the stage clock the listeners are
+paced by, on every sink (``--sink null`` included).
 """
 
 from __future__ import annotations
@@ -59,6 +67,7 @@ log = logging.getLogger("skald.audio_consumer")
 PLAY_LIMIT, EXPECTING, WIN_TABLE, N_WIN_0, N_WIN_1 = range(5)
 MAX_WINDOWS = 16
 UNDERRUNS, UNDERRUN_FRAMES, BLOCKS, STATE, LOG_COUNT, DEVICE_UNDERFLOWS, CUTS, CALLBACK_REALTIME = range(8)
+TEE_FRAMES, TEE_DROPPED = 8, 9  # stage tee: frames pushed for the web side, frames it had no room for
 LOG_N = 512  # timing-log entries (about 6 s of 256-frame blocks at 22.05 kHz)
 
 
@@ -83,14 +92,17 @@ class PlaybackCore:
         dither: bool = False,
         dither_seed: int | None = None,
         max_frames: int = 0,
+        tee: PcmRing | None = None,
     ) -> None:
         self.ring = ring
+        self.tee = tee  # the stage tee's producer handle (web listeners), or None
+        self._tee_epoch_ns = 0  # the tee clock last published (DAC time of tee frame 0)
         self.sample_rate = ring.sample_rate
         self.blocksize = blocksize
         self.policy = prebuffer
         self.ctl = np.zeros(5, dtype=np.int64)
         self.windows = np.zeros((2, MAX_WINDOWS, 2), dtype=np.int64)
-        self.stats = np.zeros(8, dtype=np.int64)
+        self.stats = np.zeros(10, dtype=np.int64)
         # DAC time at which the output went silent (or moved on) after the last skip-window
         # jump, and the ring index the jump started from; stats[CUTS] counts jumps. Written by
         # the callback before it bumps the count, read by control after it sees the count move.
@@ -120,6 +132,7 @@ class PlaybackCore:
             self._up = np.zeros(self.max_frames * self.upsample, dtype=np.float32)
             self.output_delay_s = self._upsampler.delay_s(self.sample_rate)
         self._int16 = Int16Converter(self.max_frames * self.upsample, dither=dither, seed=dither_seed)
+        self._silence = np.zeros(self.max_frames, dtype=np.float32)  # what the tee gets on idle blocks
 
     def render(self, out: np.ndarray, dac_time: float) -> int:
         """Fill ``out`` (int16, 1-D, ``upsample`` × the ring frames of this block) completely;
@@ -145,6 +158,8 @@ class PlaybackCore:
                 self._filter_tail -= frames
             else:
                 out.fill(0)
+            if self.tee is not None:
+                self._tee(self._silence, frames, dac_time)
             self._log_block(r, r, dac_time, PlaybackState.IDLE)
             return 0
         buf = self._float
@@ -216,10 +231,27 @@ class PlaybackCore:
                 self.stats[UNDERRUN_FRAMES] += frames - pos
             self._audible = False
         self._emit(frames, out)
+        if self.tee is not None:
+            self._tee(buf, frames, dac_time)
         if self._upsampler is not None:
             self._filter_tail = self._upsampler.taps_per_phase if pos > 0 else self._filter_tail - frames
         self._log_block(r_start, r, dac_time, state)
         return pos
+
+    def _tee(self, block: np.ndarray, frames: int, dac_time: float) -> None:
+        """Push the block just rendered into the stage tee; what does not fit is dropped and counted
+        (the web side is slow or gone). Two atomic ops and a memcpy: never a wait. When the DAC
+        clock moved against the tee's frame count (start, an underflow, dropped frames), the tee's
+        clock is published again (one more atomic store), so the web side paces by the DAC."""
+        assert self.tee is not None
+        epoch_ns = int((dac_time - self.tee.write_index / self.sample_rate) * 1e9)
+        if abs(epoch_ns - self._tee_epoch_ns) > 100_000:  # 0.1 ms
+            self._tee_epoch_ns = epoch_ns
+            self.tee.publish_clock(max(1, epoch_ns))
+        pushed = self.tee.push(block[:frames])
+        self.stats[TEE_FRAMES] += pushed
+        if pushed < frames:
+            self.stats[TEE_DROPPED] += frames - pushed
 
     def _emit(self, frames: int, out: np.ndarray) -> None:
         """float32 block → (upsampled) → int16 ``out``."""
@@ -684,9 +716,17 @@ class AudioConsumer:
     """Ring + callback core + control + sink, an ``actors.runtime.Actor``; runs in its own
     process (built by ``from_spec``) or in-process in tests."""
 
-    def __init__(self, settings: Settings, ring: PcmRing, send: Send, start_s: float | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        ring: PcmRing,
+        send: Send,
+        start_s: float | None = None,
+        tee: PcmRing | None = None,
+    ) -> None:
         self.nice: int | None = None  # the process's nice value once from_spec raised it
         self._owns_ring = False
+        self.tee = tee  # stage tee producer (closed here when from_spec attached it)
         self.settings = settings
         self.ring = ring
         self.send = send
@@ -713,6 +753,7 @@ class AudioConsumer:
             settings.audio.fade_ms,
             upsample=upsample,
             dither=settings.dsp.dither,
+            tee=tee,
         )
         self.control = ConsumerControl(self.core, send)
         self.sink = build_sink(settings, self.core, device)
@@ -754,6 +795,11 @@ class AudioConsumer:
             "blocks": int(stats[BLOCKS]),
             "rebuffers": self.core.policy.rebuffer_count,
             "rss_mb": process_rss_mb(),
+            **(
+                {"tee_frames": int(stats[TEE_FRAMES]), "tee_dropped_frames": int(stats[TEE_DROPPED])}
+                if self.tee is not None
+                else {}
+            ),
         }
 
     def run(self, stop: threading.Event, inbox: queue.Queue[wire.Message]) -> None:
@@ -801,6 +847,8 @@ class AudioConsumer:
         self.sink.stop()
         if self._owns_ring:
             self.ring.close()
+            if self.tee is not None:
+                self.tee.close()
 
     @classmethod
     def from_spec(cls, spec: ActorSpec, send: Send) -> Self:
@@ -810,11 +858,17 @@ class AudioConsumer:
         nice = raise_audio_priority()
         ring = PcmRing.attach(spec.ring_name, "consumer")
         ring.start_heartbeat()
+        tee: PcmRing | None = None
         try:
+            if spec.tee_name:  # the web actor's listeners hear the stage through it
+                tee = PcmRing.attach(spec.tee_name, "producer")
+                tee.start_heartbeat()
             start_s = spec.gpu.config.prebuffer_s if spec.gpu is not None else None
-            consumer = cls(spec.config, ring, send, start_s=start_s)
+            consumer = cls(spec.config, ring, send, start_s=start_s, tee=tee)
         except Exception:
             ring.close()
+            if tee is not None:
+                tee.close()
             raise
         consumer.nice = nice
         consumer._owns_ring = True

@@ -83,6 +83,8 @@ class ActorSpec:
     log_level: int = logging.INFO
     gpu: ResolvedGpuConfig | None = None
     log_format: str = "text"  # "text" or "json" (``actors.logs``): every process logs alike
+    #: The stage tee ring (audio consumer -> web actor), "" when no gateway runs.
+    tee_name: str = ""
 
     @property
     def config(self) -> Settings:

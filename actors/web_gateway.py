@@ -9,6 +9,9 @@
                           ▲                 ▲ Segment (actors.sock, from the supervisor)      │
                           └──── RequestFinished / Error of a render ◄─────────────────────────┘
 
+    browsers ◄── WebRTC/Opus (aiortc) ◄── Listeners ◄── StageFeed ◄── stage tee (shm) ◄── audio consumer
+             ──► POST /whep, the player page at / (actors.web.listen, actors.web.webrtc)
+
 It is an actor like the others (spawned by the supervisor, READY with deadline, restarted when it
 dies, parent-death exit, errors as data) and, towards the rest of skald, a control client like any
 orchestrator: it sends ``Speak``/``Cancel`` over the control socket and follows the events
@@ -17,7 +20,8 @@ through the render ring, never over ZeroMQ.
 
 Threads: the main thread runs the asyncio loop and uvicorn; ``web-messages`` handles the actor
 inbox (the ring reader, which may wait on a slow client: see ``actors.web.renders``);
-``web-events`` reads the events socket and hands events to the loop; the control socket is used
+``web-events`` reads the events socket and hands events to the loop; ``web-stage-feed`` reads the
+stage tee and hands 20 ms frames to the WebRTC listeners on the loop; the control socket is used
 from the loop's executor threads under a lock. The HTTP socket is bound in ``from_spec``, before
 READY, so "ready" means "accepting connections" and a busy port fails start-up with its name.
 """
@@ -25,6 +29,7 @@ READY, so "ready" means "accepting connections" and a busy port fails start-up w
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -32,8 +37,8 @@ import queue
 import socket
 import threading
 import time
-from collections.abc import Iterator
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Iterator
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import uvicorn
 
@@ -41,7 +46,9 @@ from actors import wire
 from actors.client import SkaldClient, SkaldClientError
 from actors.runtime import ActorSpec, Send, process_rss_mb, run_actor
 from actors.web.api import ApiError, build_app
+from actors.web.listen import add_listen_routes
 from actors.web.renders import RenderReader
+from actors.web.webrtc import Listeners, StageFeed, is_loopback_bind
 from config.settings import Settings
 from shm import PcmRing
 
@@ -77,9 +84,17 @@ class WebGateway:
     """The web actor's state, an ``actors.runtime.Actor``."""
 
     def __init__(
-        self, settings: Settings, ring: PcmRing, send: Send, sock: socket.socket, endpoints: wire.Endpoints
+        self,
+        settings: Settings,
+        ring: PcmRing,
+        send: Send,
+        sock: socket.socket,
+        endpoints: wire.Endpoints,
+        tee: PcmRing | None = None,
     ) -> None:
         self.settings = settings
+        self.tee = tee  # the stage tee's consumer handle (WebRTC listeners), None in-process without one
+        self.listeners: Listeners | None = None
         self.reader = RenderReader(ring, settings.web.render_buffer_s)
         self._send = send
         self._sock = sock
@@ -94,7 +109,16 @@ class WebGateway:
         self._loop: asyncio.AbstractEventLoop | None = None
         self.renders_done = 0
         self.renders_started = 0
-        self.owned: list[Any] = [ring]
+        self.owned: list[Any] = [ring] if tee is None else [ring, tee]
+        # Render encoding (opus, mp3 ...) yields to the stage: its threads run at a lower priority,
+        # while the loop that sends the listeners' audio keeps the process's own.
+        self._render_pool = concurrent.futures.ThreadPoolExecutor(
+            max_workers=4, thread_name_prefix="web-render", initializer=_lower_thread_priority
+        )
+        # Calls to the supervisor wait on its answers (and on each other, under the control lock).
+        # They have their own threads: aiortc encodes every listener's frames on the loop's default
+        # executor, and a pile of waiting status polls there would stop every listener's audio.
+        self._control_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="web-control")
 
     @property
     def address(self) -> str:
@@ -109,14 +133,20 @@ class WebGateway:
         ring.start_heartbeat()
         ring.clear()  # frames of renders that died with a previous web actor: nobody waits for them
         sock: socket.socket | None = None
+        tee: PcmRing | None = None
         try:
+            if spec.tee_name:
+                tee = PcmRing.attach(spec.tee_name, "consumer")
+                tee.start_heartbeat()
             sock = bind_http(settings.web.http)
             ends = wire.endpoints(spec.run_dir)  # the local ipc sockets, whatever tcp endpoint is configured
-            return cls(settings, ring, send, sock, ends)
+            return cls(settings, ring, send, sock, ends, tee)
         except Exception:
             if sock is not None:
                 sock.close()
             ring.close()
+            if tee is not None:
+                tee.close()
             raise
 
     def ready_info(self) -> dict[str, Any]:
@@ -125,6 +155,8 @@ class WebGateway:
             "url": f"http://{self.address}",
             "auth": bool(self.settings.web.api_key),
             "max_renders": self.settings.web.max_renders,
+            "webrtc": self.tee is not None,
+            "max_listeners": self.settings.web.max_listeners,
         }
 
     def on_eager(self, msg: wire.Message) -> None:
@@ -139,12 +171,19 @@ class WebGateway:
             "render_frames": self.reader.frames_read,
             "event_subscribers": len(self._subscribers),
             "rss_mb": process_rss_mb(),
+            **(self.listeners.metrics() if self.listeners is not None else {}),
         }
 
     def run(self, stop: threading.Event, inbox: queue.Queue[wire.Message]) -> None:
         loop = asyncio.new_event_loop()
         self._loop = loop
         app = build_app(self)
+        listeners = self.listeners = Listeners(self.settings, loop, is_loopback_bind(self.address))
+        add_listen_routes(app, listeners, self)
+        feed = StageFeed(self.tee, listeners.push_threadsafe) if self.tee is not None else None
+        if feed is not None:
+            listeners.feed = feed
+            feed.start()
         config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, timeout_graceful_shutdown=2)
         server = _QuietServer(config)
         threads = [
@@ -158,9 +197,14 @@ class WebGateway:
             loop.run_until_complete(server.serve(sockets=[self._sock]))
         finally:
             stop.set()
+            if feed is not None:
+                feed.stop()
+            loop.run_until_complete(listeners.close())
             for stream_id in list(self.reader.streams):
                 self.reader.end(stream_id, "failed", "the web actor is stopping", "internal")
             loop.run_until_complete(loop.shutdown_default_executor())
+            self._render_pool.shutdown(wait=True, cancel_futures=True)
+            self._control_pool.shutdown(wait=False, cancel_futures=True)
             loop.close()
             for thread in threads:
                 thread.join(2.0)
@@ -236,7 +280,7 @@ class WebGateway:
 
     async def control(self, msg: wire.Message) -> wire.Message:
         try:
-            reply = await asyncio.to_thread(self._request, msg)
+            reply = await asyncio.get_running_loop().run_in_executor(self._control_pool, self._request, msg)
         except SkaldClientError as exc:
             raise ApiError(503, f"skald's supervisor did not answer: {exc}", code="supervisor_unavailable") from None
         if isinstance(msg, wire.Speak) and msg.output == "render" and isinstance(reply, wire.Accepted):
@@ -254,9 +298,13 @@ class WebGateway:
 
     async def actors_status(self) -> dict[str, Any]:
         try:
-            return await asyncio.to_thread(self._fetch_status)
+            return await asyncio.get_running_loop().run_in_executor(self._control_pool, self._fetch_status)
         except SkaldClientError as exc:
             raise ApiError(503, f"skald's supervisor did not answer: {exc}", code="supervisor_unavailable") from None
+
+    async def offload(self, fn: Callable[..., _T], *args: Any) -> _T:
+        """Run ``fn(*args)`` on a render thread (lower priority than the listeners' audio)."""
+        return await asyncio.get_running_loop().run_in_executor(self._render_pool, fn, *args)
 
     def cancel_soon(self, request_id: str) -> None:
         def cancel() -> None:
@@ -287,14 +335,37 @@ class _QuietServer(uvicorn.Server):
         yield
 
 
-#: The gateway encodes renders (opus, mp3 ...) on its threads: that work, too, yields to the stage.
+_T = TypeVar("_T")
+
+#: The gateway encodes renders (opus, mp3 ...) on its render threads: that work, too, yields to
+#: the stage. Only those threads: the loop and aiortc's encoders send the WebRTC listeners' audio,
+#: which is the stage for them, and a niced process starves it into concealment on a busy machine.
 WEB_NICENESS = 5
+
+
+def _lower_thread_priority() -> None:
+    """Raise the calling thread's nice value (Linux: a thread id is a PRIO_PROCESS target)."""
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), WEB_NICENESS)
+    except OSError as exc:  # a container may forbid it
+        log.warning("web: cannot lower the render threads' priority (%s)", exc)
+
+
+#: With WebRTC listeners the web actor carries the stage's clock to the browsers: where permitted it
+#: runs above ordinary work (still below the audio consumer's -10), so a busy machine's inference
+#: threads do not delay its frames into the browsers' concealment.
+LISTENER_NICE = -5
+
+
+def raise_listener_priority() -> None:
+    try:
+        os.setpriority(os.PRIO_PROCESS, 0, LISTENER_NICE)
+    except OSError:
+        pass  # an unprivileged user keeps nice 0
 
 
 def run_web_process(spec: ActorSpec) -> None:
     """Entry point of the web actor process."""
-    try:
-        os.nice(WEB_NICENESS)
-    except OSError as exc:  # a container may forbid it
-        log.warning("web: cannot lower its priority (%s)", exc)
+    if spec.tee_name:
+        raise_listener_priority()
     run_actor(spec, WebGateway)

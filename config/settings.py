@@ -227,6 +227,9 @@ class WebSettings:
     render_buffer_s: Annotated[float, _range(1.0, 3600.0)] = 60.0
     cors_origins: str = ""
     voices: WebVoiceSettings = field(default_factory=WebVoiceSettings)
+    max_listeners: Annotated[int, _range(1, 256)] = 16
+    ice_servers: str = ""
+    listener_timeout_s: Annotated[float, _range(1.0, 600.0)] = 10.0
 
 
 @dataclass(frozen=True)
@@ -486,6 +489,9 @@ def _validated(settings: Settings, origins: Mapping[str, str]) -> Settings:
             metrics_address(settings.supervisor.metrics)
         except ValueError as exc:
             fail("supervisor.metrics", str(exc))
+    for url in (u.strip() for u in settings.web.ice_servers.split(",")):
+        if url and (url.partition(":")[0] not in ("stun", "turn", "turns") or not url.partition(":")[2]):
+            fail("web.ice_servers", f"{url!r} is not a stun:HOST:PORT or turn[s]:USER:PASS@HOST:PORT URL")
     if settings.supervisor.control_endpoint and "://" not in settings.supervisor.control_endpoint:
         fail("supervisor.control_endpoint", "must be a ZeroMQ endpoint such as ipc:///path or tcp://127.0.0.1:5555")
     return settings

@@ -10,9 +10,11 @@ read path allocates no sample buffer. The API is what production calls, and no m
                  wait_for_space(n, timeout, cancel)   write_index, read_index   close()
     consumer     attach(name, "consumer")   start_heartbeat()   clear()   read_index
                  read_into(out, n, start_index)   commit_read(index)   close()
+    stage tee    producer (audio consumer): push(block)   publish_clock(epoch_ns)
+                 consumer (web actor): read_into, commit_read   clock_epoch_ns()
     cleanup      PcmRing.unlink_name(name)   (a crashed run's leftover, an orphaned child)
 
-Layout of the segment ``/dev/shm/<name>`` (layout version 2)::
+Layout of the segment ``/dev/shm/<name>`` (layout version 3)::
 
     offset  size   field                    owner      notes
     ------  -----  -----------------------  ---------  --------------------------------------
@@ -29,7 +31,8 @@ Layout of the segment ``/dev/shm/<name>`` (layout version 2)::
        640  u64    consumer_pid             consumer   0 = never attached
        704  u64    consumer_heartbeat_ns    consumer   CLOCK_MONOTONIC; 0 = detached cleanly
        768  u64    consumer_epoch           consumer   +1 per consumer attach (restarts)
-       832  ...    unused                              (header is one 4096-byte page)
+       832  u64    clock_epoch_ns           producer   stage tee: DAC time of frame 0; 0 = none
+       896  ...    unused                              (header is one 4096-byte page)
       4096  f32    data[capacity_frames]               sample k lives at data[k & (capacity-1)]
 
     +-------------- header page (4096 B), one field per 64-byte cache line -------------+
@@ -134,7 +137,8 @@ _PeerState = Literal["absent", "alive", "dead"]
 MAGIC: int = int.from_bytes(b"SKALDPCM", "little")
 # 2: the underrun counters and the end-of-stream flag left the header (nothing in production
 # wrote them), so the epochs moved; a version-1 segment is refused, never misread.
-LAYOUT_VERSION: int = 2
+# 3: clock_epoch_ns (the stage tee's clock) in a line that was unused.
+LAYOUT_VERSION: int = 3
 HEADER_BYTES: int = 4096
 MIN_CAPACITY_FRAMES: int = 1024
 _CACHE_LINE = 64
@@ -155,6 +159,7 @@ _FIELDS: tuple[str, ...] = (
     "consumer_pid",
     "consumer_heartbeat_ns",
     "consumer_epoch",
+    "clock_epoch_ns",
 )
 assert len(_FIELDS) * _CACHE_LINE <= HEADER_BYTES
 
@@ -278,6 +283,7 @@ class PcmRing:
         self._a_pid = {"producer": views["producer_pid"], "consumer": views["consumer_pid"]}
         self._a_hb = {"producer": views["producer_heartbeat_ns"], "consumer": views["consumer_heartbeat_ns"]}
         self._a_epoch = {"producer": views["producer_epoch"], "consumer": views["consumer_epoch"]}
+        self._a_clock = views["clock_epoch_ns"]
 
     @classmethod
     def create(
@@ -615,6 +621,20 @@ class PcmRing:
             if deadline is not None and now >= deadline:
                 return False
             time.sleep(_POLL_S)
+
+    def publish_clock(self, epoch_ns: int) -> None:
+        """Publish when frame 0 of this ring would be heard (CLOCK_MONOTONIC ns): frame ``i`` is
+        heard at ``epoch_ns + i * 1e9 / sample_rate``. The stage tee's producer (the audio
+        consumer) publishes it from the DAC times of its device, so the reader can pace what it
+        forwards by the device's clock. One atomic store; never waits."""
+        if self._active != "producer":
+            self._wrong_role("producer", "publish_clock")
+        self._a_clock.store(epoch_ns, _REL)
+
+    def clock_epoch_ns(self) -> int:
+        """The last :meth:`publish_clock` value (0: none published yet)."""
+        self._check_open()
+        return int(self._a_clock.load(_ACQ))
 
     # ------------------------------------------------------------------------------------
     # consumer

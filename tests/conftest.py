@@ -86,10 +86,10 @@ def _skald_processes() -> dict[int, str]:
 
 
 def _shm_entries() -> set[str]:
-    # Rings are named skald-<supervisor pid>-pcm (the stage) and -render (the HTTP gateway's): the
-    # check covers rings of this session's servers.
+    # Rings are named skald-<supervisor pid>-pcm (the stage), -render (the HTTP gateway's) and
+    # -stage (the stage tee): the check covers rings of this session's servers.
     try:
-        return {e for e in os.listdir("/dev/shm") if re.fullmatch(r"skald-\d+-(?:pcm|render)", e)}
+        return {e for e in os.listdir("/dev/shm") if re.fullmatch(r"skald-\d+-(?:pcm|render|stage)", e)}
     except FileNotFoundError:
         return set()
 

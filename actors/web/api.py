@@ -13,6 +13,7 @@ Routes (``docs/http.md``)::
     POST /v1/narration           speak on the stage: {"text", "voice", "priority", "barge_in"}
     POST /v1/narration/cancel    {"request_id": ID} or {"all": true}
     GET  /v1/events              skald's events as server-sent events (JSON), ?request_id= filters
+    POST /whep, GET /, /v1/stage WebRTC listeners and the player page (``actors.web.listen``)
 
 Every error is OpenAI-shaped, ``{"error": {"message", "type", "param", "code"}}``: 400 a missing
 or malformed field (bad JSON, invalid UTF-8, a wrong type), 401 a missing or wrong key, 404 an
@@ -32,7 +33,7 @@ import logging
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, ClassVar, Literal, Protocol, TypeVar
 
 import msgspec
@@ -60,6 +61,7 @@ class ApiError(Exception):
         401: "authentication_error",
         404: "not_found_error",
         413: "invalid_request_error",
+        415: "invalid_request_error",
         422: "invalid_request_error",
         429: "rate_limit_error",
         503: "service_unavailable",
@@ -118,6 +120,8 @@ class Gateway(Protocol):
 
     def cancel_soon(self, request_id: str) -> None: ...
 
+    async def offload(self, fn: Callable[..., _T], *args: Any) -> _T: ...
+
     def report_finished(self, request_id: str, audio_s: float, ttfb_ms: float) -> None: ...
 
     def subscribe(self) -> asyncio.Queue[wire.Message | None]: ...
@@ -142,7 +146,9 @@ class GuardMiddleware:
             await self.app(scope, receive, send)
             return
         headers = dict(scope.get("headers") or [])
-        if self.expected and not secrets.compare_digest(headers.get(b"authorization", b""), self.expected):
+        public = scope.get("method") == "GET" and _is_public(scope.get("path", ""))
+        given = headers.get(b"authorization", b"")
+        if self.expected and not public and not secrets.compare_digest(given, self.expected):
             why = "a wrong API key" if b"authorization" in headers else "no API key"
             err = ApiError(401, f"{why}: send 'Authorization: Bearer <web.api_key>'", code="invalid_api_key")
             await err.response()(scope, receive, send)
@@ -163,6 +169,11 @@ class GuardMiddleware:
             return message
 
         await self.app(scope, bounded_receive, send)
+
+
+def _is_public(path: str) -> bool:
+    """The player page and its files load without a key (the page then asks for one)."""
+    return path == "/" or path.startswith("/player/")
 
 
 def _too_large(limit: int) -> ApiError:
@@ -192,6 +203,7 @@ _MISSING_OR_TYPE = ("missing", "string_type", "float_type", "int_type", "bool_ty
 
 
 _Body = TypeVar("_Body", bound=BaseModel)
+_T = TypeVar("_T")
 
 
 def _parse(model: type[_Body], data: dict[str, Any]) -> _Body:
@@ -289,7 +301,7 @@ class SpeechRoutes:
             finished = False
             frames = len(first)
             try:
-                data = await asyncio.to_thread(encoder.encode, first)
+                data = await gw.offload(encoder.encode, first)
                 if data:
                     yield data
                 while True:
@@ -298,14 +310,14 @@ class SpeechRoutes:
                         if item.status != "done":
                             # Headers are sent: the only way left to say "broken" is to cut the body.
                             raise RuntimeError(f"render {request_id} {item.status}: {item.reason}")
-                        tail = await asyncio.to_thread(encoder.finish)
+                        tail = await gw.offload(encoder.finish)
                         if tail:
                             yield tail
                         finished = True
                         gw.report_finished(request_id, frames / rate, ttfb_ms)
                         return
                     frames += len(item)
-                    data = await asyncio.to_thread(encoder.encode, item)
+                    data = await gw.offload(encoder.encode, item)
                     if data:
                         yield data
             finally:

@@ -1,0 +1,425 @@
+"""WebRTC listeners of the stage: the stage tee → 20 ms Opus frames → every browser, over WHEP.
+
+::
+
+    audio consumer ──(stage tee ring, shm)──► StageFeed thread ──call_soon_threadsafe──► Listeners
+      renders every block,                   read as it arrives,                        one ListenerTrack
+      silence too: the clock                 soxr → 48 kHz, cut into 960-sample frames  per browser; aiortc
+                                                                                        encodes Opus, sends RTP
+
+* **Paced by the stage clock.** The audio consumer publishes, with the tee, when its device plays
+  tee frame 0 (``PcmRing.publish_clock``, from the DAC times of its callback). ``StageFeed`` reads
+  the tee every 5 ms and sends each 20 ms frame at the moment the device plays its first sample:
+  the listeners follow the DAC's clock, not the bursts in which a deep device buffer asks for
+  audio, and nothing sleeps to guess a rate (no drift). All listeners get the same frame at the
+  same moment (one fan-out), so they stay in step with each other and with the room's speakers.
+* **Live point.** A listener that joins, or that fell behind (its encoder was starved), plays from
+  the newest frames: its queue holds at most ``MAX_QUEUED_FRAMES`` and drops the oldest; when the
+  web actor itself was stalled (SIGSTOP), ``StageFeed`` skips what the tee holds beyond
+  ``LIVE_WINDOW_S`` so everyone resumes at the stage's present, not two seconds behind it.
+* **Sessions** (draft-ietf-wish-whep): ``POST /whep`` with an SDP offer → ``201 Created``,
+  ``Location: /whep/<id>`` and the answer (ICE gathered, no trickle); ``DELETE /whep/<id>`` ends
+  it; ``web.max_listeners`` bounds them (503 beyond). A session whose connection fails or closes
+  is dropped at once, one that never connects or stops pulling frames after
+  ``web.listener_timeout_s``: its encoder is freed and the others never notice.
+* **Loopback.** aioice leaves 127.0.0.1 out of its host candidates; when the gateway is bound to
+  a loopback address (browsers on the same machine) it is offered too, so a browser connects with
+  no STUN server and no network. ``web.ice_servers`` names STUN/TURN servers for real networks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import fractions
+import ipaddress
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from config.settings import Settings
+from shm import PcmRing
+
+log = logging.getLogger("skald.web.webrtc")
+
+OPUS_RATE = 48000
+FRAME_SAMPLES = 960  # 20 ms at 48 kHz: Opus's usual packet, one RTP packet per frame
+#: A track holds at most this many frames (100 ms) for an encoder that lags; older ones are dropped.
+MAX_QUEUED_FRAMES = 5
+#: After a stall of the web actor, audio older than this in the tee is skipped (back to live).
+LIVE_WINDOW_S = 0.5
+_POLL_S = 0.005
+#: The send lead (how far the consumer renders ahead of its DAC) is the least seen over this window.
+LEAD_WINDOW_S = 5.0
+_TIME_BASE = fractions.Fraction(1, OPUS_RATE)
+
+
+class StageFeed:
+    """The stage tee's one reader: a thread that turns what the stage plays into 20 ms frames of
+    48 kHz s16 mono and hands each to ``on_frame`` (from that thread) as soon as it is complete."""
+
+    def __init__(self, ring: PcmRing, on_frame: Callable[[bytes], None]) -> None:
+        import soxr
+
+        self.ring = ring
+        self.on_frame = on_frame
+        self.rate = ring.sample_rate
+        self.frames_out = 0  # 20 ms frames handed out
+        self.skipped_frames = 0  # tee frames skipped to get back to the live point
+        # When the last frames went out (monotonic s): their spacing shows how smooth the stage's
+        # clock reaches the listeners (bursts here become jitter in the browsers).
+        self.sent_at = np.zeros(512, dtype=np.float64)
+        self._resampler = soxr.ResampleStream(self.rate, OPUS_RATE, 1, dtype="float32")
+        self._buf = np.zeros(max(1024, ring.capacity_frames), dtype=np.float32)
+        self._pending = np.zeros(0, dtype=np.float32)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="web-stage-feed", daemon=True)
+
+    def start(self) -> None:
+        self.ring.clear()  # what the tee held before this reader: the past, not the stage's present
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join(2.0)
+
+    def spacing_ms(self) -> dict[str, float]:
+        """p50/p99/max spacing of the last frames sent (20 ms each when the stage is smooth)."""
+        n = min(self.frames_out, len(self.sent_at))
+        if n < 3:
+            return {}
+        end = self.frames_out % len(self.sent_at)
+        times = np.roll(self.sent_at, -end)[-n:]
+        gaps = np.diff(times) * 1000.0
+        return {
+            "feed_spacing_ms_p50": round(float(np.percentile(gaps, 50)), 2),
+            "feed_spacing_ms_p99": round(float(np.percentile(gaps, 99)), 2),
+            "feed_spacing_ms_max": round(float(gaps.max()), 2),
+        }
+
+    def _run(self) -> None:
+        import soxr
+
+        live = int(LIVE_WINDOW_S * self.rate)
+        ratio = self.rate / OPUS_RATE
+        ready: collections.deque[tuple[float, bytes]] = collections.deque()  # (due, frame)
+        base = self.ring.read_index  # tee frame where the resampler (re)started
+        made = 0  # 48 kHz samples cut into frames since then
+        # How far ahead of its DAC time the consumer renders (its device's buffer): frames go out
+        # that much before their DAC time, so the browsers are not late by the device's buffer on
+        # top of their own. The least lead of the last few seconds: a burst never moves it earlier.
+        leads: collections.deque[tuple[float, float]] = collections.deque()
+        while not self._stop.is_set():
+            r = self.ring.read_index
+            fill = self.ring.write_index - r
+            if fill > live:
+                # The web actor was stalled (SIGSTOP, starved) while the stage went on: resume at
+                # the live point, with a fresh resampler (no stale audio mixed in).
+                skip = fill - live // 4
+                self.ring.commit_read(r + skip)
+                self.skipped_frames += skip
+                self._resampler = soxr.ResampleStream(self.rate, OPUS_RATE, 1, dtype="float32")
+                self._pending = np.zeros(0, dtype=np.float32)
+                ready.clear()
+                base, made = r + skip, 0
+                continue
+            now = time.monotonic()
+            if fill > 0:
+                got = self.ring.read_into(self._buf, fill)
+                self.ring.commit_read(r + got)
+                out = self._resampler.resample_chunk(self._buf[:got])
+                pending = np.concatenate([self._pending, out]) if len(self._pending) else out
+                n = len(pending) // FRAME_SAMPLES
+                epoch_s = self.ring.clock_epoch_ns() / 1e9
+                lead = 0.0
+                if epoch_s > 0:
+                    # DAC time of the oldest frame just read, against now: how far ahead it was
+                    # rendered. Its least value is a lead no frame arrives too late for (no bursts).
+                    ahead = epoch_s + r / self.rate - now
+                    while leads and (leads[-1][1] >= ahead or leads[0][0] < now - LEAD_WINDOW_S):
+                        leads.pop() if leads[-1][1] >= ahead else leads.popleft()
+                    leads.append((now, ahead))
+                    lead = max(0.0, leads[0][1])
+                for i in range(n):
+                    block = pending[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
+                    # When the device plays this frame's first sample: the frame goes out then, so
+                    # the listeners follow the DAC's clock, not the bursts in which a device with a
+                    # deep buffer asks for audio. No clock published (yet): it goes out at once.
+                    due = epoch_s + (base + made * ratio) / self.rate - lead if epoch_s > 0 else now
+                    if not now - 1.0 < due < now + 1.0:
+                        due = now  # a clock that jumped (a restarted consumer): never hold a frame long
+                    made += FRAME_SAMPLES
+                    ready.append((due, np.clip(np.round(block * 32767.0), -32768, 32767).astype("<i2").tobytes()))
+                self._pending = pending[n * FRAME_SAMPLES :].copy()
+            while ready and ready[0][0] <= time.monotonic():
+                self.sent_at[self.frames_out % len(self.sent_at)] = time.monotonic()
+                self.frames_out += 1
+                self.on_frame(ready.popleft()[1])
+            wait = _POLL_S if not ready else min(_POLL_S, max(0.0, ready[0][0] - time.monotonic()))
+            self._stop.wait(wait)
+
+
+def _listener_track_class() -> type:
+    """``ListenerTrack``, built on first use so that importing this module does not import aiortc."""
+    from aiortc import MediaStreamTrack
+    from aiortc.mediastreams import MediaStreamError
+    from av import AudioFrame
+
+    class ListenerTrack(MediaStreamTrack):
+        """One listener's audio track: the stage's 20 ms frames, in order, from the live point."""
+
+        kind = "audio"
+
+        def __init__(self) -> None:
+            super().__init__()
+            self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=MAX_QUEUED_FRAMES)
+            self.pts = 0
+            self.dropped = 0  # frames this listener missed because its encoder lagged
+            self.last_pull = time.monotonic()
+            self.pulled = 0
+
+        def offer(self, frame: bytes) -> None:
+            if self.queue.full():
+                with contextlib.suppress(asyncio.QueueEmpty):
+                    self.queue.get_nowait()
+                    self.dropped += 1
+            self.queue.put_nowait(frame)
+
+        def end(self) -> None:
+            with contextlib.suppress(asyncio.QueueEmpty):
+                while True:
+                    self.queue.get_nowait()
+            self.queue.put_nowait(None)
+            self.stop()
+
+        async def recv(self) -> Any:
+            self.last_pull = time.monotonic()
+            if self.pulled == 0:
+                # The first pull comes once DTLS is up: start from the newest frame (the live point).
+                while self.queue.qsize() > 1:
+                    self.queue.get_nowait()
+            data = await self.queue.get()
+            if data is None or self.readyState != "live":
+                raise MediaStreamError
+            self.pulled += 1
+            self.last_pull = time.monotonic()
+            frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+            frame.planes[0].update(data)
+            frame.sample_rate = OPUS_RATE
+            frame.time_base = _TIME_BASE
+            frame.pts = self.pts  # continuous even across dropped frames: the browser sees no gap
+            self.pts += FRAME_SAMPLES
+            return frame
+
+    return ListenerTrack
+
+
+class ListenerError(Exception):
+    """A WHEP request that cannot be served: ``status`` and a message naming what to change."""
+
+    def __init__(self, status: int, message: str, code: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.code = code
+
+
+@dataclass
+class Listener:
+    """One WHEP session: its peer connection and track."""
+
+    session_id: str
+    pc: Any
+    track: Any
+    created: float = field(default_factory=time.monotonic)
+    connected: bool = False
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+_loopback_patched = False
+
+
+def offer_loopback_candidates() -> None:
+    """Make aioice offer 127.0.0.1 among its host candidates (it leaves loopback out)."""
+    global _loopback_patched
+    if _loopback_patched:
+        return
+    import aioice.ice
+
+    original = aioice.ice.get_host_addresses
+
+    def with_loopback(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+        found = list(original(use_ipv4=use_ipv4, use_ipv6=use_ipv6))
+        if use_ipv4 and "127.0.0.1" not in found:
+            found.insert(0, "127.0.0.1")
+        return found
+
+    aioice.ice.get_host_addresses = with_loopback
+    _loopback_patched = True
+
+
+def parse_ice_servers(value: str) -> list[dict[str, str]]:
+    """``web.ice_servers``: comma-separated ``stun:HOST:PORT`` or ``turn[s]:USER:PASS@HOST:PORT`` URLs."""
+    servers = []
+    for item in (v.strip() for v in value.split(",")):
+        if not item:
+            continue
+        scheme, _, rest = item.partition(":")
+        if scheme not in ("stun", "turn", "turns") or not rest:
+            raise ValueError(f"web.ice_servers: {item!r} is not a stun:, turn: or turns: URL")
+        if "@" in rest:
+            creds, _, where = rest.rpartition("@")
+            user, _, password = creds.partition(":")
+            servers.append({"urls": f"{scheme}:{where}", "username": user, "credential": password})
+        else:
+            servers.append({"urls": item})
+    return servers
+
+
+class Listeners:
+    """Every WHEP session of the web actor, on its asyncio loop; fed by ``StageFeed``."""
+
+    def __init__(self, settings: Settings, loop: asyncio.AbstractEventLoop, loopback: bool) -> None:
+        self.settings = settings
+        self.loop = loop
+        self.sessions: dict[str, Listener] = {}
+        self.ice_servers = parse_ice_servers(settings.web.ice_servers)
+        self.loopback = loopback
+        self.joined = 0
+        self.dropped_sessions = 0
+        self.feed: StageFeed | None = None  # set by the gateway once the tee is read
+        self._watchdog: asyncio.Task[None] | None = None
+
+    # ------------------------------------------------------------------ stage frames
+    def push_threadsafe(self, frame: bytes) -> None:
+        """From the ``StageFeed`` thread: one frame for every listener (a no-op with none)."""
+        if self.sessions:
+            with contextlib.suppress(RuntimeError):  # the loop is closing
+                self.loop.call_soon_threadsafe(self._fan_out, frame)
+
+    def _fan_out(self, frame: bytes) -> None:
+        for listener in list(self.sessions.values()):
+            listener.track.offer(frame)
+
+    # ------------------------------------------------------------------ WHEP
+    async def create(self, offer_sdp: str) -> tuple[str, str]:
+        """An SDP offer → (session id, answer SDP). Raises ``ListenerError``."""
+        from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
+        from aiortc.rtcrtpsender import RTCRtpSender
+
+        limit = self.settings.web.max_listeners
+        if len(self.sessions) >= limit:
+            raise ListenerError(
+                503, f"{limit} listeners are connected (web.max_listeners); retry later", "too_many_listeners"
+            )
+        if not offer_sdp.startswith("v=0"):
+            raise ListenerError(400, "the body is not an SDP offer (it must start with 'v=0')", "invalid_sdp")
+        if "m=audio" not in offer_sdp:
+            raise ListenerError(
+                422, "the offer has no audio m-line: add a recvonly audio transceiver", "no_audio_in_offer"
+            )
+        if self.loopback:
+            offer_loopback_candidates()
+        config = RTCConfiguration(iceServers=[RTCIceServer(**s) for s in self.ice_servers])
+        pc = RTCPeerConnection(config)
+        track = _listener_track_class()()
+        session_id = uuid.uuid4().hex[:16]
+        listener = Listener(session_id, pc, track)
+        try:
+            await pc.setRemoteDescription(RTCSessionDescription(sdp=offer_sdp, type="offer"))
+            pc.addTrack(track)
+            opus = [c for c in RTCRtpSender.getCapabilities("audio").codecs if c.mimeType.lower() == "audio/opus"]
+            for transceiver in pc.getTransceivers():
+                if transceiver.kind == "audio":
+                    transceiver.setCodecPreferences(opus)
+            await pc.setLocalDescription(await pc.createAnswer())
+        except ListenerError:
+            await pc.close()
+            raise
+        except Exception as exc:
+            await pc.close()
+            raise ListenerError(400, f"cannot answer this SDP offer: {exc}", "invalid_sdp") from None
+        if "opus" not in pc.localDescription.sdp.lower():
+            await pc.close()
+            raise ListenerError(422, "the offer does not accept Opus at 48 kHz", "no_opus")
+
+        @pc.on("connectionstatechange")
+        async def on_state() -> None:
+            state = pc.connectionState
+            if state == "connected":
+                listener.connected = True
+            elif state in ("failed", "closed"):
+                await self.delete(session_id, why=f"connection {state}")
+
+        self.sessions[session_id] = listener
+        self.joined += 1
+        if self._watchdog is None or self._watchdog.done():
+            self._watchdog = self.loop.create_task(self._watch())
+        return session_id, pc.localDescription.sdp
+
+    async def delete(self, session_id: str, why: str = "DELETE") -> bool:
+        listener = self.sessions.pop(session_id, None)
+        if listener is None:
+            return False
+        log.info("web: listener %s left (%s)", session_id, why)
+        listener.track.end()
+        await listener.pc.close()
+        return True
+
+    async def _watch(self) -> None:
+        """Drop sessions that never connect or whose sender stopped pulling frames."""
+        timeout = self.settings.web.listener_timeout_s
+        while self.sessions:
+            await asyncio.sleep(min(1.0, timeout / 4))
+            now = time.monotonic()
+            for sid, listener in list(self.sessions.items()):
+                idle = now - (listener.track.last_pull if listener.track.pulled else listener.created)
+                if idle > timeout:
+                    self.dropped_sessions += 1
+                    await self.delete(sid, why=f"no frame pulled for {idle:.1f} s (web.listener_timeout_s)")
+
+    async def close(self) -> None:
+        for sid in list(self.sessions):
+            await self.delete(sid, why="the web actor is stopping")
+        if self._watchdog is not None:
+            self._watchdog.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._watchdog
+
+    def metrics(self) -> dict[str, Any]:
+        return {
+            "listeners": len(self.sessions),
+            "listeners_joined": self.joined,
+            "listeners_timed_out": self.dropped_sessions,
+            "listener_frames_dropped": sum(x.track.dropped for x in list(self.sessions.values())),
+            **(
+                {
+                    "stage_frames": self.feed.frames_out,
+                    "stage_skipped_frames": self.feed.skipped_frames,
+                    **self.feed.spacing_ms(),
+                }
+                if self.feed is not None
+                else {}
+            ),
+        }
+
+
+def is_loopback_bind(address: str) -> bool:
+    """``web.http`` binds a loopback address (browsers are on this machine)."""
+    return _is_loopback(address.rpartition(":")[0].strip("[]"))

@@ -1,0 +1,163 @@
+"""Browsers against the device: ``scripts/bench webrtc [--json PATH] [--requests N]``.
+
+A real ``skald serve --http`` on a PulseAudio null sink (the device), headless Chromium listeners
+on the player page (one null sink each, recorded with ``parec``), all inside a private network
+namespace (``unshare -n``): ``tests/webrtc_scenario.py bench1`` / ``bench3``. For N = 1 and 3
+listeners, N requests heard whole and N cancelled 0.8 s into their audio:
+
+* ``device_ttfa_ms_p50``: ``POST /v1/narration`` sent → the first audible sample (|x| > 500) in
+  the device's recording; ``browser_ttfa_ms_p50/p95``: sent → where that same first 0.5 s of
+  audio starts in each browser's recording (cross-correlation: the previous request's tail may
+  still sound there); ``browser_minus_device_ms_p50``: the median per-request difference.
+* ``listener_onset_spread_ms``: per request, latest − earliest browser onset (N = 3), median.
+* ``cancel_to_browser_silence_ms_p50/p95``: the cancel sent → the last audible sample after it.
+* ``concealed_per_min``: getStats concealedSamples per minute of listening (after the first
+  100 ms), summed over listeners; ``cpu_per_listener_pct``: the web actor's CPU over the run / N.
+
+Recordings are at 22.05 kHz, each placed on the wall clock by its recorder's first bytes
+(``parec`` reads with 20 ms latency, so onsets carry about ±10 ms of that).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench import machine, percentile  # noqa: E402  (scripts/ is on sys.path: run through scripts/bench)
+
+RATE = 22050
+LOUD = 500  # int16: well above the null sink's digital silence and Opus's noise floor
+
+
+def _first_loud(rec: np.ndarray, t0: float, t_from: float, t_to: float) -> float | None:
+    """Wall time of the first sample above LOUD in ``rec`` between ``t_from`` and ``t_to``."""
+    lo, hi = max(0, int((t_from - t0) * RATE)), min(len(rec), int((t_to - t0) * RATE))
+    loud = np.flatnonzero(np.abs(rec[lo:hi].astype(np.int32)) > LOUD)
+    return None if loud.size == 0 else t0 + (lo + int(loud[0])) / RATE
+
+
+def _find(template: np.ndarray, rec: np.ndarray, t0: float, t_from: float, t_to: float) -> float | None:
+    """Wall time where ``template`` starts in ``rec`` between two wall times (None if not found)."""
+    from tests.audio_rig import align
+
+    lo, hi = max(0, int((t_from - t0) * RATE)), min(len(rec), int((t_to - t0) * RATE) + len(template))
+    if hi - lo <= len(template):
+        return None
+    lag, score = align(template, rec[lo:hi], RATE)
+    return t0 + (lo + lag) / RATE if score > 0.8 else None
+
+
+def _last_loud(rec: np.ndarray, t0: float, t_from: float, t_to: float) -> float | None:
+    lo, hi = max(0, int((t_from - t0) * RATE)), min(len(rec), int((t_to - t0) * RATE))
+    loud = np.flatnonzero(np.abs(rec[lo:hi].astype(np.int32)) > LOUD)
+    return t_from if loud.size == 0 else t0 + (lo + int(loud[-1]) + 1) / RATE
+
+
+def run(listeners: int, requests: int) -> dict[str, Any]:
+    out = Path(tempfile.mkdtemp(prefix="skald-bench-webrtc-"))
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_REQUESTS": str(requests)}
+    proc = subprocess.run(
+        ["unshare", "-n", sys.executable, "-m", "tests.webrtc_scenario", f"bench{listeners}", str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
+    )  # fmt: skip
+    result = json.loads((out / "result.json").read_text())
+    if proc.returncode != 0:
+        raise SystemExit(f"bench{listeners} failed: {result.get('error')}\n{proc.stderr[-2000:]}")
+    with np.load(out / "audio.npz") as data:
+        audio = {k: data[k] for k in data.files}
+    bench = result["bench"]
+    t0 = result["rec_t0"]
+    names = [f"b{i}" for i in range(1, listeners + 1)]
+    items = bench["played"] + bench["cancelled"]
+    ends = [it["t_send"] for it in items[1:]] + [result["marks"]["measure_end"]]
+    browser_ttfa, device_ttfa, diffs, spreads = [], [], [], []
+    for item, end in zip(bench["played"], ends, strict=False):
+        dev = _first_loud(audio["rec_device"], t0["device"], item["t_send"], end)
+        if dev is None:
+            continue
+        # The browsers play the same sentence as the previous request a little later, so its tail
+        # may still sound after t_send: each browser's onset is where the device's first 0.5 s
+        # of this request is found in its recording (cross-correlation), not its first loud sample.
+        lo = int((dev - t0["device"]) * RATE)
+        template = audio["rec_device"][lo : lo + RATE // 2].astype(np.float64) / 32768.0
+        onsets = [_find(template, audio[f"rec_{n}"], t0[n], dev - 0.05, dev + 1.5) for n in names]
+        heard = [o for o in onsets if o is not None]
+        if dev is None or not heard:
+            continue
+        device_ttfa.append(1000 * (dev - item["t_send"]))
+        browser_ttfa += [1000 * (o - item["t_send"]) for o in heard]
+        diffs += [1000 * (o - dev) for o in heard]
+        if len(heard) > 1:
+            spreads.append(1000 * (max(heard) - min(heard)))
+    silences = []
+    for item, end in zip(bench["cancelled"], ends[len(bench["played"]) :], strict=False):
+        for n in names:
+            last = _last_loud(audio[f"rec_{n}"], t0[n], item["t_cancel"], end)
+            if last is not None:
+                silences.append(1000 * (last - item["t_cancel"]))
+    concealed, minutes = 0.0, 0.0
+    for n in names:
+        series = [s for s in result["stats"][n] if result["marks"]["measure_start"] * 1000 <= s["t"]]
+        if len(series) >= 2:
+            concealed += series[-1]["concealedSamples"] - series[0]["concealedSamples"]
+            minutes += (series[-1]["t"] - series[0]["t"]) / 60000.0
+    return {
+        "listeners": listeners,
+        "requests": len(bench["played"]),
+        "browser_ttfa_ms_p50": round(percentile(browser_ttfa, 0.5), 1),
+        "browser_ttfa_ms_p95": round(percentile(browser_ttfa, 0.95), 1),
+        "device_ttfa_ms_p50": round(percentile(device_ttfa, 0.5), 1),
+        "browser_minus_device_ms_p50": round(percentile(diffs, 0.5), 1),
+        "listener_onset_spread_ms": round(percentile(spreads, 0.5), 1) if spreads else 0.0,
+        "cancel_to_browser_silence_ms_p50": round(percentile(silences, 0.5), 1),
+        "cancel_to_browser_silence_ms_p95": round(percentile(silences, 0.95), 1),
+        "concealed_per_min": round(concealed / minutes, 1) if minutes else None,
+        "cpu_per_listener_pct": round(bench["web_cpu_pct"] / listeners, 2),
+        "web_cpu_pct": round(bench["web_cpu_pct"], 2),
+        "stage_underruns": sum(it["underruns"] for it in items),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench webrtc", description=__doc__.splitlines()[0])
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    parser.add_argument("--requests", type=int, default=10, help="requests heard whole (and as many cancelled)")
+    parser.add_argument("--listeners", default="1,3", help="listener counts to run, e.g. 1,3")
+    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    runs = {f"n{n}": run(int(n), args.requests) for n in args.listeners.split(",")}
+    top = runs.get("n3") or next(iter(runs.values()))
+    first = runs.get("n1") or top
+    figures = {
+        "machine": machine(),
+        "engine": "piper en_US-joe-medium (real weights), CPU",
+        "browser": subprocess.run(["chromium", "--version"], capture_output=True, text=True).stdout.strip(),
+        "browser_ttfa_ms_p50": first["browser_ttfa_ms_p50"],
+        "browser_ttfa_ms_p95": first["browser_ttfa_ms_p95"],
+        "device_ttfa_ms_p50": first["device_ttfa_ms_p50"],
+        "browser_minus_device_ms_p50": first["browser_minus_device_ms_p50"],
+        "listener_onset_spread_ms": top["listener_onset_spread_ms"],
+        "cancel_to_browser_silence_ms_p50": first["cancel_to_browser_silence_ms_p50"],
+        "concealed_per_min": top["concealed_per_min"],
+        "cpu_per_listener_pct": top["cpu_per_listener_pct"],
+        "runs": runs,
+    }
+    text = json.dumps(figures, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,137 @@
+"""The stage tee (issue 13, part 1): the audio consumer pushes exactly what it renders into a
+second SPSC ring for the web actor, and never waits on it.
+
+In-process, with real shared-memory rings and the real ``PlaybackCore``: blocks are rendered by
+hand, the tee is read as the web actor reads it, and compared with the device output. The
+end-to-end path (``skald serve --http``, browsers) is in ``tests/test_webrtc.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import tracemalloc
+
+import numpy as np
+
+from actors import wire
+from actors.audio.output import float_to_int16
+from actors.audio_consumer import TEE_DROPPED, TEE_FRAMES
+from shm import PcmRing
+from tests.test_consumer_output import BLOCK, RATE, rig, tone
+
+
+def _tee_ring(seconds: float = 1.0) -> tuple[PcmRing, PcmRing]:
+    """(owner, producer handle) of a tee ring; the caller attaches a consumer when it wants one."""
+    owner = PcmRing.create(f"skald-{os.getpid()}-tee", int(seconds * RATE), RATE, seconds)
+    return owner, PcmRing.attach(owner.name, "producer")
+
+
+def test_the_tee_carries_exactly_what_the_device_plays_fades_cuts_and_silence() -> None:
+    """Idle blocks, a tone, a cancel in mid-sound (the fade), and idle again: the tee holds every
+    rendered frame, in order, and equals the device output (int16) sample for sample."""
+    owner, producer = _tee_ring()
+    reader = PcmRing.attach(owner.name, "consumer")
+    try:
+        with rig() as r:
+            r.core.tee = producer
+            idle = r.render(4)
+            r.play(tone(440.0, 0.5), request_id="a")
+            playing = r.render(20)
+            r.control.handle(wire.Cancel(request_id="a"))
+            after = r.render(20)
+            device = np.concatenate([idle, playing, after])
+            n = reader.write_index - reader.read_index
+            tee = np.zeros(n, dtype=np.float32)
+            assert reader.read_into(tee, n) == n
+            assert n == len(device) == 44 * BLOCK
+            np.testing.assert_array_equal(float_to_int16(tee), device)
+            assert not np.any(tee[: 4 * BLOCK]), "idle blocks are silence on the tee too"
+            cut = int(np.flatnonzero(device)[-1])
+            assert cut < 24 * BLOCK + int(0.010 * RATE), "the cancel's fade ends on the tee as on the device"
+            assert int(r.core.stats[TEE_FRAMES]) == n and int(r.core.stats[TEE_DROPPED]) == 0
+    finally:
+        reader.close()
+        producer.close()
+        owner.close()
+        owner.unlink()
+
+
+def test_a_full_tee_drops_for_the_web_side_only_and_never_allocates() -> None:
+    """Nobody reads the tee (the web actor is stopped): it fills, then every further block is
+    dropped and counted, while the device output stays the full tone, and the callback allocates
+    nothing for it."""
+    owner, producer = _tee_ring(seconds=0.1)  # 2205 frames, rounded up to a 4096-frame ring
+    try:
+        with rig() as r:
+            r.core.tee = producer
+            x = tone(440.0, 1.0)
+            r.play(x, last=False)
+            out = np.zeros(BLOCK, dtype=np.int16)
+            played = []
+            for i in range(4):  # warm up every path once
+                r.core.render(out, dac_time=i * 0.01)
+                played.append(out.copy())
+            tracemalloc.start()
+            tracemalloc.reset_peak()
+            base = tracemalloc.get_traced_memory()[0]
+            for i in range(58):
+                r.core.render(out, dac_time=i * 0.01)
+            current, peak = tracemalloc.get_traced_memory()
+            tracemalloc.stop()
+            played.append(out.copy())
+            # Same bounds as the consumer's own no-allocation test: numpy view headers, no buffers.
+            assert peak - base < 2048 and current - base < 256, (peak - base, current - base)
+            np.testing.assert_array_equal(played[-1], float_to_int16(x[61 * BLOCK : 62 * BLOCK]))
+            max_fill = round(0.1 * RATE)
+            assert int(r.core.stats[TEE_FRAMES]) == max_fill
+            assert int(r.core.stats[TEE_DROPPED]) == 62 * BLOCK - max_fill
+    finally:
+        producer.close()
+        owner.close()
+        owner.unlink()
+
+
+def test_stage_feed_sends_20ms_frames_of_the_tee_at_their_dac_time_never_before() -> None:
+    """The web side of the tee: 0.45 s pushed at once (a device with a deep buffer asking for a
+    burst; beyond ``LIVE_WINDOW_S`` it would count as a stalled web side) goes out as 20 ms frames
+    of 48 kHz s16 paced by the published clock: frame k leaves no earlier than k × 20 ms after
+    frame 0 (the device plays them 20 ms apart), never as a burst, and carries the tee's tone."""
+    import threading
+    import time
+
+    from actors.web.webrtc import FRAME_SAMPLES, OPUS_RATE, StageFeed
+
+    owner, producer = _tee_ring(seconds=2.0)
+    reader = PcmRing.attach(owner.name, "consumer")
+    sent: list[tuple[float, bytes]] = []
+    enough = threading.Event()
+
+    def on_frame(frame: bytes) -> None:
+        sent.append((time.monotonic(), frame))
+        if len(sent) >= 18:
+            enough.set()
+
+    feed = StageFeed(reader, on_frame)
+    try:
+        feed.start()
+        x = tone(440.0, 0.45)
+        epoch = time.monotonic() + 0.05  # the device plays tee frame 0 50 ms from now
+        producer.publish_clock(int(epoch * 1e9))
+        assert producer.push(x) == len(x)
+        assert enough.wait(30.0), f"only {len(sent)} frames"
+    finally:
+        feed.stop()
+        reader.close()
+        producer.close()
+        owner.close()
+        owner.unlink()
+    frames = [np.frombuffer(f, dtype="<i2") for _, f in sent[:18]]
+    assert all(len(f) == FRAME_SAMPLES for f in frames)
+    for k, (t, _) in enumerate(sent[:18]):
+        due = sent[0][0] + k * FRAME_SAMPLES / OPUS_RATE
+        assert t >= due - 0.002, f"frame {k} left {1000 * (due - t):.1f} ms ahead of the device's clock"
+    assert sent[17][0] - sent[0][0] >= 17 * 0.020 - 0.004, "the burst went out at once"
+    audio = np.concatenate(frames[2:17]).astype(np.float64) / 32767.0
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    peak_hz = np.argmax(spectrum) * OPUS_RATE / len(audio)
+    assert abs(peak_hz - 440.0) < 5.0 and 0.45 < np.max(np.abs(audio)) < 0.55

@@ -1,0 +1,399 @@
+"""Browsers hear the narration (issue 13): WHEP sessions, the player page, real headless Chromium.
+
+Two kinds of tests:
+
+* WHEP and the page from a plain HTTP client against a real ``skald serve --http`` (the offers
+  come from a real aiortc peer connection): status codes, the key rule, the listener limit.
+* Real browsers (``device`` mark): ``tests/webrtc_scenario.py`` runs inside a private network
+  namespace (``unshare -n``, loopback only) with a PulseAudio null sink for skald's device and one
+  per Chromium; the assertions here read what it recorded. Each browser's recording is checked
+  against the reference narration (raw Piper of the same chunk plan, built from the server's
+  events) with the device tests' window-score check; getStats series show packet loss and
+  concealment.
+
+Opus is lossy, so a browser's faithful 100 ms windows score lower than the device's (measured
+0.92-0.99 after the 4 kHz low-pass); a slip of 20 ms still drops voiced windows below 0.5, so the
+bound for browsers is 0.85 per window and 0.95 overall.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import http.client
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from tests.audio_rig import align
+from tests.conftest import ROOT, SESSION_ID, SESSION_VAR, Server, wait_until
+from tests.test_http import KEY, free_port
+from tests.test_speech_output import DETERMINISTIC, _window_scores
+
+RATE = 22050
+
+
+def _chromium_leftovers() -> list[str]:
+    """Browsers (and their profile dirs) of tests/browser_rig.py still around."""
+    import glob
+
+    import psutil
+
+    found = glob.glob(os.path.join(tempfile.gettempdir(), "skald-chromium-*"))
+    for proc in psutil.process_iter(["pid", "cmdline"]):
+        with contextlib.suppress(psutil.Error):
+            if any("skald-chromium-" in part for part in proc.info["cmdline"] or []):
+                found.append(f"pid {proc.info['pid']}")
+    return found
+
+
+@pytest.fixture(autouse=True)
+def no_browser_left() -> Iterator[None]:
+    """The leak check for browsers (conftest's covers skald's processes, shm and run dirs; a web
+    actor whose aiortc tasks did not end would be a process left there)."""
+    before = set(_chromium_leftovers())
+    yield
+    left: list[str] = []
+
+    def gone() -> bool:
+        nonlocal left
+        left = [x for x in _chromium_leftovers() if x not in before]
+        return not left
+
+    wait_until(gone, timeout=10.0)
+    assert not left, f"browsers left behind: {left}"
+
+
+# ------------------------------------------------------------------------------------------- WHEP
+def _offer_sdp() -> str:
+    """A real browser-shaped offer: an aiortc peer connection with one recvonly audio transceiver."""
+    from aiortc import RTCConfiguration, RTCPeerConnection
+
+    async def make() -> str:
+        pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        pc.addTransceiver("audio", direction="recvonly")
+        await pc.setLocalDescription(await pc.createOffer())
+        sdp = pc.localDescription.sdp
+        await pc.close()
+        return sdp
+
+    return asyncio.run(make())
+
+
+def _request(port: int, method: str, path: str, body: bytes = b"", headers: dict[str, str] | None = None) -> Any:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        conn.request(method, path, body, headers or {})
+        resp = conn.getresponse()
+        return resp.status, dict(resp.getheaders()), resp.read()
+    finally:
+        conn.close()
+
+
+@pytest.fixture
+def keyed(make_server: Callable[..., Server]) -> Iterator[int]:
+    port = free_port()
+    make_server("--sink", "null", "--http", f"127.0.0.1:{port}", SKALD_WEB_API_KEY=KEY,
+                SKALD_WEB_MAX_LISTENERS="1", **DETERMINISTIC)  # fmt: skip
+    yield port
+
+
+def test_whep_answers_201_with_location_and_enforces_key_type_and_limit(keyed: int) -> None:
+    port = keyed
+    auth = {"Authorization": f"Bearer {KEY}"}
+    sdp = _offer_sdp().encode()
+    status, _, body = _request(port, "POST", "/whep", sdp, {"Content-Type": "application/sdp"})
+    assert status == 401 and b"API key" in body
+    status, _, body = _request(port, "POST", "/whep", sdp, {**auth, "Content-Type": "application/json"})
+    assert status == 415 and b"application/sdp" in body
+    status, _, body = _request(port, "POST", "/whep", b"hello", {**auth, "Content-Type": "application/sdp"})
+    assert status == 400 and json.loads(body)["error"]["code"] == "invalid_sdp"
+    video_only = b"v=0\r\no=- 1 1 IN IP4 127.0.0.1\r\ns=-\r\nt=0 0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\n"
+    status, _, body = _request(port, "POST", "/whep", video_only, {**auth, "Content-Type": "application/sdp"})
+    assert status == 422 and b"audio" in body
+    status, headers, answer = _request(port, "POST", "/whep", sdp, {**auth, "Content-Type": "application/sdp"})
+    assert status == 201, answer
+    assert headers["content-type"].startswith("application/sdp")
+    location = headers["location"]
+    assert location.startswith("/whep/")
+    text = answer.decode()
+    assert text.startswith("v=0") and "m=audio" in text and "opus/48000" in text.lower()
+    assert "a=sendonly" in text and "127.0.0.1" in text  # a loopback host candidate is offered
+    # web.max_listeners = 1: the second listener gets a clear 503 with Retry-After.
+    status, headers, body = _request(port, "POST", "/whep", _offer_sdp().encode(),
+                                     {**auth, "Content-Type": "application/sdp"})  # fmt: skip
+    assert status == 503 and headers.get("retry-after") == "5"
+    assert "web.max_listeners" in json.loads(body)["error"]["message"]
+    status, _, _ = _request(port, "PATCH", location, b"", auth)
+    assert status == 405
+    status, _, _ = _request(port, "DELETE", location, b"", {})
+    assert status == 401
+    status, _, body = _request(port, "DELETE", location, b"", auth)
+    assert status == 200 and json.loads(body)["status"] == "ended"
+    status, _, _ = _request(port, "DELETE", location, b"", auth)
+    assert status == 404
+    # The slot is free again.
+    status, headers, _ = _request(port, "POST", "/whep", sdp, {**auth, "Content-Type": "application/sdp"})
+    assert status == 201
+    _request(port, "DELETE", headers["location"], b"", auth)
+
+
+def test_player_page_loads_without_a_key_and_the_api_behind_it_needs_one(keyed: int) -> None:
+    port = keyed
+    status, headers, page = _request(port, "GET", "/")
+    assert status == 200 and headers["content-type"].startswith("text/html")
+    html = page.decode()
+    for needle in ('id="connect"', 'id="stop"', 'id="volume"', 'id="text"', 'id="bargein"', 'id="key"',
+                   "/player/player.js", 'aria-live="polite"'):  # fmt: skip
+        assert needle in html, needle
+    assert "http://" not in html and "https://" not in html  # no CDN
+    status, headers, script = _request(port, "GET", "/player/player.js")
+    assert status == 200 and headers["content-type"].startswith("text/javascript")
+    assert b"/whep" in script and b"Authorization" in script
+    assert _request(port, "GET", "/player/../webrtc.py")[0] in (400, 401, 404)
+    assert _request(port, "GET", "/v1/stage")[0] == 401
+    status, _, body = _request(port, "GET", "/v1/stage", headers={"Authorization": f"Bearer {KEY}"})
+    stage = json.loads(body)
+    assert status == 200 and stage["listeners"] == 0 and "underruns" in stage and stage["state"]
+
+
+def test_a_listener_that_never_connects_is_dropped_after_the_timeout(make_server: Callable[..., Server]) -> None:
+    """An offer answered but never followed by ICE (the page closed at once): the session is
+    dropped after web.listener_timeout_s and its slot freed."""
+    port = free_port()
+    make_server("--sink", "null", "--http", f"127.0.0.1:{port}", SKALD_WEB_LISTENER_TIMEOUT_S="1.5")
+
+    def stage() -> dict[str, Any]:
+        return dict(json.loads(_request(port, "GET", "/v1/stage")[2]))
+
+    status, _, _ = _request(port, "POST", "/whep", _offer_sdp().encode(), {"Content-Type": "application/sdp"})
+    assert status == 201
+    assert stage()["listeners"] == 1
+    assert wait_until(lambda: stage()["listeners"] == 0, timeout=30.0), stage()
+    assert stage()["listeners_timed_out"] == 1
+
+
+# ------------------------------------------------------------------------------ real browsers
+def run_scenario(name: str, out: Path, timeout_s: float = 420.0) -> tuple[dict[str, Any], dict[str, np.ndarray]]:
+    """Run ``tests/webrtc_scenario.py NAME`` under ``unshare -n``; its result and recordings."""
+    missing = [b for b in ("unshare", "chromium", "nft", "pulseaudio", "parec") if shutil.which(b) is None]
+    assert not missing, f"missing {missing}: run scripts/install-audio-deps (it installs chromium and nftables)"
+    env = {**os.environ, SESSION_VAR: SESSION_ID, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        ["unshare", "-n", sys.executable, "-m", "tests.webrtc_scenario", name, str(out)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout_s,
+    )  # fmt: skip
+    result = json.loads((out / "result.json").read_text())
+    assert proc.returncode == 0, f"{result.get('error')}\n{proc.stderr[-3000:]}\n{result.get('server_log_tail')}"
+    with np.load(out / "audio.npz") as data:
+        audio = {k: data[k] for k in data.files}
+    return result, audio
+
+
+def stats_after(series: list[dict[str, Any]], t_from: float, t_to: float = float("inf")) -> dict[str, float]:
+    """Growth of each counter between the first sample at or after ``t_from`` (wall s) and the last
+    sample at or before ``t_to``."""
+    window = [s for s in series if t_from * 1000 <= s["t"] <= t_to * 1000]
+    assert len(window) >= 2, f"no stats between {t_from} and {t_to}"
+    first, last = window[0], window[-1]
+    return {k: last[k] - first[k] for k in first if k != "t"} | {"packetsLost_total": last["packetsLost"]}
+
+
+def clip(
+    result: dict[str, Any], audio: dict[str, np.ndarray], name: str, t_from: float, t_to: float | None = None
+) -> tuple[np.ndarray, float]:
+    """``name``'s recording between two wall times, and the wall time of its first sample: each
+    reference is looked for only where its request played (the long narration starts with the
+    short one's sentences, so a whole-recording search could find the wrong one)."""
+    t0, rec = result["rec_t0"][name], audio[f"rec_{name}"]
+    lo = max(0, int((t_from - t0) * RATE))
+    hi = len(rec) if t_to is None else min(len(rec), int((t_to - t0) * RATE))
+    return rec[lo:hi], t0 + lo / RATE
+
+
+def first_packet_t(series: list[dict[str, Any]]) -> float:
+    return next(s["t"] for s in series if s["packetsReceived"] > 0) / 1000.0
+
+
+def check_browser_plays(reference: np.ndarray, recording: np.ndarray, min_windows: int = 30) -> tuple[int, float]:
+    """The browser recording holds ``reference`` whole and unslipped; (offset, worst window score)."""
+    offset, score = align(reference, recording, RATE)
+    assert score >= 0.95, f"correlation {score:.4f}"
+    scores = _window_scores(reference, recording, offset, RATE)
+    assert len(scores) > min_windows
+    worst = min(scores, key=lambda item: item[1])
+    assert worst[1] >= 0.85, f"the browser's recording departs from the reference at {worst[0]:.2f} s ({worst[1]:.3f})"
+    return offset, worst[1]
+
+
+def check_browser_hears_stretched(reference: np.ndarray, recording: np.ndarray, max_drift_s: float = 0.15) -> float:
+    """After an impairment Chromium's jitter buffer shrinks back by time-compressing audio (NetEq
+    "acceleration", counted in getStats as removedSamplesForAcceleration): the content is all
+    there but slides by tens of ms, which the whole-signal check reads as a slip. Here every
+    voiced 0.5 s piece of ``reference`` must be found in order, each within 100 ms of where the
+    previous one predicts, scoring >= 0.6 (time-stretched Opus pieces measured 0.68-0.99; a piece
+    lost, doubled or of other speech scores under 0.3), the total slide staying under
+    ``max_drift_s``. Returns the total slide (s)."""
+    offset, score = align(reference[:RATE], recording, RATE)  # where its first second is
+    assert score >= 0.9, f"correlation {score:.4f}: the narration's start is not in the recording"
+    piece, search = RATE // 2, RATE // 10
+    drift = 0
+    for start in range(0, len(reference) - piece, piece):
+        ref_p = reference[start : start + piece]
+        if np.sqrt(np.mean(ref_p.astype(np.float64) ** 2)) < 0.02:
+            continue
+        lo = max(0, offset + start + drift - search)
+        lag, sc = align(ref_p, recording[lo : lo + piece + 2 * search], RATE)
+        assert sc >= 0.6, f"the piece at {start / RATE:.1f} s is not in the recording (score {sc:.3f})"
+        drift = lo + lag - (offset + start)
+        assert abs(drift) <= max_drift_s * RATE, (
+            f"the recording slid {drift / RATE * 1000:.0f} ms by {start / RATE:.1f} s"
+        )
+    return drift / RATE
+
+
+def check_device_plays(reference: np.ndarray, recording: np.ndarray) -> int:
+    offset, score = align(reference, recording, RATE)
+    assert score >= 0.98, f"device correlation {score:.4f}"
+    worst = min(_window_scores(reference, recording, offset, RATE), key=lambda item: item[1])
+    assert worst[1] >= 0.95, f"the device recording departs from the reference at {worst[0]:.2f} s ({worst[1]:.3f})"
+    return offset
+
+
+@pytest.mark.device
+def test_chromium_hears_the_narration_whole_and_stop_silences_it(tmp_path: Path) -> None:
+    result, audio = run_scenario("listen", tmp_path)
+    series = result["stats"]["b1"]
+    # getStats: no packet lost, no sample concealed from 100 ms after the first packet to the end.
+    grown = stats_after(series, first_packet_t(series) + 0.1)
+    assert grown["packetsLost_total"] == 0, grown
+    assert grown["concealedSamples"] == 0, grown
+    assert grown["packetsReceived"] > 500
+    # The page's narration, heard by Chromium through PulseAudio, is the reference, whole.
+    ref = audio["ref_narration"]
+    span = (result["narration"]["t_click"], result["stop"]["t_click"])
+    rec_b1, t0_b1 = clip(result, audio, "b1", *span)
+    offset, worst = check_browser_plays(ref, rec_b1)
+    rec_dev, t0_dev = clip(result, audio, "device", *span)
+    device_offset, _ = align(ref, rec_dev, RATE)  # where the device played it (for the figure)
+    onset_browser = t0_b1 + offset / RATE
+    onset_device = t0_dev + device_offset / RATE
+    print(f"browser - device onset {1000 * (onset_browser - onset_device):.0f} ms, worst window {worst:.3f}")
+    # Stop: the recording is silent within 150 ms of the click, and stays silent.
+    stop = result["stop"]
+    assert stop["status"] == "cancelled"
+    rec = audio["rec_b1"].astype(np.int32)
+    click = int((stop["t_stop"] - result["rec_t0"]["b1"]) * RATE)
+    assert 0 < click < len(rec) - RATE
+    before = rec[click - int(0.5 * RATE) : click]
+    assert np.sqrt(np.mean(before.astype(np.float64) ** 2)) > 300, "the narration was not playing at the click"
+    loud = np.flatnonzero(np.abs(rec[click:]) > 200)
+    silent_after_ms = 1000.0 * (loud[-1] + 1) / RATE if loud.size else 0.0
+    print(f"Stop click -> browser silence {silent_after_ms:.0f} ms")
+    assert silent_after_ms <= 150.0, f"the browser still played {silent_after_ms:.0f} ms after the Stop click"
+
+
+@pytest.mark.device
+def test_three_listeners_in_step_a_mid_join_and_a_killed_one(tmp_path: Path) -> None:
+    result, audio = run_scenario("crowd", tmp_path)
+    ref = audio["ref_narration"]
+    first, second = (result["narration"]["t_click"], result["long"]["t_click"]), (result["long"]["t_click"], None)
+    onsets = {}
+    for name in ("b1", "b2", "b3"):
+        rec, t0 = clip(result, audio, name, *first)
+        offset, _ = check_browser_plays(ref, rec)
+        onsets[name] = t0 + offset / RATE
+    spread_ms = 1000.0 * (max(onsets.values()) - min(onsets.values()))
+    print(f"onset spread of three listeners {spread_ms:.1f} ms")
+    assert spread_ms <= 30.0, onsets
+    # The mid-join: b4 connected during the long narration and hears its rest from the live point:
+    # the audio after it connected sits in its recording where it sits in b1's (same moment).
+    long_ref = audio["ref_long"]
+    rec, t0 = clip(result, audio, "b1", *second)
+    b1_offset, _ = check_browser_plays(long_ref, rec)
+    b1_onset = t0 + b1_offset / RATE
+    joined = result["marks"]["b4_connected"]
+    cut = int((joined - b1_onset + 0.5) * RATE)
+    assert 0 < cut < len(long_ref) - 2 * RATE, "b4 joined after the narration"
+    tail = long_ref[cut:]
+    rec, t0 = clip(result, audio, "b4", *second)
+    b4_offset, _ = check_browser_plays(tail, rec, min_windows=10)
+    b4_tail_at = t0 + b4_offset / RATE
+    lag_ms = 1000.0 * (b4_tail_at - (b1_onset + cut / RATE))
+    print(f"mid-join listener vs b1 {lag_ms:.1f} ms")
+    assert abs(lag_ms) <= 30.0, "the joining listener is not at the live point"
+    # Killing b2's browser changed nothing for b1, b3, b4: their stats stay clean throughout.
+    for name in ("b1", "b3", "b4"):
+        series = result["stats"][name]
+        grown = stats_after(series, first_packet_t(series) + 0.1)
+        assert grown["packetsLost_total"] == 0 and grown["concealedSamples"] == 0, (name, grown)
+    check_browser_plays(long_ref, clip(result, audio, "b3", *second)[0])
+    check_device_plays(long_ref, clip(result, audio, "device", *second)[0])
+
+
+@pytest.mark.device
+def test_a_stalled_web_actor_never_reaches_the_device_and_listeners_resume(tmp_path: Path) -> None:
+    result, audio = run_scenario("stall", tmp_path)
+    long = result["long"]
+    ref = audio["ref_long"]
+    marks = result["marks"]
+    # No gap on the device from 0.5 s before the SIGSTOP to the end of the narration: the reference
+    # from there on is in the device recording whole and unslipped.
+    onset, _ = align(ref[: 2 * RATE], audio["rec_device"], RATE)
+    device_onset = result["rec_t0"]["device"] + onset / RATE
+    cut = int((marks["sigstop"] - 0.5 - device_onset) * RATE)
+    assert 0 < cut < len(ref) - 5 * RATE, "the SIGSTOP did not fall inside the narration"
+    check_device_plays(ref[cut:], clip(result, audio, "device", marks["sigstop"] - 1.5)[0])
+    assert long["status"] == "done" and long["underruns"] == 0, long
+    # After SIGCONT the browser hears the stage again, from its live point: the speech envelope the
+    # device played in the 3 s after SIGCONT + 1 s is in the browser's recording less than 0.6 s
+    # later (a browser served the two stalled seconds would be 2 s behind). Envelopes, not
+    # samples: Chromium's jitter buffer time-stretches for a while after a 2 s hole.
+    t_from = marks["sigcont"] + 1.0
+    dev, _ = clip(result, audio, "device", t_from, t_from + 3.0)
+    rec, _ = clip(result, audio, "b1", t_from, t_from + 4.5)
+    hop = RATE // 100  # 10 ms
+
+    def envelope(x: np.ndarray) -> np.ndarray:
+        frames = x[: len(x) // hop * hop].astype(np.float64).reshape(-1, hop)
+        return np.sqrt(np.mean(frames**2, axis=1))
+
+    e_dev, e_rec = envelope(dev), envelope(rec)
+    assert e_dev.max() > 1000, "the device played no speech after SIGCONT (the narration ended too soon)"
+    lags = range(len(e_rec) - len(e_dev) + 1)
+    scores = [float(np.corrcoef(e_dev, e_rec[k : k + len(e_dev)])[0, 1]) for k in lags]
+    best = int(np.argmax(scores))
+    print(f"after SIGCONT the browser follows the device by {10 * best} ms (envelope r {scores[best]:.2f})")
+    assert scores[best] > 0.45 and 10 * best < 600, (best, scores[best])  # unrelated speech: r < 0.3
+    series = result["stats"]["b1"]
+    after = stats_after(series, t_from)
+    assert after["packetsReceived"] > 100 and after["packetsLost_total"] == 0 and after["concealedSamples"] == 0, after
+    # PortAudio's own count (the rig's callback was late): last, as in the device tests.
+    assert long["device_underflows"] == 0, long
+
+
+@pytest.mark.device
+def test_packet_loss_is_concealed_then_clean_again_and_the_device_never_notices(tmp_path: Path) -> None:
+    result, audio = run_scenario("loss", tmp_path)
+    marks = result["marks"]
+    for name in ("b1", "b2"):
+        series = result["stats"][name]
+        during = stats_after(series, marks["loss_on"], marks["loss_off"] + 0.5)
+        assert during["packetsLost"] > 0, f"{name}: the nftables rule dropped nothing"
+        clean = stats_after(series, marks["clean_start"], marks["clean_end"])
+        assert clean["packetsLost"] == 0 and clean["concealedSamples"] == 0, (name, clean)
+        slide = check_browser_hears_stretched(
+            audio["ref_narration"], clip(result, audio, name, marks["clean_start"])[0]
+        )
+        print(f"{name}: clean narration after the loss, slide {1000 * slide:.0f} ms, {clean}")
+    check_device_plays(audio["ref_long"], clip(result, audio, "device", 0.0, marks["clean_start"])[0])
+    check_device_plays(audio["ref_narration"], clip(result, audio, "device", marks["clean_start"])[0])
