@@ -34,6 +34,7 @@ Flow per request::
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -228,14 +229,8 @@ class TtsWorker:
         self.gpu = gpu or GpuHooks()
         self.faults = faults
         self.parallel_streams = max(1, parallel_streams)
-        self.chunker_config = ChunkerConfig(
-            target_min_s=settings.chunker.target_min_s,
-            target_max_s=settings.chunker.target_max_s,
-            hard_min_s=settings.chunker.hard_min_s,
-            hard_max_s=settings.chunker.hard_max_s,
-            first_chunk_s=settings.chunker.first_chunk_s,
-            first_chunk_max_s=settings.chunker.first_chunk_max_s,
-        )
+        self.chunker_config = chunker_config_for(settings, streaming=False)
+        self.streaming_chunker_config = chunker_config_for(settings, streaming=True)
         self.voices: dict[str, VoiceInfo] = {}
         self.voice_engine: dict[str, TtsEngine] = {}
         self.rates: dict[str, SpeakingRate] = {}
@@ -258,6 +253,8 @@ class TtsWorker:
         self.chunks_synthesized = 0
         self.fallback_chunks = 0
         self._owned: list[Any] = []  # what close() releases besides the pool (engines, ring: from_spec)
+        self._degradations: list[str] = []  # engine degradation reasons not yet sent as events
+        self._running = False
         self.default_voice = main_voice(settings) if engine is not None else settings.tts.fallback_voice
         self.load_voice(self.default_voice)
         if fallback is not None:
@@ -287,8 +284,21 @@ class TtsWorker:
             self.voices[voice] = info
             self.voice_engine[voice] = engine
             self.rates[voice] = SpeakingRate(chars_per_s=info.chars_per_s)
+            self._report_degradations()
             return info
         raise EngineError(f"unknown voice {voice!r} ({'; '.join(errors)})")
+
+    def _report_degradations(self) -> None:
+        """An engine that spoke a voice in a lesser mode (streaming Piper that fell back to
+        whole-chunk Piper) says why: an ``engine_unavailable`` event each, once the loop runs."""
+        for engine in (self.engine, self.fallback):
+            take = getattr(engine, "take_degradations", None)
+            if take is not None:
+                self._degradations.extend(take())
+        if self._running:
+            pending, self._degradations = self._degradations, []
+            for reason in pending:
+                self.send(wire.Error(kind="engine_unavailable", message=reason, actor=wire.Role.TTS_WORKER))
 
     def _fresh_lexicon(self) -> Lexicon | None:
         """The lexicon, re-read if its file changed since (a GM edits it while skald runs)."""
@@ -356,22 +366,25 @@ class TtsWorker:
             t_accepted=msg.t_accepted,
             arrival=next(self._arrivals),
             chunker=SemanticChunker(
-                self.rates[voice], self._chunker_config(), rate_for=self._rate_for, lexicon=self._fresh_lexicon()
+                self.rates[voice], self._chunker_config(voice), rate_for=self._rate_for, lexicon=self._fresh_lexicon()
             ),
             joiner=ChunkJoiner.from_settings(self.settings.dsp, self.ring.sample_rate),
             has_prelude=msg.has_prelude,
         )
 
-    def _chunker_config(self) -> ChunkerConfig:
-        """The configured chunk sizes, scaled by the GPU tier's bias (smaller under VRAM pressure)."""
+    def _chunker_config(self, voice: str) -> ChunkerConfig:
+        """The configured chunk sizes (the streaming first-chunk rule when ``voice`` streams within
+        a chunk), scaled by the GPU tier's bias (smaller under VRAM pressure)."""
+        engine = self.voice_engine.get(voice)
+        streams = getattr(engine, "streams_voice", None)
+        c = self.streaming_chunker_config if streams is not None and streams(voice) else self.chunker_config
         bias = self.gpu.chunk_bias()
         if bias == 1.0:
-            return self.chunker_config
+            return c
         from actors.gpu.tiers import biased_chunk_targets
 
         lo, hi = biased_chunk_targets(self.settings, bias)
-        c = self.chunker_config
-        return ChunkerConfig(lo, hi, c.hard_min_s, c.hard_max_s, c.first_chunk_s, c.first_chunk_max_s)
+        return dataclasses.replace(c, target_min_s=lo, target_max_s=hi)
 
     def _text(self, piece: wire.TextPiece) -> None:
         req = self.requests.get(piece.request_id)
@@ -805,6 +818,8 @@ class TtsWorker:
     def run(self, stop: threading.Event, inbox: queue.Queue[wire.Message]) -> None:
         if self.engine_error:
             self.send(wire.Error(kind="engine_unavailable", message=self.engine_error, actor=wire.Role.TTS_WORKER))
+        self._running = True
+        self._report_degradations()
         while not stop.is_set():
             # Drain every pending message before dispatching, so a cancel or a higher-priority
             # request that arrived meanwhile is honoured at the next chunk seam.
@@ -857,6 +872,23 @@ class TtsWorker:
             raise
         worker._owned = [e for e in (main, fallback) if e is not None] + [ring]
         return worker
+
+
+def chunker_config_for(settings: Settings, streaming: bool) -> ChunkerConfig:
+    """The chunk bounds. A voice whose first audio leaves before its chunk is finished
+    (``streaming``: streaming Piper) needs no short first chunk for latency, so the first chunk
+    is the first whole sentence up to ``target_max_s`` (else the first pause after
+    ``first_chunk_s``, as before): whole sentences keep their intonation."""
+    c = settings.chunker
+    return ChunkerConfig(
+        target_min_s=c.target_min_s,
+        target_max_s=c.target_max_s,
+        hard_min_s=c.hard_min_s,
+        hard_max_s=c.hard_max_s,
+        first_chunk_s=c.first_chunk_s,
+        first_chunk_max_s=max(c.first_chunk_max_s, c.target_max_s) if streaming else c.first_chunk_max_s,
+        first_sentence=streaming,
+    )
 
 
 def _wire_span(span: ChunkSpan | None) -> wire.ChunkSpan | None:

@@ -17,9 +17,17 @@ class ChunkerConfig:
     hard_max_s: float = 8.0
     first_chunk_s: float = 1.2  # first chunk: first pause point after this …
     first_chunk_max_s: float = 2.5  # … but never later than this
+    # The first chunk is the first whole sentence that ends between first_chunk_s and
+    # first_chunk_max_s, when there is one (engines that stream within a chunk: its length no
+    # longer decides the time to first audio, and a whole sentence keeps its intonation).
+    first_sentence: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
+            if f.name == "first_sentence":
+                if not isinstance(self.first_sentence, bool):
+                    raise ValueError(f"ChunkerConfig.first_sentence must be a bool, got {self.first_sentence!r}")
+                continue
             v = getattr(self, f.name)
             if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
                 raise ValueError(f"ChunkerConfig.{f.name} must be a finite number > 0, got {v!r}")

@@ -221,7 +221,11 @@ def load_profile(cache: VoiceCache, decoder: str, threads: int) -> tuple[Any, st
         return builtin_profile(threads), "built-in"
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, dict) or data.get("format") != PROFILE_FORMAT or not isinstance(data.get("profile"), dict):
+        if (
+            not isinstance(data, dict)
+            or data.get("format") != PROFILE_FORMAT
+            or not isinstance(data.get("profile"), dict)
+        ):
             raise ValueError(f"not a skald streaming profile (format {PROFILE_FORMAT})")
         known = set(Profile.__dataclass_fields__)
         profile = Profile(**{k: v for k, v in data["profile"].items() if k in known})
@@ -232,7 +236,9 @@ def load_profile(cache: VoiceCache, decoder: str, threads: int) -> tuple[Any, st
         log.warning("streaming profile %s is for another model or machine: ignored, built-in schedule", path)
         return builtin_profile(threads), "built-in (profile of another machine or model ignored)"
     if profile.decoder != decoder:
-        log.warning("streaming profile %s was calibrated for the %s decoder, not %s: ignored", path, profile.decoder, decoder)
+        log.warning(
+            "streaming profile %s was calibrated for the %s decoder, not %s: ignored", path, profile.decoder, decoder
+        )
         return builtin_profile(threads), f"built-in (profile for the {profile.decoder} decoder ignored)"
     return profile, str(path)
 
@@ -260,7 +266,7 @@ def save_profile(cache: VoiceCache, profile: Any) -> Path:
 def _streaming_tts_class() -> type:
     from streaming_vits import StreamingTTS
 
-    class _SkaldStreamingTTS(StreamingTTS):  # type: ignore[misc, valid-type]
+    class _SkaldStreamingTTS(StreamingTTS):
         """``StreamingTTS`` over skald's cache and piper-tts's phonemes (see the module docstring)."""
 
         def __init__(self, model_path: Path, voice: Any, cache: VoiceCache, profile: Any, threads: int) -> None:
@@ -346,8 +352,6 @@ class StreamingPiperEngine(PiperEngine):
     """Piper voices decoded in windows (``streaming_vits``); per voice, whole-chunk Piper when
     streaming cannot be set up (the reason lands in ``degradations``)."""
 
-    streams_within_chunk = True
-
     def __init__(
         self,
         noise_scale: float | None = None,
@@ -365,6 +369,10 @@ class StreamingPiperEngine(PiperEngine):
         self.degradations: list[str] = []  # drained by the worker into error events
         self._degradations_lock = threading.Lock()
 
+    def streams_voice(self, voice: str) -> bool:
+        """Whether ``voice`` (loaded) is decoded in windows, not by whole-chunk Piper."""
+        return (voice or DEFAULT_VOICE) in self.streams
+
     def take_degradations(self) -> list[str]:
         with self._degradations_lock:
             taken, self.degradations = self.degradations, []
@@ -378,7 +386,9 @@ class StreamingPiperEngine(PiperEngine):
         try:
             self.streams[voice] = self.open_stream(voice)
         except Exception as exc:  # a split, profile or verification failure never loses the voice
-            reason = f"piper streaming off for voice {voice!r} ({type(exc).__name__}: {exc}); whole-chunk Piper speaks it"
+            reason = (
+                f"piper streaming off for voice {voice!r} ({type(exc).__name__}: {exc}); whole-chunk Piper speaks it"
+            )
             log.warning("%s", reason)
             with self._degradations_lock:
                 self.degradations.append(reason)
