@@ -229,8 +229,8 @@ class TtsWorker:
         self.gpu = gpu or GpuHooks()
         self.faults = faults
         self.parallel_streams = max(1, parallel_streams)
-        self.chunker_config = chunker_config_for(settings, streaming=False)
-        self.streaming_chunker_config = chunker_config_for(settings, streaming=True)
+        self.chunker_config = ChunkerConfig.from_settings(settings.chunker)
+        self.streaming_chunker_config = ChunkerConfig.from_settings(settings.chunker, streaming=True)
         self.voices: dict[str, VoiceInfo] = {}
         self.voice_engine: dict[str, TtsEngine] = {}
         self.rates: dict[str, SpeakingRate] = {}
@@ -872,23 +872,6 @@ class TtsWorker:
             raise
         worker._owned = [e for e in (main, fallback) if e is not None] + [ring]
         return worker
-
-
-def chunker_config_for(settings: Settings, streaming: bool) -> ChunkerConfig:
-    """The chunk bounds. A voice whose first audio leaves before its chunk is finished
-    (``streaming``: streaming Piper) needs no short first chunk for latency, so the first chunk
-    is the first whole sentence up to ``target_max_s`` (else the first pause after
-    ``first_chunk_s``, as before): whole sentences keep their intonation."""
-    c = settings.chunker
-    return ChunkerConfig(
-        target_min_s=c.target_min_s,
-        target_max_s=c.target_max_s,
-        hard_min_s=c.hard_min_s,
-        hard_max_s=c.hard_max_s,
-        first_chunk_s=c.first_chunk_s,
-        first_chunk_max_s=max(c.first_chunk_max_s, c.target_max_s) if streaming else c.first_chunk_max_s,
-        first_sentence=streaming,
-    )
 
 
 def _wire_span(span: ChunkSpan | None) -> wire.ChunkSpan | None:

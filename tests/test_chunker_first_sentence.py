@@ -10,13 +10,12 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from actors.text.chunker import ChunkerConfig, SemanticChunker, SpeakingRate, plan_chunks
-from actors.tts_worker import chunker_config_for
 from config.settings import load_settings
 from tests.test_chunker import PIPER_RATE, alnum, check_plan, configs, narration, sources, stream_plan
 
 ROOT = Path(__file__).resolve().parent.parent
-STREAMING = chunker_config_for(load_settings(env={}), streaming=True)
-WHOLE_CHUNK = chunker_config_for(load_settings(env={}), streaming=False)
+STREAMING = ChunkerConfig.from_settings(load_settings(env={}).chunker, streaming=True)
+WHOLE_CHUNK = ChunkerConfig.from_settings(load_settings(env={}).chunker)
 
 
 def rate() -> SpeakingRate:

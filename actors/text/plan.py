@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Any
 
 __all__ = ["CLAUSE", "CONJ", "SENTENCE", "STRENGTH_NAMES", "WORD", "ChunkPlan", "ChunkerConfig"]
+
 
 @dataclass(frozen=True)
 class ChunkerConfig:
@@ -41,6 +43,24 @@ class ChunkerConfig:
         for lo, hi in order:
             if getattr(self, lo) > getattr(self, hi):
                 raise ValueError(f"ChunkerConfig.{hi} ({getattr(self, hi)}) must be >= {lo} ({getattr(self, lo)})")
+
+    @classmethod
+    def from_settings(cls, chunker: Any, streaming: bool = False) -> ChunkerConfig:
+        """The bounds of ``[chunker]`` settings (``config.settings.ChunkerSettings``). A voice
+        whose first audio leaves before its chunk is finished (``streaming``: streaming Piper)
+        needs no short first chunk for latency: the first chunk is then the first whole sentence
+        up to ``target_max_s`` (else the first pause after ``first_chunk_s``, as before), so whole
+        sentences keep their intonation."""
+        first_max = max(chunker.first_chunk_max_s, chunker.target_max_s) if streaming else chunker.first_chunk_max_s
+        return cls(
+            target_min_s=chunker.target_min_s,
+            target_max_s=chunker.target_max_s,
+            hard_min_s=chunker.hard_min_s,
+            hard_max_s=chunker.hard_max_s,
+            first_chunk_s=chunker.first_chunk_s,
+            first_chunk_max_s=first_max,
+            first_sentence=streaming,
+        )
 
 
 WORD, CONJ, CLAUSE, SENTENCE = 0, 1, 2, 3

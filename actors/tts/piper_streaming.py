@@ -511,6 +511,60 @@ class StreamingPiperEngine(PiperEngine):
         super().close()
 
 
+def export_cached_decoder(cache: VoiceCache, hop: int) -> Path:
+    """Build the cached-state decoder (``streaming_vits.export``'s steps, needs torch) into
+    ``cache.cached_decoder``. The library's ``export_stream`` is not called because it splits
+    the model again into its default cache, beside the model; the graph it writes is the same."""
+    import onnx
+    import torch
+    from streaming_vits import _stream_decoder
+    from streaming_vits._torch_decoder import Decoder
+
+    decoder = _stream_decoder.StreamDecoder(Decoder(str(cache.model_path)), hop=hop)
+    states = decoder.init_states()
+    z = torch.randn(1, 192, 32)
+    g = torch.randn(1, decoder.dec.cond.weight.shape[1], 1)
+
+    class _Wrapper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sd = decoder
+
+        def forward(self, z_p: Any, g: Any, pos: Any, n_frames: Any, *st: Any) -> Any:
+            return self.sd(z_p, g, pos, n_frames, *st)
+
+    names_in = ["z_p", "g", "pos", "n_frames"] + [f"s{i}" for i in range(len(states))]
+    names_out = ["audio"] + [f"s{i}_out" for i in range(len(states))]
+    cache.graphs.mkdir(parents=True, exist_ok=True)
+    tmp = cache.cached_decoder.with_suffix(".tmp")
+    pos, frames = torch.tensor(0, dtype=torch.int64), torch.tensor(128, dtype=torch.int64)
+    with torch.no_grad():
+        torch.onnx.export(
+            _Wrapper().eval(),
+            (z, g, pos, frames, *states),
+            str(tmp),
+            input_names=names_in,
+            output_names=names_out,
+            dynamic_axes={"z_p": {2: "frames"}, "audio": {2: "samples"}},
+            opset_version=17,
+            do_constant_folding=True,
+            dynamo=False,
+        )
+    model = onnx.load(str(tmp))
+    for key, value in (
+        ("streaming_vits.delay", decoder.delay),
+        ("streaming_vits.hop", hop),
+        ("streaming_vits.n_state", len(states)),
+        ("streaming_vits.masked", 1),
+        ("streaming_vits.z_channels", 192),
+    ):
+        entry = model.metadata_props.add()
+        entry.key, entry.value = key, str(value)
+    onnx.save(model, str(tmp))
+    tmp.replace(cache.cached_decoder)
+    return cache.cached_decoder
+
+
 def calibrate_voice(
     engine: StreamingPiperEngine, voice: str, safety: float = 2.0, verbose: bool = True
 ) -> tuple[Any, Path, float]:
