@@ -23,13 +23,8 @@ import pytest
 from actors import wire
 from actors.tts.base import CancelToken
 from actors.tts.piper import PiperEngine
-from actors.tts.piper_streaming import (
-    StreamingPiperEngine,
-    VoiceCache,
-    builtin_profile,
-    machine_identity,
-    save_profile,
-)
+from actors.tts.piper_streaming import StreamingPiperEngine
+from actors.tts.piper_streaming_cache import VoiceCache, builtin_profile, machine_identity, save_profile
 from config.settings import load_settings
 from tests.audio_rig import STEADY_DEVICE, MonitorRecorder, PulseNullSink, pulse_sink  # noqa: F401  # fixture
 
@@ -233,6 +228,37 @@ def test_profiles_are_reused_and_foreign_ones_ignored(
         assert eng.take_degradations() == []  # ignored, not broken: streaming stays on
     finally:
         eng.close()
+
+
+@pytest.mark.slow
+def test_the_cached_state_decoder_streams_the_same_audio(cache_dir: Path, tmp_path: Path) -> None:
+    """Exported with torch (the xtts extra) into the cache, also for this single-speaker voice
+    (zero speaker convs); then picked up at load and streamed: no margins, same audio."""
+    from actors.tts.piper_streaming_calibrate import export_cached_decoder
+
+    cache = tmp_path / "cache"
+    shutil.copytree(cache_dir, cache)
+    voice_cache = VoiceCache.for_model(cache, PiperEngine()._model_path(VOICE))
+    path = export_cached_decoder(voice_cache, hop=256)
+    assert path == voice_cache.cached_decoder and path.parent == voice_cache.graphs
+    eng = _fresh_engine(cache)
+    try:
+        stream = eng.streams[VOICE]
+        assert stream.decoder == "cached-state" and eng.take_degradations() == []
+        blocks = streamed(eng, TEXT)
+        assert len(blocks) >= 4
+        got = np.concatenate(blocks)
+        full = eng.full_decode(TEXT, VOICE)  # the windowed graph's single full decode
+        assert got.shape == full.shape
+        assert float(np.abs(got - full).max()) <= 1e-4
+    finally:
+        eng.close()
+    windowed = StreamingPiperEngine(0.0, 0.0, cache_dir=cache, use_cached_decoder=False)
+    try:
+        windowed.load_voice(VOICE)
+        assert windowed.streams[VOICE].decoder == "windowed"
+    finally:
+        windowed.close()
 
 
 READ_ONLY_CHILD = """

@@ -35,6 +35,21 @@ def add_voice_parser(subparsers: Any) -> argparse.ArgumentParser:
         "--safety", type=float, default=2.0, help="plan for a machine this many times slower (default 2)"
     )
     calibrate.add_argument("--json", action="store_true", help="print the stored profile as JSON at the end")
+    decoder = calibrate.add_mutually_exclusive_group()
+    decoder.add_argument(
+        "--cached-decoder",
+        dest="cached_decoder",
+        action="store_true",
+        default=None,
+        help="(re-)export the cached-state decoder (needs torch) and calibrate it; by default it is "
+        "exported once when torch is installed",
+    )
+    decoder.add_argument(
+        "--windowed",
+        dest="cached_decoder",
+        action="store_false",
+        help="calibrate the windowed decoder (ignore an exported cached-state one)",
+    )
     return voice
 
 
@@ -43,15 +58,20 @@ def _voice_calibrate(args: argparse.Namespace, settings: Settings) -> int:
     from dataclasses import asdict
 
     from actors.tts.base import EngineError
-    from actors.tts.piper_streaming import StreamingPiperEngine, calibrate_voice, default_cache_dir
+    from actors.tts.piper_streaming import StreamingPiperEngine, default_cache_dir
+    from actors.tts.piper_streaming_calibrate import calibrate_voice
 
     if not 1.0 <= args.safety <= 10.0:
         raise VoiceProfileError(f"--safety {args.safety:g}: must be between 1 and 10")
     voice = args.voice or settings.tts.voice
-    engine = StreamingPiperEngine(cache_dir=default_cache_dir(settings.tts.piper_cache_dir))
+    engine = StreamingPiperEngine(
+        cache_dir=default_cache_dir(settings.tts.piper_cache_dir), use_cached_decoder=args.cached_decoder is not False
+    )
     try:
         print(f"calibrating streaming Piper for {voice!r} on this machine (about a minute of full CPU)", flush=True)
-        profile, path, error = calibrate_voice(engine, voice, safety=args.safety, verbose=True)
+        profile, path, error = calibrate_voice(
+            engine, voice, safety=args.safety, verbose=True, cached_decoder=args.cached_decoder
+        )
         stream = engine.streams[voice]
     except EngineError as exc:
         raise VoiceProfileError(str(exc)) from None

@@ -16,20 +16,14 @@ What skald does itself, and why:
   ``espeak-ng`` binary or ``piper-phonemize``, and its ids can differ from piper-tts 1.8's. So
   ``StreamingTTS`` is built by ``_SkaldStreamingTTS`` (same attributes, no phonemizer of its
   own); its decoding, calibration and verification code is the library's.
-* **Caches** go to skald's cache directory (``tts.piper_cache_dir``, default
-  ``$XDG_CACHE_HOME/skald/piper-streaming``), one directory per model *content* hash:
-  ``<stem>-<sha256[:16]>/graphs/`` (split graphs; the cached-state decoder
-  ``<stem>.stream.onnx`` when exported) and ``profile-<machine>.json`` per machine. The
-  library's own default (``.streaming-vits/`` next to the model, i.e. inside site-packages for
-  the bundled voice) is never used: every library call gets an explicit cache and profile.
-  Splits are written to a temporary directory and renamed, so two processes never see half a
-  split.
+* **Caches** go to skald's cache directory, keyed by model hash and machine, never next to the
+  model (``actors.tts.piper_streaming_cache``).
 * **Level**: whole-chunk Piper peak-normalizes each sentence after decoding it, which a stream
   cannot do. The streaming engine applies one gain per voice instead, ``STREAM_PEAK`` over the
   peak of a deterministic decode of the calibration sentence (so sentences are no longer
   levelled one by one; the fallback path still is).
 
-Calibration (``skald voice calibrate``, :func:`calibrate_voice`) runs the library's
+Calibration (``skald voice calibrate``, ``actors.tts.piper_streaming_calibrate``) runs the library's
 ``calibrate`` (margins: a model property; decode schedule: a device property) and stores the
 profile keyed by model hash and machine. Until a profile exists the built-in conservative one
 (``BUILTIN_PROFILE``) is used; skald never calibrates in the background (about a minute of
@@ -44,15 +38,8 @@ sends each as an ``engine_unavailable`` error event).
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-import io
-import json
 import logging
 import os
-import platform
-import shutil
-import tempfile
 import threading
 import time
 from collections.abc import Iterator
@@ -62,8 +49,16 @@ from typing import Any
 
 import numpy as np
 
-from actors.tts.base import CALIBRATION_TEXT, CancelToken, EngineError, file_sha256
+from actors.tts.base import CALIBRATION_TEXT, CancelToken, EngineError
 from actors.tts.piper import DEFAULT_VOICE, PiperEngine
+from actors.tts.piper_streaming_cache import (
+    VoiceCache,
+    builtin_profile,
+    default_cache_dir,
+    ensure_split,
+    load_profile,
+    validate_profile,
+)
 
 log = logging.getLogger("skald.tts.piper_streaming")
 
@@ -73,194 +68,9 @@ STREAM_PEAK = 0.9
 #: Largest |windowed − full| accepted when a voice is opened (the acceptance bound is 1e-4 with
 #: the library's calibrated margins; this only catches a broken profile).
 VERIFY_TOLERANCE = 1e-3
-#: Margins and schedule used until ``skald voice calibrate`` has run on this machine: margins the
-#: library's conservative defaults, the schedule a ramp from 16 frames (186 ms of audio at
-#: 22.05 kHz) to 256.
-BUILTIN_SCHEDULE = (16, 32, 64, 128, 256)
-BUILTIN_LEFT, BUILTIN_RIGHT = 48, 40
-PROFILE_FORMAT = 1
 
-
-def default_cache_dir(configured: str = "") -> Path:
-    """``tts.piper_cache_dir`` if set, else ``$XDG_CACHE_HOME/skald/piper-streaming`` (``~/.cache``)."""
-    if configured:
-        return Path(configured).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "skald" / "piper-streaming"
-
-
-def machine_identity() -> dict[str, Any]:
-    """What makes a decode schedule valid: the CPU, its core count, the architecture, onnxruntime."""
-    cpu = platform.processor() or platform.machine()
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    try:
-        import onnxruntime
-
-        ort_version = onnxruntime.__version__
-    except ImportError:
-        ort_version = ""
-    return {"cpu": cpu, "cores": os.cpu_count() or 1, "arch": platform.machine(), "onnxruntime": ort_version}
-
-
-def machine_key(identity: dict[str, Any] | None = None) -> str:
-    identity = identity or machine_identity()
-    return hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-
-
-_SHA_MEMO: dict[tuple[str, int, int], str] = {}
-_SHA_LOCK = threading.Lock()
-
-
-def model_sha256(path: Path) -> str:
-    """The model file's SHA-256, memoized by (path, size, mtime) for the process."""
-    st = path.stat()
-    key = (str(path.resolve()), st.st_size, st.st_mtime_ns)
-    with _SHA_LOCK:
-        if key not in _SHA_MEMO:
-            _SHA_MEMO[key] = file_sha256(path)
-        return _SHA_MEMO[key]
-
-
-@dataclass
-class VoiceCache:
-    """Where one model's streaming files live (keyed by its content hash)."""
-
-    root: Path
-    model_path: Path
-    sha256: str
-
-    @classmethod
-    def for_model(cls, cache_dir: Path, model_path: Path) -> VoiceCache:
-        sha = model_sha256(model_path)
-        stem = model_path.name.removesuffix(".onnx")
-        return cls(cache_dir / f"{stem}-{sha[:16]}", model_path, sha)
-
-    @property
-    def graphs(self) -> Path:
-        return self.root / "graphs"
-
-    @property
-    def cached_decoder(self) -> Path:
-        return self.graphs / (self.model_path.name.removesuffix(".onnx") + ".stream.onnx")
-
-    def profile_path(self, machine: str | None = None) -> Path:
-        return self.root / f"profile-{machine or machine_key()}.json"
-
-
-def _quiet(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call a library function that prints progress; its output goes to the log instead."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(out):
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            for line in out.getvalue().splitlines():
-                if line.strip():
-                    log.info("streaming-vits: %s", line.strip())
-
-
-def ensure_split(cache: VoiceCache, sample_rate: int) -> Any:
-    """The split graphs of ``cache.model_path`` (``streaming_vits.graph.SplitModel``), made once.
-
-    The split is written into a temporary directory beside ``graphs/`` and renamed into place,
-    so a concurrent process finds either no split or a whole one."""
-    from streaming_vits import graph
-
-    meta_path = cache.graphs / (cache.model_path.name.removesuffix(".onnx") + ".split.json")
-    if meta_path.is_file():
-        meta, _ = _quiet(graph.ensure_split, cache.model_path, sample_rate=sample_rate, cache=cache.graphs)
-        return meta
-    cache.root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".split-", dir=cache.root))
-    try:
-        _quiet(graph.split, cache.model_path, tmp, sample_rate=sample_rate, verbose=False)
-        try:
-            tmp.rename(cache.graphs)
-        except OSError:
-            if not meta_path.is_file():  # not a concurrent split that won the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    meta, _ = _quiet(graph.ensure_split, cache.model_path, sample_rate=sample_rate, cache=cache.graphs)
-    return meta
-
-
-def builtin_profile(threads: int) -> Any:
-    from streaming_vits import Profile
-
-    return Profile(left=BUILTIN_LEFT, right=BUILTIN_RIGHT, schedule=list(BUILTIN_SCHEDULE), threads=threads)
-
-
-def validate_profile(profile: Any) -> None:
-    """``EngineError`` when a profile's numbers cannot drive a decode (a broken file)."""
-    schedule = profile.schedule
-    if not isinstance(schedule, list) or not schedule or not all(isinstance(n, int) and n > 0 for n in schedule):
-        raise EngineError(f"profile schedule must be a list of positive frame counts, got {schedule!r}")
-    for name in ("left", "right", "threads"):
-        value = getattr(profile, name)
-        if not isinstance(value, int) or value < 0 or (name == "threads" and value < 1):
-            raise EngineError(f"profile {name} must be a non-negative integer, got {value!r}")
-
-
-def load_profile(cache: VoiceCache, decoder: str, threads: int) -> tuple[Any, str]:
-    """(profile, where it came from). No file, or a file for another machine, model or decoder:
-    the built-in profile, with a log line. An unreadable or invalid file: ``EngineError``."""
-    from streaming_vits import Profile
-
-    path = cache.profile_path()
-    if not path.is_file():
-        log.info(
-            "no streaming profile for %s on this machine (%s): built-in schedule; `skald voice calibrate` makes one",
-            cache.model_path.name,
-            path,
-        )
-        return builtin_profile(threads), "built-in"
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if (
-            not isinstance(data, dict)
-            or data.get("format") != PROFILE_FORMAT
-            or not isinstance(data.get("profile"), dict)
-        ):
-            raise ValueError(f"not a skald streaming profile (format {PROFILE_FORMAT})")
-        known = set(Profile.__dataclass_fields__)
-        profile = Profile(**{k: v for k, v in data["profile"].items() if k in known})
-    except (OSError, ValueError, TypeError) as exc:
-        raise EngineError(f"streaming profile {path} is unreadable: {exc}") from None
-    validate_profile(profile)
-    if data.get("model_sha256") != cache.sha256 or data.get("machine") != machine_identity():
-        log.warning("streaming profile %s is for another model or machine: ignored, built-in schedule", path)
-        return builtin_profile(threads), "built-in (profile of another machine or model ignored)"
-    if profile.decoder != decoder:
-        log.warning(
-            "streaming profile %s was calibrated for the %s decoder, not %s: ignored", path, profile.decoder, decoder
-        )
-        return builtin_profile(threads), f"built-in (profile for the {profile.decoder} decoder ignored)"
-    return profile, str(path)
-
-
-def save_profile(cache: VoiceCache, profile: Any) -> Path:
-    """Write ``profile`` with the model hash and machine it is valid for (atomically)."""
-    from dataclasses import asdict
-
-    path = cache.profile_path()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    data = {
-        "format": PROFILE_FORMAT,
-        "model": cache.model_path.name,
-        "model_sha256": cache.sha256,
-        "machine": machine_identity(),
-        "created": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        "profile": asdict(profile),
-    }
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    tmp.replace(path)
-    return path
+#: The speaker embedding fed to a single-speaker voice's cached-state decoder (its zero convs).
+_NO_SPEAKER = np.zeros((1, 1, 1), dtype=np.float32)
 
 
 def _streaming_tts_class() -> type:
@@ -304,6 +114,19 @@ def _streaming_tts_class() -> type:
             from streaming_vits.cached import CachedDecoder
 
             self.cached = CachedDecoder(path, self.threads, "cpu")
+
+        def frontend(self, ids: Any, sid: int = 0, scales: Any = None) -> tuple[Any, Any, Any]:
+            z_p, mask, g = super().frontend(ids, sid, scales)
+            return z_p, mask, self._speaker(g)
+
+        def seeded_frontend(self, ids: Any, sid: int = 0, scales: Any = None, seed: int = 1234) -> tuple[Any, Any, Any]:
+            z_p, mask, g = super().seeded_frontend(ids, sid, scales, seed)
+            return z_p, mask, self._speaker(g)
+
+        def _speaker(self, g: Any) -> Any:
+            # A single-speaker voice has no embedding; its cached-state decoder takes a zero one
+            # (the windowed decoder's feed drops it: its graph has no such input).
+            return _NO_SPEAKER if g is None and self.cached is not None else g
 
         def phoneme_ids(self, text: str) -> tuple[np.ndarray, int]:
             """All sentences' ids in one utterance (calibration measures one long input)."""
@@ -509,83 +332,3 @@ class StreamingPiperEngine(PiperEngine):
     def close(self) -> None:
         self.streams.clear()
         super().close()
-
-
-def export_cached_decoder(cache: VoiceCache, hop: int) -> Path:
-    """Build the cached-state decoder (``streaming_vits.export``'s steps, needs torch) into
-    ``cache.cached_decoder``. The library's ``export_stream`` is not called because it splits
-    the model again into its default cache, beside the model; the graph it writes is the same."""
-    import onnx
-    import torch
-    from streaming_vits import _stream_decoder
-    from streaming_vits._torch_decoder import Decoder
-
-    decoder = _stream_decoder.StreamDecoder(Decoder(str(cache.model_path)), hop=hop)
-    states = decoder.init_states()
-    z = torch.randn(1, 192, 32)
-    g = torch.randn(1, decoder.dec.cond.weight.shape[1], 1)
-
-    class _Wrapper(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.sd = decoder
-
-        def forward(self, z_p: Any, g: Any, pos: Any, n_frames: Any, *st: Any) -> Any:
-            return self.sd(z_p, g, pos, n_frames, *st)
-
-    names_in = ["z_p", "g", "pos", "n_frames"] + [f"s{i}" for i in range(len(states))]
-    names_out = ["audio"] + [f"s{i}_out" for i in range(len(states))]
-    cache.graphs.mkdir(parents=True, exist_ok=True)
-    tmp = cache.cached_decoder.with_suffix(".tmp")
-    pos, frames = torch.tensor(0, dtype=torch.int64), torch.tensor(128, dtype=torch.int64)
-    with torch.no_grad():
-        torch.onnx.export(
-            _Wrapper().eval(),
-            (z, g, pos, frames, *states),
-            str(tmp),
-            input_names=names_in,
-            output_names=names_out,
-            dynamic_axes={"z_p": {2: "frames"}, "audio": {2: "samples"}},
-            opset_version=17,
-            do_constant_folding=True,
-            dynamo=False,
-        )
-    model = onnx.load(str(tmp))
-    for key, value in (
-        ("streaming_vits.delay", decoder.delay),
-        ("streaming_vits.hop", hop),
-        ("streaming_vits.n_state", len(states)),
-        ("streaming_vits.masked", 1),
-        ("streaming_vits.z_channels", 192),
-    ):
-        entry = model.metadata_props.add()
-        entry.key, entry.value = key, str(value)
-    onnx.save(model, str(tmp))
-    tmp.replace(cache.cached_decoder)
-    return cache.cached_decoder
-
-
-def calibrate_voice(
-    engine: StreamingPiperEngine, voice: str, safety: float = 2.0, verbose: bool = True
-) -> tuple[Any, Path, float]:
-    """Run ``streaming_vits.calibrate`` for ``voice`` on this machine (progress printed when
-    ``verbose``), save the profile in skald's cache; (profile, path, max |windowed − full|)."""
-    from streaming_vits.calibrate import calibrate, verify
-
-    voice = voice or DEFAULT_VOICE
-    engine.load_voice(voice)
-    stream = engine.streams.get(voice)
-    if stream is None:
-        # Streaming failed to open with the saved profile: calibrate from the built-in one.
-        stream = engine.open_stream(voice, profile=builtin_profile(engine._threads()))
-    tts = stream.tts
-    tts.profile = builtin_profile(tts.threads)  # margins are measured afresh, never inherited
-    tts.profile.decoder = stream.decoder
-    profile = calibrate(tts, safety=safety, verbose=verbose)
-    validate_profile(profile)
-    error = float(verify(tts, verbose=verbose))
-    if not error <= VERIFY_TOLERANCE:
-        raise EngineError(f"calibrated margins still differ from the full decode by {error:.2e}; profile not saved")
-    path = save_profile(stream.cache, profile)
-    engine.streams[voice] = engine.open_stream(voice, profile=profile)
-    return profile, path, error
