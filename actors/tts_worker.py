@@ -42,6 +42,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -527,7 +528,7 @@ class TtsWorker:
                 info = self.voices[name]  # loaded on the main thread at dispatch or start-up
                 resampler = Resampler(info.sample_rate, self.ring.sample_rate)
                 blocks_out = 0
-                for block in eng.synthesize(job.plan.text, name, req.cancel):
+                for block in self._engine_blocks(eng, job.plan.text, name, req.cancel):
                     if req.cancel.cancelled:
                         break
                     out = resampler.process(block)
@@ -573,6 +574,14 @@ class TtsWorker:
         if job.engine_used and job.engine_used != (self.engine.name if self.engine else ""):
             self.fallback_chunks += 1
         job.blocks.put(_DONE)
+
+    def _engine_blocks(self, engine: TtsEngine, text: str, voice: str, cancel: CancelToken) -> Iterator[np.ndarray]:
+        """The engine's blocks for a chunk. An engine that streams within a chunk (streaming Piper)
+        is told how much audio is queued ahead of it: a later chunk needs no small first windows."""
+        ahead = getattr(engine, "synthesize_ahead", None)
+        if ahead is not None:
+            return ahead(text, voice, cancel, self.ring.buffer_length_seconds())
+        return engine.synthesize(text, voice, cancel)
 
     def _dispatch(self) -> None:
         """Start queued chunks while fewer than the allowed number are in flight."""

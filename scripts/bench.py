@@ -100,8 +100,10 @@ class RawStreamingPiper:
 
     def __init__(self) -> None:
         from actors.tts.piper_streaming import StreamingPiperEngine
+        from config.settings import load_settings
 
-        self.engine = StreamingPiperEngine()
+        # The server's: defaults with no SKALD_* variables (as bench_core starts it).
+        self.engine = StreamingPiperEngine(first_window_s=load_settings(env={}).prebuffer.start_s)
         self.voice = "en_US-joe-medium"
         self.rate = self.engine.load_voice(self.voice).sample_rate
         if not self.engine.streams_voice(self.voice):

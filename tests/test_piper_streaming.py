@@ -82,6 +82,22 @@ def test_streamed_blocks_concatenate_to_the_full_decode(engine: StreamingPiperEn
     assert float(np.abs(np.clip(whole * gain, -1, 1) - got).max()) <= 1e-4
 
 
+def test_queued_audio_ahead_means_big_windows_and_the_same_audio(engine: StreamingPiperEngine) -> None:
+    """A later chunk (seconds of audio queued ahead) starts at the largest window: fewer
+    windows, fewer margin frames, the same samples."""
+    stream = engine.streams[VOICE]
+    before = stream.windows
+    urgent = np.concatenate(list(engine.synthesize_ahead(TEXT, VOICE, CancelToken(), 0.0)))
+    urgent_windows = stream.windows - before
+    later = np.concatenate(list(engine.synthesize_ahead(TEXT, VOICE, CancelToken(), 5.0)))
+    later_windows = stream.windows - before - urgent_windows
+    assert later_windows < urgent_windows
+    tts = stream.tts
+    frames = [tts.frontend(ids, 0, engine._scales(VOICE))[0].shape[2] for ids in engine._sentence_ids(VOICE, TEXT)]
+    assert later_windows == sum(-(-n // 256) for n in frames)  # 256-frame windows from the start
+    assert float(np.abs(later - urgent).max()) <= 1e-4
+
+
 def test_the_first_block_leaves_before_the_full_decode_would_finish(engine: StreamingPiperEngine) -> None:
     """In-process timestamps of the same sentence, interleaved so that CPU contention hits both."""
     first_s: list[float] = []

@@ -39,7 +39,12 @@ def create_engine(name: str, settings: Settings | None = None) -> TtsEngine:
         if tts.piper_streaming:
             from actors.tts.piper_streaming import StreamingPiperEngine, default_cache_dir
 
-            return StreamingPiperEngine(noise, noise_w, cache_dir=default_cache_dir(tts.piper_cache_dir))
+            return StreamingPiperEngine(
+                noise,
+                noise_w,
+                cache_dir=default_cache_dir(tts.piper_cache_dir),
+                first_window_s=settings.prebuffer.start_s,
+            )
         return PiperEngine(noise_scale=noise, noise_w_scale=noise_w)
     if name == "xtts":
         from actors.tts.xtts import XttsEngine

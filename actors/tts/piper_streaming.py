@@ -69,6 +69,10 @@ STREAM_PEAK = 0.9
 #: the library's calibrated margins; this only catches a broken profile).
 VERIFY_TOLERANCE = 1e-3
 
+#: Queued audio from which a chunk starts with the largest window: its decode (256 frames, 3 s of
+#: audio, plus margins) takes 0.15 s on the 2-core VM and stays under this at 8 times that load.
+BIG_WINDOWS_AHEAD_S = 1.5
+
 #: The speaker embedding fed to a single-speaker voice's cached-state decoder (its zero convs).
 _NO_SPEAKER = np.zeros((1, 1, 1), dtype=np.float32)
 
@@ -151,6 +155,7 @@ class VoiceStream:
     gain: float = 1.0
     verify_error: float = 0.0
     windows: int = 0  # decode windows run (tests: a cancel stops within one)
+    schedule: list[int] = field(default_factory=list)  # the profile's, first windows merged (``first_window_s``)
     lock: threading.Lock = field(default_factory=threading.Lock)
 
     @property
@@ -164,11 +169,22 @@ class VoiceStream:
             "profile": self.profile_origin,
             "margins": [p.left, p.right],
             "schedule": list(p.schedule),
+            "schedule_used": list(self.schedule),
             "threads": self.tts.threads,
             "gain": round(self.gain, 4),
             "verify_max_abs_diff": self.verify_error,
             "cache": str(self.cache.root),
         }
+
+
+def merged_schedule(schedule: list[int], first_frames: int) -> list[int]:
+    """``schedule`` with its leading windows merged until the first is at least ``first_frames``."""
+    out = list(schedule)
+    while len(out) > 1 and out[0] < first_frames:
+        out[0:2] = [out[0] + out[1]]
+    if out[0] < first_frames:  # one window left: it repeats, so it may simply grow
+        out[0] = first_frames
+    return out
 
 
 class StreamingPiperEngine(PiperEngine):
@@ -183,8 +199,13 @@ class StreamingPiperEngine(PiperEngine):
         cache_dir: str | os.PathLike[str] | None = None,
         threads: int = 0,
         use_cached_decoder: bool = True,
+        first_window_s: float = 0.0,
     ) -> None:
+        """``first_window_s``: the schedule's leading windows are merged until the first holds this
+        much audio. Playback waits for the pre-buffer (``prebuffer.start_s``) anyway, so smaller
+        first windows would only add margin frames (decoded and dropped) without sound sooner."""
         super().__init__(noise_scale, noise_w_scale)
+        self.first_window_s = first_window_s
         self.cache_dir = Path(cache_dir) if cache_dir else default_cache_dir()
         self.threads = threads
         self.use_cached_decoder = use_cached_decoder
@@ -239,7 +260,8 @@ class StreamingPiperEngine(PiperEngine):
         tts.profile = profile
         if profile.threads != threads and origin != "given":
             log.info("streaming profile calibrated with %d threads; running with %d", profile.threads, threads)
-        stream = VoiceStream(tts, cache, origin)
+        first = int(np.ceil(self.first_window_s * tts.sample_rate / tts.hop))
+        stream = VoiceStream(tts, cache, origin, schedule=merged_schedule(list(profile.schedule), first))
         # Verification doubles as the decoder's warm-up and measures the level.
         ids = self._sentence_ids(voice, CALIBRATION_TEXT)[0]
         z_p, mask, g = tts.frontend(ids, 0, self._scales(voice, deterministic=True))
@@ -280,7 +302,7 @@ class StreamingPiperEngine(PiperEngine):
         """One sentence's audio, window by window (schedule position ``start``); the cancel token
         is read before every window, so a cancel costs at most the window in flight."""
         tts = stream.tts
-        schedule = tts.profile.schedule
+        schedule = stream.schedule
         if tts.cached is not None:
             with stream.lock:  # the cached-state decoder carries state: one utterance at a time
                 for chunk in tts._stream_cached(z_p, g, schedule[start:] or schedule[-1:], time.perf_counter()):
@@ -301,13 +323,21 @@ class StreamingPiperEngine(PiperEngine):
             a, i = b, i + 1
 
     def synthesize(self, text: str, voice: str, cancel: CancelToken) -> Iterator[np.ndarray]:
+        return self.synthesize_ahead(text, voice, cancel, 0.0)
+
+    def synthesize_ahead(self, text: str, voice: str, cancel: CancelToken, ahead_s: float) -> Iterator[np.ndarray]:
+        """``synthesize`` for a chunk that ``ahead_s`` seconds of queued audio will cover: with at
+        least ``BIG_WINDOWS_AHEAD_S`` queued (a request's later chunks, while earlier ones play)
+        the small first windows buy nothing, so it starts at the schedule's largest window and
+        decodes far fewer margin frames."""
         voice = voice or DEFAULT_VOICE
         stream = self.streams.get(voice)
         if stream is None:
             yield from super().synthesize(text, voice, cancel)
             return
         scales = self._scales(voice)
-        position = 0  # the schedule goes on across a chunk's sentences: later ones take big windows
+        # The schedule goes on across a chunk's sentences: later ones take big windows.
+        position = len(stream.schedule) - 1 if ahead_s >= BIG_WINDOWS_AHEAD_S else 0
         for ids in self._sentence_ids(voice, text):
             if cancel.cancelled:
                 return
