@@ -69,6 +69,9 @@ STREAM_PEAK = 0.9
 #: the library's calibrated margins; this only catches a broken profile).
 VERIFY_TOLERANCE = 1e-3
 
+#: onnxruntime's intra-op threads spin-wait between runs by default (see the session options).
+ORT_SPINNING = False
+
 #: Queued audio from which a chunk starts with the largest window: its decode (256 frames, 3 s of
 #: audio, plus margins) takes 0.15 s on the 2-core VM and stays under this at 8 times that load.
 BIG_WINDOWS_AHEAD_S = 1.5
@@ -104,6 +107,10 @@ def _streaming_tts_class() -> type:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             opts.log_severity_level = 3
+            if not ORT_SPINNING:
+                # Many short runs per chunk: idle intra-op threads would spin between them, burning
+                # the CPU the audio callback and the other actors share.
+                opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
             cpu = ["CPUExecutionProvider"]
             self.fe = ort.InferenceSession(str(self.dir / self.meta.frontend), opts, providers=cpu)
             self.dec = ort.InferenceSession(str(self.dir / self.meta.decoder), opts, providers=cpu)
