@@ -79,7 +79,7 @@ def _voice_calibrate(args: argparse.Namespace, settings: Settings) -> int:
         engine.close()
     print(f"\nprofile written to {path}")
     print(profile.describe())
-    print(f"  max |windowed - full decode| = {error:.2e}; decoder {stream.decoder}")
+    print(f"  max |streamed - full decode| = {error:.2e}; decoder {stream.decoder}")
     if args.json:
         print(json.dumps(asdict(profile)))
     return 0
