@@ -354,3 +354,16 @@ def test_device_narration_with_the_streaming_engine_is_complete_and_gap_free(
     parts = [engine.full_decode(c["text"], VOICE) for c in chunks]
     reference, _ = joined_reference(report, parts, 22050)
     assert_recording_plays(reference, recording, 22050, min_windows=100)
+
+
+def test_calibrate_refuses_a_bad_safety_factor_by_name() -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "actors.cli", "voice", "calibrate", "--safety", "20"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+        timeout=120,
+    )
+    assert proc.returncode == 1
+    assert "skald voice calibrate: --safety 20: must be between 1 and 10" in proc.stderr
