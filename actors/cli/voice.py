@@ -1,4 +1,5 @@
-"""``skald voice add|list|remove``: the command line over ``actors.tts.voices.VoiceProfileStore``."""
+"""``skald voice add|list|remove``: the command line over ``actors.tts.voices.VoiceProfileStore``;
+``skald voice calibrate``: streaming Piper's per-machine profile (``actors.tts.piper_streaming``)."""
 
 from __future__ import annotations
 
@@ -28,7 +29,62 @@ def add_voice_parser(subparsers: Any) -> argparse.ArgumentParser:
     listing.add_argument("--json", action="store_true", help="one JSON object per voice")
     remove = sub.add_parser("remove", help="delete an XTTS voice profile")
     remove.add_argument("name")
+    calibrate = sub.add_parser(
+        "calibrate", help="measure streaming Piper's margins and decode schedule on this machine (stored, reused)"
+    )
+    calibrate.add_argument("voice", nargs="?", default="", help="Piper voice (default: tts.voice)")
+    calibrate.add_argument(
+        "--safety", type=float, default=2.0, help="plan for a machine this many times slower (default 2)"
+    )
+    calibrate.add_argument("--json", action="store_true", help="print the stored profile as JSON at the end")
+    decoder = calibrate.add_mutually_exclusive_group()
+    decoder.add_argument(
+        "--cached-decoder",
+        dest="cached_decoder",
+        action="store_true",
+        default=None,
+        help="(re-)export the cached-state decoder (needs torch) and calibrate it; by default it is "
+        "exported once when torch is installed",
+    )
+    decoder.add_argument(
+        "--windowed",
+        dest="cached_decoder",
+        action="store_false",
+        help="calibrate the windowed decoder (ignore an exported cached-state one)",
+    )
     return voice
+
+
+def _voice_calibrate(args: argparse.Namespace, settings: Settings) -> int:
+    """Streaming Piper's calibration for one voice, progress on stdout, profile in the cache."""
+    from dataclasses import asdict
+
+    from actors.tts.base import EngineError
+    from actors.tts.piper_streaming import StreamingPiperEngine, default_cache_dir
+    from actors.tts.piper_streaming_calibrate import calibrate_voice
+
+    if not 1.0 <= args.safety <= 10.0:
+        raise VoiceProfileError(f"--safety {args.safety:g}: must be between 1 and 10")
+    voice = args.voice or settings.tts.voice
+    engine = StreamingPiperEngine(
+        cache_dir=default_cache_dir(settings.tts.piper_cache_dir), use_cached_decoder=args.cached_decoder is not False
+    )
+    try:
+        print(f"calibrating streaming Piper for {voice!r} on this machine (about a minute of full CPU)", flush=True)
+        profile, path, error = calibrate_voice(
+            engine, voice, safety=args.safety, verbose=True, cached_decoder=args.cached_decoder
+        )
+        stream = engine.streams[voice]
+    except EngineError as exc:
+        raise VoiceProfileError(str(exc)) from None
+    finally:
+        engine.close()
+    print(f"\nprofile written to {path}")
+    print(profile.describe())
+    print(f"  max |streamed - full decode| = {error:.2e}; decoder {stream.decoder}")
+    if args.json:
+        print(json.dumps(asdict(profile)))
+    return 0
 
 
 def _voice_add(args: argparse.Namespace, settings: Settings, store: VoiceProfileStore) -> int:
@@ -120,6 +176,8 @@ def run_voice_command(args: argparse.Namespace, settings: Settings) -> int:
             return _voice_add(args, settings, store)
         if args.voice_command == "list":
             return _voice_list(args, store)
+        if args.voice_command == "calibrate":
+            return _voice_calibrate(args, settings)
         if args.voice_command == "remove":
             store.remove(args.name)
             print(f"removed voice {args.name!r} from {store.dir}")

@@ -23,7 +23,9 @@ Cut rules (see also the tests):
   places (inside a short quotation, right after a title, inside a phrase: see
   :mod:`actors.text.cuts`) only if nothing else is left; a cut inside a word at
   ``first_chunk_max_s`` as the very last resort. A whole text under ``hard_min_s`` is one chunk
-  (so the first chunk waits until ``hard_min_s`` of text is in).
+  (so the first chunk waits until ``hard_min_s`` of text is in). With ``first_sentence`` (voices
+  that stream within a chunk) the first sentence end in the window wins over all of that: the
+  first chunk is a whole sentence when one ends by ``first_chunk_max_s``.
 * Later chunks (greedy, one at a time, from the start of the remaining text ``R``):
 
   1. the earliest sentence end that lands the chunk in the band and leaves at least ``hard_min_s``

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Any
 
 __all__ = ["CLAUSE", "CONJ", "SENTENCE", "STRENGTH_NAMES", "WORD", "ChunkPlan", "ChunkerConfig"]
+
 
 @dataclass(frozen=True)
 class ChunkerConfig:
@@ -17,9 +19,17 @@ class ChunkerConfig:
     hard_max_s: float = 8.0
     first_chunk_s: float = 1.2  # first chunk: first pause point after this …
     first_chunk_max_s: float = 2.5  # … but never later than this
+    # The first chunk is the first whole sentence that ends between first_chunk_s and
+    # first_chunk_max_s, when there is one (engines that stream within a chunk: its length no
+    # longer decides the time to first audio, and a whole sentence keeps its intonation).
+    first_sentence: bool = False
 
     def __post_init__(self) -> None:
         for f in fields(self):
+            if f.name == "first_sentence":
+                if not isinstance(self.first_sentence, bool):
+                    raise ValueError(f"ChunkerConfig.first_sentence must be a bool, got {self.first_sentence!r}")
+                continue
             v = getattr(self, f.name)
             if not isinstance(v, int | float) or isinstance(v, bool) or not math.isfinite(v) or v <= 0:
                 raise ValueError(f"ChunkerConfig.{f.name} must be a finite number > 0, got {v!r}")
@@ -33,6 +43,24 @@ class ChunkerConfig:
         for lo, hi in order:
             if getattr(self, lo) > getattr(self, hi):
                 raise ValueError(f"ChunkerConfig.{hi} ({getattr(self, hi)}) must be >= {lo} ({getattr(self, lo)})")
+
+    @classmethod
+    def from_settings(cls, chunker: Any, streaming: bool = False) -> ChunkerConfig:
+        """The bounds of ``[chunker]`` settings (``config.settings.ChunkerSettings``). A voice
+        whose first audio leaves before its chunk is finished (``streaming``: streaming Piper)
+        needs no short first chunk for latency: the first chunk is then the first whole sentence
+        up to ``target_max_s`` (else the first pause after ``first_chunk_s``, as before), so whole
+        sentences keep their intonation."""
+        first_max = max(chunker.first_chunk_max_s, chunker.target_max_s) if streaming else chunker.first_chunk_max_s
+        return cls(
+            target_min_s=chunker.target_min_s,
+            target_max_s=chunker.target_max_s,
+            hard_min_s=chunker.hard_min_s,
+            hard_max_s=chunker.hard_max_s,
+            first_chunk_s=chunker.first_chunk_s,
+            first_chunk_max_s=first_max,
+            first_sentence=streaming,
+        )
 
 
 WORD, CONJ, CLAUSE, SENTENCE = 0, 1, 2, 3

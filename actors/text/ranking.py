@@ -38,6 +38,8 @@ class CutRanking:
         # not a mere word or two. Then word cuts the same way; protected places (inside a short
         # quotation, after a title, inside a phrase) only when nothing else is left.
         inwin = length >= cfg.first_chunk_s
+        if cfg.first_sentence and inwin and st == SENTENCE and not prot:
+            return (-1, c)  # the first whole sentence in the window beats every other cut
         pause = st != WORD and (inwin or length >= FIRST_PAUSE_MIN * cfg.first_chunk_s)
         tier = (0 if pause else 2) + (4 if prot else 0)
         return (tier, c) if inwin else (tier + 1, -length)
@@ -81,7 +83,10 @@ class CutRanking:
 def phantom_first(cfg: ChunkerConfig, lb: float) -> Key | None:
     """Best key any not-yet-classified position could get for the first chunk (``lb``: a lower
     bound of the estimate up to the first unclassified position)."""
-    return (0, _INF) if lb <= cfg.first_chunk_max_s else None
+    if lb > cfg.first_chunk_max_s:
+        return None
+    # With first_sentence, a sentence end not classified yet may still win over every cut seen.
+    return (-1 if cfg.first_sentence else 0, _INF)
 
 
 def phantom(case: str, cfg: ChunkerConfig, lb: float) -> Key | None:

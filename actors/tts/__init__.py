@@ -3,7 +3,9 @@
 Engines are imported lazily so the audio consumer, which never synthesizes, never loads
 onnxruntime or torch.
 
-* ``piper``: ONNX on CPU, the embedded default voice (``actors.tts.piper``).
+* ``piper``: ONNX on CPU, the embedded default voice (``actors.tts.piper``); with
+  ``tts.piper_streaming`` decoded in windows so a chunk's first audio leaves early
+  (``actors.tts.piper_streaming``, on the ``streaming-vits`` package).
 * ``xtts``: XTTS v2 on CUDA (or CPU for offline rendering) with cloned voice profiles
   (``actors.tts.xtts``; its model directory in ``actors.tts.xtts_model``; profiles in
   ``actors.tts.voices``). Random-weight models for tests and benchmarks are built by
@@ -32,10 +34,18 @@ def create_engine(name: str, settings: Settings | None = None) -> TtsEngine:
         if settings is None:
             return PiperEngine()
         tts = settings.tts
-        return PiperEngine(
-            noise_scale=tts.noise_scale if tts.noise_scale >= 0 else None,
-            noise_w_scale=tts.noise_w_scale if tts.noise_w_scale >= 0 else None,
-        )
+        noise = tts.noise_scale if tts.noise_scale >= 0 else None
+        noise_w = tts.noise_w_scale if tts.noise_w_scale >= 0 else None
+        if tts.piper_streaming:
+            from actors.tts.piper_streaming import StreamingPiperEngine, default_cache_dir
+
+            return StreamingPiperEngine(
+                noise,
+                noise_w,
+                cache_dir=default_cache_dir(tts.piper_cache_dir),
+                first_window_s=settings.prebuffer.start_s,
+            )
+        return PiperEngine(noise_scale=noise, noise_w_scale=noise_w)
     if name == "xtts":
         from actors.tts.xtts import XttsEngine
         from config.settings import load_settings

@@ -106,6 +106,7 @@ def measure_chars_per_s(engine: TtsEngine, voice: str, sample_rate: int) -> floa
         raise EngineError(f"voice {voice!r} produced no audio for the calibration sentence")
     return len(CALIBRATION_TEXT) / (frames / sample_rate)
 
+
 def file_sha256(path: Path) -> str:
     """SHA-256 of a file, read in 1 MiB blocks (model weights, reference audio, profile tensors)."""
     digest = hashlib.sha256()
