@@ -10,6 +10,7 @@ From events (counted as they pass)::
     skald_ttfa_seconds{engine}               histogram  acceptance -> first audible sample
     skald_chunk_synthesis_seconds{engine}    histogram  engine compute per chunk (no ring wait)
     skald_cancel_to_silence_seconds          histogram  cancel seen -> end of the fade at the DAC
+    skald_web_listeners                      gauge      WebRTC listeners (only while the gateway runs)
     skald_requests_total{status}             counter    done | cancelled | failed
     skald_underruns_total                    counter    the sink needed audio that was not there
     skald_device_underflows_total            counter    the device ran dry (a late callback)
@@ -100,8 +101,12 @@ class _ScrapeCollector(Collector):
         util = GaugeMetricFamily("skald_gpu_utilization_ratio", "GPU utilization, 0-1 (NVML).")
         vram = GaugeMetricFamily("skald_gpu_vram_bytes", "GPU memory held by the TTS worker.")
         gpu_seen = False
+        listeners: float | None = None
         for role, actor in status.actors.items() if status is not None else ():
             figures = actor.get("metrics") or {}
+            if role == "web":
+                count = figures.get("listeners", 0)  # 0 until the first WebRTC listener
+                listeners = float(count) if isinstance(count, (int, float)) else 0.0
             rss_mb = figures.get("rss_mb")
             if isinstance(rss_mb, (int, float)) and rss_mb >= 0:
                 rss.add_metric([role], float(rss_mb) * 1e6)
@@ -117,6 +122,10 @@ class _ScrapeCollector(Collector):
                     vram.add_metric([], float(held) * 2**20)
                     gpu_seen = True
         yield rss
+        if listeners is not None:  # only while the HTTP gateway runs
+            web = GaugeMetricFamily("skald_web_listeners", "WebRTC listeners of the stage (the HTTP gateway).")
+            web.add_metric([], listeners)
+            yield web
         if gpu_seen:  # no GPU, no GPU series
             yield util
             yield vram

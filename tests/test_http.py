@@ -359,6 +359,17 @@ def test_native_narration_api_speaks_on_the_stage_and_streams_events(gateway: Ga
     assert status == 200 and "en_US-joe-medium" in voices["skald"] and voices["openai"]["alloy"] == "en_US-joe-medium"
     status, schema = gateway.get("/openapi.json")
     assert status == 200 and "/v1/audio/speech" in schema["paths"]
+    # The supervisor's Prometheus metrics, on the gateway too, with its own listener gauge.
+    from prometheus_client.parser import text_string_to_metric_families
+
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+    conn.request("GET", "/metrics", headers={"Authorization": f"Bearer {KEY}"})
+    reply = conn.getresponse()
+    families = {f.name: f for f in text_string_to_metric_families(reply.read().decode())}
+    conn.close()
+    assert reply.status == 200 and families["skald_web_listeners"].samples[0].value == 0
+    done = [s for s in families["skald_requests"].samples if s.labels.get("status") == "done"]
+    assert done and done[0].value >= 1
 
 
 # ---------------------------------------------------------------------------------- supervision

@@ -516,10 +516,8 @@ class SemanticChunker(CutRanking):
             c = cpos[i]
             if self._lower(s, c) > limit:
                 break
-            if self._units[c] == self._units[s]:
-                continue  # nothing to say before it ("—…" alone): never a chunk of its own
             length = self._est(s, c)
-            if length > limit:
+            if length > limit or self._units[c] == self._units[s]:  # nothing to say ("—…" alone): no chunk
                 continue
             qp = False if cabbr[i] else self._quotes.protects(c, final)
             prots = [True] if cabbr[i] else ([False, True] if qp is None else [qp])
