@@ -431,7 +431,7 @@ def _explain(exc: msgspec.ValidationError, data: Mapping[str, Any], origins: Map
     return ConfigError(f"config error: {dotted} = {value!r}{where}: {why}")
 
 
-def _is_loopback(host: str) -> bool:
+def is_loopback(host: str) -> bool:
     """``localhost`` and loopback addresses; anything else (0.0.0.0, a LAN address, a name) is not."""
     import ipaddress
 
@@ -480,7 +480,7 @@ def _validated(settings: Settings, origins: Mapping[str, str]) -> Settings:
         host, sep, port = settings.web.http.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
             fail("web.http", "must be HOST:PORT, e.g. 127.0.0.1:8880 (port 0 = any free port)")
-        if not _is_loopback(host.strip("[]")) and not settings.web.api_key:
+        if not is_loopback(host.strip("[]")) and not settings.web.api_key:
             fail(
                 "web.http",
                 "binds a non-loopback address, so every request must carry a key: set web.api_key "

@@ -33,7 +33,6 @@ import asyncio
 import collections
 import contextlib
 import fractions
-import ipaddress
 import logging
 import threading
 import time
@@ -44,7 +43,7 @@ from typing import Any
 
 import numpy as np
 
-from config.settings import Settings
+from config.settings import Settings, is_loopback
 from shm import PcmRing
 
 log = logging.getLogger("skald.web.webrtc")
@@ -243,15 +242,6 @@ class Listener:
     connected: bool = False
 
 
-def _is_loopback(host: str) -> bool:
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        return False
-
-
 _loopback_patched = False
 
 
@@ -422,4 +412,4 @@ class Listeners:
 
 def is_loopback_bind(address: str) -> bool:
     """``web.http`` binds a loopback address (browsers are on this machine)."""
-    return _is_loopback(address.rpartition(":")[0].strip("[]"))
+    return is_loopback(address.rpartition(":")[0].strip("[]"))
