@@ -128,7 +128,8 @@ def test_upsampled_device_playback_matches_piper_and_is_gap_free(
         proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=180)
         recording = recorder.stop()
     assert proc.returncode == 0, proc.stderr
-    ready = next(line for line in proc.stderr.splitlines() if "audio_consumer ready" in line)
+    # The supervisor's line, with the actor's READY info (the actor logs its own, bare, too).
+    ready = next(line for line in proc.stderr.splitlines() if "audio_consumer ready" in line and "{" in line)
     info = json.loads(ready[ready.index("{") :])
     assert info["sample_rate"] == 22050 and info["device_rate"] == device_rate and info["upsample"] == 2, info
     assert info["heavy_modules"] == []
