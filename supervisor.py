@@ -681,13 +681,13 @@ class Supervisor:
         """The consumer died: its requests wait for the new one, which reads the ring on from the
         last frame the old one took (the device buffer's few ms are lost), told again by
         ``_reannounce`` what it holds. The worker waits on the ring meanwhile."""
+        if self._ring is None:  # a child exits before start() made the ring only to fail start-up
+            return 0
         held = [r for r in self.requests.values() if self._active(r.request_id) and r.output == "stage"]
-        played = self._ring.read_index if self._ring is not None else 0
+        played, rate = self._ring.read_index, self._ring.sample_rate
         replay: list[wire.Segment] = []
         for rec in held:
-            rec.audio_before_s += sum(max(0, min(s.end, played) - s.start) for s in rec.segments) / max(
-                1, self._ring.sample_rate if self._ring is not None else 1
-            )
+            rec.audio_before_s += sum(max(0, min(s.end, played) - s.start) for s in rec.segments) / rate
             replay += [
                 msgspec.structs.replace(s, start=max(s.start, played)) for s in rec.segments if s.end > played or s.last
             ]
