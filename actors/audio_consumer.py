@@ -678,16 +678,27 @@ class DeviceSink:
             dac = now + (time_info.outputBufferDacTime - current) if current else now
             core.render(outdata[:, 0], dac)
 
-        self._stream = sd.OutputStream(
-            samplerate=core.device_rate,
-            blocksize=core.blocksize * core.upsample,  # blocksize ring frames per callback
-            channels=1,
-            dtype="int16",
-            device=self.info.index,
-            callback=callback,
-            latency=self.latency,
-        )
-        self._stream.start()
+        # The audio path has more threads than the callback: PulseAudio's client mainloop
+        # ("threaded-ml", created when the ALSA pulse plugin opens the stream) carries every block
+        # to the server, and at nice -10 under CFS a loaded 2-core machine still delays it past a
+        # 46-ms device buffer (measured: 1-3 underflows per 95 s with three renders beside the
+        # stage). Threads inherit their creator's policy, so this thread takes SCHED_FIFO while
+        # the stream opens and starts, and gives it back after; without the privilege, nothing.
+        inherit = enable_realtime_thread(AUDIO_RT_PRIORITY - 1)
+        try:
+            self._stream = sd.OutputStream(
+                samplerate=core.device_rate,
+                blocksize=core.blocksize * core.upsample,  # blocksize ring frames per callback
+                channels=1,
+                dtype="int16",
+                device=self.info.index,
+                callback=callback,
+                latency=self.latency,
+            )
+            self._stream.start()
+        finally:
+            if inherit:
+                disable_realtime_thread()
 
     def stop(self) -> None:
         if self._stream is not None:
@@ -890,13 +901,32 @@ def enable_realtime_thread(priority: int = AUDIO_RT_PRIORITY) -> bool:
     return True
 
 
-def raise_audio_priority() -> int:
-    """Lower this process's nice value so the device callback runs on time under inference load;
-    returns the nice value in effect (unchanged when not permitted: an unprivileged user)."""
+def disable_realtime_thread() -> None:
+    """Return the calling thread to SCHED_OTHER (its nice value is kept)."""
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, AUDIO_NICE)
-    except OSError:
+        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+    except (OSError, AttributeError):
         pass
+
+
+def raise_audio_priority() -> int:
+    """Lower the nice value of every thread of this process so the device callback runs on time
+    under inference load; returns the nice value in effect (unchanged when not permitted: an
+    unprivileged user).
+
+    Every thread, not only the calling one (Linux nice values are per thread; threads started
+    later inherit): the callback is a Python function, so it waits for the GIL whenever another
+    thread of this process holds it, and a GIL holder left at nice 0 on a loaded machine stalls
+    the SCHED_FIFO callback behind it (priority inversion through the GIL)."""
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]
+    for tid in threads:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, AUDIO_NICE)
+        except OSError:
+            pass
     return os.getpriority(os.PRIO_PROCESS, 0)
 
 

@@ -103,16 +103,29 @@ STEADY_DEVICE = {"SKALD_AUDIO_LATENCY": "high", "SKALD_AUDIO_BLOCKSIZE": "512"}
 # --------------------------------------------------------------------------------------------------
 
 
+#: Above PulseAudio's own null-sink thread (RR 5), below skald's audio callback (FIFO 40).
+RIG_RT_PRIORITY = 20
+
+
 def _as_hardware(pid: int | None) -> None:
     """The null sink and its recorder stand in for a sound card, whose DMA no CPU load can
     starve: run them at high priority (nice -15) where allowed, so a loaded test machine
     measures skald's timing, not the rig's. Unprivileged: left as is."""
     if pid is None:
         return
+    # Every thread, not only the main one (Linux priorities are per thread): PulseAudio's main
+    # thread receives the client's blocks, its null-sink thread consumes them, parec's reads.
+    # SCHED_RR where permitted (root, as in CI), else nice -15, else as is.
     try:
-        os.setpriority(os.PRIO_PROCESS, pid, -15)
+        threads = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     except OSError:
-        pass
+        threads = [pid]
+    for tid in threads:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, tid, -15)
+        with contextlib.suppress(OSError):
+            if os.sched_getscheduler(tid) == os.SCHED_OTHER:
+                os.sched_setscheduler(tid, os.SCHED_RR, os.sched_param(RIG_RT_PRIORITY))
 
 
 def pid_alive(pid: int) -> bool:
