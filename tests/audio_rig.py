@@ -515,6 +515,13 @@ class MonitorRecorder:
             time.sleep(0.005)
         return True
 
+    def wait_until_covered(self, t_monotonic: float, timeout_s: float = 10.0) -> bool:
+        """Wait until the recording reaches ``t_monotonic`` (sample 0 is ``first_bytes_at``):
+        on a loaded machine parec's reads lag the sink, so a fixed sleep before ``stop`` can cut
+        off the end of what was played. False on timeout."""
+        assert self.first_bytes_at is not None, "start() first"
+        return self.wait_for_samples(int((t_monotonic - self.first_bytes_at) * self.rate) + 1, timeout_s)
+
     def _stop_process(self) -> str:
         """Stop parec and the drain thread; return parec's stderr."""
         proc, self._proc = self._proc, None

@@ -82,7 +82,7 @@ def test_cancel_during_playback_fades_to_silence_and_the_next_request_plays_only
             seen += _collect(events, lambda e: isinstance(e, wire.RequestFinished) and e.request_id == new)
         finally:
             events.close()
-        time.sleep(0.3)
+        assert recorder.wait_until_covered(time.monotonic() + 0.3), "the recorder fell behind"  # the tail pad
         recording = recorder.stop()
     finished = {e.request_id: e for e in seen if isinstance(e, wire.RequestFinished)}
     assert finished[old].status == "cancelled"
@@ -141,7 +141,7 @@ def test_cancel_during_synthesis_is_never_heard(make_server, pulse_sink: PulseNu
             seen = _collect(events, lambda e: isinstance(e, wire.RequestFinished) and e.request_id == new)
         finally:
             events.close()
-        time.sleep(0.3)
+        assert recorder.wait_until_covered(time.monotonic() + 0.3), "the recorder fell behind"  # the tail pad
         recording = recorder.stop()
     ref_new = joined_from_events(seen, new, RATE)
     start_new, score = align(ref_new, recording, RATE)

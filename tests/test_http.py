@@ -441,7 +441,7 @@ def test_three_renders_while_the_stage_narrates_leave_it_gap_free(
             for thread in threads:
                 thread.join(240)
             _, finished = gw.events.finished(stage_id, timeout=240)
-            time.sleep(0.3)  # the tail pad leaves the device
+            assert recorder.wait_until_covered(time.monotonic() + 0.3), "the recorder fell behind"  # the tail pad
             recording = recorder.stop()
         assert sorted(results) == [0, 1, 2], "every render completed"
         for data in results.values():

@@ -263,7 +263,7 @@ def test_prelude_to_narrative_seam_has_no_gap_and_no_overlap(make_server, pulse_
                     break
         finally:
             events.close()
-        time.sleep(0.3)
+        assert recorder.wait_until_covered(time.monotonic() + 0.3), "the recorder fell behind"  # the tail pad
         recording = recorder.stop()
     finished = next(e for e in seen if isinstance(e, wire.RequestFinished))
     assert finished.status == "done" and finished.underruns == 0

@@ -117,7 +117,7 @@ def test_injected_xtts_failure_falls_back_to_piper_with_no_gap(  # type: ignore[
             seen = _events(events, lambda e: isinstance(e, wire.RequestFinished) and e.request_id == rid, 400)
         finally:
             events.close()
-        time.sleep(0.3)
+        assert recorder.wait_until_covered(time.monotonic() + 0.3), "the recorder fell behind"  # the tail pad
         recording = recorder.stop()
     finished = next(e for e in seen if isinstance(e, wire.RequestFinished))
     assert finished.status == "done" and finished.underruns == 0 and finished.device_underflows == 0
