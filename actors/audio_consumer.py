@@ -55,7 +55,7 @@ import numpy as np
 from actors import wire
 from actors.audio.output import Int16Converter, IntegerUpsampler
 from actors.audio.prebuffer import PlaybackState, PrebufferConfig, PrebufferPolicy
-from actors.runtime import ActorSpec, Send, process_rss_mb, run_actor
+from actors.runtime import ActorSpec, Send, process_rss_mb, run_actor, set_process_nice
 from config.settings import Settings
 from shm import PcmRing
 
@@ -684,6 +684,7 @@ class DeviceSink:
         # 46-ms device buffer (measured: 1-3 underflows per 95 s with three renders beside the
         # stage). Threads inherit their creator's policy, so this thread takes SCHED_FIFO while
         # the stream opens and starts, and gives it back after; without the privilege, nothing.
+        policy, priority = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
         inherit = enable_realtime_thread(AUDIO_RT_PRIORITY - 1)
         try:
             self._stream = sd.OutputStream(
@@ -698,7 +699,7 @@ class DeviceSink:
             self._stream.start()
         finally:
             if inherit:
-                disable_realtime_thread()
+                restore_thread_scheduling(policy, priority)
 
     def stop(self) -> None:
         if self._stream is not None:
@@ -890,6 +891,9 @@ AUDIO_NICE = -10  # the callback must win the CPU from inference threads on a sm
 #: SCHED_FIFO priority of the device callback thread, where permitted: above ordinary work, below
 #: the kernel's own threaded IRQs (50) is not needed here, so it sits at JACK's default range.
 AUDIO_RT_PRIORITY = 40
+#: SCHED_FIFO priority of the consumer's other threads (control loop, ring heartbeat, zmq), where
+#: permitted: they hold the GIL the callback needs (see ``raise_audio_priority``).
+AUDIO_PROCESS_RT_PRIORITY = 10
 
 
 def enable_realtime_thread(priority: int = AUDIO_RT_PRIORITY) -> bool:
@@ -901,33 +905,36 @@ def enable_realtime_thread(priority: int = AUDIO_RT_PRIORITY) -> bool:
     return True
 
 
-def disable_realtime_thread() -> None:
-    """Return the calling thread to SCHED_OTHER (its nice value is kept)."""
+def restore_thread_scheduling(policy: int, priority: int) -> None:
+    """Put the calling thread back under ``policy`` at ``priority`` (its nice value is kept)."""
     try:
-        os.sched_setscheduler(0, os.SCHED_OTHER, os.sched_param(0))
+        os.sched_setscheduler(0, policy, os.sched_param(priority))
     except (OSError, AttributeError):
         pass
 
 
 def raise_audio_priority() -> int:
-    """Lower the nice value of every thread of this process so the device callback runs on time
-    under inference load; returns the nice value in effect (unchanged when not permitted: an
-    unprivileged user).
+    """Raise every thread of this process above ordinary work; returns the nice value in effect.
 
-    Every thread, not only the calling one (Linux nice values are per thread; threads started
-    later inherit): the callback is a Python function, so it waits for the GIL whenever another
-    thread of this process holds it, and a GIL holder left at nice 0 on a loaded machine stalls
-    the SCHED_FIFO callback behind it (priority inversion through the GIL)."""
+    Every thread, not only the callback's (Linux priorities are per thread; threads started later
+    inherit): the callback is a Python function, so it waits for the GIL whenever another thread
+    of this process holds it, and a GIL holder preempted by a CPU hog stalls the SCHED_FIFO
+    callback behind it -- priority inversion through the GIL. So where permitted all of them run
+    SCHED_FIFO at a low priority (``AUDIO_PROCESS_RT_PRIORITY``, below the callback's and
+    PulseAudio's client thread's; this process only waits on sockets and the ring, ~2 % of a
+    core), and at nice -10 in any case (the fallback without the privilege: an unprivileged user
+    keeps nice 0 and SCHED_OTHER)."""
+    nice = set_process_nice(AUDIO_NICE)
     try:
         threads = [int(tid) for tid in os.listdir("/proc/self/task")]
     except OSError:
         threads = [0]
     for tid in threads:
         try:
-            os.setpriority(os.PRIO_PROCESS, tid, AUDIO_NICE)
-        except OSError:
+            os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(AUDIO_PROCESS_RT_PRIORITY))
+        except (OSError, AttributeError):
             pass
-    return os.getpriority(os.PRIO_PROCESS, 0)
+    return nice
 
 
 def run_audio_consumer_process(spec: ActorSpec) -> None:

@@ -233,6 +233,20 @@ def set_process_title(role: str) -> None:
         pass
 
 
+def set_process_nice(nice: int) -> int:
+    """Set the nice value of every thread of this process (Linux nice values are per thread;
+    threads started later inherit the creator's); returns the value in effect, unchanged where
+    not permitted (an unprivileged user cannot go below 0)."""
+    try:
+        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        threads = [0]
+    for tid in threads:
+        with contextlib.suppress(OSError):
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+    return os.getpriority(os.PRIO_PROCESS, 0)
+
+
 def arm_parent_death_signal() -> None:
     """Ask the kernel to send SIGTERM when our parent dies (Linux only; the watchdog covers others)."""
     if not sys.platform.startswith("linux"):

@@ -53,7 +53,7 @@ from actors import wire
 from actors.audio.joiner import ChunkJoiner, ChunkSpan
 from actors.audio.resample import Resampler
 from actors.gpu.hooks import GpuControlHooks, GpuHooks
-from actors.runtime import ActorSpec, Send, process_rss_mb, run_actor
+from actors.runtime import ActorSpec, Send, process_rss_mb, run_actor, set_process_nice
 from actors.text.chunker import ChunkerConfig, ChunkPlan, SemanticChunker, SpeakingRate
 from actors.text.normalize import Lexicon
 from actors.text.punctuation import pause_kind
@@ -1049,8 +1049,16 @@ def _gpu_hooks(settings: Settings, gpu: ResolvedGpuConfig | None) -> tuple[GpuHo
     return GpuControlHooks(resolved), resolved
 
 
+#: The stage's worker feeds what the table hears in real time: where permitted it runs above
+#: ordinary work (a CPU hog, a browser, the gateway's clients), still below the audio consumer's
+#: -10. At nice 0 on two cores, three HTTP renders and their clients beside the stage starved it
+#: into a ring underrun in one run of 95 s; `stress-ng --cpu 2` alone takes two thirds of the CPU.
+STAGE_NICE = -5
+
+
 def run_tts_worker_process(spec: ActorSpec) -> None:
-    """Entry point of the TTS worker process."""
+    """Entry point of the TTS worker process (the stage's)."""
+    set_process_nice(STAGE_NICE)  # an unprivileged user keeps nice 0 (docs/troubleshooting.md)
     run_actor(spec, TtsWorker)
 
 
@@ -1061,8 +1069,6 @@ RENDER_NICENESS = 10
 def run_tts_render_process(spec: ActorSpec) -> None:
     """Entry point of the render worker (``skald serve --http``): the same worker, for the HTTP
     gateway's renders, in a ring of its own and at a lower OS priority than the stage's worker."""
-    try:
-        os.nice(RENDER_NICENESS)
-    except OSError as exc:  # a container may forbid it; renders then compete as equals
-        log.warning("tts_render: cannot lower its priority (%s)", exc)
+    if set_process_nice(RENDER_NICENESS) != RENDER_NICENESS:  # a container may forbid it
+        log.warning("tts_render: cannot lower its priority; renders compete with the stage as equals")
     run_actor(spec, TtsWorker)

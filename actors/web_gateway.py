@@ -44,7 +44,7 @@ import uvicorn
 
 from actors import wire
 from actors.client import SkaldClient, SkaldClientError
-from actors.runtime import ActorSpec, Send, process_rss_mb, run_actor
+from actors.runtime import ActorSpec, Send, process_rss_mb, run_actor, set_process_nice
 from actors.web.api import ApiError, build_app
 from actors.web.listen import add_listen_routes
 from actors.web.renders import RenderReader
@@ -358,10 +358,7 @@ LISTENER_NICE = -5
 
 
 def raise_listener_priority() -> None:
-    try:
-        os.setpriority(os.PRIO_PROCESS, 0, LISTENER_NICE)
-    except OSError:
-        pass  # an unprivileged user keeps nice 0
+    set_process_nice(LISTENER_NICE)  # an unprivileged user keeps nice 0
 
 
 def run_web_process(spec: ActorSpec) -> None:
