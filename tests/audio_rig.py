@@ -39,6 +39,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes.util
+import fcntl
 import os
 import shutil
 import signal
@@ -483,6 +484,12 @@ class MonitorRecorder:
         self._stderr = tempfile.TemporaryFile()  # noqa: SIM115
         self._proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._stderr, env=self._env)
         _as_hardware(self._proc.pid)
+        assert self._proc.stdout is not None
+        # A 1-MiB pipe (~23 s at 22.05 kHz) instead of 64 KiB (1.5 s): a drain thread starved by a
+        # loaded test machine must not block parec, whose source output would then overrun and
+        # drop audio from the recording that was played perfectly well.
+        with contextlib.suppress(OSError, AttributeError):
+            fcntl.fcntl(self._proc.stdout.fileno(), fcntl.F_SETPIPE_SZ, 1 << 20)
         self._thread = threading.Thread(target=self._drain, name="parec-drain", daemon=True)
         self._thread.start()
         if not self._first.wait(timeout_s):
