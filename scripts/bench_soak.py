@@ -1,0 +1,194 @@
+"""Continuous narration for a long time: ``scripts/bench soak [--minutes M] [--sink null|device] [--json PATH]``.
+
+A real ``skald serve`` narrates the sample texts back to back (the next request is sent the
+moment one finishes: a queued request's TTFA would count its wait behind the one playing) for M minutes (default 60). Every minute the resident
+memory and open file descriptors of every process of the server (supervisor and actors, found
+from the supervisor's process tree, so a restarted actor is seen too) are sampled, with the
+underruns and the time to first audio of the requests that finished in that minute.
+
+Targets (issue 14): RSS growth <= 5 % after the first 5 minutes (the warm-up: onnxruntime's
+arenas, caches), file descriptors flat, 0 underruns, no TTFA drift. With ``--sink null`` (the
+default) the stage runs on the null sink's real-time clock, so no sound card is needed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from actors import wire  # noqa: E402
+from actors.client import SkaldClient  # noqa: E402
+
+TEXTS = ("forest-long.txt", "crypt.txt")
+WARM_UP_MIN = 5  # growth is measured against the sample after this many minutes
+
+
+def sample_texts() -> list[str]:
+    base = ROOT.parent / "shared" / "texts"
+    found = [(base / name).read_text() for name in TEXTS if (base / name).is_file()]
+    return found or ["The torch gutters, and somewhere below a door slams. " * 20]
+
+
+def processes(server_pid: int) -> dict[str, tuple[float, int]]:
+    """{name: (rss MB, open fds)} for the supervisor and each actor (named by its process title)."""
+    import psutil
+
+    root = psutil.Process(server_pid)
+    found: dict[str, tuple[float, int]] = {}
+    for proc in [root, *root.children(recursive=True)]:
+        try:
+            name = "supervisor" if proc.pid == server_pid else proc.name().removeprefix("skald::")
+            found[name] = (proc.memory_info().rss / 1e6, proc.num_fds())
+        except psutil.Error:
+            continue  # an actor that just exited: the next sample sees its successor
+    return found
+
+
+class Narrator(threading.Thread):
+    """Sends the next request when one finishes; records every RequestFinished."""
+
+    def __init__(self, run_dir: Path, texts: list[str], stop: threading.Event) -> None:
+        super().__init__(name="soak-narrator", daemon=True)
+        self.run_dir, self.texts, self.stop = run_dir, texts, stop
+        self.finished: list[tuple[float, wire.RequestFinished]] = []
+        self.lock = threading.Lock()
+        self.error = ""
+
+    def run(self) -> None:
+        try:
+            with SkaldClient.for_run_dir(str(self.run_dir), timeout_s=10) as ctl:
+                outstanding: set[str] = set()
+                n = 0
+                while not self.stop.is_set():
+                    while not outstanding:
+                        outstanding.add(ctl.speak(self.texts[n % len(self.texts)]))
+                        n += 1
+                    for event in ctl.events(timeout_s=1.0):
+                        if isinstance(event, wire.RequestFinished) and event.request_id in outstanding:
+                            outstanding.discard(event.request_id)
+                            with self.lock:
+                                self.finished.append((time.monotonic(), event))
+                            break
+                ctl.cancel(all=True)
+        except Exception as exc:  # reported in the figures; the soak then stops early
+            self.error = f"{type(exc).__name__}: {exc}"
+            self.stop.set()
+
+
+def bench_soak(args: argparse.Namespace) -> dict[str, Any]:
+    parent = Path(tempfile.mkdtemp(prefix="sks", dir="/tmp"))
+    run_dir = parent / "run"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
+    log = (parent / "server.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "actors.cli", "serve", "--sink", args.sink, "--run-dir", str(run_dir)],
+        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log,
+    )  # fmt: skip
+    stop = threading.Event()
+    minutes: list[dict[str, Any]] = []
+    try:
+        assert server.stdout is not None
+        if b"skald serving" not in server.stdout.readline():
+            raise SystemExit(f"bench: server did not start; see {parent / 'server.log'}")
+        narrator = Narrator(run_dir, sample_texts(), stop)
+        t0 = time.monotonic()
+        narrator.start()
+        taken = 0
+        for minute in range(1, args.minutes + 1):
+            if stop.wait(max(0.0, t0 + 60.0 * minute - time.monotonic())):
+                break
+            with narrator.lock:
+                done = narrator.finished[taken:]
+                taken = len(narrator.finished)
+            procs = processes(server.pid)
+            ttfas = [e.ttfa_ms for _, e in done if e.ttfa_ms is not None and e.ttfa_ms > 0]
+            row = {
+                "minute": minute,
+                "rss_mb": {k: round(v[0], 1) for k, v in sorted(procs.items())},
+                "fds": {k: v[1] for k, v in sorted(procs.items())},
+                "requests": len(done),
+                "not_done": sum(1 for _, e in done if e.status != "done"),
+                "underruns": sum(e.underruns for _, e in done),
+                "audio_s": round(sum(e.audio_s for _, e in done), 1),
+                "ttfa_ms_p50": round(statistics.median(ttfas), 1) if ttfas else None,
+            }
+            minutes.append(row)
+            print(json.dumps(row), file=sys.stderr, flush=True)
+        stop.set()
+        narrator.join(30)
+    finally:
+        stop.set()
+        server.terminate()
+        server.wait(30)
+        log.close()
+    return summarize(minutes, narrator.error, args)
+
+
+def summarize(minutes: list[dict[str, Any]], error: str, args: argparse.Namespace) -> dict[str, Any]:
+    from bench import machine
+
+    base = minutes[min(WARM_UP_MIN, len(minutes)) - 1] if minutes else None
+    growth: dict[str, float] = {}
+    fd_range: dict[str, int] = {}
+    if base is not None:
+        for name, rss in base["rss_mb"].items():
+            later = [m["rss_mb"][name] for m in minutes if m["minute"] >= base["minute"] and name in m["rss_mb"]]
+            growth[name] = round(100.0 * (max(later) / rss - 1.0), 2) if rss else 0.0
+            fds = [m["fds"][name] for m in minutes if m["minute"] >= base["minute"] and name in m["fds"]]
+            fd_range[name] = max(fds) - min(fds)
+    ttfa = [m["ttfa_ms_p50"] for m in minutes if m["ttfa_ms_p50"] is not None]
+    head, tail = ttfa[:WARM_UP_MIN], ttfa[-WARM_UP_MIN:]
+    return {
+        "benchmark": "soak",
+        "machine": machine(),
+        "sink": args.sink,
+        "minutes_run": len(minutes),
+        "minutes_asked": args.minutes,
+        "narrator_error": error,
+        "requests": sum(m["requests"] for m in minutes),
+        "requests_not_done": sum(m["not_done"] for m in minutes),
+        "audio_s": round(sum(m["audio_s"] for m in minutes), 1),
+        "underruns": sum(m["underruns"] for m in minutes),
+        "rss_growth_pct_after_warm_up": growth,
+        "fd_range_after_warm_up": fd_range,
+        "ttfa_ms_p50_first": round(statistics.median(head), 1) if head else None,
+        "ttfa_ms_p50_last": round(statistics.median(tail), 1) if tail else None,
+        "per_minute": minutes,
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench soak")
+    parser.add_argument("--minutes", type=int, default=60)
+    parser.add_argument("--sink", choices=("null", "device"), default="null")
+    parser.add_argument("--json", help="also write the figures to this file")
+    args = parser.parse_args(argv)
+    if args.minutes < 1:
+        parser.error("--minutes must be at least 1")
+    result = bench_soak(args)
+    print(json.dumps({k: v for k, v in result.items() if k != "per_minute"}, indent=2))
+    worst = max(result["rss_growth_pct_after_warm_up"].values(), default=0.0)
+    fds = max(result["fd_range_after_warm_up"].values(), default=0)
+    print(
+        f"soak: {result['minutes_run']} min, {result['requests']} requests ({result['audio_s']} s of audio), "
+        f"{result['underruns']} underruns, {result['requests_not_done']} not done; worst RSS growth after "
+        f"warm-up {worst:+.2f} %, fd range {fds}; TTFA p50 {result['ttfa_ms_p50_first']} -> "
+        f"{result['ttfa_ms_p50_last']} ms",
+        file=sys.stderr,
+    )
+    if args.json:
+        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    ok = not result["narrator_error"] and result["underruns"] == 0 and worst <= 5.0 and fds == 0
+    return 0 if ok else 1
