@@ -320,9 +320,10 @@ class ConsumerControl:
         self.announced = self.ring.read_index  # end of the highest announced frame
         self._last_underruns = 0
         self.finished: list[str] = []
-        # Cancels whose silence is not yet measured: request_id -> (cuts seen at cancel, lo, hi)
-        # where [lo, hi) is the cancelled audio still ahead of the read index at that moment.
-        self._silencing: dict[str, tuple[int, int, int, bool, float]] = {}
+        # Cancels whose silence is not yet measured: request_id -> (cuts seen at cancel, lo, hi,
+        # audible, cancel seen at, the request's first frame, callback blocks at cancel) where
+        # [lo, hi) is the cancelled audio still ahead of the read index at that moment.
+        self._silencing: dict[str, tuple[int, int, int, bool, float, int, int]] = {}
         # Requests cancelled here, newest last (bounded): their Silenced is sent or owed exactly
         # once, and a Segment of theirs that was in flight at the cancel is skipped, never played.
         self._cancelled: dict[str, None] = {}
@@ -391,7 +392,9 @@ class ConsumerControl:
             if req.ranges:
                 lo = ahead[0][0] if ahead else req.end
                 hi = ahead[-1][1] if ahead else req.end
-                self._silencing[req.request_id] = (cuts, lo, hi, req.started, now)
+                first = req.ranges[0][0]
+                blocks = int(self.core.stats[BLOCKS])
+                self._silencing[req.request_id] = (cuts, lo, hi, req.started, now, first, blocks)
         # The contract (docs/protocol.md): every cancelled request gets exactly one Silenced before
         # its request_finished. One with audio here is measured at the speaker (_measure_silence);
         # one with none (queued, still synthesizing, unknown here) was never audible: silent now.
@@ -445,9 +448,17 @@ class ConsumerControl:
     def _measure_silence(self, r: int, now: float) -> None:
         """Report when each cancelled request's audio stopped reaching the speaker."""
         cuts = int(self.core.stats[CUTS])
-        for request_id, (cuts_at_cancel, lo, hi, audible, seen) in list(self._silencing.items()):
+        blocks = int(self.core.stats[BLOCKS])
+        for request_id, entry in list(self._silencing.items()):
+            cuts_at_cancel, lo, hi, audible, seen, first, blocks_at_cancel = entry
             t_silent: float | None = None
-            if lo >= hi:
+            if not audible and r <= first and blocks >= blocks_at_cancel + 2:
+                # None of its frames was ever rendered, and every block since the one in flight
+                # at the cancel read the window table that skips them: never heard, silent since
+                # the cancel. Without this, a request cancelled while the stage pre-buffers waited
+                # for a cut that only comes when playback starts (0.3-1.3 s in `bench cancel`).
+                t_silent = seen
+            elif lo >= hi:
                 # Everything had already been rendered: silence comes when its end leaves the device.
                 end_dac = self.core.dac_time_of(lo - 1)
                 t_silent = max(now, end_dac) if end_dac is not None else now
