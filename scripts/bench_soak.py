@@ -1,7 +1,8 @@
 """Continuous narration for a long time: ``scripts/bench soak [--minutes M] [--sink null|device] [--json PATH]``.
 
 A real ``skald serve`` narrates the sample texts back to back (the next request is sent the
-moment one finishes: a queued request's TTFA would count its wait behind the one playing) for M minutes (default 60). Every minute the resident
+moment one finishes: a queued request's TTFA would count its wait behind the one playing) for
+M minutes (default 60). Every minute the resident
 memory and open file descriptors of every process of the server (supervisor and actors, found
 from the supervisor's process tree, so a restarted actor is seen too) are sampled, with the
 underruns and the time to first audio of the requests that finished in that minute.

@@ -33,60 +33,12 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from actors import wire  # noqa: E402
 from actors.client import SkaldClient  # noqa: E402
+from tests.event_log import EventLog, alnum, final_plan, planned_sources  # noqa: E402
 
 STAGE_VICTIMS = ("tts_worker", "audio_consumer", "narrative", "prelude")
 GATEWAY_VICTIMS = ("web", "tts_render")
 SESSION_VAR = "SKALD_CHAOS_SESSION"
-
-
-def alnum(texts: list[str]) -> str:
-    return "".join(c for c in "".join(texts) if c.isalnum())
-
-
-def planned_sources(text: str) -> list[str]:
-    from actors.text.chunker import ChunkerConfig, SemanticChunker, SpeakingRate
-
-    chunker = SemanticChunker(SpeakingRate(15.0), ChunkerConfig(3, 7, 2.4, 8, 1.2, 2.5))
-    return [p.source for p in chunker.feed(text) + chunker.finish()] if text.strip() else []
-
-
-class Timeline:
-    """Every event of the server with its arrival time, read on a thread."""
-
-    def __init__(self, client: SkaldClient) -> None:
-        self.client = client
-        self.events: list[tuple[float, wire.Message]] = []
-        self.lock = threading.Lock()
-        self.stop = threading.Event()
-        self.thread = threading.Thread(target=self._read, daemon=True)
-        self.thread.start()
-
-    def _read(self) -> None:
-        while not self.stop.is_set():
-            for event in self.client.events(timeout_s=0.2):
-                with self.lock:
-                    self.events.append((time.monotonic(), event))
-
-    def of(self, request_id: str) -> list[tuple[float, wire.Message]]:
-        with self.lock:
-            return [(t, e) for t, e in self.events if getattr(e, "request_id", "") == request_id]
-
-    def finished(self, request_id: str) -> wire.RequestFinished | None:
-        return next((e for _, e in self.of(request_id) if isinstance(e, wire.RequestFinished)), None)
-
-
-def final_plan(timeline: Timeline, request_id: str) -> list[str]:
-    """The chunk plan as finally spoken: a restarted worker re-plans from the chunk it resumed at,
-    so a later plan of an index replaces the earlier ones from that index on."""
-    plan: dict[int, str] = {}
-    for _, event in timeline.of(request_id):
-        if isinstance(event, wire.ChunkPlanned):
-            for index in [i for i in plan if i >= event.index]:
-                del plan[index]
-            plan[event.index] = event.source
-    return [plan[i] for i in sorted(plan)]
 
 
 def narrate(ctl_factory: Any, texts: list[str], stop: threading.Event, requests: list[dict[str, Any]],
@@ -189,7 +141,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     renders: list[str] = []
     stop = threading.Event()
     events_client = SkaldClient.for_run_dir(str(run_dir), timeout_s=10)
-    timeline = Timeline(events_client)
+    timeline = EventLog(events_client)
     workers = [threading.Thread(target=narrate, args=(lambda: SkaldClient.for_run_dir(str(run_dir), timeout_s=10),
                                                       texts, stop, requests, rng), daemon=True)]  # fmt: skip
     if url:
@@ -224,8 +176,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 worker.join(600)
     finally:
         stop.set()
-        timeline.stop.set()
-        timeline.thread.join(2)
+        timeline.stop()
         server.send_signal(signal.SIGTERM)
         try:
             server.wait(30)
@@ -242,7 +193,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if not req.get("request_id"):
             outcome.append(req)
             continue
-        finished = timeline.finished(req["request_id"])
+        finished = timeline.finished_now(req["request_id"])
         plan = final_plan(timeline, req["request_id"])
         whole = planned_sources(req["text"])
         complete = finished is not None and finished.status == "done" and alnum(plan) == alnum(whole)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 
 from actors import wire
 from tests.conftest import Server, sample_text
-from tests.test_http import EventLog
+from tests.event_log import EventLog
 
 
 def assert_contract(log: EventLog, request_id: str, audible: bool | None = None) -> wire.Silenced:
@@ -33,7 +33,7 @@ def assert_contract(log: EventLog, request_id: str, audible: bool | None = None)
 
 def test_every_cancel_state_gets_one_silenced_before_request_finished(make_server: Callable[..., Server]) -> None:
     server = make_server("--sink", "null", SKALD_PREBUFFER_START_S="8", SKALD_PREBUFFER_RESUME_S="8")
-    log = EventLog(server)
+    log = EventLog(server.client())
     long_text = sample_text("forest-long.txt")
     try:
         with server.client() as ctl:

@@ -28,6 +28,7 @@ import pytest
 from actors import wire
 from tests.audio_rig import STEADY_DEVICE, MonitorRecorder, PulseNullSink, align
 from tests.conftest import ROOT, SKALD, Server, sample_text, server_env, wait_until
+from tests.event_log import EventLog
 from tests.test_speech_output import DETERMINISTIC, _window_scores, joined_from_events
 
 KEY = "sk-skald-test"
@@ -40,61 +41,12 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class EventLog:
-    """Every event of a server, with the monotonic time it arrived here, read on a thread."""
-
-    def __init__(self, server: Server) -> None:
-        self.client = server.client()
-        self.seen: list[tuple[float, wire.Message]] = []
-        self._cond = threading.Condition()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        while not self._stop.is_set():
-            for event in self.client.events(timeout_s=0.1):
-                with self._cond:
-                    self.seen.append((time.monotonic(), event))
-                    self._cond.notify_all()
-
-    def wait(self, match: Callable[[wire.Message], bool], timeout: float = 60.0) -> tuple[float, wire.Message]:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for t, event in self.seen:
-                    if match(event):
-                        return t, event
-                left = deadline - time.monotonic()
-                if left <= 0:
-                    raise AssertionError(f"no matching event within {timeout} s")
-                self._cond.wait(left)
-
-    def finished(self, request_id: str, timeout: float = 60.0) -> tuple[float, wire.RequestFinished]:
-        t, event = self.wait(lambda e: isinstance(e, wire.RequestFinished) and e.request_id == request_id, timeout)
-        assert isinstance(event, wire.RequestFinished)
-        return t, event
-
-    def of(self, request_id: str, kind: type[wire.Message]) -> list[tuple[float, Any]]:
-        with self._cond:
-            return [(t, e) for t, e in self.seen if isinstance(e, kind) and getattr(e, "request_id", "") == request_id]
-
-    def messages(self) -> list[wire.Message]:
-        with self._cond:
-            return [e for _, e in self.seen]
-
-    def close(self) -> None:
-        self._stop.set()
-        self._thread.join(2.0)
-        self.client.close()
-
-
 class Gateway:
     def __init__(self, server: Server, port: int) -> None:
         self.server = server
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
-        self.events = EventLog(server)
+        self.events = EventLog(server.client())
 
     def openai(self, key: str = KEY) -> Any:
         from openai import OpenAI

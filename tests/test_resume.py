@@ -15,33 +15,23 @@ from collections.abc import Callable
 import pytest
 
 from actors import wire
-from actors.text.chunker import ChunkerConfig, SemanticChunker, SpeakingRate
 from actors.text.resume import resume_point
 from tests.conftest import Server, sample_text
-from tests.test_http import EventLog
+from tests.event_log import EventLog, alnum, planned_sources
 from tests.test_speech_output import DETERMINISTIC
 
 MARKDOWN = "\n\n**Henry VIII** paid $3,450 and rolled 2d6 😀. # Heading\n- item one\n- item two"
 
 
-def plan(text: str) -> list[str]:
-    chunker = SemanticChunker(SpeakingRate(15.0), ChunkerConfig(3, 7, 2.4, 8, 1.2, 2.5))
-    return [p.source for p in chunker.feed(text) + chunker.finish()] if text.strip() else []
-
-
-def alnum(texts: list[str]) -> str:
-    return "".join(c for c in "".join(texts) if c.isalnum())
-
-
 @pytest.mark.parametrize("spoken", range(10))
 def test_the_rest_of_the_text_is_exactly_what_was_not_spoken(spoken: int) -> None:
     text = sample_text("crypt.txt") + MARKDOWN
-    sources = plan(text)
+    sources = planned_sources(text)
     assert len(sources) >= 9
     point = resume_point([text], sources[:spoken])
     assert point is not None and point[0] == 0
     rest = text[point[1] :]
-    assert alnum(plan(rest)) == alnum(sources[spoken:])
+    assert alnum(planned_sources(rest)) == alnum(sources[spoken:])
 
 
 def test_the_cut_can_fall_in_the_prelude_or_after_it() -> None:
@@ -55,7 +45,7 @@ def test_the_cut_can_fall_in_the_prelude_or_after_it() -> None:
 
 def test_a_killed_worker_resumes_the_narration(make_server: Callable[..., Server]) -> None:
     server = make_server("--sink", "null", **DETERMINISTIC)
-    log = EventLog(server)
+    log = EventLog(server.client())
     text = sample_text("crypt.txt")  # ~30 s of speech in 8 chunks: the test lasts about that long
     try:
         with server.client() as ctl:
@@ -78,7 +68,7 @@ def test_a_killed_worker_resumes_the_narration(make_server: Callable[..., Server
         final = sorted(spoken, key=lambda e: e.index) + after
         assert [e.index for e in final] == list(range(len(final)))
         # The whole text, once: what the chunker makes of it, as written.
-        assert alnum([e.source for e in final]) == alnum(plan(text))
+        assert alnum([e.source for e in final]) == alnum(planned_sources(text))
         heard = sum(e.dur_s for _, e in log.of(request_id, wire.ChunkSynthesized))
         assert finished.audio_s >= 0.95 * heard - 1.0  # every synthesized chunk was played
     finally:
@@ -89,7 +79,7 @@ def test_a_killed_consumer_plays_on_from_where_it_stopped(make_server: Callable[
     """The new consumer reads the ring on from the old one's last frame, told again what it holds:
     the request ends ``done`` and plays (nearly) all of its audio, the lost device buffer aside."""
     server = make_server("--sink", "null", **DETERMINISTIC)
-    log = EventLog(server)
+    log = EventLog(server.client())
     try:
         with server.client() as ctl:
             consumer = ctl.status()["actors"]["audio_consumer"]["pid"]

@@ -31,7 +31,7 @@ from actors import wire
 from tests import conftest
 from tests.audio_rig import STEADY_DEVICE, MonitorRecorder, PulseNullSink
 from tests.browser_rig import STATS_PROBE, Chromium
-from tests.test_http import EventLog
+from tests.event_log import EventLog
 from tests.test_speech_output import DETERMINISTIC, joined_from_events
 
 RATE = 22050  # recordings and references, at the voice's rate
@@ -118,7 +118,7 @@ class Stage:
             conftest.server_env(**env),
             ["--sink", "device", "--http", f"127.0.0.1:{self.port}"],
         )
-        self.events = EventLog(self.server)
+        self.events = EventLog(self.server.client())
         self.recorders["device"] = Recorder("vsink.monitor", self.pulse.env).start()
         for i in range(1, self.n + 1):
             self.recorders[f"b{i}"] = Recorder(f"b{i}.monitor", self.pulse.env).start()
