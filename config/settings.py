@@ -164,6 +164,7 @@ class AudioSettings:
     fade_ms: Annotated[float, _range(0.0, 10.0)] = 8.0
     tail_pad_ms: Annotated[float, _range(0.0, 5000.0)] = 150.0
     device_rate: Annotated[int, _range(0, 192000)] = 0
+    device_hold_s: Annotated[float, _range(0.0, 86400.0)] = 30.0
 
 
 @dataclass(frozen=True)
