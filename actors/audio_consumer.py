@@ -724,7 +724,7 @@ class DeviceSink:
     The callback only counts (``stats[BLOCKS]``), stamps the time of its last call and catches
     what ``render`` raises; the control loop calls :meth:`poll_health` every 10-50 ms, which asks
     ``actors.audio.device_watch.StreamWatch`` whether the stream has failed (a PortAudio error,
-    ``finished_callback``, inactive, or no callback for 0.5 s). On a loss the dead stream is
+    ``finished_callback``, inactive, or no callback for 0.8 s past the end of its buffer). On a loss the dead stream is
     closed and :meth:`fall_back` starts a real-time clock in its place, so the stage clock never
     stops; :meth:`try_reopen` then opens the configured device again on a 0.25 s → 2 s backoff,
     and when a stream opens the clock is stopped before the stream starts (one renderer at a time).
@@ -833,6 +833,7 @@ class DeviceSink:
             active=bool(stream.active),
             finished=self._finished,
             error=self._callback_error,
+            played_until=self._played_until(),
         )
         if cause is None:
             return None
@@ -844,6 +845,15 @@ class DeviceSink:
         self.backoff.reset()
         self._retry_at = now + self.backoff.next_delay()
         return cause, min(since, now)
+
+    def _played_until(self) -> float:
+        """When the last block the callback rendered ends at the DAC (from the timing log)."""
+        core = self.core
+        count = int(core.stats[LOG_COUNT])
+        if count == 0:
+            return 0.0
+        frames = core.blocksize  # PortAudio hands this stream fixed blocks (blocksize is set)
+        return float(core.timelog[(count - 1) % LOG_N, 2]) + frames / core.sample_rate
 
     def _retire(self) -> None:
         """Close the current stream; after this its callback (if PortAudio still runs it) renders nothing."""
