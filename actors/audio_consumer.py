@@ -724,7 +724,8 @@ class DeviceSink:
     The callback only counts (``stats[BLOCKS]``), stamps the time of its last call and catches
     what ``render`` raises; the control loop calls :meth:`poll_health` every 10-50 ms, which asks
     ``actors.audio.device_watch.StreamWatch`` whether the stream has failed (a PortAudio error,
-    ``finished_callback``, inactive, or no callback for 0.8 s past the end of its buffer). On a loss the dead stream is
+    ``finished_callback``, inactive, or no callback for ``audio.device_stall_s`` past the end of
+    its buffer). On a loss the dead stream is
     closed and :meth:`fall_back` starts a real-time clock in its place, so the stage clock never
     stops; :meth:`try_reopen` then opens the configured device again on a 0.25 s → 2 s backoff,
     and when a stream opens the clock is stopped before the stream starts (one renderer at a time).
@@ -735,7 +736,9 @@ class DeviceSink:
     #: ~1 s with no sound server, in the control loop, so not on every attempt.
     REINIT_EVERY = 8
 
-    def __init__(self, core: PlaybackCore, info: Any, latency: str = "high", hostapi: str = "") -> None:
+    def __init__(
+        self, core: PlaybackCore, info: Any, latency: str = "high", hostapi: str = "", stall_s: float = 0.8
+    ) -> None:
         from actors.audio.device_watch import Backoff, StreamWatch
 
         self.core = core
@@ -748,7 +751,7 @@ class DeviceSink:
         self._finished = False  # set by finished_callback (PortAudio's thread): one bool store
         self._callback_error = ""  # set by the callback when render raised (then it aborts)
         self._last_call = np.zeros(1, dtype=np.float64)  # monotonic time of the last callback
-        self.watch = StreamWatch()
+        self.watch = StreamWatch(stall_s=stall_s)
         self.backoff = Backoff()
         self.fallback: ClockSink | None = None
         self.lost_at = 0.0  # when the current loss was detected (0: the device plays)
@@ -948,7 +951,7 @@ def build_sink(settings: Settings, core: PlaybackCore, device: Any = None) -> Cl
         from actors.audio.device import select_output_device
 
         device = select_output_device(settings.audio.device or None, settings.audio.hostapi or None)
-    return DeviceSink(core, device, settings.audio.latency, settings.audio.hostapi)
+    return DeviceSink(core, device, settings.audio.latency, settings.audio.hostapi, settings.audio.device_stall_s)
 
 
 class AudioConsumer:
@@ -1193,10 +1196,20 @@ def enable_realtime_thread(priority: int = AUDIO_RT_PRIORITY) -> bool:
 def raise_audio_priority() -> int:
     """Lower this process's nice value so the device callback runs on time under inference load;
     returns the nice value in effect (unchanged when not permitted: an unprivileged user)."""
+    # On Linux a nice value is per thread: PRIO_PROCESS with 0 sets only the calling one. The
+    # threads started before this (the actor's ZeroMQ I/O thread, the parent watchdog) would stay
+    # at 0, and one of them preempted by a CPU hog while holding the GIL starves the (SCHED_FIFO)
+    # callback of the GIL: callbacks were measured missing for 0.8 s under `stress-ng --cpu 2`
+    # on the 2-core VM. So every thread of the process, as the function's name promises.
     try:
-        os.setpriority(os.PRIO_PROCESS, 0, AUDIO_NICE)
+        tids = [int(t) for t in os.listdir("/proc/self/task")]
     except OSError:
-        pass
+        tids = [0]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, AUDIO_NICE)
+        except OSError:
+            pass
     return os.getpriority(os.PRIO_PROCESS, 0)
 
 

@@ -109,10 +109,17 @@ def _as_hardware(pid: int | None) -> None:
     measures skald's timing, not the rig's. Unprivileged: left as is."""
     if pid is None:
         return
+    # Every thread: on Linux a nice value belongs to a thread, and the work is done by the ones
+    # started after the main thread (PulseAudio's sink I/O thread, created per loaded sink).
     try:
-        os.setpriority(os.PRIO_PROCESS, pid, -15)
+        tids = [int(t) for t in os.listdir(f"/proc/{pid}/task")]
     except OSError:
-        pass
+        tids = [pid]
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, -15)
+        except OSError:
+            pass
 
 
 def pid_alive(pid: int) -> bool:

@@ -13,6 +13,7 @@ of the chunk the loss cut, to the end, with nothing skipped.
 
 from __future__ import annotations
 
+import itertools
 import time
 import uuid
 from collections.abc import Callable
@@ -23,10 +24,10 @@ import pytest
 from actors import wire
 from actors.audio.device_watch import Backoff, StreamWatch
 from shm import PcmRing
-from tests.audio_rig import STEADY_DEVICE, MonitorRecorder, PulseNullSink, align, pulse_sink  # noqa: F401
+from tests.audio_rig import STEADY_DEVICE, MonitorRecorder, PulseNullSink, _as_hardware, pulse_sink  # noqa: F401
 from tests.conftest import Server, sample_text
 from tests.test_http import EventLog
-from tests.test_speech_output import DETERMINISTIC, _window_scores, assert_recording_plays, joined_from_events
+from tests.test_speech_output import DETERMINISTIC, _lowpass, joined_from_events
 
 RATE = 22050
 
@@ -132,6 +133,132 @@ def test_the_ring_can_be_read_again_down_to_its_rewind_floor() -> None:
 # --- the real thing --------------------------------------------------------------------------------
 
 
+SEGMENT = int(0.5 * RATE)  # the reference is followed through a recording in pieces this long
+# Normalised correlation of a piece with the recording where it was found (whole, or in 0.1-s
+# steps around a gap: a step the gap cuts through still matches over at least half of it, ~0.7):
+# every piece at least MATCH, most of them (the median) ~1. On the loaded
+# 2-core VM, where the rig's own stream went uncalled for up to 0.97 s, underflow gaps are
+# common; audio lost is not allowed: what follows it would be earlier than `follow` looks.
+MATCH = 0.7
+SLIP = int(2.0 * RATE)  # how much later than the last piece a piece may start (an underflow's gap)
+
+
+def voiced_segments(reference: np.ndarray) -> int:
+    """The reference's voiced pieces: what :func:`follow` looks for."""
+    return sum(
+        1
+        for at in range(0, len(reference) - SEGMENT, SEGMENT)
+        if np.sqrt(np.mean(reference[at : at + SEGMENT] ** 2)) >= 0.02
+    )
+
+
+def follow(reference: np.ndarray, recording: np.ndarray, rate: int) -> list[tuple[int, int, float]]:
+    """Each voiced 0.5-s piece of ``reference`` found in ``recording``, in order: ``(ref_at,
+    rec_at, score)``. The first piece is looked for anywhere; each next one from where the last
+    ended to ``SLIP`` later, so a gap (an underflow on a loaded machine) moves the rest later and
+    is allowed, as long as what it put in is silence. A piece that matches poorly is followed in
+    0.1-s steps the same way: a gap inside it is allowed too. Audio lost is not (nothing may be
+    earlier than where it belongs, give or take 50 ms), nor audio played twice (it is no silence).
+    Stops where the recording ends. Both signals are low-passed at 4 kHz, as in
+    ``tests.test_speech_output._window_scores``."""
+    ref = _lowpass(reference.astype(np.float64), rate, 4000.0)
+    rec = _lowpass(recording.astype(np.float64) / 32768.0, rate, 4000.0)
+    energy = np.concatenate([[0.0], np.cumsum(rec**2)])
+
+    def best(piece: np.ndarray, lo: int, hi: int) -> tuple[int, float] | None:
+        """Where in ``rec[lo : hi + len(piece)]`` the piece fits best, and how well."""
+        n = len(piece)
+        window = rec[lo : min(len(rec), hi + n)]
+        if len(window) < n:
+            return None  # the recording ended
+        nfft = 1 << int(np.ceil(np.log2(len(window) + n)))
+        spectrum = np.fft.rfft(window, nfft) * np.conj(np.fft.rfft(piece, nfft))
+        corr = np.fft.irfft(spectrum, nfft)[: len(window) - n + 1]
+        e = energy[lo + n : lo + len(window) + 1] - energy[lo : lo + len(window) - n + 1]
+        norm = corr / np.sqrt(np.maximum(e, 1e-12) * float(np.dot(piece, piece)))
+        k = int(np.argmax(norm))
+        return lo + k, float(norm[k])
+
+    def quiet(a: int, b: int) -> bool:
+        """What a gap put in must be silence (an underflow plays zeros): sound there is audio
+        played twice or out of place. Mostly silent, that is: a piece's best fit may sit off the
+        gap's edge by up to half of it, leaving a little sound in the region."""
+        frame = int(0.01 * rate)
+        frames = [rec[i : i + frame] for i in range(a, b - frame + 1, frame)]
+        if len(frames) < 5:
+            return True
+        loud = sum(1 for f in frames if float(np.sqrt(np.mean(f**2))) >= 0.01)
+        return loud < 0.5 * len(frames)
+
+    found: list[tuple[int, int, float]] = []
+    end = 0  # where the last piece found ended in the recording
+    sub = SEGMENT // 5
+    for at in range(0, len(ref) - SEGMENT, SEGMENT):
+        piece = ref[at : at + SEGMENT]
+        if np.sqrt(np.mean(reference[at : at + SEGMENT] ** 2)) < 0.02:
+            continue  # a pause in the speech: nothing to find
+        if found:
+            expect = end + (at - found[-1][0] - SEGMENT)
+            lo, hi = max(0, expect - int(0.05 * rate)), expect + SLIP
+        else:
+            expect, lo, hi = 0, 0, len(rec)
+        whole = best(piece, lo, hi)
+        if whole is None:
+            break
+        pos, score = whole
+        if score >= 0.9:
+            if found and not quiet(expect, pos):
+                score = 0.0
+            found.append((at, pos, score))
+            end = pos + SEGMENT
+            continue
+        # A gap inside the piece (or no match at all): follow it in five 0.1-s steps, each
+        # allowed to start up to SLIP after the last, what lies between being silence.
+        scores: list[float] = []
+        start = -1
+        for j in range(5):
+            step = best(piece[j * sub : (j + 1) * sub], lo, hi)
+            if step is None:
+                break
+            if start < 0:
+                start = step[0]
+            scores.append(step[1] if (not found and j == 0) or quiet(expect, step[0]) else 0.0)
+            end = step[0] + sub
+            expect = end
+            lo, hi = max(0, expect - int(0.005 * rate)), expect + SLIP
+        if len(scores) < 5:
+            break
+        found.append((at, start, min(scores)))
+    return found
+
+
+def min_score(found: list[tuple[int, int, float]]) -> float:
+    return min((score for _, _, score in found), default=0.0)
+
+
+def test_the_recording_check_allows_gaps_and_catches_lost_audio() -> None:
+    """``follow`` itself: a recording with silences inserted (underflows) passes; one with 0.3 s
+    cut out, or a piece played twice, does not."""
+    rng = np.random.default_rng(7)
+    speech = _lowpass(rng.standard_normal(8 * RATE), RATE, 3000.0)
+    speech *= 0.3 / np.sqrt(np.mean(speech**2))
+
+    def as_recording(x: np.ndarray) -> np.ndarray:
+        return np.clip(np.concatenate([np.zeros(RATE // 2), x]) * 32767, -32768, 32767).astype(np.int16)
+
+    def verdict(recording: np.ndarray) -> bool:
+        found = follow(speech, recording, RATE)
+        return len(found) == voiced_segments(speech) and min_score(found) >= MATCH
+
+    assert verdict(as_recording(speech))
+    gapped = np.concatenate([speech[: 3 * RATE + 1234], np.zeros(RATE // 3), speech[3 * RATE + 1234 :]])
+    assert verdict(as_recording(gapped))
+    cut = np.concatenate([speech[: 3 * RATE + 1234], speech[3 * RATE + 1234 + int(0.3 * RATE) :]])
+    assert not verdict(as_recording(cut))
+    twice = np.concatenate([speech[: 5 * RATE], speech[4 * RATE :]])
+    assert not verdict(as_recording(twice))
+
+
 def _null_sink_module(rig: PulseNullSink) -> str:
     modules = rig.pactl("list", "short", "modules").stdout.splitlines()
     return next(line.split()[0] for line in modules if "module-null-sink" in line and rig.sink_name in line)
@@ -142,6 +269,7 @@ def _load_null_sink(rig: PulseNullSink) -> None:
     rig.pactl("load-module", "module-null-sink", f"sink_name={rig.sink_name}", f"rate={rig.rate}", "norewinds=1")
     rig.pactl("set-default-sink", rig.sink_name)
     rig.pactl("set-default-source", rig.monitor_source)
+    _as_hardware(rig.pid)  # the new sink's I/O thread too
 
 
 @pytest.mark.device
@@ -149,7 +277,12 @@ def test_a_lost_device_is_reported_the_narration_waits_and_resumes_on_its_return
     make_server: Callable[..., Server],
     pulse_sink: PulseNullSink,  # noqa: F811
 ) -> None:
-    server = make_server("--sink", "device", **DETERMINISTIC, **pulse_sink.env, **STEADY_DEVICE)
+    # The stall watch is set far out: this test is about a device that goes away, and on a loaded
+    # test VM a healthy stream through the rig was measured uncalled for up to 0.97 s (the stall
+    # path is tested above, on StreamWatch). The unload is caught by finished_callback.
+    server = make_server(
+        "--sink", "device", **DETERMINISTIC, **pulse_sink.env, **STEADY_DEVICE, SKALD_AUDIO_DEVICE_STALL_S="5"
+    )
     log = EventLog(server)
     recorders: list[MonitorRecorder] = []
 
@@ -190,40 +323,41 @@ def test_a_lost_device_is_reported_the_narration_waits_and_resumes_on_its_return
             heard_after = after.stop()
         assert finished.status == "done", finished
         assert len(log.of(request_id, wire.PlaybackStarted)) == 1
-        errors = [e for e in log.messages() if isinstance(e, wire.Error)]
-        for e in errors:
-            print("error event:", e.kind, e.message)
+        errors = [e for _, e in log.seen if isinstance(e, wire.Error)]
+        for t, e in log.seen:
+            if isinstance(e, (wire.Error, wire.AudioOutputRestored, wire.RequestFinished)):
+                print(f"{t - t_unload:+7.3f} s  {e}")
         assert [e.kind for e in errors] == ["audio_output"], [e.message for e in errors]  # one loss, nothing else
 
         reference = joined_from_events(log.messages(), request_id, RATE)
-        starts = sorted(
-            (e.index, e.span.out_start) for _, e in log.of(request_id, wire.ChunkSynthesized) if e.span is not None
-        )
-        # What the old sink played: the reference from its start, faithfully, up to `heard`.
-        head = reference[: 3 * RATE]
-        offset, score = align(head, heard_before, RATE)
-        assert score >= 0.98, score
-        heard = len(heard_before) - offset  # reference frames the old sink got before it went
-        assert heard > 4 * RATE
-        scores = _window_scores(reference[: heard - int(0.2 * RATE)], heard_before, offset, RATE)
-        assert min(s for _, s in scores) >= 0.95
-        # What the new sink played: the narration from the start of a chunk, to its end, whole.
-        # The chunk is the one the loss cut: it starts no later than what the old sink played
-        # (nothing skipped) and is the last chunk that does, give or take the audio that was still
-        # in the device buffer at the loss.
+        starts = sorted((e.index, e.span.out_start) for _, e in log.of(request_id, wire.ChunkSynthesized))
+        # What the old sink played: the narration from its start, in order, up to `heard`.
+        old = follow(reference, heard_before, RATE)
+        assert len(old) >= 8 and min_score(old[:-1]) >= MATCH, old
+        assert np.median([score for _, _, score in old]) >= 0.95, old
+        heard = old[-2][0] + SEGMENT  # the last segment whole before the unload (the last may be cut)
+        # What the new sink played: from the start of a chunk to the end, every voiced piece in
+        # order. The chunk starts no later than what the old sink played (nothing skipped) and is
+        # the one the loss cut: the last chunk that starts before `heard`, give or take the audio
+        # still in the device buffer at the loss.
         candidates = [(i, s) for i, s in starts if s <= heard + int(0.1 * RATE)][-2:]
-        results = []
-        for index, start in candidates:
-            at, match = align(reference[start:], heard_after, RATE)
-            results.append((match, index, start, at))
-        match, index, start, at = max(results)
-        print(f"old sink heard {heard / RATE:.2f} s; the new one plays from chunk {index} at {start / RATE:.2f} s")
-        assert_recording_plays(reference[start:], heard_after, RATE, min_windows=50)
+        tried = [(min_score(follow(reference[s:], heard_after, RATE)), i, s) for i, s in candidates]
+        _, index, start = max(tried)
+        new = follow(reference[start:], heard_after, RATE)
+        gaps = sum(max(0, b[1] - a[1] - (b[0] - a[0])) for a, b in itertools.pairwise(new)) / RATE
+        voiced = voiced_segments(reference[start:])
+        print(
+            f"old sink heard {heard / RATE:.2f} s of the narration; the new one plays from chunk {index} at "
+            f"{start / RATE:.2f} s: {len(new)}/{voiced} voiced 0.5-s pieces found, worst {min_score(new):.3f}, "
+            f"gaps {gaps:.2f} s"
+        )
+        assert len(new) == voiced, (len(new), voiced)  # every piece, to the end
+        assert min_score(new) >= MATCH, new
+        assert np.median([score for _, _, score in new]) >= 0.95, new
+        assert new[0][1] > int(0.02 * RATE), "the recorder ran before the narration resumed on the new sink"
         replayed = (heard - start) / RATE
-        assert -0.1 <= replayed <= 9.0, replayed  # at most the one chunk the loss cut
-        assert abs(back.replayed_s - replayed) < 0.5, (back.replayed_s, replayed)
-        # The recorder was running before the narration resumed: it begins with silence.
-        assert at > int(0.02 * RATE)
+        assert 0.0 <= replayed <= 9.0, replayed  # nothing skipped; at most the one chunk the loss cut again
+        assert abs(back.replayed_s - replayed) < 0.6, (back.replayed_s, replayed)
     finally:
         for recorder in recorders:
             recorder.stop()  # idempotent
