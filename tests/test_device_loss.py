@@ -23,6 +23,8 @@ import pytest
 
 from actors import wire
 from actors.audio.device_watch import Backoff, StreamWatch
+from actors.audio.prebuffer import PrebufferConfig, PrebufferPolicy
+from actors.audio_consumer import BLOCKS, ConsumerControl, PlaybackCore
 from shm import PcmRing
 from tests.audio_rig import STEADY_DEVICE, MonitorRecorder, PulseNullSink, _as_hardware, pulse_sink  # noqa: F401
 from tests.conftest import Server, sample_text
@@ -128,6 +130,81 @@ def test_the_ring_can_be_read_again_down_to_its_rewind_floor() -> None:
         producer.close()
         owner.close()
         owner.unlink()
+
+
+# --- the consumer's side of a loss, in-process, no device ------------------------------------------
+
+
+def _playing_rig(name: str) -> tuple[PcmRing, PcmRing, PlaybackCore, ConsumerControl, list[wire.Message]]:
+    """A real ring holding two 1-s chunks of request ``a`` (each frame's value says where it is)
+    and one of request ``b``, a callback core and its control, announced as the worker would."""
+    ring = PcmRing.create(name, 1 << 17, RATE, 4.0, role="producer")
+    consumer = PcmRing.attach(name, "consumer")
+    core = PlaybackCore(consumer, 256, PrebufferPolicy(PrebufferConfig(start_s=0.0, resume_s=0.0)), 8.0)
+    sent: list[wire.Message] = []
+    control = ConsumerControl(core, sent.append)
+    audio = (np.arange(3 * RATE) % 30000 / 32768.0).astype(np.float32)
+    assert ring.push(audio) == len(audio)
+    control.handle(wire.Segment(request_id="a", index=0, start=0, end=RATE))
+    control.handle(wire.Segment(request_id="a", index=1, start=RATE, end=2 * RATE, last=True))
+    control.handle(wire.Segment(request_id="b", index=0, start=2 * RATE, end=3 * RATE, last=True))
+    return ring, consumer, core, control, sent
+
+
+def test_a_loss_rewinds_to_the_cut_chunk_holds_and_plays_it_whole() -> None:
+    """The device died 0.1 s of buffer into chunk 1 (played up to frame ~1.4 s): the read index
+    goes back to chunk 1's start, held blocks are silence and read nothing (the stage clock goes
+    on in the timing log), a cancel while held is silenced at once, and the next real block
+    starts with chunk 1's first frame."""
+    ring, consumer, core, control, sent = _playing_rig(f"skald-test-loss-{uuid.uuid4().hex[:8]}")
+    try:
+        out = np.zeros(256, dtype=np.int16)
+        latency = 0.1  # DAC time = callback time + the device buffer
+        blocks = int(1.4 * RATE) // 256
+        for i in range(blocks):
+            core.render(out, dac_time=i * 256 / RATE + latency)
+        control.poll()
+        last_call = (blocks - 1) * 256 / RATE
+        first_unheard = core.first_unheard(last_call)
+        assert abs(first_unheard - (consumer.read_index - latency * RATE)) <= 256 + 1
+        replayed = control.replay_from(first_unheard)
+        assert consumer.read_index == RATE and replayed == blocks * 256 - RATE
+        control.held = True
+        logged = int(core.stats[BLOCKS])
+        for i in range(10):
+            core.render_held(out, dac_time=5.0 + i * 256 / RATE)
+            assert not out.any()
+        assert consumer.read_index == RATE and int(core.stats[BLOCKS]) == logged + 10
+        control.handle(wire.Cancel(request_id="b"))
+        control.poll()
+        assert [m.request_id for m in sent if isinstance(m, wire.Silenced)] == ["b"]
+        assert not any(isinstance(m, wire.RequestFinished) for m in sent), "a's end was never heard"
+        control.held = False
+        core.render(out, dac_time=6.0)
+        expected = np.round(np.arange(RATE, RATE + 256) % 30000 / 32768.0 * 32767).astype(np.int16)
+        assert np.array_equal(out, expected)
+    finally:
+        consumer.close()
+        ring.close()
+        ring.unlink()
+
+
+def test_a_replay_never_starts_inside_audio_that_was_skipped() -> None:
+    """A skip window the speaker already passed (cancelled or preempted audio) bounds the replay:
+    what was cut is never heard after the device returns."""
+    ring, consumer, core, control, _ = _playing_rig(f"skald-test-loss-{uuid.uuid4().hex[:8]}")
+    try:
+        control.handle(wire.Skip(start=RATE + 1000, end=RATE + 3000))
+        out = np.zeros(256, dtype=np.int16)
+        for i in range(int(1.4 * RATE) // 256):
+            core.render(out, dac_time=i * 256 / RATE)
+        control.poll()
+        control.replay_from(RATE + 5)  # in chunk 1, before the window
+        assert consumer.read_index == RATE + 3000
+    finally:
+        consumer.close()
+        ring.close()
+        ring.unlink()
 
 
 # --- the real thing --------------------------------------------------------------------------------
