@@ -725,10 +725,10 @@ class DeviceSink:
     what ``render`` raises; the control loop calls :meth:`poll_health` every 10-50 ms, which asks
     ``actors.audio.device_watch.StreamWatch`` whether the stream has failed (a PortAudio error,
     ``finished_callback``, inactive, or no callback for ``audio.device_stall_s`` past the end of
-    its buffer). On a loss the dead stream is
-    closed and :meth:`fall_back` starts a real-time clock in its place, so the stage clock never
-    stops; :meth:`try_reopen` then opens the configured device again on a 0.25 s → 2 s backoff,
-    and when a stream opens the clock is stopped before the stream starts (one renderer at a time).
+    its buffer). On a loss the dead stream is closed and :meth:`fall_back` starts a real-time
+    clock in its place, so the stage clock never stops; :meth:`try_reopen` then opens the
+    configured device again on a 0.25 s → 2 s backoff, and when a stream opens the clock is
+    stopped before the stream starts (one renderer at a time).
     """
 
     #: Every so many failed reopen attempts PortAudio is re-initialised, so that a device that
