@@ -17,11 +17,14 @@ DAC times: a device with a deep buffer legitimately calls back in bursts), unles
 itself was asleep for that long (then the whole process was starved, and the callback gets the
 benefit of the doubt).
 
-Why 0.8 s: on the 2-core test VM, with a neighbour running ``stress-ng --cpu 2``, the callback of
-a healthy stream through the PulseAudio null sink was measured going uncalled for up to 0.51 s
-with the device run dry (an audible underflow that ends by itself, not a lost device). 0.8 s
-stays clear of that, and with the control loop polling every 10-50 ms a stall is still
-reported within 0.85 s.
+Why 0.8 s (``audio.device_stall_s``): on the 2-core test VM, with neighbours running
+``stress-ng --cpu 2`` and speech synthesis, the callback of a healthy stream through the
+PulseAudio null sink went uncalled for up to 0.51 s at load average ~7 (the device run dry: an
+audible underflow that ends by itself, not a lost device), and for 0.80-0.97 s at load 10-14,
+even in a process doing nothing else. No threshold under the 1 s in which a loss must be
+reported separates those from a stall on such a machine; 0.8 s does on a sane one, and a stall
+is still reported within 0.85 s. Past it the stream is reopened (~0.25 s), which costs a replay
+of the cut chunk; a machine that starves its audio like that should raise the setting.
 
 :class:`Backoff` spaces the attempts to open the device again: 0.25 s, doubling to 2 s.
 """
