@@ -22,8 +22,9 @@ Why 0.8 s (``audio.device_stall_s``): on the 2-core test VM, with neighbours run
 PulseAudio null sink went uncalled for up to 0.51 s at load average ~7 (the device run dry: an
 audible underflow that ends by itself, not a lost device), and for 0.80-0.97 s at load 10-14,
 even in a process doing nothing else. No threshold under the 1 s in which a loss must be
-reported separates those from a stall on such a machine; 0.8 s does on a sane one, and a stall
-is still reported within 0.85 s. Past it the stream is reopened (~0.25 s), which costs a replay
+reported separates those from a stall on such a machine; where the audio is not starved (callbacks
+every 23 ms on the rig) 0.8 s leaves a wide margin, and a stall is still reported within 0.85 s.
+Past it the stream is reopened (~0.25 s), which costs a replay
 of the cut chunk; a machine that starves its audio like that should raise the setting.
 
 :class:`Backoff` spaces the attempts to open the device again: 0.25 s, doubling to 2 s.
