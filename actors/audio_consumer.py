@@ -40,12 +40,14 @@ paced by, on every sink (``--sink null`` included).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
 import threading
 import time
 import wave
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -238,6 +240,38 @@ class PlaybackCore:
         self._log_block(r_start, r, dac_time, state)
         return pos
 
+    def render_held(self, out: np.ndarray, dac_time: float) -> None:
+        """The device is lost and the narration waits for it: ``out`` is silence, the ring is not
+        read, and the stage tee gets silence, so the stage clock (WebRTC listeners' pacing, the
+        timing log) goes on. Same contract as ``render``: no allocation, no lock, no wait."""
+        dac_time += self.output_delay_s
+        out.fill(0)
+        self._audible = False
+        self._fade_done = 0
+        r = self.ring.read_index
+        if self.tee is not None:
+            self._tee(self._silence, len(out) // self.upsample, dac_time)
+        self._log_block(r, r, dac_time, int(self.stats[STATE]))
+
+    def first_unheard(self, since: float) -> int:
+        """The first ring frame whose DAC time is at or after ``since`` (from the timing log): what
+        a device that died at ``since`` never played. The read index when nothing that late was
+        rendered."""
+        first = self.ring.read_index
+        count = int(self.stats[LOG_COUNT])
+        for j in range(count - 1, max(-1, count - LOG_N - 1), -1):
+            r_start, r_end, dac = self.timelog[j % LOG_N]
+            if r_end <= r_start:
+                continue  # an idle or held block: no ring frames
+            if dac >= since:
+                first = int(r_start)
+                continue
+            k = int((since - dac) * self.sample_rate)
+            if r_start + k < r_end:
+                first = int(r_start + k)
+            break
+        return first
+
     def _tee(self, block: np.ndarray, frames: int, dac_time: float) -> None:
         """Push the block just rendered into the stage tee; what does not fit is dropped and counted
         (the web side is slow or gone). Two atomic ops and a memcpy: never a wait. When the DAC
@@ -294,6 +328,8 @@ class TrackedRequest:
     frames: int = 0
     underruns: int = 0
     underflows_at_start: int = -1
+    chunk_starts: list[int] = field(default_factory=list)  # ring index where each chunk's audio begins
+    last_index: int = -1  # the chunk index of the last Segment
 
     @property
     def first_start(self) -> int:
@@ -327,6 +363,11 @@ class ConsumerControl:
         # Requests cancelled here, newest last (bounded): their Silenced is sent or owed exactly
         # once, and a Segment of theirs that was in flight at the cancel is skipped, never played.
         self._cancelled: dict[str, None] = {}
+        # The end of the last skip window the read index has passed: audio below it may have been
+        # skipped (cancelled, preempted), so a replay after a lost device never starts below it.
+        self._skipped_to = 0
+        # True while the output device is lost and the narration waits for it (nothing is heard).
+        self.held = False
 
     # ---------------------------------------------------------------- messages
     def handle(self, msg: wire.Message) -> None:
@@ -363,6 +404,9 @@ class ConsumerControl:
             if seg.start > self.announced:
                 # Frames pushed but never announced (a worker died between push and message).
                 self._add_window(self.announced, seg.start)
+            if seg.index != req.last_index:
+                req.last_index = seg.index
+                req.chunk_starts.append(seg.start)
             if req.ranges and req.ranges[-1][1] == seg.start:
                 req.ranges[-1][1] = seg.end
             else:
@@ -428,6 +472,7 @@ class ConsumerControl:
         """Write the inactive window table, then flip: the callback never sees a half-written one."""
         core = self.core
         r = self.ring.read_index
+        self._skipped_to = max([self._skipped_to, *(w[1] for w in self.windows if w[1] <= r)])
         self.windows = [w for w in self.windows if w[1] > r]
         live = int(core.ctl[WIN_TABLE])
         spare = 1 - live
@@ -452,7 +497,9 @@ class ConsumerControl:
         for request_id, entry in list(self._silencing.items()):
             cuts_at_cancel, lo, hi, audible, seen, first, blocks_at_cancel = entry
             t_silent: float | None = None
-            if not audible and r <= first and blocks >= blocks_at_cancel + 2:
+            if self.held:
+                t_silent = now  # the device is lost: nothing of it can be heard
+            elif not audible and r <= first and blocks >= blocks_at_cancel + 2:
                 # None of its frames was ever rendered, and every block since the one in flight
                 # at the cancel read the window table that skips them: never heard, silent since
                 # the cancel. Without this, a request cancelled while the stage pre-buffers waited
@@ -530,6 +577,27 @@ class ConsumerControl:
         if (self.windows and self.windows[0][1] <= r) or self.core.ctl[EXPECTING] != expecting:
             self._publish()
 
+    def replay_from(self, first_unheard: int) -> int:
+        """The device died with ring frames from ``first_unheard`` on never heard: move the read
+        index back to the start of the chunk they belong to (so the chunk is heard whole from its
+        start when the device returns, as a resumed request is), never below a skip window already
+        passed nor below what the ring still holds intact. Call only while nothing renders (the
+        stream closed, the fallback clock not yet started); returns the frames to be played again."""
+        r = self.ring.read_index
+        target = min(first_unheard, r)
+        for req in self.requests.values():
+            if req.cancelled or not any(lo <= target < hi for lo, hi in req.ranges):
+                continue
+            starts = [s for s in req.chunk_starts if s <= target]
+            if starts:
+                target = starts[-1]
+            break
+        target = min(r, max(target, self._skipped_to, self.ring.rewind_floor))
+        if target < r:
+            self.ring.rewind_read(target)
+            self._publish()
+        return r - target
+
     @property
     def idle(self) -> bool:
         return not self.requests and not self._silencing and self.ring.read_index >= self.announced
@@ -553,6 +621,9 @@ class ClockSink:
         self._wav: wave.Wave_write | None = None
         self.frames_written = 0
         self.error: str = ""
+        # The fallback clock of a lost device: while ``held``, blocks are silence and the ring
+        # waits (PlaybackCore.render_held); else it plays the ring, unheard, in real time.
+        self.held = False
 
     def start(self) -> None:
         if self.wav_path:
@@ -566,7 +637,7 @@ class ClockSink:
     def _loop(self) -> None:
         core = self.core
         period = core.blocksize / core.sample_rate
-        buf = np.zeros(core.blocksize, dtype=np.int16)
+        buf = np.zeros(core.blocksize * core.upsample, dtype=np.int16)  # upsample > 1: a device's fallback
         next_t = time.monotonic()
         try:
             while not self._stop.is_set():
@@ -580,6 +651,10 @@ class ClockSink:
                     time.sleep(0.001)
                     continue
                 dac = next_t if self.paced else time.monotonic()
+                if self.held:
+                    core.render_held(buf, dac)
+                    next_t += period
+                    continue
                 core.render(buf, dac)
                 if self._wav is not None and int(core.stats[STATE]) != PlaybackState.IDLE:
                     self._wav.writeframes(buf.tobytes())
@@ -656,23 +731,74 @@ def choose_upsample(device: Any, ring_rate: int, device_rate: int = 0) -> int:
 
 class DeviceSink:
     """A PortAudio output stream in callback mode: int16 mono at the core's ``device_rate``
-    (the ring rate, or a whole multiple of it that the core upsamples to)."""
+    (the ring rate, or a whole multiple of it that the core upsamples to).
 
-    def __init__(self, core: PlaybackCore, info: Any, latency: str = "high") -> None:
+    The device is a part that can fail (docs/troubleshooting.md, "The output device went away").
+    The callback only counts (``stats[BLOCKS]``), stamps the time of its last call and catches
+    what ``render`` raises; the control loop calls :meth:`poll_health` every 10-50 ms, which asks
+    ``actors.audio.device_watch.StreamWatch`` whether the stream has failed (a PortAudio error,
+    ``finished_callback``, inactive, or no callback for ``audio.device_stall_s`` past the end of
+    its buffer). On a loss the dead stream is closed and :meth:`fall_back` starts a real-time
+    clock in its place, so the stage clock never stops; :meth:`try_reopen` then opens the
+    configured device again on a 0.25 s → 2 s backoff, and when a stream opens the clock is
+    stopped before the stream starts (one renderer at a time).
+    """
+
+    #: Every so many failed reopen attempts PortAudio is re-initialised, so that a device that
+    #: came back under a new index (a USB headset re-plugged) is found by name again. It takes
+    #: ~1 s with no sound server, in the control loop, so not on every attempt.
+    REINIT_EVERY = 8
+
+    def __init__(
+        self, core: PlaybackCore, info: Any, latency: str = "high", hostapi: str = "", stall_s: float = 0.8
+    ) -> None:
+        from actors.audio.device_watch import Backoff, StreamWatch
+
         self.core = core
         self.info = info
+        self.hostapi = hostapi
         self.latency: str | float = latency if latency in ("low", "high") else float(latency)
-        self.error = ""
+        self.error = ""  # the interface every sink shares; a device's failures go through poll_health
         self._stream: Any = None
+        self._generation = 0  # bumped per stream: a retired stream's late callback renders nothing
+        self._finished = False  # set by finished_callback (PortAudio's thread): one bool store
+        self._callback_error = ""  # set by the callback when render raised (then it aborts)
+        self._last_call = np.zeros(1, dtype=np.float64)  # monotonic time of the last callback
+        self.watch = StreamWatch(stall_s=stall_s)
+        self.backoff = Backoff()
+        self.fallback: ClockSink | None = None
+        self.lost_at = 0.0  # when the current loss was detected (0: the device plays)
+        self.losses = 0
+        self._retry_at = 0.0
+        self._attempts = 0
+        self.last_reopen_error = ""
+
+    @property
+    def lost(self) -> bool:
+        return self.fallback is not None
 
     def start(self) -> None:
+        with audio_threads_inherit_realtime():
+            self._stream = self._open()
+            self._stream.start()
+        self.watch.started(time.monotonic(), int(self.core.stats[BLOCKS]))
+
+    def _open(self) -> Any:
+        """A new stream on ``self.info``, not started; raises what PortAudio raises."""
         import sounddevice as sd
 
         core = self.core
-
+        self._generation += 1
+        generation = self._generation
+        self._finished = False
+        self._callback_error = ""
         realtime = [False]  # a list: the callback sets it once, from PortAudio's thread
+        last_call = self._last_call
 
         def callback(outdata: np.ndarray, frames: int, time_info: Any, status: Any) -> None:
+            if generation != self._generation:
+                outdata.fill(0)  # a retired stream (closed for a loss): another renderer owns the ring
+                return
             if not realtime[0]:
                 # Once, on PortAudio's own callback thread: ask for SCHED_FIFO, as JACK and
                 # PulseAudio (via rtkit) do for their audio threads. nice -10 only weights the CFS
@@ -684,39 +810,148 @@ class DeviceSink:
             if status.output_underflow:
                 core.stats[DEVICE_UNDERFLOWS] += 1
             now = time.monotonic()
+            last_call[0] = now
             current = time_info.currentTime
             # PortAudio's clock is the stream's own; translate the DAC time to CLOCK_MONOTONIC.
             dac = now + (time_info.outputBufferDacTime - current) if current else now
-            core.render(outdata[:, 0], dac)
+            try:
+                core.render(outdata[:, 0], dac)
+            except Exception as exc:  # a bug, not the device: reported by poll_health, then reopened
+                self._callback_error = f"{type(exc).__name__} in the callback: {exc}"
+                outdata.fill(0)
+                raise sd.CallbackAbort from exc
 
-        # The audio path has more threads than the callback: PulseAudio's client mainloop
-        # ("threaded-ml", created when the ALSA pulse plugin opens the stream) carries every block
-        # to the server, and at nice -10 under CFS a loaded 2-core machine still delays it past a
-        # 46-ms device buffer (measured: 1-3 underflows per 95 s with three renders beside the
-        # stage). Threads inherit their creator's policy, so this thread takes SCHED_FIFO while
-        # the stream opens and starts, and gives it back after; without the privilege, nothing.
-        policy, priority = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
-        inherit = enable_realtime_thread(AUDIO_RT_PRIORITY - 1)
+        def finished() -> None:
+            if generation == self._generation:
+                self._finished = True
+
+        return sd.OutputStream(
+            samplerate=core.device_rate,
+            blocksize=core.blocksize * core.upsample,  # blocksize ring frames per callback
+            channels=1,
+            dtype="int16",
+            device=self.info.index,
+            callback=callback,
+            finished_callback=finished,
+            latency=self.latency,
+        )
+
+    def poll_health(self, now: float) -> tuple[str, float] | None:
+        """Called by the control loop. When the playing stream has failed: close it and return
+        ``(cause, since)``, ``since`` being the last time the callback ran (frames whose DAC time
+        is later were never heard). The caller then rewinds what it wants replayed and calls
+        :meth:`fall_back`. ``None`` while the device plays, or while it is already lost."""
+        stream = self._stream
+        if stream is None or self.lost:
+            return None
+        cause = self.watch.check(
+            now,
+            int(self.core.stats[BLOCKS]),
+            active=bool(stream.active),
+            finished=self._finished,
+            error=self._callback_error,
+            played_until=self._played_until(),
+        )
+        if cause is None:
+            return None
+        since = float(self._last_call[0]) or now
+        self._retire()
+        self.losses += 1
+        self.lost_at = now
+        self._attempts = 0
+        self.backoff.reset()
+        self._retry_at = now + self.backoff.next_delay()
+        return cause, min(since, now)
+
+    def _played_until(self) -> float:
+        """When the last block the callback rendered ends at the DAC (from the timing log)."""
+        core = self.core
+        count = int(core.stats[LOG_COUNT])
+        if count == 0:
+            return 0.0
+        frames = core.blocksize  # PortAudio hands this stream fixed blocks (blocksize is set)
+        return float(core.timelog[(count - 1) % LOG_N, 2]) + frames / core.sample_rate
+
+    def _retire(self) -> None:
+        """Close the current stream; after this its callback (if PortAudio still runs it) renders nothing."""
+        stream, self._stream = self._stream, None
+        self._generation += 1
+        if stream is None:
+            return
         try:
-            self._stream = sd.OutputStream(
-                samplerate=core.device_rate,
-                blocksize=core.blocksize * core.upsample,  # blocksize ring frames per callback
-                channels=1,
-                dtype="int16",
-                device=self.info.index,
-                callback=callback,
-                latency=self.latency,
-            )
-            self._stream.start()
-        finally:
-            if inherit:
-                restore_thread_scheduling(policy, priority)
+            stream.abort()  # a dead stream's abort and close return at once (measured: < 1 ms)
+        except Exception as exc:
+            log.debug("abort of the lost stream: %s", exc)
+        try:
+            stream.close()
+        except Exception as exc:
+            log.debug("close of the lost stream: %s", exc)
+
+    def fall_back(self, held: bool) -> None:
+        """Start the real-time clock that stands in for the lost device (``held``: the narration waits)."""
+        clock = ClockSink(self.core, None, paced=True)
+        clock.held = held
+        clock.start()
+        self.fallback = clock
+
+    def release_hold(self) -> None:
+        """The device stayed away too long: the narration plays on, unheard, on the fallback clock."""
+        if self.fallback is not None:
+            self.fallback.held = False
+
+    def try_reopen(self, now: float) -> bool:
+        """While lost, when the backoff allows: open the device again. True when it plays again
+        (the fallback clock stopped first, then the new stream started)."""
+        if not self.lost or now < self._retry_at:
+            return False
+        self._attempts += 1
+        try:
+            if self._attempts % self.REINIT_EVERY == 0:
+                self._reinitialize()
+            with audio_threads_inherit_realtime():
+                stream = self._open()
+        except Exception as exc:
+            self.last_reopen_error = f"{type(exc).__name__}: {exc}"
+            self._retry_at = time.monotonic() + self.backoff.next_delay()
+            return False
+        fallback, self.fallback = self.fallback, None
+        if fallback is not None:
+            fallback.stop()  # joined: the clock thread renders no more
+        self._stream = stream
+        try:
+            with audio_threads_inherit_realtime():
+                stream.start()
+        except Exception as exc:
+            self.last_reopen_error = f"{type(exc).__name__}: {exc}"
+            self._retire()
+            self.fall_back(held=bool(fallback is not None and fallback.held))
+            self._retry_at = time.monotonic() + self.backoff.next_delay()
+            return False
+        self.watch.started(time.monotonic(), int(self.core.stats[BLOCKS]))
+        self.backoff.reset()
+        self.lost_at = 0.0
+        return True
+
+    def _reinitialize(self) -> None:
+        """Re-enumerate PortAudio's devices (no stream is open) and find the device by name again."""
+        import sounddevice as sd
+
+        from actors.audio.device import select_output_device
+
+        sd._terminate()
+        sd._initialize()
+        self.info = select_output_device(self.info.name, self.hostapi or None)
 
     def stop(self) -> None:
+        fallback, self.fallback = self.fallback, None
+        if fallback is not None:
+            fallback.stop()
         if self._stream is not None:
             try:
                 self._stream.stop()
                 self._stream.close()
+            except Exception as exc:  # the device died as we closed: nothing left to flush
+                log.warning("closing the output stream: %s", exc)
             finally:
                 self._stream = None
 
@@ -732,7 +967,7 @@ def build_sink(settings: Settings, core: PlaybackCore, device: Any = None) -> Cl
         from actors.audio.device import select_output_device
 
         device = select_output_device(settings.audio.device or None, settings.audio.hostapi or None)
-    return DeviceSink(core, device, settings.audio.latency)
+    return DeviceSink(core, device, settings.audio.latency, settings.audio.hostapi, settings.audio.device_stall_s)
 
 
 class AudioConsumer:
@@ -782,6 +1017,7 @@ class AudioConsumer:
         self.sink = build_sink(settings, self.core, device)
         self.sink.start()
         self._last_audio = time.monotonic()
+        self._replayed_s = 0.0  # audio played again after the last device loss
 
     def ready_info(self) -> dict[str, Any]:
         import sys
@@ -817,6 +1053,11 @@ class AudioConsumer:
             "callback_realtime": int(stats[CALLBACK_REALTIME]),
             "blocks": int(stats[BLOCKS]),
             "rebuffers": self.core.policy.rebuffer_count,
+            **(
+                {"device_losses": self.sink.losses, "device_lost": int(self.sink.lost)}
+                if isinstance(self.sink, DeviceSink)
+                else {}
+            ),
             "rss_mb": process_rss_mb(),
             **(
                 {"tee_frames": int(stats[TEE_FRAMES]), "tee_dropped_frames": int(stats[TEE_DROPPED])}
@@ -845,6 +1086,8 @@ class AudioConsumer:
             if self.sink.error and not reported_error:
                 reported_error = True
                 self.send(wire.Error(kind="audio_output", message=self.sink.error, actor=wire.Role.AUDIO_CONSUMER))
+            if isinstance(self.sink, DeviceSink):
+                self._watch_device(self.sink)
             if not self.control.idle:
                 self._last_audio = time.monotonic()
         # Let the tail of the last request leave the device before the stream closes.
@@ -852,6 +1095,59 @@ class AudioConsumer:
         remaining = pad - (time.monotonic() - self._last_audio)
         if isinstance(self.sink, DeviceSink) and remaining > 0:
             time.sleep(remaining)
+
+    def _watch_device(self, sink: DeviceSink) -> None:
+        """Lost device: detect it (``DeviceSink.poll_health``), hold the narration on the fallback
+        clock from the start of the chunk it cut, retry the device, and move back to it.
+
+        Holding, not playing on, is the choice here (docs/troubleshooting.md): a listener who
+        loses a headset for ten seconds wants the story from where it stopped, not a gap. The
+        stage clock goes on meanwhile (the fallback clock renders silence into the stage tee),
+        the worker fills the ring up to its guard and waits, and events keep flowing. After
+        ``audio.device_hold_s`` the narration plays on, unheard, so a device that never returns
+        cannot stall the session forever (0: never hold)."""
+        now = time.monotonic()
+        lost = sink.poll_health(now)
+        name = getattr(sink.info, "name", "?")
+        if lost is not None:
+            cause, since = lost
+            hold = self.settings.audio.device_hold_s > 0
+            replayed = self.control.replay_from(self.core.first_unheard(since)) if hold else 0
+            self._replayed_s = replayed / self.core.sample_rate
+            self.control.held = hold
+            sink.fall_back(held=hold)
+            then = (
+                f"the narration waits for it (up to {self.settings.audio.device_hold_s:g} s; "
+                f"{self._replayed_s:.2f} s to play again from the start of the cut chunk)"
+                if hold
+                else "the narration plays on without it"
+            )
+            msg = f"output device {name!r} lost: {cause}; retrying it every 0.25-2 s; {then}"
+            log.warning("%s", msg)
+            self.send(wire.Error(kind="audio_output", message=msg, actor=wire.Role.AUDIO_CONSUMER))
+            return
+        if not sink.lost:
+            return
+        down_s = now - sink.lost_at
+        if self.control.held and down_s > self.settings.audio.device_hold_s:
+            self.control.held = False
+            sink.release_hold()
+            why = sink.last_reopen_error or "no reason given"
+            msg = (
+                f"output device {name!r} still lost after {down_s:.1f} s ({why}): "
+                "the narration plays on without it (audio.device_hold_s)"
+            )
+            log.warning("%s", msg)
+            self.send(wire.Error(kind="audio_output", message=msg, actor=wire.Role.AUDIO_CONSUMER))
+        held = self.control.held
+        if sink.try_reopen(now):
+            self.control.held = False
+            log.warning("output device %r is back after %.2f s", name, down_s)
+            self.send(
+                wire.AudioOutputRestored(
+                    device=name, down_s=round(down_s, 3), held=held, replayed_s=round(self._replayed_s, 3)
+                )
+            )
 
     def apply_config(self, update: wire.ConfigUpdate) -> None:
         """Live settings (``skald config set``, SIGHUP): the pre-buffer thresholds, from the next
@@ -914,6 +1210,25 @@ def enable_realtime_thread(priority: int = AUDIO_RT_PRIORITY) -> bool:
     except (OSError, AttributeError):
         return False
     return True
+
+
+@contextlib.contextmanager
+def audio_threads_inherit_realtime() -> Iterator[None]:
+    """Threads started inside this block are born SCHED_FIFO (where permitted).
+
+    The audio path has more threads than the callback: PulseAudio's client mainloop ("threaded-ml",
+    created when the ALSA pulse plugin opens the stream) carries every block to the server, and at
+    nice -10 under CFS a loaded 2-core machine still delays it past a 46-ms device buffer (measured:
+    1-3 underflows per 95 s with three renders beside the stage). Threads inherit their creator's
+    policy, so the calling thread takes SCHED_FIFO while a stream opens and starts, and gives its
+    own policy back after; without the privilege, nothing changes."""
+    policy, priority = os.sched_getscheduler(0), os.sched_getparam(0).sched_priority
+    inherit = enable_realtime_thread(AUDIO_RT_PRIORITY - 1)
+    try:
+        yield
+    finally:
+        if inherit:
+            restore_thread_scheduling(policy, priority)
 
 
 def restore_thread_scheduling(policy: int, priority: int) -> None:

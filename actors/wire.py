@@ -530,6 +530,18 @@ class MetricsText(Message, kw_only=True):
     text: str = ""
 
 
+class AudioOutputRestored(Message, kw_only=True):
+    """Audio consumer -> clients: the output device lost earlier (an ``audio_output`` error) plays
+    again. ``down_s``: from the loss to the new stream; ``held``: the narration waited for it, and
+    went on from the start of the chunk the loss cut (``replayed_s`` of audio played again)."""
+
+    KIND: ClassVar[bytes] = b"audio_output_restored"
+    device: str
+    down_s: float = 0.0
+    held: bool = True
+    replayed_s: float = 0.0
+
+
 _ALL: tuple[type[Message], ...] = (
     Speak,
     Turn,
@@ -562,6 +574,7 @@ _ALL: tuple[type[Message], ...] = (
     ConfigUpdate,
     MetricsQuery,
     MetricsText,
+    AudioOutputRestored,
 )
 
 MESSAGE_TYPES: dict[bytes, type[Message]] = {cls.KIND: cls for cls in _ALL}

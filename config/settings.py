@@ -164,6 +164,8 @@ class AudioSettings:
     fade_ms: Annotated[float, _range(0.0, 10.0)] = 8.0
     tail_pad_ms: Annotated[float, _range(0.0, 5000.0)] = 150.0
     device_rate: Annotated[int, _range(0, 192000)] = 0
+    device_hold_s: Annotated[float, _range(0.0, 86400.0)] = 30.0
+    device_stall_s: Annotated[float, _range(0.1, 60.0)] = 0.8
 
 
 @dataclass(frozen=True)

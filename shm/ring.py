@@ -10,6 +10,7 @@ read path allocates no sample buffer. The API is what production calls, and no m
                  wait_for_space(n, timeout, cancel)   write_index, read_index   close()
     consumer     attach(name, "consumer")   start_heartbeat()   clear()   read_index
                  read_into(out, n, start_index)   commit_read(index)   close()
+                 rewind_read(index)   rewind_floor   (a lost device: replay what it never played)
     stage tee    producer (audio consumer): push(block)   publish_clock(epoch_ns)
                  consumer (web actor): read_into, commit_read   clock_epoch_ns()
     cleanup      PcmRing.unlink_name(name)   (a crashed run's leftover, an orphaned child)
@@ -685,6 +686,33 @@ class PcmRing:
         if not self._r <= new_read_index <= w:
             raise ValueError(f"commit_read({new_read_index}): must be in [read_index={self._r}, write_index={w}]")
         self._a_read.store(new_read_index, _REL)  # after the block's copies (module docstring)
+        self._r = new_read_index
+
+    @property
+    def rewind_floor(self) -> int:
+        """The lowest index :meth:`rewind_read` may move the read index back to.
+
+        The producer keeps ``write_index - read_index <= max_fill_frames``, so the frame it
+        overwrites when it writes frame ``w`` is ``w - capacity``, and ``w < read_index +
+        max_fill_frames``: every frame at or above ``read_index - (capacity - max_fill_frames)``
+        is still intact, whatever the producer does meanwhile (it loads ``read_index`` before each
+        copy, and a read index moved back only makes it stop sooner). With the default 60-s ring
+        and 30-s overfill guard that is over 60 s of audio behind the speaker."""
+        self._check_open()
+        return max(0, self._r - (self._capacity - self._max_fill))
+
+    def rewind_read(self, new_read_index: int) -> None:
+        """Move the read index back to ``new_read_index`` (>= :attr:`rewind_floor`): the frames
+        from there on are read again. For a consumer whose output device died with audio in its
+        buffer that nobody heard. Call it only while nothing reads the ring (the callback is
+        stopped): it is the consumer's own index, and the producer sees it as less free space."""
+        if self._active != "consumer":
+            self._wrong_role("consumer", "rewind_read")
+        new_read_index = operator.index(new_read_index)
+        floor = self.rewind_floor
+        if not floor <= new_read_index <= self._r:
+            raise ValueError(f"rewind_read({new_read_index}): must be in [rewind_floor={floor}, read_index={self._r}]")
+        self._a_read.store(new_read_index, _REL)
         self._r = new_read_index
 
     def clear(self) -> int:

@@ -43,6 +43,7 @@ def test_every_message_round_trips() -> None:
         wire.ConfigUpdate(settings={"prebuffer": {"start_s": 1.0}}, changed=["prebuffer.start_s"], log_level=20),
         wire.MetricsQuery(),
         wire.MetricsText(text="skald_requests_active 0.0\n"),
+        wire.AudioOutputRestored(device="pulse", down_s=4.2, held=True, replayed_s=1.9),
     ]
     assert {type(m) for m in samples} == set(wire.MESSAGE_TYPES.values())
     for msg in samples:

@@ -263,6 +263,8 @@ def _follow(client: Any, request_id: str, as_json: bool) -> int:
             print(f"  playback started, TTFA {event.ttfa_ms:.0f} ms", flush=True)
         elif isinstance(event, wire.Error):
             print(f"  error [{event.kind}] {event.actor}: {event.message}", flush=True)
+        elif isinstance(event, wire.AudioOutputRestored):
+            print(f"  output device {event.device!r} is back after {event.down_s:.2f} s", flush=True)
         if isinstance(event, wire.RequestFinished) and event.request_id == request_id:
             if not as_json:
                 print(f"{request_id}: {event.status} ({event.audio_s:.2f} s of audio, {event.underruns} underruns)")

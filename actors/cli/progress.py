@@ -159,7 +159,7 @@ class RenderProgress:
                     f"in {msg.synth_ms:6.1f} ms",
                     file=sys.stderr,
                 )
-        elif isinstance(msg, (wire.PlaybackStarted, wire.Underrun, wire.Error)):
+        elif isinstance(msg, (wire.PlaybackStarted, wire.Underrun, wire.Error, wire.AudioOutputRestored)):
             self._note(msg)
         elif isinstance(msg, wire.RequestFinished) and msg.status == "done":
             self.planned.update({i: d for i, d in self.done.items() if i not in self.planned})
@@ -170,6 +170,8 @@ class RenderProgress:
             line = f"  playback started, TTFA {msg.ttfa_ms:.0f} ms"
         elif isinstance(msg, wire.Underrun):
             line = f"  underrun #{msg.count}"
+        elif isinstance(msg, wire.AudioOutputRestored):
+            line = f"  output device {msg.device!r} is back after {msg.down_s:.2f} s ({msg.replayed_s:.2f} s again)"
         else:
             assert isinstance(msg, wire.Error)
             line = f"  error [{msg.kind}] {msg.actor}: {msg.message}"
