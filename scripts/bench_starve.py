@@ -46,6 +46,7 @@ def phase(run_dir: Path, text: str, requests: int) -> dict[str, Any]:
         "ttfa_ms_max": round(max(ttfa), 1) if ttfa else None,
         "underruns": sum(f.underruns for f in finished),
         "device_underflows": sum(f.device_underflows for f in finished),
+        "device_underflows_by_request": [f.device_underflows for f in finished],
     }
 
 
