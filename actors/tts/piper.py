@@ -7,6 +7,7 @@ Nothing is ever downloaded.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -35,13 +36,53 @@ def voice_sample_rate(voice: str) -> int:
         return int(json.load(fh)["audio"]["sample_rate"])
 
 
+def physical_cores() -> int:
+    """Physical CPU cores this process may run on (what onnxruntime's default thread count counts)."""
+    import psutil
+
+    logical = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    physical = psutil.cpu_count(logical=False) or logical
+    per_core = max(1, (psutil.cpu_count(logical=True) or physical) // physical)  # hyperthreads per core
+    return max(1, min(physical, logical // per_core))
+
+
+def session_options(threads: int, spinning: bool) -> Any:
+    """onnxruntime options for a Piper voice inside skald (``tts.piper_threads``, ``tts.piper_spinning``).
+
+    Why not onnxruntime's defaults: they pin one intra-op thread to each physical core and let
+    idle ones spin-wait. A Piper op is split evenly over those threads and waits for the last
+    one; inside skald the other processes (the audio callback, the actors' polls and ticks, the
+    render worker) wake on the same cores, and a pinned thread they preempt cannot move, while the
+    spinning ones burn the CPU the preempted one needs. ``threads`` 0 = one per physical core,
+    set explicitly, which leaves them unpinned; -1 = onnxruntime's own choice (pinned)."""
+    import onnxruntime
+
+    options = onnxruntime.SessionOptions()
+    if threads >= 0:
+        options.intra_op_num_threads = threads or physical_cores()
+    if not spinning:
+        options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return options
+
+
 class PiperEngine(TtsEngine):
     """Piper voices loaded once per process; synthesis yields one block per sentence."""
 
     name = "piper"
 
-    def __init__(self, noise_scale: float | None = None, noise_w_scale: float | None = None) -> None:
-        """``noise_scale``/``noise_w_scale``: None = the voice's own; 0 = deterministic output."""
+    def __init__(
+        self,
+        noise_scale: float | None = None,
+        noise_w_scale: float | None = None,
+        *,
+        threads: int = -1,
+        spinning: bool = True,
+    ) -> None:
+        """``noise_scale``/``noise_w_scale``: None = the voice's own; 0 = deterministic output.
+        ``threads``/``spinning``: the onnxruntime session (``session_options``); the defaults,
+        -1/True, are plain piper-tts's session (``PiperVoice.load``)."""
+        self.threads = threads
+        self.spinning = spinning
         self._voices: dict[str, object] = {}
         self._info: dict[str, VoiceInfo] = {}
         self._noise_scale = noise_scale
@@ -73,7 +114,7 @@ class PiperEngine(TtsEngine):
         except ImportError as exc:
             raise EngineError(f"piper-tts is not installed ({exc}); pip install piper-tts") from None
         try:
-            self._voices[voice] = PiperVoice.load(path)
+            self._voices[voice] = self._load(PiperVoice, path)
         except Exception as exc:  # onnxruntime raises many types; report them all the same way
             raise EngineError(f"Piper voice {voice!r} failed to load from {path}: {exc}") from exc
         sample_rate = int(self._voices[voice].config.sample_rate)  # type: ignore[attr-defined]
@@ -81,6 +122,22 @@ class PiperEngine(TtsEngine):
         info = VoiceInfo(voice, self.name, sample_rate, measure_chars_per_s(self, voice, sample_rate))
         self._info[voice] = info
         return info
+
+    def _load(self, piper_voice: Any, path: Path) -> Any:
+        """``PiperVoice.load``, with this engine's onnxruntime session options."""
+        if self.threads < 0 and self.spinning:
+            return piper_voice.load(path)  # plain piper-tts: onnxruntime's default session
+        import json
+
+        import onnxruntime
+        from piper.config import PiperConfig
+
+        with open(f"{path}.json", encoding="utf-8") as fh:
+            config = PiperConfig.from_dict(json.load(fh))
+        session = onnxruntime.InferenceSession(
+            str(path), sess_options=session_options(self.threads, self.spinning), providers=["CPUExecutionProvider"]
+        )
+        return piper_voice(config=config, session=session)
 
     def synthesize(self, text: str, voice: str, cancel: CancelToken, speed: float = 1.0) -> Iterator[np.ndarray]:
         voice = voice or DEFAULT_VOICE
