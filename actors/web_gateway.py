@@ -352,9 +352,10 @@ def _lower_thread_priority() -> None:
 
 
 #: With WebRTC listeners the web actor carries the stage's clock to the browsers: where permitted it
-#: runs above ordinary work (still below the audio consumer's -10), so a busy machine's inference
-#: threads do not delay its frames into the browsers' concealment.
-LISTENER_NICE = -5
+#: runs above ordinary work and above the stage's TTS worker (-5), still below the audio consumer's
+#: -10, so inference does not delay its frames into the browsers' concealment. (Level with the
+#: worker at -5, Chromium concealed a late packet in 4 of 4 CI tries.)
+LISTENER_NICE = -8
 
 
 def raise_listener_priority() -> None:

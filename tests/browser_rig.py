@@ -78,11 +78,11 @@ class Chromium:
         profile = self.dir / "profile"
         # A listener's browser runs on the listener's own machine, which skald's inference does not
         # load; here it shares two cores with the server. Like the null sink standing in for a sound
-        # card (tests/audio_rig.py), it runs at a raised priority where allowed (nice -5, as the web
+        # card (tests/audio_rig.py), it runs at a raised priority where allowed (nice -8, as the web
         # actor; the audio consumer stays above at -10; `nice` warns and runs it as is where not),
         # with a 40 ms PulseAudio buffer, so the test measures skald's stream, not this machine's
         # scheduling of the browser's audio thread.
-        cmd = ["nice", "-n", "-5", CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
+        cmd = ["nice", "-n", "-8", CHROMIUM, *FLAGS, f"--user-data-dir={profile}", "--remote-debugging-port=0",
                self.url]  # fmt: skip
         log = (self.dir / "chromium.log").open("wb")
         self.proc = subprocess.Popen(cmd, env=self.env, stdout=log, stderr=log, start_new_session=True)
