@@ -57,7 +57,7 @@ import numpy as np
 from actors import wire
 from actors.audio.output import Int16Converter, IntegerUpsampler
 from actors.audio.prebuffer import PlaybackState, PrebufferConfig, PrebufferPolicy
-from actors.runtime import ActorSpec, Send, process_rss_mb, run_actor, set_process_nice
+from actors.runtime import ActorSpec, Send, process_rss_mb, process_thread_ids, run_actor, set_process_nice
 from config.settings import Settings
 from shm import PcmRing
 
@@ -1251,11 +1251,7 @@ def raise_audio_priority() -> int:
     core), and at nice -10 in any case (the fallback without the privilege: an unprivileged user
     keeps nice 0 and SCHED_OTHER)."""
     nice = set_process_nice(AUDIO_NICE)
-    try:
-        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
-    except OSError:
-        threads = [0]
-    for tid in threads:
+    for tid in process_thread_ids():
         try:
             os.sched_setscheduler(tid, os.SCHED_FIFO, os.sched_param(AUDIO_PROCESS_RT_PRIORITY))
         except (OSError, AttributeError):

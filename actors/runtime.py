@@ -233,15 +233,20 @@ def set_process_title(role: str) -> None:
         pass
 
 
+def process_thread_ids() -> list[int]:
+    """The kernel ids of this process's threads (Linux; ``[0]``, the calling thread, elsewhere):
+    scheduling priorities belong to threads, so a whole-process change visits each."""
+    try:
+        return [int(tid) for tid in os.listdir("/proc/self/task")]
+    except OSError:
+        return [0]
+
+
 def set_process_nice(nice: int) -> int:
     """Set the nice value of every thread of this process (Linux nice values are per thread;
     threads started later inherit the creator's); returns the value in effect, unchanged where
     not permitted (an unprivileged user cannot go below 0)."""
-    try:
-        threads = [int(tid) for tid in os.listdir("/proc/self/task")]
-    except OSError:
-        threads = [0]
-    for tid in threads:
+    for tid in process_thread_ids():
         with contextlib.suppress(OSError):
             os.setpriority(os.PRIO_PROCESS, tid, nice)
     return os.getpriority(os.PRIO_PROCESS, 0)
