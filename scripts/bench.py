@@ -88,6 +88,40 @@ def server_env(pairs: list[str] | None) -> dict[str, str]:
     return env
 
 
+class ServedSkald:
+    """``skald serve --sink SINK`` in ``parent/run`` with its log in ``parent/server.log``, started
+    and stopped by ``with``; entering returns once it prints that it serves (SystemExit if not)."""
+
+    def __init__(self, parent: Path, sink: str, env: dict[str, str], name: str) -> None:
+        self.run_dir = parent / "run"
+        self.log_path = parent / "server.log"
+        self.sink, self.env, self.name = sink, env, name
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def __enter__(self) -> ServedSkald:
+        self._log = self.log_path.open("wb")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "actors.cli", "serve", "--sink", self.sink, "--run-dir", str(self.run_dir)],
+            cwd=ROOT, env=self.env, stdout=subprocess.PIPE, stderr=self._log,
+        )  # fmt: skip
+        assert self.process.stdout is not None
+        if b"skald serving" not in self.process.stdout.readline():
+            self.__exit__()
+            raise SystemExit(f"{self.name}: server did not start; see {self.log_path}")
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.process is not None
+        return self.process.pid
+
+    def __exit__(self, *exc: object) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(30)
+        self._log.close()
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:

@@ -15,7 +15,6 @@ import json
 import os
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -25,6 +24,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench import ServedSkald  # noqa: E402
 
 from actors import wire  # noqa: E402
 from actors.client import SkaldClient, SkaldClientError  # noqa: E402
@@ -93,15 +94,7 @@ def bench_load(args: argparse.Namespace) -> dict[str, Any]:
     parent = Path(tempfile.mkdtemp(prefix="skl", dir="/tmp"))
     run_dir = parent / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
-    log = (parent / "server.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "actors.cli", "serve", "--sink", "null", "--run-dir", str(run_dir)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log,
-    )  # fmt: skip
-    try:
-        assert server.stdout is not None
-        if b"skald serving" not in server.stdout.readline():
-            raise SystemExit(f"bench: server did not start; see {parent / 'server.log'}")
+    with ServedSkald(parent, "null", env, "bench load") as server:
         before = rss_mb(run_dir, server.pid)
         per = args.messages // args.clients
         results: list[dict[str, Any]] = [{} for _ in range(args.clients)]
@@ -131,10 +124,6 @@ def bench_load(args: argparse.Namespace) -> dict[str, Any]:
             probe = ctl.speak("The dust settles.")
             finished, _ = ctl.wait_for(probe, timeout_s=60)
         after = rss_mb(run_dir, server.pid)
-    finally:
-        server.terminate()
-        server.wait(30)
-        log.close()
     latencies = [x for r in results for x in r["latencies"]]
     errors: dict[str, int] = {}
     for r in results:

@@ -18,7 +18,6 @@ import argparse
 import json
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -28,6 +27,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench import ServedSkald  # noqa: E402
 
 from actors import wire  # noqa: E402
 from actors.client import SkaldClient  # noqa: E402
@@ -92,17 +93,9 @@ def bench_soak(args: argparse.Namespace) -> dict[str, Any]:
     parent = Path(tempfile.mkdtemp(prefix="sks", dir="/tmp"))
     run_dir = parent / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
-    log = (parent / "server.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "actors.cli", "serve", "--sink", args.sink, "--run-dir", str(run_dir)],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log,
-    )  # fmt: skip
     stop = threading.Event()
     minutes: list[dict[str, Any]] = []
-    try:
-        assert server.stdout is not None
-        if b"skald serving" not in server.stdout.readline():
-            raise SystemExit(f"bench: server did not start; see {parent / 'server.log'}")
+    with ServedSkald(parent, args.sink, env, "bench soak") as server:
         narrator = Narrator(run_dir, sample_texts(), stop)
         t0 = time.monotonic()
         narrator.start()
@@ -129,11 +122,6 @@ def bench_soak(args: argparse.Namespace) -> dict[str, Any]:
             print(json.dumps(row), file=sys.stderr, flush=True)
         stop.set()
         narrator.join(30)
-    finally:
-        stop.set()
-        server.terminate()
-        server.wait(30)
-        log.close()
     return summarize(minutes, narrator.error, args)
 
 

@@ -27,6 +27,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench import ServedSkald  # noqa: E402
+
 from actors import wire  # noqa: E402
 from actors.client import SkaldClient  # noqa: E402
 
@@ -64,28 +66,18 @@ def bench_starve(args: argparse.Namespace) -> dict[str, Any]:
     with PulseNullSink() as rig:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
         env.update(rig.env)
-        log = (parent / "server.log").open("wb")
-        server = subprocess.Popen(
-            [sys.executable, "-m", "actors.cli", "serve", "--sink", "device", "--run-dir", str(run_dir)],
-            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=log,
-        )  # fmt: skip
         hog: subprocess.Popen[bytes] | None = None
-        try:
-            assert server.stdout is not None
-            if b"skald serving" not in server.stdout.readline():
-                raise SystemExit(f"bench starve: server did not start; see {parent / 'server.log'}")
-            results["quiet"] = phase(run_dir, text, args.requests)
-            print(f"  quiet: {results['quiet']}", file=sys.stderr)
-            hog = subprocess.Popen(["stress-ng", "--cpu", str(args.hogs), "--quiet"], start_new_session=True)
-            results["hog"] = phase(run_dir, text, args.requests)
-            print(f"  with stress-ng --cpu {args.hogs}: {results['hog']}", file=sys.stderr)
-        finally:
-            if hog is not None:
-                os.killpg(hog.pid, signal.SIGTERM)  # stress-ng's own workers are in its group
-                hog.wait(30)
-            server.terminate()
-            server.wait(30)
-            log.close()
+        with ServedSkald(parent, "device", env, "bench starve"):
+            try:
+                results["quiet"] = phase(run_dir, text, args.requests)
+                print(f"  quiet: {results['quiet']}", file=sys.stderr)
+                hog = subprocess.Popen(["stress-ng", "--cpu", str(args.hogs), "--quiet"], start_new_session=True)
+                results["hog"] = phase(run_dir, text, args.requests)
+                print(f"  with stress-ng --cpu {args.hogs}: {results['hog']}", file=sys.stderr)
+            finally:
+                if hog is not None:
+                    os.killpg(hog.pid, signal.SIGTERM)  # stress-ng's own workers are in its group
+                    hog.wait(30)
     return {"benchmark": "starve", "machine": machine(), "hogs": args.hogs, "device": "PulseAudio null sink", **results}
 
 
