@@ -6,7 +6,8 @@ Each role module has one ``run_<role>_process(spec)`` entry point that calls
 1. sets the process title (``skald::<role>``) so ``ps`` shows what each process is;
 2. arms parent-death detection: ``PR_SET_PDEATHSIG`` on Linux plus a watchdog thread that
    compares ``os.getppid()`` with the supervisor's pid. An orphaned actor stops its loop,
-   and if the loop does not return within ``ORPHAN_EXIT_S`` it is ended with ``os._exit`` —
+   and if the loop does not return within ``ORPHAN_EXIT_S`` it is ended with ``os._exit`` (and,
+   should even that thread be frozen by interpreter finalization, by a kernel ``SIGALRM``) —
    after removing the run directory and shared-memory segments the dead supervisor owned,
    because nobody else is left to do it;
 3. installs SIGINT/SIGTERM handlers that only set a flag;
@@ -316,8 +317,13 @@ def start_parent_watchdog(spec: ActorSpec, stop: threading.Event) -> threading.T
     def watch() -> None:
         while True:
             if os.getppid() != spec.parent_pid:
-                log.error("%s: supervisor (pid %d) is gone; exiting", spec.role, spec.parent_pid)
+                # A kernel timer first: this thread is frozen once the main thread enters
+                # interpreter finalization, and a finalization that blocks (a daemon thread
+                # holding a lock it needs) would otherwise keep an orphan alive for ever.
+                # SIGALRM's default action ends the process; nothing here installs a handler.
+                signal.setitimer(signal.ITIMER_REAL, ORPHAN_EXIT_S + 0.5)
                 stop.set()
+                log.error("%s: supervisor (pid %d) is gone; exiting", spec.role, spec.parent_pid)
                 orphan_cleanup(spec.run_dir, spec.shm_names)
                 time.sleep(ORPHAN_EXIT_S)
                 # The loop did not unwind in time (e.g. stuck in a long synthesis): end hard.
@@ -372,4 +378,14 @@ def run_actor(spec: ActorSpec, actor_class: type[Actor]) -> None:
             io.error("actor_failed", f"{spec.role}: {type(exc).__name__}: {exc}")
     finally:
         io.close()
-    sys.exit(code)
+    if os.getppid() != spec.parent_pid:
+        orphan_cleanup(spec.run_dir, spec.shm_names)
+    # End without interpreter finalization, as multiprocessing's forked children do: the
+    # actor has closed what it owns, and finalization only adds ways to hang (daemon threads
+    # frozen while holding a lock, library atexit hooks) with nobody left to escalate when
+    # the supervisor is gone.
+    logging.shutdown()
+    with contextlib.suppress(Exception):
+        sys.stdout.flush()
+        sys.stderr.flush()
+    os._exit(code)
