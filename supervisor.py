@@ -27,7 +27,8 @@ Lifecycle: the children are started with the ``spawn`` context from the main thr
 must say READY before ``ready_timeout_s``; their ``proc.sentinel`` fds sit in the same poll
 set as the sockets, so a child that dies (while loading or later) is noticed at once. A dead
 child is reported as an ``actor_crashed`` error event, the requests it held are reported
-``failed``, and it is restarted with exponential backoff; past ``max_restarts`` the supervisor
+``failed`` (or resume: see ``_hold_for_resume``), and it is restarted at once, then with
+exponential backoff if it keeps crashing; past ``max_restarts`` the supervisor
 reports ``actor_failed`` and exits non-zero. Shutdown (SIGINT/SIGTERM only set a flag) runs in
 stages logged as ``skald.shutdown``: Shutdown messages, join, SIGTERM, SIGKILL, sockets closed,
 ring unlinked, run dir removed. If the supervisor itself is SIGKILLed, the children notice
@@ -647,7 +648,11 @@ class Supervisor:
             child.restart_at = float("inf")
             return
         child.restarts += 1
-        backoff = self.settings.supervisor.restart_backoff_s * (2 ** (child.restarts - 1))
+        # The first restart is at once: one crash mid-narration costs the listener only the new
+        # process's start (the resume tests bound the silence at 1.5 s). Repeated crashes of the
+        # same actor back off, doubling from restart_backoff_s.
+        first_backoff = self.settings.supervisor.restart_backoff_s
+        backoff = 0.0 if child.restarts == 1 else first_backoff * (2 ** (child.restarts - 2))
         msg = (
             f"{child.role} (pid {child.proc.pid}) exited with code {code}{detail}; "
             f"restarting in {backoff:.2f} s (restart {child.restarts} of {max_restarts})"
@@ -678,18 +683,31 @@ class Supervisor:
             rec.segments = [s for s in rec.segments if s.end > played or s.last]
 
     def _hold_for_consumer(self) -> int:
-        """The consumer died: its requests wait for the new one, which reads the ring on from the
-        last frame the old one took (the device buffer's few ms are lost), told again by
-        ``_reannounce`` what it holds. The worker waits on the ring meanwhile."""
+        """The consumer died: its requests wait for the new one, told again by ``_reannounce``
+        what the ring holds from the start of the chunk the old one was playing. What the old one
+        had taken of that chunk may never have left its device buffer, so the new one moves its
+        read index back and the chunk is heard again from its start (as after a lost device),
+        where the ring still holds it (``AudioConsumer`` decides). The worker waits meanwhile."""
         if self._ring is None:  # a child exits before start() made the ring only to fail start-up
             return 0
         held = [r for r in self.requests.values() if self._active(r.request_id) and r.output == "stage"]
         played, rate = self._ring.read_index, self._ring.sample_rate
+        cut = next((s for rec in held for s in rec.segments if s.start < played < s.end), None)
+        replay_from = played
+        if cut is not None:
+            replay_from = min(
+                s.start
+                for rec in held
+                for s in rec.segments
+                if s.request_id == cut.request_id and s.index == cut.index and s.start <= played
+            )
         replay: list[wire.Segment] = []
         for rec in held:
-            rec.audio_before_s += sum(max(0, min(s.end, played) - s.start) for s in rec.segments) / rate
+            rec.audio_before_s += sum(max(0, min(s.end, replay_from) - s.start) for s in rec.segments) / rate
             replay += [
-                msgspec.structs.replace(s, start=max(s.start, played)) for s in rec.segments if s.end > played or s.last
+                msgspec.structs.replace(s, start=max(s.start, replay_from))
+                for s in rec.segments
+                if s.end > replay_from or s.last
             ]
             rec.segments = []
             rec.resumed += 1

@@ -393,6 +393,18 @@ class ConsumerControl:
         self._publish()
 
     def _segment(self, seg: wire.Segment) -> None:
+        r = self.ring.read_index
+        if seg.start < r and not self.requests and self.announced == r:
+            # A consumer started after a crash is told the chunk its predecessor was playing from
+            # that chunk's start (Supervisor._hold_for_consumer): what the dead one took may never
+            # have left its device buffer, so the chunk is heard again whole. Safe here: nothing
+            # is announced yet, so the callback reads nothing and commits no read index. Never
+            # below what the ring still holds intact.
+            target = max(seg.start, self.ring.rewind_floor, self._skipped_to)
+            if target < r:
+                self.ring.rewind_read(target)
+                self.announced = target
+                log.info("chunk %d of %s again from its start: %d frames", seg.index, seg.request_id, r - target)
         req = self.requests.get(seg.request_id)
         if req is None:
             req = self.requests[seg.request_id] = TrackedRequest(seg.request_id, seg.t_accepted)
