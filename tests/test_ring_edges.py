@@ -208,7 +208,7 @@ def test_two_attachers_racing_for_a_role_only_one_wins(rings: Rings) -> None:
 
 def _stop_heart(ring: PcmRing, role: str) -> None:
     """Make ``ring``'s side read as dead: a heartbeat of 0 (what a hung side looks like, at once)."""
-    ring._a_hb[role].store(0)  # type: ignore[index]
+    ring._a_hb[role].store(0)
 
 
 def test_closing_a_superseded_handle_does_not_detach_its_successor(rings: Rings) -> None:
@@ -276,7 +276,7 @@ def test_rewind_replays_what_the_device_never_played(rings: Rings) -> None:
         cons.rewind_read(275)
     with pytest.raises(ValueError, match=r"rewind_read\(801\)"):
         cons.rewind_read(801)
-    cons.rewind_read(np.int64(276))  # numpy ints are indexes too
+    cons.rewind_read(np.int64(276))  # type: ignore[arg-type]  # numpy ints are indexes too
     assert cons.read_index == 276
     assert prod.read_index == 276  # the producer sees the moved index (less free space)
     # The fill is now above the guard: the producer stops until the replay is consumed.
