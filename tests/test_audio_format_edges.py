@@ -44,7 +44,7 @@ def test_converter_scratch_must_hold_a_frame(bad: int) -> None:
 
 def test_converter_refuses_a_float_output() -> None:
     with pytest.raises(DspError, match="out must be int16 with at least 2 frames, got float32"):
-        Int16Converter(4).convert(np.zeros(2, np.float32), np.zeros(2, np.float32))  # type: ignore[arg-type]
+        Int16Converter(4).convert(np.zeros(2, np.float32), np.zeros(2, np.float32))
 
 
 def test_dither_moves_no_sample_more_than_one_step() -> None:
