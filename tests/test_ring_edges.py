@@ -216,8 +216,9 @@ def test_closing_a_superseded_handle_does_not_detach_its_successor(rings: Rings)
     old = PcmRing.attach(owner.name, "producer")
     _stop_heart(old, "producer")  # the old worker hangs
     new = rings.attach(owner.name, "producer")  # its restart takes the role over
-    new.start_heartbeat(0.02)
     old.close()  # the hung worker finally exits: it must not mark the new one detached
+    assert owner._a_hb["producer"].load() != 0  # (no heartbeat thread yet that could hide a 0)
+    new.start_heartbeat(0.02)
     with pytest.raises(RuntimeError, match="already has a live producer"):
         PcmRing.attach(owner.name, "producer")
     assert new.push(pattern(0, 5)) == 5
