@@ -194,7 +194,7 @@ def pid_running(pid: int) -> bool:
                 stat = f.read()
         except FileNotFoundError:
             return False
-        except OSError:
+        except OSError:  # pragma: no cover - needs a hidepid /proc mount (root, system-wide)
             pass  # e.g. hidepid mounts: fall through to psutil
         else:
             # The command name may contain spaces and parentheses; the state follows the last ')'.
@@ -204,7 +204,7 @@ def pid_running(pid: int) -> bool:
         return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
     except psutil.NoSuchProcess:
         return False
-    except psutil.AccessDenied:
+    except psutil.AccessDenied:  # pragma: no cover - Linux: /proc/PID/stat is world-readable
         return True  # it exists; we just may not look at it
 
 
@@ -466,13 +466,10 @@ class PcmRing:
         self._active = None
         self._stop_heartbeat()
         role = self._role
-        if role is not None:
-            try:
-                # Mark detached, unless a successor already took the role over.
-                if self._a_pid[role].load() == os.getpid() and self._a_epoch[role].load() == self._epoch:
-                    self._a_hb[role].store(0)
-            except ValueError:
-                pass  # views already released: nothing to mark
+        # Mark detached, unless a successor already took the role over. (The views are live here:
+        # they are released only together with the mapping, and _mm is not None.)
+        if role is not None and self._a_pid[role].load() == os.getpid() and self._a_epoch[role].load() == self._epoch:
+            self._a_hb[role].store(0)
         self._release_mapping()
 
     def _release_mapping(self) -> None:
@@ -485,12 +482,12 @@ class PcmRing:
         for sl in self._slices:
             sl.release()
         self._slices.clear()
-        if self._buf is not None:
-            self._buf.release()
-            self._buf = None
-        if self._mm is not None:
-            self._mm.close()
-            self._mm = None
+        # Called once per handle (close() returns early after it), with both still set.
+        assert self._buf is not None and self._mm is not None
+        self._buf.release()
+        self._buf = None
+        self._mm.close()
+        self._mm = None
 
     def unlink(self) -> None:
         """Remove the segment name (owner only; idempotent). Mappings stay valid until closed."""

@@ -217,9 +217,9 @@ class IntegerUpsampler:
                 np.matmul(self._windows[t : t + _ROW_TILE], self._phases, out=self._prod[t : t + _ROW_TILE])
             np.copyto(out[i * L : (i + n) * L].reshape(n, L), self._prod[:n])
             # Keep the last T − 1 input frames in front (through _carry: the ranges may overlap).
-            if hist:
-                np.copyto(self._carry[:hist], xb[n : n + hist])
-                np.copyto(xb[:hist], self._carry[:hist])
+            # hist >= 1 here: factor > 1 has at least two taps per phase.
+            np.copyto(self._carry[:hist], xb[n : n + hist])
+            np.copyto(xb[:hist], self._carry[:hist])
             i += n
         self.frames_in += n_total
         return n_total * L

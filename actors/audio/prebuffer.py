@@ -209,7 +209,7 @@ class PrebufferPolicy:
             elif complete and buffered_s <= 0.0:
                 state = PlaybackState.IDLE
                 self._resuming = False
-        elif state is PlaybackState.PLAYING:
+        else:  # PLAYING (an IDLE state either returned above or became BUFFERING)
             if complete and buffered_s <= 0.0:
                 state = PlaybackState.IDLE
                 self._resuming = False

@@ -2,7 +2,9 @@
 
 Each key function takes a candidate's strength (``WORD`` … ``SENTENCE``), whether it is protected,
 whether the text after it may be too short (``hard_min_s``), the chunk's estimated length and the
-cut's position, and returns a tuple (smaller = better) or None (not allowed). The phantom keys are
+cut's position, and returns a tuple (smaller = better) or None (not allowed). Lengths over the
+limit (``first_chunk_max_s`` for the first chunk, else ``hard_max_s``) never reach them: the
+chunker's ``_select`` skips those candidates. The phantom keys are
 the best any position not classified yet could get: a candidate wins only if it beats them too, so
 streaming and batch plans agree (see :class:`actors.text.chunker.SemanticChunker`).
 """
@@ -31,8 +33,6 @@ class CutRanking:
 
     def _key_first(self, st: int, prot: bool, rs: bool, length: float, c: float) -> Key | None:
         cfg = self._cfg
-        if length > cfg.first_chunk_max_s:
-            return None
         # A pause point anywhere up to first_chunk_max_s beats every bare word cut ("The map —" over
         # "The map — drawn in faded"): in the window the first one, before it the latest one that is
         # not a mere word or two. Then word cuts the same way; protected places (inside a short
@@ -65,8 +65,6 @@ class CutRanking:
 
     def _key_c(self, st: int, prot: bool, rs: bool, length: float, c: float) -> Key | None:
         cfg = self._cfg
-        if length > cfg.hard_max_s:
-            return None
         if length < cfg.hard_min_s:
             return (2, -length, c)
         if self._s0(st, prot, rs, length):
