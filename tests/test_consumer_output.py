@@ -9,7 +9,6 @@ can be compared with what ``actors.audio.output`` says it must be, bit for bit.
 from __future__ import annotations
 
 import os
-import tracemalloc
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from actors.audio.output import IntegerUpsampler, float_to_int16
 from actors.audio.prebuffer import PrebufferConfig, PrebufferPolicy
 from actors.audio_consumer import ConsumerControl, PlaybackCore
 from shm import PcmRing
+from tests.support.allocation import allocations
 
 RATE = 22050
 BLOCK = 256
@@ -225,23 +225,15 @@ def test_render_allocates_no_sample_buffers() -> None:
             r.play(tone(330.0, 3.5), last=False)
             for i in range(4):  # warm up every path once
                 r.core.render(out, dac_time=i * 0.01)
-            tracemalloc.start()
-            tracemalloc.reset_peak()
-            base = tracemalloc.get_traced_memory()[0]
-            for i in range(200):  # playing, then underrunning (more audio is expected)
-                r.core.render(out, dac_time=i * 0.01)
-            mid_current, mid_peak = tracemalloc.get_traced_memory()
-            tracemalloc.stop()
+            with allocations() as playing:
+                for i in range(200):  # playing, then underrunning (more audio is expected)
+                    r.core.render(out, dac_time=i * 0.01)
             r.control.handle(wire.Cancel(request_id="a"))  # (control allocates; the callback must not)
-            tracemalloc.start()
-            tracemalloc.reset_peak()
-            base2 = tracemalloc.get_traced_memory()[0]
-            for i in range(400):  # the cut with its fade, the filter tail, then idle
-                r.core.render(out, dac_time=i * 0.01)
-            current, peak = tracemalloc.get_traced_memory()
-            tracemalloc.stop()
-        assert mid_peak - base < 2048 and peak - base2 < 2048, (factor, mid_peak - base, peak - base2)
-        assert mid_current - base < 256 and current - base2 < 256, (factor, mid_current - base, current - base2)
+            with allocations() as cut:
+                for i in range(400):  # the cut with its fade, the filter tail, then idle
+                    r.core.render(out, dac_time=i * 0.01)
+        assert playing.peak < 2048 and cut.peak < 2048, (factor, playing.peak, cut.peak)
+        assert playing.current < 256 and cut.current < 256, (factor, playing.current, cut.current)
 
 
 def test_render_takes_whole_upsampled_blocks_only() -> None:

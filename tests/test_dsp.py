@@ -12,7 +12,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import tracemalloc
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from functools import cache
@@ -29,6 +28,7 @@ from actors.audio.output import Int16Converter, IntegerUpsampler, float_to_int16
 from actors.audio.pcm import DspError, to_mono, validate_rate
 from actors.audio.resample import Resampler, resample
 from actors.text.punctuation import pause_kind
+from tests.support.allocation import allocations
 
 F32 = npt.NDArray[np.float32]
 RATE = 22050
@@ -626,14 +626,10 @@ def test_int16_converter_does_not_allocate() -> None:
     for dither in (False, True):
         conv = Int16Converter(4096, dither=dither, seed=0)
         conv.convert(x, out)
-        tracemalloc.start()
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        for _ in range(1000):
-            conv.convert(x, out)
-        peak = tracemalloc.get_traced_memory()[1]
-        tracemalloc.stop()
-        assert peak - base < 4096, (dither, peak - base)
+        with allocations() as allocated:
+            for _ in range(1000):
+                conv.convert(x, out)
+        assert allocated.peak < 4096, (dither, allocated.peak)
     np.testing.assert_array_equal(out if not dither else float_to_int16(x), float_to_int16(x))
 
 
@@ -910,15 +906,11 @@ def test_upsampler_does_not_allocate() -> None:
         up = IntegerUpsampler(factor, max_frames=256)
         out = np.empty(256 * factor, np.float32)
         up.process_into(x, out)
-        tracemalloc.start()
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
-        for _ in range(1000):
-            up.process_into(x, out)
-        current, peak = tracemalloc.get_traced_memory()
-        tracemalloc.stop()
-        assert peak - base < 1024, (factor, peak - base)
-        assert current - base < 256, (factor, current - base)
+        with allocations() as allocated:
+            for _ in range(1000):
+                up.process_into(x, out)
+        assert allocated.peak < 1024, (factor, allocated.peak)
+        assert allocated.current < 256, (factor, allocated.current)
 
 
 def test_upsampler_rejects_bad_arguments() -> None:

@@ -12,7 +12,6 @@ import itertools
 import mmap
 import multiprocessing
 import os
-import tracemalloc
 from collections.abc import Iterator
 
 import numpy as np
@@ -22,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shm import HEADER_BYTES, LAYOUT_VERSION, PcmRing, PeerDeadError
+from tests.support.allocation import allocations
 from tests.support.ring_reader import WindowedReader, pattern, take
 
 _seq = itertools.count()
@@ -248,19 +248,14 @@ def test_consumer_read_path_allocates_no_sample_buffers(rings: Rings) -> None:
         cons.commit_read(cons.read_index + k)
     prod.push(src)
     prod.push(src)
-    tracemalloc.start()
-    try:
-        tracemalloc.reset_peak()
-        base = tracemalloc.get_traced_memory()[0]
+    with allocations() as allocated:
         r = cons.read_index
         for _ in range(20):
             k = cons.read_into(out, block, start_index=r)
             cons.read_into(out[:100], 100, start_index=r + 17)
             cons.commit_read(r)
         cons.commit_read(r + k)
-        peak = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    peak = allocated.peak
     # One block would be 16 KiB; a few small Python objects are far below 2 KiB.
     assert peak < 2048, f"consumer read path allocated {peak} bytes"
 
