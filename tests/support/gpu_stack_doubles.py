@@ -1,0 +1,168 @@
+"""Test doubles for the two modules ``actors.gpu.detect`` asks about a GPU: ``pynvml`` (NVML) and
+``torch`` (``torch.cuda``). This machine has neither a driver nor a GPU, so the real modules only
+ever answer "no driver"; these stand in for them, as modules put in ``sys.modules``, to run the
+paths where a GPU answers (or answers strangely: no memory size, a MIG card, a failed query).
+
+Only what ``detect.py`` calls exists here, with the real modules' names and shapes (NVML's error
+classes are told apart by their class names, as ``pynvml`` names them). Everything above them is
+the production code. The protocols of ``actors.gpu.sensors`` have their own doubles in
+``tests/support/gpu_doubles.py``.
+"""
+
+from __future__ import annotations
+
+import types
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["FakeCudaDevice", "FakeNvmlCard", "fake_pynvml", "fake_torch"]
+
+MIB = 1024 * 1024
+
+
+@dataclass
+class FakeNvmlCard:
+    """One GPU as NVML reports it. ``memory_error``: its memory query fails; ``mig``: True/False
+    for a MIG-capable card in/out of MIG mode, None for a card that is not MIG-capable (the query
+    raises, as on consumer cards)."""
+
+    name: str
+    total_mib: int
+    free_mib: int
+    cc: tuple[int, int]
+    uuid: str
+    memory_error: bool = False
+    mig: bool | None = None
+
+
+def fake_pynvml(
+    cards: list[FakeNvmlCard] | None = None,
+    *,
+    init_error: str = "",
+    query_error: str = "",
+    cuda_driver_version: int | None = 12080,
+    shutdown_error: bool = False,
+) -> types.ModuleType:
+    """A ``pynvml`` module answering for ``cards``. ``init_error``/``query_error``: the name of the
+    ``NVMLError_*`` class (or ``"NVMLError"``) that ``nvmlInit``/``nvmlDeviceGetCount`` raise.
+    ``calls`` on the module records the calls made, so a test sees that shutdown always ran."""
+    cards = list(cards or [])
+    mod = types.ModuleType("pynvml")
+    calls: list[str] = []
+
+    class NVMLError(Exception):
+        pass
+
+    vars(mod).update(calls=calls, NVMLError=NVMLError, NVML_DEVICE_MIG_ENABLE=1)
+    for kind in ("LibraryNotFound", "DriverNotLoaded", "FunctionNotFound", "NoPermission", "Unknown", "NotSupported"):
+        name = f"NVMLError_{kind}"
+        setattr(mod, name, type(name, (NVMLError,), {}))
+
+    def error(name: str) -> Exception:
+        return getattr(mod, name)(f"scripted {name}")
+
+    def init() -> None:
+        calls.append("init")
+        if init_error:
+            raise error(init_error)
+
+    def shutdown() -> None:
+        calls.append("shutdown")
+        if shutdown_error:
+            raise error("NVMLError_Unknown")
+
+    def cuda_version() -> int:
+        if cuda_driver_version is None:
+            raise error("NVMLError_FunctionNotFound")
+        return cuda_driver_version
+
+    def count() -> int:
+        if query_error:
+            raise error(query_error)
+        return len(cards)
+
+    def memory(card: FakeNvmlCard) -> Any:
+        if card.memory_error:
+            raise error("NVMLError_NotSupported")
+        return types.SimpleNamespace(total=card.total_mib * MIB, free=card.free_mib * MIB, used=0)
+
+    def mig_mode(card: FakeNvmlCard) -> tuple[int, int]:
+        if card.mig is None:
+            raise error("NVMLError_NotSupported")
+        return (1, 1) if card.mig else (0, 0)
+
+    vars(mod).update(
+        nvmlInit=init,
+        nvmlShutdown=shutdown,
+        nvmlSystemGetDriverVersion=lambda: b"580.65.06",  # bytes, as older pynvml releases return
+        nvmlSystemGetCudaDriverVersion=cuda_version,
+        nvmlDeviceGetCount=count,
+        nvmlDeviceGetHandleByIndex=lambda i: cards[i],
+        nvmlDeviceGetName=lambda card: card.name,
+        nvmlDeviceGetMemoryInfo=memory,
+        nvmlDeviceGetCudaComputeCapability=lambda card: card.cc,
+        nvmlDeviceGetUUID=lambda card: card.uuid.encode(),
+        nvmlDeviceGetMigMode=mig_mode,
+    )
+    return mod
+
+
+@dataclass
+class FakeCudaDevice:
+    """One CUDA device as ``torch.cuda.get_device_properties`` describes it."""
+
+    name: str
+    total_mib: int
+    cc: tuple[int, int]
+    uuid: str = ""
+    free_mib: int = 0
+
+
+@dataclass
+class _FakeCuda:
+    devices: list[FakeCudaDevice]
+    archs: list[str]
+    init_error: Exception | None
+    calls: list[str] = field(default_factory=list)
+
+    def init(self) -> None:
+        self.calls.append("init")
+        if self.init_error is not None:
+            raise self.init_error
+
+    def device_count(self) -> int:
+        return len(self.devices)
+
+    def get_arch_list(self) -> list[str]:
+        return list(self.archs)
+
+    def get_device_properties(self, i: int) -> Any:
+        d = self.devices[i]
+        props = types.SimpleNamespace(name=d.name, total_memory=d.total_mib * MIB, major=d.cc[0], minor=d.cc[1])
+        if d.uuid:
+            props.uuid = d.uuid
+        return props
+
+    def mem_get_info(self, i: int) -> tuple[int, int]:
+        self.calls.append(f"mem_get_info({i})")
+        d = self.devices[i]
+        return d.free_mib * MIB, d.total_mib * MIB
+
+
+def fake_torch(
+    devices: list[FakeCudaDevice] | None = None,
+    *,
+    version: str = "2.11.0+cu130",
+    cuda: str | None = "13.0",
+    archs: tuple[str, ...] = ("sm_75", "sm_80", "sm_86", "sm_90", "sm_100a", "sm_120"),
+    init_error: Exception | None = None,
+) -> types.ModuleType:
+    """A ``torch`` module whose ``torch.cuda`` sees ``devices``; ``cuda=None`` is a CPU-only build,
+    ``init_error`` what ``torch.cuda.init()`` raises (no driver, a too-old driver)."""
+    mod = types.ModuleType("torch")
+    vars(mod).update(
+        __version__=version,
+        version=types.SimpleNamespace(cuda=cuda),
+        cuda=_FakeCuda(list(devices or []), list(archs), init_error),
+    )
+    return mod
