@@ -62,11 +62,6 @@ def session_options(threads: int, spinning: bool) -> Any:
         options.intra_op_num_threads = threads or physical_cores()
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # No CPU memory arena: VITS tensors are sized by the chunk, and the arena keeps (and rounds
-    # up) the largest it has seen, so a long session's RSS climbed for 15 minutes (measured in
-    # one process over 40 chunks of 1-5 sentences: 372 -> 573 MB with it, a flat ~250-270 MB
-    # without it, at no loss of speed; `scripts/bench soak` watches it).
-    options.enable_cpu_mem_arena = False
     return options
 
 
