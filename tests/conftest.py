@@ -17,6 +17,7 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -47,6 +48,25 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if item.get_closest_marker("device") is not None and item.get_closest_marker("flaky") is None:
             item.add_marker(pytest.mark.flaky(reruns=DEVICE_RERUNS))
+
+
+# Why each rerun was needed: pytest-rerunfailures' summary names the test only, and a CI log is
+# all there is to learn from a flaky device test on a machine nobody can log into.
+_RERUN_REASONS: list[str] = []
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.outcome == "rerun":
+        crash = getattr(report.longrepr, "reprcrash", None)
+        reason = crash.message if crash is not None else str(report.longrepr)[-300:]
+        _RERUN_REASONS.append(f"{report.nodeid}: {reason.splitlines()[0] if reason else '?'}"[:400])
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if _RERUN_REASONS:
+        terminalreporter.section("why tests were rerun")
+        for line in _RERUN_REASONS:
+            terminalreporter.write_line(line)
 
 
 ROOT = Path(__file__).resolve().parent.parent
