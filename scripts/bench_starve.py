@@ -1,6 +1,7 @@
 """Narration beside a CPU hog: ``scripts/bench starve [--requests N] [--hogs H] [--json PATH]``.
 
-A real ``skald serve --sink device`` plays on the private PulseAudio null sink (tests/audio_rig.py)
+A real ``skald serve --sink device`` (``--server-env SKALD_AUDIO_LATENCY=high`` etc. to try
+settings) plays on the private PulseAudio null sink (tests/audio_rig.py)
 N narrations (default 2, ~30 s each) on a quiet machine, then N more while ``stress-ng --cpu H``
 (default 2: every core of the CI machine) runs beside it at the same priority as any user's
 program. Per phase: time to first audio (p50, max), ring underruns (the worker fell behind) and
@@ -27,7 +28,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import ServedSkald  # noqa: E402
+from bench import ServedSkald, server_env  # noqa: E402
 
 from actors import wire  # noqa: E402
 from actors.client import SkaldClient  # noqa: E402
@@ -66,6 +67,7 @@ def bench_starve(args: argparse.Namespace) -> dict[str, Any]:
     with PulseNullSink() as rig:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
         env.update(rig.env)
+        env.update(server_env(args.server_env))
         hog: subprocess.Popen[bytes] | None = None
         with ServedSkald(parent, "device", env, "bench starve"):
             try:
@@ -86,6 +88,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--requests", type=int, default=2, help="narrations per phase (~30 s each)")
     parser.add_argument("--hogs", type=int, default=2, help="stress-ng --cpu workers in the second phase")
     parser.add_argument("--json", help="also write the figures to this file")
+    parser.add_argument(
+        "--server-env", action="append", metavar="SKALD_KEY=VALUE", help="a setting for the server (repeatable)"
+    )
     args = parser.parse_args(argv)
     result = bench_starve(args)
     print(json.dumps(result, indent=2))
