@@ -214,3 +214,15 @@ def test_bounds_hold_for_every_config_on_text_without_punctuation() -> None:
         plans = plan_chunks(text, r, cfg)
         check_plan(text, plans, r, cfg)
         assert stream_plan(text, list(range(0, len(text), 11)), r, cfg) == plans
+
+
+def test_a_text_of_closing_marks_only_is_one_silent_chunk() -> None:
+    """Closing marks with nothing before them: the end-pause fix finds no punctuation to pause
+    on (every character is a closer), so the chunk is estimated at 0 s, not given a pause;
+    after a sentence end the same closers carry that end's pause."""
+    bare = SemanticChunker(SpeakingRate(15.0), ChunkerConfig(3, 7, 2.4, 8, 1.2, 2.5))
+    plans = bare.feed('")') + bare.finish()
+    assert [(p.source, p.est_s) for p in plans] == [('")', 0.0)]
+    after = SemanticChunker(SpeakingRate(15.0), ChunkerConfig(3, 7, 2.4, 8, 1.2, 2.5))
+    plans = after.feed('Go.")') + after.finish()
+    assert len(plans) == 1 and plans[0].est_s > 0.0

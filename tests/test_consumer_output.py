@@ -21,7 +21,7 @@ from actors.audio.output import IntegerUpsampler, float_to_int16
 from actors.audio.prebuffer import PrebufferConfig, PrebufferPolicy
 from actors.audio_consumer import ConsumerControl, PlaybackCore
 from shm import PcmRing
-from tests.support.allocation import allocations
+from tests.support.untraced import allocations
 
 RATE = 22050
 BLOCK = 256

@@ -28,7 +28,7 @@ from actors.audio.output import Int16Converter, IntegerUpsampler, float_to_int16
 from actors.audio.pcm import DspError, to_mono, validate_rate
 from actors.audio.resample import Resampler, resample
 from actors.text.punctuation import pause_kind
-from tests.support.allocation import allocations
+from tests.support.untraced import allocations
 
 F32 = npt.NDArray[np.float32]
 RATE = 22050

@@ -21,8 +21,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from shm import HEADER_BYTES, LAYOUT_VERSION, PcmRing, PeerDeadError
-from tests.support.allocation import allocations
 from tests.support.ring_reader import WindowedReader, pattern, take
+from tests.support.untraced import allocations
 
 _seq = itertools.count()
 

@@ -33,6 +33,7 @@ import pytest
 
 from shm import PcmRing, PeerDeadError
 from tests.support.ring_reader import PATTERN_PERIOD, WindowedReader, pattern
+from tests.support.untraced import coverage_paused
 
 _SPAWN = multiprocessing.get_context("spawn")
 _seq = itertools.count()
@@ -99,6 +100,11 @@ def _wait_dead(proc: BaseProcess) -> None:
 
 
 def _stress_producer(name: str, announce: Connection, total: int, seed: int) -> None:
+    with coverage_paused():  # the hard cases depend on the two processes' relative speeds
+        _produce(name, announce, total, seed)
+
+
+def _produce(name: str, announce: Connection, total: int, seed: int) -> None:
     # Prepare everything before attaching: numpy holds the GIL while building these, which
     # would starve the heartbeat thread and make the consumer's side rightly call us dead.
     table = pattern(0, PATTERN_PERIOD + MAX_PUSH)  # pushes are views into this
@@ -155,7 +161,9 @@ class ExpectedStream:
 
 def _stress_consumer(name: str, announce: Connection, report: Connection, total: int, seed: int) -> None:
     try:
-        report.send(_consume(name, announce, report, total, seed))
+        with coverage_paused():  # as in the producer
+            result = _consume(name, announce, report, total, seed)
+        report.send(result)
     except BaseException as exc:
         report.send({"error": f"{type(exc).__name__}: {exc}"})
         raise

@@ -9,7 +9,6 @@ end-to-end path (``skald serve --http``, browsers) is in ``tests/test_webrtc.py`
 from __future__ import annotations
 
 import os
-import tracemalloc
 
 import numpy as np
 
@@ -17,6 +16,7 @@ from actors import wire
 from actors.audio.output import float_to_int16
 from actors.audio_consumer import TEE_DROPPED, TEE_FRAMES
 from shm import PcmRing
+from tests.support.untraced import allocations
 from tests.test_consumer_output import BLOCK, RATE, rig, tone
 
 
@@ -71,16 +71,12 @@ def test_a_full_tee_drops_for_the_web_side_only_and_never_allocates() -> None:
             for i in range(4):  # warm up every path once
                 r.core.render(out, dac_time=i * 0.01)
                 played.append(out.copy())
-            tracemalloc.start()
-            tracemalloc.reset_peak()
-            base = tracemalloc.get_traced_memory()[0]
-            for i in range(58):
-                r.core.render(out, dac_time=i * 0.01)
-            current, peak = tracemalloc.get_traced_memory()
-            tracemalloc.stop()
+            with allocations() as allocated:
+                for i in range(58):
+                    r.core.render(out, dac_time=i * 0.01)
             played.append(out.copy())
             # Same bounds as the consumer's own no-allocation test: numpy view headers, no buffers.
-            assert peak - base < 2048 and current - base < 256, (peak - base, current - base)
+            assert allocated.peak < 2048 and allocated.current < 256, allocated
             np.testing.assert_array_equal(played[-1], float_to_int16(x[61 * BLOCK : 62 * BLOCK]))
             max_fill = round(0.1 * RATE)
             assert int(r.core.stats[TEE_FRAMES]) == max_fill
