@@ -29,6 +29,7 @@ from actors import wire
 from tests.audio_rig import STEADY_DEVICE, MonitorRecorder, PulseNullSink, align
 from tests.conftest import ROOT, SKALD, Server, sample_text, server_env, wait_until
 from tests.event_log import EventLog
+from tests.support.untraced import UNTRACED_SERVER
 from tests.test_speech_output import DETERMINISTIC, _window_scores, joined_from_events
 
 KEY = "sk-skald-test"
@@ -371,6 +372,7 @@ def test_three_renders_while_the_stage_narrates_leave_it_gap_free(
     port = free_port()
     server = make_server(
         "--sink", "device", "--http", f"127.0.0.1:{port}", **pulse_sink.env, **STEADY_DEVICE, **DETERMINISTIC,
+        **UNTRACED_SERVER,  # its real-time budget on 2 cores has no room for coverage's tracer
     )  # fmt: skip
     gw = Gateway(server, port)
     results: dict[int, bytes] = {}
