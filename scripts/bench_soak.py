@@ -97,31 +97,33 @@ def bench_soak(args: argparse.Namespace) -> dict[str, Any]:
     minutes: list[dict[str, Any]] = []
     with ServedSkald(parent, args.sink, env, "bench soak") as server:
         narrator = Narrator(run_dir, sample_texts(), stop)
-        t0 = time.monotonic()
-        narrator.start()
-        taken = 0
-        for minute in range(1, args.minutes + 1):
-            if stop.wait(max(0.0, t0 + 60.0 * minute - time.monotonic())):
-                break
-            with narrator.lock:
-                done = narrator.finished[taken:]
-                taken = len(narrator.finished)
-            procs = processes(server.pid)
-            ttfas = [e.ttfa_ms for _, e in done if e.ttfa_ms is not None and e.ttfa_ms > 0]
-            row = {
-                "minute": minute,
-                "rss_mb": {k: round(v[0], 1) for k, v in sorted(procs.items())},
-                "fds": {k: v[1] for k, v in sorted(procs.items())},
-                "requests": len(done),
-                "not_done": sum(1 for _, e in done if e.status != "done"),
-                "underruns": sum(e.underruns for _, e in done),
-                "audio_s": round(sum(e.audio_s for _, e in done), 1),
-                "ttfa_ms_p50": round(statistics.median(ttfas), 1) if ttfas else None,
-            }
-            minutes.append(row)
-            print(json.dumps(row), file=sys.stderr, flush=True)
-        stop.set()
-        narrator.join(30)
+        try:
+            t0 = time.monotonic()
+            narrator.start()
+            taken = 0
+            for minute in range(1, args.minutes + 1):
+                if stop.wait(max(0.0, t0 + 60.0 * minute - time.monotonic())):
+                    break
+                with narrator.lock:
+                    done = narrator.finished[taken:]
+                    taken = len(narrator.finished)
+                procs = processes(server.pid)
+                ttfas = [e.ttfa_ms for _, e in done if e.ttfa_ms is not None and e.ttfa_ms > 0]
+                row = {
+                    "minute": minute,
+                    "rss_mb": {k: round(v[0], 1) for k, v in sorted(procs.items())},
+                    "fds": {k: v[1] for k, v in sorted(procs.items())},
+                    "requests": len(done),
+                    "not_done": sum(1 for _, e in done if e.status != "done"),
+                    "underruns": sum(e.underruns for _, e in done),
+                    "audio_s": round(sum(e.audio_s for _, e in done), 1),
+                    "ttfa_ms_p50": round(statistics.median(ttfas), 1) if ttfas else None,
+                }
+                minutes.append(row)
+                print(json.dumps(row), file=sys.stderr, flush=True)
+        finally:  # also on an error or ^C: the narrator stops before the server does
+            stop.set()
+            narrator.join(30)
     return summarize(minutes, narrator.error, args)
 
 
