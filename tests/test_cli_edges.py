@@ -25,6 +25,14 @@ from tests.support.wire_peer import WirePeer
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.fixture(autouse=True)
+def _no_skald_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings from the defaults and the test's own values only, whatever SKALD_* the shell has
+    (SIGHUP re-reads and the CLI read the environment)."""
+    for name in [k for k in os.environ if k.startswith("SKALD_") and k != "SKALD_TESTRUN_ID"]:
+        monkeypatch.delenv(name)
+
+
 @pytest.fixture
 def peer(tmp_path: Path) -> Iterator[WirePeer]:
     p = WirePeer(tmp_path, wire.encode(wire.Subscribed()))

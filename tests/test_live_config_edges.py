@@ -6,6 +6,7 @@ a SIGHUP re-read of a file that is refused or that only changes restart keys."""
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,6 +20,14 @@ from config.settings import load_settings
 from supervisor import Supervisor
 
 L4 = GpuInfo(0, "NVIDIA L4", 23034, 22000, (8, 9), "GPU-0", 0)  # as tests/test_gpu_control.py's
+
+
+@pytest.fixture(autouse=True)
+def _no_skald_variables(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings from the defaults and the test's own values only, whatever SKALD_* the shell has
+    (SIGHUP re-reads and the CLI read the environment)."""
+    for name in [k for k in os.environ if k.startswith("SKALD_") and k != "SKALD_TESTRUN_ID"]:
+        monkeypatch.delenv(name)
 
 
 class Live:
