@@ -236,3 +236,77 @@ def test_process_nice_reaches_every_thread_and_cannot_go_back_down() -> None:
 def test_thread_ids_are_this_process_threads() -> None:
     ids = process_thread_ids()
     assert threading.get_native_id() in ids
+
+
+CHILD = """
+import os, sys, threading
+from actors import wire
+from actors.runtime import ActorSpec, run_actor
+
+class BrokenActor:
+    '''An actor whose build fails, as one whose model file is missing.'''
+    @classmethod
+    def from_spec(cls, spec, send):
+        raise RuntimeError("model file missing")
+
+class IdleActor:
+    '''An actor that only waits for its stop.'''
+    @classmethod
+    def from_spec(cls, spec, send):
+        return cls()
+    def ready_info(self): return {}
+    def run(self, stop, inbox): stop.wait(60)
+    def on_eager(self, msg): pass
+    def metrics(self): return {}
+    def close(self): pass
+
+endpoint, run_dir, shm, kind, parent = sys.argv[1:6]
+spec = ActorSpec(role=wire.Role.TTS_WORKER, backend_endpoint=endpoint, settings={}, run_dir=run_dir,
+                 parent_pid=int(parent), ring_name=shm, shm_names=(shm,))
+run_actor(spec, BrokenActor if kind == "broken" else IdleActor)
+"""
+
+
+def _actor_process(sup: Supervisor, run_dir: Path, shm: str, kind: str, parent: int) -> subprocess.Popen[str]:
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    argv = [sys.executable, "-c", CHILD, sup.endpoint, str(run_dir), shm, kind, str(parent)]
+    return subprocess.Popen(argv, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_an_actor_that_fails_to_build_reports_it_as_data_and_exits_1(sup: Supervisor, tmp_path: Path) -> None:
+    child = _actor_process(sup, tmp_path / "run", "skald-test-none", "broken", os.getpid())
+    try:
+        identity, error = sup.receive()
+        assert identity == b"tts_worker"
+        assert error == wire.Error(
+            kind="actor_failed", message="tts_worker: RuntimeError: model file missing", actor="tts_worker"
+        )
+        assert child.wait(30) == 1
+        assert "model file missing" in (child.stderr.read() if child.stderr else "")  # the traceback, logged
+    finally:
+        child.kill()
+        child.wait()
+        for stream in (child.stdout, child.stderr):
+            if stream:
+                stream.close()
+
+
+def test_an_orphaned_actor_removes_what_its_supervisor_owned(sup: Supervisor, tmp_path: Path) -> None:
+    name = f"skald-test-orphan-{uuid.uuid4().hex[:8]}"
+    PcmRing.create(name, 1024, 1000, 1.0).close()
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    # A parent pid that is not its parent: to the watchdog, the supervisor is already gone.
+    not_parent = os.getppid()
+    child = _actor_process(sup, run_dir, name, "idle", not_parent)
+    try:
+        assert child.wait(30) in (0, 3)  # its loop unwound (0) or the watchdog ended it hard (3)
+        assert not run_dir.exists() and not Path(f"/dev/shm/{name}").exists()
+    finally:
+        child.kill()
+        child.wait()
+        for stream in (child.stdout, child.stderr):
+            if stream:
+                stream.close()
+        if Path(f"/dev/shm/{name}").exists():  # the test failed: leave no segment behind
+            PcmRing.unlink_name(name)
