@@ -5,6 +5,7 @@ a token cancelled before or after its turn, a closed generator."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import threading
 
@@ -12,7 +13,7 @@ import pytest
 
 from actors.text.llm_base import CancelToken, LlmError
 from actors.text.llm_openai import OpenAIChatGenerator, _is_loopback
-from tests.test_llm import MESSAGES, _sse, _stall, _status, _StubHandler, _StubServer
+from tests.test_llm import MESSAGES, _Reader, _sse, _stall, _status, _StubHandler, _StubServer
 
 pytestmark = pytest.mark.filterwarnings("error::pytest.PytestUnhandledThreadExceptionWarning")
 
@@ -151,3 +152,38 @@ def test_an_unusable_retry_after_falls_back_to_the_own_delay(headers: dict[str, 
 )
 def test_loopback_hosts_are_recognised(host: str | None, loopback: bool) -> None:
     assert _is_loopback(host) is loopback
+
+
+class _RetryWaitSeen(logging.Handler):
+    """Set once the generator logs that it waits before a retry (the line comes just before the wait)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seen = threading.Event()
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "; retry 1 of" in record.getMessage():
+            self.seen.set()
+
+
+def test_a_cancel_during_the_wait_before_a_retry_ends_the_turn_quietly() -> None:
+    handler = _RetryWaitSeen()
+    llm_log = logging.getLogger("skald.llm")
+    llm_log.addHandler(handler)
+    previous = llm_log.level
+    llm_log.setLevel(logging.INFO)
+    try:
+        with _StubServer(_status(503, "busy", Retry_After="100")) as server:
+            generator = OpenAIChatGenerator(server.url, "m", timeout_s=120)
+            cancel = CancelToken()
+            reader = _Reader(generator.stream(MESSAGES, 8, cancel))
+            reader.start()
+            assert handler.seen.wait(30)  # the 503 arrived and the generator is waiting to retry
+            cancel.cancel()
+            reader.join(30)
+            assert not reader.is_alive() and reader.error is None and reader.pieces == []
+            assert len(server.posts) == 1
+            generator.close()
+    finally:
+        llm_log.removeHandler(handler)
+        llm_log.setLevel(previous)
