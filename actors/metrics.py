@@ -25,8 +25,8 @@ At scrape time (from ``status()`` and the event windows)::
     skald_ring_fill_seconds                  gauge      audio queued in the PCM ring
     skald_requests_active                    gauge      requests not finished
     skald_actor_rss_bytes{actor}             gauge      resident memory, supervisor included
-    skald_gpu_utilization_ratio              gauge      only with a GPU (the worker's NVML sample)
-    skald_gpu_vram_bytes                     gauge      only with a GPU (the worker's torch memory)
+    skald_gpu_utilization_ratio              gauge      only with a GPU (the workers' NVML samples, highest)
+    skald_gpu_vram_bytes                     gauge      only with a GPU (the workers' GPU memory, summed)
 
 Latency buckets span audio latencies, 10 ms to 10 s. Served two ways: ``exposition()`` (the
 ``metrics`` client request, ``SkaldClient.metrics_text()``, which an HTTP gateway can serve) and
@@ -98,9 +98,11 @@ class _ScrapeCollector(Collector):
         own = _rss_bytes(os.getpid())
         if own is not None:
             rss.add_metric(["supervisor"], own)
-        util = GaugeMetricFamily("skald_gpu_utilization_ratio", "GPU utilization, 0-1 (NVML).")
-        vram = GaugeMetricFamily("skald_gpu_vram_bytes", "GPU memory held by the TTS worker.")
-        gpu_seen = False
+        # With the HTTP gateway a second TTS worker (tts_render) reports GPU figures too; one series
+        # each (an unlabelled gauge sampled twice is a duplicate series a scraper rejects): the
+        # highest utilization (NVML's is the whole card's) and the memory all workers hold.
+        util_pcts: list[float] = []
+        held_mb: list[float] = []
         listeners: float | None = None
         for role, actor in status.actors.items() if status is not None else ():
             figures = actor.get("metrics") or {}
@@ -114,20 +116,24 @@ class _ScrapeCollector(Collector):
             if isinstance(gpu, dict) and gpu:
                 util_pct = (gpu.get("util") or {}).get("util_pct")
                 if isinstance(util_pct, (int, float)):
-                    util.add_metric([], float(util_pct) / 100.0)
-                    gpu_seen = True
+                    util_pcts.append(float(util_pct))
                 memory = gpu.get("vram") or {}
                 held = memory.get("process_used_mb") or memory.get("reserved_mb")
                 if isinstance(held, (int, float)):
-                    vram.add_metric([], float(held) * 2**20)
-                    gpu_seen = True
+                    held_mb.append(float(held))
         yield rss
         if listeners is not None:  # only while the HTTP gateway runs
             web = GaugeMetricFamily("skald_web_listeners", "WebRTC listeners of the stage (the HTTP gateway).")
             web.add_metric([], listeners)
             yield web
-        if gpu_seen:  # no GPU, no GPU series
+        if util_pcts or held_mb:  # no GPU, no GPU series
+            util = GaugeMetricFamily("skald_gpu_utilization_ratio", "GPU utilization, 0-1 (NVML).")
+            if util_pcts:
+                util.add_metric([], max(util_pcts) / 100.0)
             yield util
+            vram = GaugeMetricFamily("skald_gpu_vram_bytes", "GPU memory held by the TTS workers.")
+            if held_mb:
+                vram.add_metric([], sum(held_mb) * 2**20)
             yield vram
 
 

@@ -312,7 +312,7 @@ class OpenAIChatGenerator:
             )
             if cancel.wait(delay):
                 return None
-        raise AssertionError("unreachable")  # the last attempt returns or raises
+        raise AssertionError("unreachable")  # pragma: no cover  # the last attempt returns or raises
 
     def _read(self, response: openai.Stream[ChatCompletionChunk], cancel: CancelToken) -> Iterator[str]:
         import openai

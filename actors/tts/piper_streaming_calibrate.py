@@ -117,6 +117,16 @@ MARGIN_TOLERANCE = 3e-5
 EXACT_TOLERANCE = 1e-4
 
 
+def require_exact(error: float) -> float:
+    """``error`` (max |streamed − full|) when within ``EXACT_TOLERANCE``, else an EngineError: a
+    profile whose stream differs audibly from the full decode is never saved (NaN fails too)."""
+    if not error <= EXACT_TOLERANCE:
+        raise EngineError(
+            f"calibrated decoder differs from the full decode by {error:.2e} (> {EXACT_TOLERANCE:g}); profile not saved"
+        )
+    return error
+
+
 def torch_available() -> bool:
     import importlib.util
 
@@ -161,11 +171,7 @@ def calibrate_voice(
         print(f"decoder under calibration: {stream.decoder}", flush=True)
     profile = calibrate(tts, safety=safety, tolerance=MARGIN_TOLERANCE, verbose=verbose)
     validate_profile(profile)
-    error = float(verify(tts, verbose=verbose))
-    if not error <= EXACT_TOLERANCE:
-        raise EngineError(
-            f"calibrated decoder differs from the full decode by {error:.2e} (> {EXACT_TOLERANCE:g}); profile not saved"
-        )
+    error = require_exact(float(verify(tts, verbose=verbose)))
     path = save_profile(stream.cache, profile)
     engine.streams[voice] = engine.open_stream(voice, profile=profile)
     engine.streams[voice].profile_origin = str(path)

@@ -3,7 +3,7 @@
 ever answer "no driver"; these stand in for them, as modules put in ``sys.modules``, to run the
 paths where a GPU answers (or answers strangely: no memory size, a MIG card, a failed query).
 
-Only what ``detect.py`` calls exists here, with the real modules' names and shapes (NVML's error
+Only what ``detect.py`` and ``sensors.py`` call exists here, with the real modules' names and shapes (NVML's error
 classes are told apart by their class names, as ``pynvml`` names them). Everything above them is
 the production code. The protocols of ``actors.gpu.sensors`` have their own doubles in
 ``tests/support/gpu_doubles.py``.
@@ -33,6 +33,13 @@ class FakeNvmlCard:
     uuid: str
     memory_error: bool = False
     mig: bool | None = None
+    # What NvmlSampler reads (actors.gpu.sensors): utilization, memory in use, the compute
+    # processes as (pid, bytes or None), and whether those queries fail.
+    util_pct: int = 0
+    used_mib: int = 0
+    processes: list[tuple[int, int | None]] = field(default_factory=list)
+    sample_error: bool = False
+    processes_error: bool = False
 
 
 def fake_pynvml(
@@ -54,7 +61,8 @@ def fake_pynvml(
         pass
 
     vars(mod).update(calls=calls, NVMLError=NVMLError, NVML_DEVICE_MIG_ENABLE=1)
-    for kind in ("LibraryNotFound", "DriverNotLoaded", "FunctionNotFound", "NoPermission", "Unknown", "NotSupported"):
+    kinds = ("LibraryNotFound", "DriverNotLoaded", "FunctionNotFound", "NoPermission", "Unknown", "NotSupported")
+    for kind in (*kinds, "InvalidArgument"):
         name = f"NVMLError_{kind}"
         setattr(mod, name, type(name, (NVMLError,), {}))
 
@@ -84,7 +92,22 @@ def fake_pynvml(
     def memory(card: FakeNvmlCard) -> Any:
         if card.memory_error:
             raise error("NVMLError_NotSupported")
-        return types.SimpleNamespace(total=card.total_mib * MIB, free=card.free_mib * MIB, used=0)
+        return types.SimpleNamespace(total=card.total_mib * MIB, free=card.free_mib * MIB, used=card.used_mib * MIB)
+
+    def handle(index: int) -> FakeNvmlCard:
+        if not 0 <= index < len(cards):
+            raise error("NVMLError_InvalidArgument")  # as NVML answers an index past the last card
+        return cards[index]
+
+    def utilization(card: FakeNvmlCard) -> Any:
+        if card.sample_error:
+            raise error("NVMLError_Unknown")
+        return types.SimpleNamespace(gpu=card.util_pct, memory=0)
+
+    def processes(card: FakeNvmlCard) -> list[Any]:
+        if card.processes_error:
+            raise error("NVMLError_NoPermission")
+        return [types.SimpleNamespace(pid=pid, usedGpuMemory=used) for pid, used in card.processes]
 
     def mig_mode(card: FakeNvmlCard) -> tuple[int, int]:
         if card.mig is None:
@@ -97,7 +120,9 @@ def fake_pynvml(
         nvmlSystemGetDriverVersion=lambda: b"580.65.06",  # bytes, as older pynvml releases return
         nvmlSystemGetCudaDriverVersion=cuda_version,
         nvmlDeviceGetCount=count,
-        nvmlDeviceGetHandleByIndex=lambda i: cards[i],
+        nvmlDeviceGetHandleByIndex=handle,
+        nvmlDeviceGetUtilizationRates=utilization,
+        nvmlDeviceGetComputeRunningProcesses=processes,
         nvmlDeviceGetName=lambda card: card.name,
         nvmlDeviceGetMemoryInfo=memory,
         nvmlDeviceGetCudaComputeCapability=lambda card: card.cc,
@@ -116,6 +141,11 @@ class FakeCudaDevice:
     cc: tuple[int, int]
     uuid: str = ""
     free_mib: int = 0
+    # The caching allocator's counters TorchCudaMemory reads (actors.gpu.sensors), in MiB.
+    allocated_mib: int = 0
+    reserved_mib: int = 0
+    peak_allocated_mib: int = 0
+    peak_reserved_mib: int = 0
 
 
 @dataclass
@@ -124,6 +154,10 @@ class _FakeCuda:
     archs: list[str]
     init_error: Exception | None
     calls: list[str] = field(default_factory=list)
+    fractions: dict[int, float] = field(default_factory=dict)  # set_per_process_memory_fraction, by device
+
+    def is_available(self) -> bool:
+        return bool(self.devices) and self.init_error is None
 
     def init(self) -> None:
         self.calls.append("init")
@@ -147,6 +181,31 @@ class _FakeCuda:
         self.calls.append(f"mem_get_info({i})")
         d = self.devices[i]
         return d.free_mib * MIB, d.total_mib * MIB
+
+    def memory_allocated(self, i: int) -> int:
+        return self.devices[i].allocated_mib * MIB
+
+    def memory_reserved(self, i: int) -> int:
+        return self.devices[i].reserved_mib * MIB
+
+    def max_memory_allocated(self, i: int) -> int:
+        return self.devices[i].peak_allocated_mib * MIB
+
+    def max_memory_reserved(self, i: int) -> int:
+        return self.devices[i].peak_reserved_mib * MIB
+
+    def reset_peak_memory_stats(self, i: int) -> None:
+        d = self.devices[i]
+        d.peak_allocated_mib, d.peak_reserved_mib = d.allocated_mib, d.reserved_mib
+
+    def empty_cache(self) -> None:
+        # torch gives back the cached blocks of the current device; one device is enough here.
+        self.calls.append("empty_cache")
+        for d in self.devices:
+            d.reserved_mib = d.allocated_mib
+
+    def set_per_process_memory_fraction(self, fraction: float, i: int) -> None:
+        self.fractions[i] = fraction
 
 
 def fake_torch(
