@@ -364,6 +364,13 @@ def test_a_public_bind_without_a_key_refuses_to_start() -> None:
 
 
 # ---------------------------------------------------------------------------------- the stage first
+#: The device setting docs/http.md gives for a small machine that serves renders beside the stage:
+#: a 250-ms device buffer. Three renders, their clients and the stage on 2 cores delay the device
+#: callback by up to 175 ms (measured with SCHED_FIFO, 104 ms without), past the ~60 ms of
+#: "high": the device ran dry in 5 of 5 CI tries. (Measured by stamping each callback's start.)
+RENDERS_BESIDE_THE_STAGE = {**STEADY_DEVICE, "SKALD_AUDIO_LATENCY": "0.25"}
+
+
 @pytest.mark.device
 @pytest.mark.timeout(400)
 def test_three_renders_while_the_stage_narrates_leave_it_gap_free(
@@ -371,7 +378,8 @@ def test_three_renders_while_the_stage_narrates_leave_it_gap_free(
 ) -> None:
     port = free_port()
     server = make_server(
-        "--sink", "device", "--http", f"127.0.0.1:{port}", **pulse_sink.env, **STEADY_DEVICE, **DETERMINISTIC,
+        "--sink", "device", "--http", f"127.0.0.1:{port}", **pulse_sink.env, **DETERMINISTIC,
+        **RENDERS_BESIDE_THE_STAGE,
         **UNTRACED_SERVER,  # its real-time budget on 2 cores has no room for coverage's tracer
     )  # fmt: skip
     gw = Gateway(server, port)

@@ -165,18 +165,44 @@ def _lowpass(x: np.ndarray, rate: int, cutoff_hz: float) -> np.ndarray:
     return np.fft.irfft(spectrum, len(x))
 
 
+def _fractional_lag(reference: np.ndarray, recording: np.ndarray, offset: int) -> float:
+    """Where, within one sample of ``offset``, ``recording`` correlates best with ``reference``
+    (a parabola through the correlations at offset - 1, offset, offset + 1); 0 at the edges."""
+    n = len(reference)
+    if offset < 1 or offset + 1 + n > len(recording):
+        return 0.0
+    before, at, after = (float(np.dot(reference, recording[offset + k : offset + k + n])) for k in (-1, 0, 1))
+    curvature = before - 2.0 * at + after
+    if curvature >= 0:  # no peak at offset: nothing to refine
+        return 0.0
+    return float(np.clip(0.5 * (before - after) / curvature, -0.5, 0.5))
+
+
+def _delayed(signal: np.ndarray, samples: float) -> np.ndarray:
+    """``signal`` delayed by a fraction of a sample (a linear phase in the frequency domain)."""
+    if samples == 0.0:
+        return signal
+    spectrum = np.fft.rfft(signal)
+    spectrum *= np.exp(-2j * np.pi * np.arange(len(spectrum)) * samples / len(signal))
+    return np.fft.irfft(spectrum, len(signal))
+
+
 def _window_scores(reference: np.ndarray, recording: np.ndarray, offset: int, rate: int) -> list[tuple[float, float]]:
     """Normalised correlation of each voiced 100 ms window of the reference with the recording
     at the globally aligned position. Audio inserted (a gap) or lost anywhere misaligns every
     window after it, so their scores collapse; a faithful playback scores ~1 everywhere.
 
-    Both signals are low-passed at 4 kHz first: the rig resamples 22.05 -> 48 -> 22.05 kHz, which
-    leaves a run-dependent fractional-sample delay, and a quiet window of mostly high-frequency
-    sound (an "s") decorrelates under half a sample of delay with nothing wrong. A slip of even
-    a few milliseconds still collapses the score."""
+    The rig resamples 22.05 -> 48 -> 22.05 kHz, which leaves a run-dependent fractional-sample
+    delay: a window of mostly high-frequency sound (an "s") decorrelates under half a sample of
+    delay with nothing wrong (seen: 0.906 at the same place in forest-long.txt in several runs, the
+    median window at 0.999). So both signals are low-passed at 4 kHz, and the reference is delayed
+    by the fraction of a sample at which the whole recording correlates best (parabolic fit around
+    the integer peak). That is a global shift by under one sample: a slip of even a few
+    milliseconds (tens of samples) still collapses every window after it."""
     window = int(0.1 * rate)
     reference = _lowpass(reference.astype(np.float64), rate, 4000.0)
     rec = _lowpass(recording.astype(np.float64) / 32768.0, rate, 4000.0)
+    reference = _delayed(reference, _fractional_lag(reference, rec, offset))
     scores: list[tuple[float, float]] = []
     for start in range(0, len(reference) - window, window):
         ref_w = reference[start : start + window].astype(np.float64)
