@@ -285,6 +285,8 @@ class Supervisor:
         self._stop = threading.Event()
         self._mp = multiprocessing.get_context("spawn")
         self._ctx: zmq.Context[Any] | None = None
+        # None until start() binds it: a start that fails on that bind still shuts down cleanly.
+        self._backend: Any = None
         self._ring: Any = None
         self._render_ring: Any = None
         self._curve: Any = None  # actors.security.CurveServer, with a tcp:// endpoint
@@ -1198,7 +1200,8 @@ class Supervisor:
             _shutdown_children(self.children.values(), timeout)
             shutdown_log.info("skald.shutdown: stage 3, closing sockets")
             for sock in (*self._fronts, *self._pubs, self._backend):
-                sock.close(linger=0)
+                if sock is not None:  # the backend is None when start() failed binding it
+                    sock.close(linger=0)
             if self._curve is not None:
                 self._curve.stop()
                 self._curve = None
