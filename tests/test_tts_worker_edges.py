@@ -153,9 +153,7 @@ def test_narrative_text_that_comes_before_the_prelude_waits_for_it(piper: TtsEng
 
 
 # ---------------------------------------------------------------- live settings and lexicon
-def test_a_live_config_naming_an_unknown_voice_is_refused_and_the_voice_kept(
-    piper: TtsEngine, ring: PcmRing
-) -> None:
+def test_a_live_config_naming_an_unknown_voice_is_refused_and_the_voice_kept(piper: TtsEngine, ring: PcmRing) -> None:
     settings = _settings()
     w = Worker(settings, ring, piper)
     try:
@@ -193,5 +191,5 @@ def test_a_main_engine_that_cannot_load_with_no_other_engine_fails_naming_it(
     with pytest.raises(EngineError, match=r"piper unavailable: injected fault \(SKALD_FAULT_INJECT=load\)"):
         build_engines(_settings())  # the fallback is piper too: nothing else could speak
     monkeypatch.delenv("SKALD_FAULT_INJECT")
-    with pytest.raises(EngineError, match="piper unavailable: .*nobody"):
+    with pytest.raises(EngineError, match=r"piper unavailable: .*nobody"):
         build_engines(_settings(**{"tts.voice": "nobody", "tts.fallback_engine": ""}))
