@@ -410,11 +410,18 @@ def test_a_bug_while_handling_a_request_is_an_internal_error_not_a_crash(
 
 
 # ---------------------------------------------------------------- shutdown
-def test_shutdown_of_a_supervisor_never_started_is_safe_twice(tmp_path: Path) -> None:
+def test_shutdown_removes_the_run_dir_it_claimed_once_and_no_other(tmp_path: Path) -> None:
     sup = Supervisor(_settings(tmp_path))
-    sup.run_dir.mkdir(parents=True)
+    sup._claim_run_dir()
     sup.shutdown()
     assert not sup.run_dir.exists()
     sup.run_dir.mkdir()
-    sup.shutdown()  # the second call does nothing: the dir it removed once stays as it is now
+    sup.shutdown()  # the second call does nothing
     assert sup.run_dir.exists()
+    # Refused its start by a live owner: the owner's run dir (its sockets, its pidfile) stays.
+    (sup.run_dir / "supervisor.pid").write_text(str(os.getppid()))
+    refused = Supervisor(_settings(tmp_path))
+    with pytest.raises(SupervisorError, match="another skald supervisor"):
+        refused._claim_run_dir()
+    refused.shutdown()
+    assert (sup.run_dir / "supervisor.pid").read_text() == str(os.getppid())
