@@ -425,3 +425,37 @@ def test_shutdown_removes_the_run_dir_it_claimed_once_and_no_other(tmp_path: Pat
         refused._claim_run_dir()
     refused.shutdown()
     assert (sup.run_dir / "supervisor.pid").read_text() == str(os.getppid())
+
+
+def test_start_sweeps_leftovers_first_then_refuses_a_bad_gpu_knob(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    sup = Supervisor(_settings(tmp_path, **{"gpu.vram_limit_gb": 0.05}))
+    stale = tmp_path / f"skald-{os.getuid()}.{_dead_pid()}"
+    stale.mkdir()
+    (stale / "supervisor.pid").write_text(stale.name.rsplit(".", 1)[1])
+    try:
+        with caplog.at_level(logging.INFO, logger="skald.supervisor"), pytest.raises(SupervisorError, match="vram"):
+            sup.start()
+    finally:
+        sup.shutdown()
+    assert f"removed leftovers of dead supervisors: {stale}" in caplog.text and not stale.exists()
+    assert not sup.run_dir.exists()  # refused before it made anything of its own
+
+
+def test_the_gateway_needs_its_optional_packages_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    # Stands for a machine without the 'web' extra's PyAV (installed here, so it is hidden).
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name: None if name == "av" else real_find_spec(name))
+    sup = Supervisor(_settings(tmp_path, **{"web.http": "127.0.0.1:0"}))
+    with pytest.raises(SupervisorError, match=r"web\.http = '127\.0\.0\.1:0' needs av: pip install 'skald\[web\]'"):
+        sup._check_gateway_deps()
+
+
+def test_a_stopped_supervisor_returns_from_run_at_once(sup: Supervisor) -> None:
+    sup.request_stop("SIGTERM")
+    sup.request_stop("later")  # the first reason stays
+    assert sup.run(until=lambda: True) is True and sup.run() is False
+    assert sup.stop_reason == "SIGTERM"
