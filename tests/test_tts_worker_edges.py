@@ -12,10 +12,12 @@ import logging
 import os
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from actors import wire
@@ -150,6 +152,62 @@ def test_narrative_text_that_comes_before_the_prelude_waits_for_it(piper: TtsEng
         assert spoken.index("First this.") < spoken.index("The rest of the story.")
     finally:
         w.close()
+
+
+# ---------------------------------------------------------------- the ring's reader
+def test_a_push_waiting_on_a_dead_consumer_goes_on_with_the_restarted_one(piper: TtsEngine) -> None:
+    from tests.support.ring_reader import take
+
+    name = f"skald-{os.getpid()}-w{next(_rings)}"
+    ring = PcmRing.create(name, 1 << 16, 22050, 0.5, role="producer")  # the guard: 11025 frames
+    old = PcmRing.attach(name, "consumer")
+    old.close()  # the consumer died: a waiting worker gets PeerDeadError, and must wait on
+    w = Worker(_settings(), ring, piper)
+    new: PcmRing | None = None
+    try:
+        w.worker.handle(wire.OpenRequest(request_id="r1"))
+        req = w.worker.requests["r1"]
+        audio = np.full(3 * 11025, 0.25, dtype=np.float32)
+        pushed: list[int] = []
+        pusher = threading.Thread(target=lambda: pushed.append(w.worker._push(req, 0, audio, None)))
+        pusher.start()
+        deadline = time.monotonic() + 30
+        while ring.write_index < 11025 and time.monotonic() < deadline:  # the guard is full: it waits
+            time.sleep(0.005)
+        assert ring.write_index == 11025 and pusher.is_alive()
+        new = PcmRing.attach(name, "consumer")  # the restarted consumer takes the role over
+        new.start_heartbeat()
+        read = 0
+        while read < len(audio) and time.monotonic() < deadline:
+            read += len(take(new, 4096))
+        pusher.join(30)
+        assert pushed == [len(audio)] and read == len(audio)  # nothing lost, nothing dropped
+        assert sum(s.end - s.start for s in w.of(wire.Segment)) == len(audio)
+    finally:
+        w.close()
+        if new is not None:
+            new.close()
+        ring.close()
+        ring.unlink()
+
+
+def test_a_push_cancelled_while_waiting_for_space_stops_at_what_fit(piper: TtsEngine) -> None:
+    name = f"skald-{os.getpid()}-w{next(_rings)}"
+    ring = PcmRing.create(name, 1 << 16, 22050, 0.5, role="producer")
+    reader = PcmRing.attach(name, "consumer")  # alive, not reading (a paused speaker)
+    reader.start_heartbeat()
+    w = Worker(_settings(), ring, piper)
+    try:
+        w.worker.handle(wire.OpenRequest(request_id="r1"))
+        req = w.worker.requests["r1"]
+        req.cancel.cancel()
+        assert w.worker._push(req, 0, np.full(2 * 11025, 0.25, dtype=np.float32), None) == 11025
+        assert [(s.start, s.end) for s in w.of(wire.Segment)] == [(0, 11025)]  # announced: what fit
+    finally:
+        w.close()
+        reader.close()
+        ring.close()
+        ring.unlink()
 
 
 # ---------------------------------------------------------------- live settings and lexicon
