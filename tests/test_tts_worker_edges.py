@@ -251,3 +251,35 @@ def test_a_main_engine_that_cannot_load_with_no_other_engine_fails_naming_it(
     monkeypatch.delenv("SKALD_FAULT_INJECT")
     with pytest.raises(EngineError, match=r"piper unavailable: .*nobody"):
         build_engines(_settings(**{"tts.voice": "nobody", "tts.fallback_engine": ""}))
+
+
+def test_a_main_engine_that_cannot_load_leaves_the_fallback_to_speak(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("SKALD_FAULT_INJECT", "load")
+    with caplog.at_level(logging.ERROR, logger="skald.tts_worker"):
+        main, fallback, error = build_engines(_settings(**{"tts.engine": "xtts"}))
+    try:
+        assert main is None and fallback is not None and fallback.name == "piper"
+        assert error == "xtts unavailable: injected fault (SKALD_FAULT_INJECT=load)"
+        assert f"{error}; piper speaks instead" in caplog.text
+    finally:
+        if fallback is not None:
+            fallback.close()
+
+
+# ---------------------------------------------------------------- cancel ahead of order
+def test_an_eager_cancel_drops_the_head_chunk_before_any_of_it_is_pushed(piper: TtsEngine, ring: PcmRing) -> None:
+    w = Worker(_settings(), ring, piper)
+    try:
+        w.worker.handle(wire.OpenRequest(request_id="r1"))
+        w.worker.handle(wire.TextPiece(request_id="r1", source="narrative", text="One. Two. Three.", final=True))
+        w.worker._dispatch()  # the first chunk is on a synthesis thread
+        assert w.worker._inflight
+        w.worker.on_eager(wire.Cancel(request_id="r1"))  # the IO thread, before the loop sees it
+        w.worker.pump()
+        assert not w.worker._inflight and ring.write_index == 0 and not w.of(wire.Segment)
+        w.worker.handle(wire.Cancel(request_id="r1"))  # then in order: nothing of it is left
+        assert not w.worker.has_work and "r1" not in w.worker.requests
+    finally:
+        w.close()
