@@ -182,3 +182,36 @@ def test_a_live_prebuffer_change_keeps_the_start_threshold_unless_given(rings: R
         assert consumer.core.policy.config.start_s == 1.5 and consumer.settings.prebuffer.resume_s == 0.2
     finally:
         consumer.close()
+
+
+# ---------------------------------------------------------------- device loss (no device needed)
+def test_after_a_lost_device_the_cut_chunk_is_heard_again_from_its_start(rings: Rings, ctl: Control) -> None:
+    first = rings.push(4 * BLOCK)
+    second = rings.push(4 * BLOCK)
+    ctl.control.handle(wire.Segment(request_id="r1", index=0, start=first[0], end=first[1]))
+    ctl.control.handle(wire.Segment(request_id="r1", index=1, start=second[0], end=second[1], last=True))
+    ctl.play(6)  # two blocks into chunk 1 when the device dies
+    assert rings.consumer.read_index == 6 * BLOCK
+    assert ctl.control.replay_from(5 * BLOCK) == 2 * BLOCK  # back to chunk 1's start, not to frame 5*BLOCK
+    assert rings.consumer.read_index == second[0]
+    assert ctl.control.replay_from(rings.consumer.read_index) == 0  # nothing before its start is replayed
+
+
+def test_a_replay_never_goes_back_over_a_skipped_window(rings: Rings, ctl: Control) -> None:
+    start, end = rings.push(8 * BLOCK)
+    ctl.control.handle(wire.Segment(request_id="r1", index=0, start=start, end=end, last=True))
+    ctl.control.handle(wire.Skip(start=2 * BLOCK, end=4 * BLOCK))  # an urgent request's skip
+    ctl.play(6)
+    read = rings.consumer.read_index
+    assert read > 4 * BLOCK
+    assert ctl.control.replay_from(0) == read - 4 * BLOCK  # back to the window's end, not below it
+    assert rings.consumer.read_index == 4 * BLOCK
+
+
+def test_a_device_rate_that_is_no_whole_multiple_of_the_voice_is_refused() -> None:
+    from actors.audio_consumer import choose_upsample
+
+    with pytest.raises(RuntimeError, match=r"audio\.device_rate = 30000 Hz is not a whole multiple \(1-8×\)"):
+        choose_upsample("any device", 22050, 30000)  # refused before any device is asked
+    with pytest.raises(RuntimeError, match=r"use e\.g\. 44100"):
+        choose_upsample("any device", 22050, 22050 * 9)
