@@ -215,3 +215,30 @@ def test_a_device_rate_that_is_no_whole_multiple_of_the_voice_is_refused() -> No
         choose_upsample("any device", 22050, 30000)  # refused before any device is asked
     with pytest.raises(RuntimeError, match=r"use e\.g\. 44100"):
         choose_upsample("any device", 22050, 22050 * 9)
+
+
+def test_a_restarted_consumer_plays_the_cut_chunk_again_from_its_start(rings: Rings) -> None:
+    from tests.support.ring_reader import take
+
+    rings.push(2 * BLOCK)  # an earlier chunk, played whole by the consumer that died
+    chunk = rings.push(6 * BLOCK)
+    take(rings.consumer, 5 * BLOCK)  # the dead consumer had read into the chunk (maybe never heard)
+    fresh = Control(rings.consumer)  # the restarted consumer: nothing announced yet
+    fresh.control.handle(wire.Segment(request_id="r1", index=1, start=chunk[0], end=chunk[1], last=True))
+    assert rings.consumer.read_index == chunk[0]  # rewound to the chunk's start
+    played = fresh.play(7)
+    assert played[: 6 * BLOCK].all() and not played[6 * BLOCK :].any()
+    assert [(m.request_id, m.audio_s) for m in fresh.of(wire.RequestFinished)] == [("r1", 6 * BLOCK / RATE)]
+
+
+def test_cancel_all_skips_everything_announced_and_remembers_a_bounded_number_of_cancels(
+    rings: Rings, ctl: Control
+) -> None:
+    from actors.audio_consumer import CANCELLED_MEMORY
+
+    start, end = rings.push(4 * BLOCK)
+    ctl.control.handle(wire.Segment(request_id="r1", index=0, start=start, end=end))
+    ctl.control.handle(wire.Cancel(all=True, request_ids=[f"q{i}" for i in range(CANCELLED_MEMORY + 10)]))
+    assert ctl.control.windows == [[start, end]]  # nothing announced is heard
+    assert len(ctl.control._cancelled) == CANCELLED_MEMORY and "q0" not in ctl.control._cancelled
+    assert not ctl.play(5).any()
