@@ -454,7 +454,8 @@ def test_the_gateway_needs_its_optional_packages_named(tmp_path: Path, monkeypat
         sup._check_gateway_deps()
 
 
-def test_a_stopped_supervisor_returns_from_run_at_once(sup: Supervisor) -> None:
+def test_run_returns_false_when_its_timeout_passes_and_at_once_when_stopped(sup: Supervisor) -> None:
+    assert sup.run(until=lambda: False, timeout=0.0) is False  # the deadline is checked before a poll
     sup.request_stop("SIGTERM")
     sup.request_stop("later")  # the first reason stays
     assert sup.run(until=lambda: True) is True and sup.run() is False
