@@ -135,3 +135,32 @@ def test_a_message_the_reader_cannot_handle_is_logged_and_the_inbox_goes_on(
         assert stream.ended
     finally:
         loop.close()
+
+
+def test_status_is_asked_once_per_ttl_and_renders_are_counted(gw: Gateway) -> None:
+    received = gw.peer.answer_in_background(
+        wire.Status(actors={"tts_render": {"state": "running"}}),
+        wire.Accepted(request_id="web-1", t_accepted=0.0),
+    )
+
+    async def ask() -> tuple[dict[str, object], dict[str, object], wire.Message]:
+        first = await gw.gateway.actors_status()
+        again = await gw.gateway.actors_status()  # within STATUS_TTL_S: the answer is reused
+        reply = await gw.gateway.control(wire.Speak(request_id="web-1", text="Hi.", output="render"))
+        return first, again, reply
+
+    first, again, reply = asyncio.run(ask())
+    assert first == again == {"tts_render": {"state": "running"}}
+    assert isinstance(reply, wire.Accepted) and gw.gateway.renders_started == 1
+    assert [type(m) for m in received] == [wire.StatusQuery, wire.Speak]  # one status request, not two
+
+
+def test_a_render_cancelled_by_its_client_is_cancelled_at_the_supervisor(gw: Gateway) -> None:
+    received = gw.peer.answer_in_background(wire.Accepted(request_id="web-1", t_accepted=0.0))
+    gw.gateway.cancel_soon("web-1")  # the HTTP client went away mid-render
+    assert gw.peer._answerer is not None
+    gw.peer._answerer.join(30)
+    assert received == [wire.Cancel(request_id="web-1")]
+    gw.gateway.report_finished("web-2", audio_s=1.5, ttfb_ms=120.0)
+    assert gw.sent == [wire.RequestFinished(request_id="web-2", status="done", audio_s=1.5, ttfa_ms=120.0)]
+    assert gw.gateway.metrics()["renders_done"] == 1
