@@ -161,6 +161,8 @@ def test_a_render_cancelled_by_its_client_is_cancelled_at_the_supervisor(gw: Gat
     assert gw.peer._answerer is not None
     gw.peer._answerer.join(30)
     assert received == [wire.Cancel(request_id="web-1")]
+    for thread in [t for t in threading.enumerate() if t.name == "web-cancel"]:
+        thread.join(30)  # it has its reply: the gateway may close under it only after
     gw.gateway.report_finished("web-2", audio_s=1.5, ttfb_ms=120.0)
     assert gw.sent == [wire.RequestFinished(request_id="web-2", status="done", audio_s=1.5, ttfa_ms=120.0)]
     assert gw.gateway.metrics()["renders_done"] == 1
