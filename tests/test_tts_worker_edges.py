@@ -283,3 +283,21 @@ def test_an_eager_cancel_drops_the_head_chunk_before_any_of_it_is_pushed(piper: 
         assert not w.worker.has_work and "r1" not in w.worker.requests
     finally:
         w.close()
+
+
+# ---------------------------------------------------------------- GPU control
+def test_xtts_gets_gpu_control_only_where_torch_confirms_a_usable_device() -> None:
+    import torch
+
+    from actors.gpu.hooks import GpuHooks
+    from actors.gpu.tiers import Tier, detect_gpus, resolve_gpu_config
+    from actors.tts_worker import _gpu_hooks
+
+    settings = _settings(**{"tts.engine": "xtts"})
+    hooks, confirmed = _gpu_hooks(settings, resolve_gpu_config(settings, detect_gpus(use_torch=False)))
+    # torch.cuda is asked (it may disagree with NVML): its verdict is the tier the worker reports.
+    assert confirmed is not None
+    assert (type(hooks) is not GpuHooks) == confirmed.on_gpu  # GPU control only on a usable device
+    if not torch.cuda.is_available():
+        assert confirmed.tier is Tier.CPU and type(hooks) is GpuHooks
+    assert _gpu_hooks(settings, None)[1] is None  # no detection at all (an in-process worker)
