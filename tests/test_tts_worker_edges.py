@@ -301,3 +301,23 @@ def test_xtts_gets_gpu_control_only_where_torch_confirms_a_usable_device() -> No
     if not torch.cuda.is_available():
         assert confirmed.tier is Tier.CPU and type(hooks) is GpuHooks
     assert _gpu_hooks(settings, None)[1] is None  # no detection at all (an in-process worker)
+
+
+def test_a_live_gpu_knob_that_the_tier_refuses_is_reported_and_gpu_status_is_in_the_metrics(
+    piper: TtsEngine, ring: PcmRing
+) -> None:
+    from tests.test_gpu_control import l4_hooks  # GPU control on an L4 made of the no-GPU doubles
+
+    hooks, _memory = l4_hooks()
+    settings = _settings()
+    w = Worker(settings, ring, piper, gpu=hooks)
+    try:
+        assert w.worker.metrics()["gpu"] == hooks.status() != {}
+        w.worker.apply_config(settings.replace({"gpu.vram_limit_gb": "0.05"}, "skald config set"))
+        errors = w.of(wire.Error)
+        assert len(errors) == 1 and errors[0].kind == "bad_request"
+        assert errors[0].message.startswith("GPU settings: config error: gpu.vram_limit_gb = 0.05")
+        assert w.worker.settings.gpu.vram_limit_gb == 0.05  # the rest of the change is in force
+    finally:
+        w.close()
+        hooks.close()
