@@ -81,7 +81,12 @@ def test_a_run_dir_owned_by_another_live_supervisor_fails_cleanly(
     (run_dir / "supervisor.pid").write_text(str(os.getppid()))  # a live process, not this one
     config = tmp_path / "skald.toml"
     config.write_text(f'[supervisor]\nrun_dir = "{run_dir}"\n')
-    argv = ["--config", str(config), command, "--sink", "null"] + (["Hello there."] if command == "speak" else [])
+    argv = ["--config", str(config), command, "--sink", "null", "--engine", "piper"]
+    # serve: its own flags too (the run dir from --run-dir wins over the file's; nothing is bound
+    # before the run dir is claimed, so the HTTP and metrics ports are never opened).
+    argv += ["Hello there."] if command == "speak" else ["--run-dir", str(run_dir), "--http", "1", "--metrics"]
+    if command == "serve":
+        config.write_text('[supervisor]\nrun_dir = "/nonexistent/not-this-one"\n')
     code = (cmd_speak if command == "speak" else cmd_serve)(_args(*argv))
     assert code == 1
     assert f"skald: another skald supervisor (pid {os.getppid()}) owns {run_dir}" in capsys.readouterr().err
@@ -206,3 +211,25 @@ def test_chunk_with_an_unknown_voice_fails_naming_it(
     monkeypatch.setattr("sys.stdin", io.StringIO("never read"))
     assert cmd_chunk(_args("chunk", "--voice", "nobody")) == 1
     assert "skald chunk: " in (err := capsys.readouterr().err) and "nobody" in err
+
+
+def test_say_without_a_server_fails_clearly(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cmd_say(_args("say", "Hello.", "--run-dir", str(tmp_path), "--timeout", "0.3")) == 1
+    assert capsys.readouterr().err.startswith("skald say: ")
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_chunk_prints_the_plan_of_standard_input(
+    stream: bool, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    text = "The door creaks open. A cold wind blows through the hall, and somewhere a bell rings once."
+    read_end, write_end = os.pipe()
+    os.write(write_end, text.encode())
+    os.close(write_end)
+    with os.fdopen(read_end, encoding="utf-8") as stdin:
+        monkeypatch.setattr("sys.stdin", stdin)
+        assert cmd_chunk(_args("chunk", *(["--stream"] if stream else []))) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert " ".join(r["text"] for r in rows) == text and all(r["est_s"] > 0 for r in rows)
+    assert ("reading standard input" in captured.err) == stream
