@@ -242,3 +242,26 @@ def test_cancel_all_skips_everything_announced_and_remembers_a_bounded_number_of
     assert ctl.control.windows == [[start, end]]  # nothing announced is heard
     assert len(ctl.control._cancelled) == CANCELLED_MEMORY and "q0" not in ctl.control._cancelled
     assert not ctl.play(5).any()
+
+
+def test_while_held_the_ring_waits_and_the_first_unheard_frame_is_found_from_the_timing_log(
+    rings: Rings, ctl: Control
+) -> None:
+    start, end = rings.push(8 * BLOCK)
+    ctl.control.handle(wire.Segment(request_id="r1", index=0, start=start, end=end, last=True))
+    period = BLOCK / RATE
+    out = np.zeros(BLOCK, dtype=np.int16)
+    for k in range(4):  # blocks k at DAC times 100 + k * period
+        ctl.core.render(out, 100.0 + k * period)
+    read = rings.consumer.read_index
+    assert read == 4 * BLOCK
+    # The device died half-way through block 2's playing: from there on nothing was heard (to a
+    # frame: DAC times are floats, and a frame more replayed is the safe side).
+    half = 2 * BLOCK + BLOCK // 2
+    assert half - 1 <= ctl.core.first_unheard(100.0 + 2.5 * period) <= half
+    assert ctl.core.first_unheard(100.0 + 9 * period) == read  # nothing rendered that late
+    for k in range(4, 8):  # held on the fallback clock: silence, the ring is not read
+        ctl.core.render_held(out, 100.0 + k * period)
+        assert not out.any()
+    assert rings.consumer.read_index == read
+    assert half - 1 <= ctl.core.first_unheard(100.0 + 2.5 * period) <= half  # held blocks skipped
