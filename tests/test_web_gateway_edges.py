@@ -166,3 +166,38 @@ def test_a_render_cancelled_by_its_client_is_cancelled_at_the_supervisor(gw: Gat
     gw.gateway.report_finished("web-2", audio_s=1.5, ttfb_ms=120.0)
     assert gw.sent == [wire.RequestFinished(request_id="web-2", status="done", audio_s=1.5, ttfa_ms=120.0)]
     assert gw.gateway.metrics()["renders_done"] == 1
+
+
+def test_a_web_actor_that_cannot_listen_lets_go_of_its_ring(tmp_path: Path) -> None:
+    from actors.runtime import ActorSpec
+
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen(1)
+    port = taken.getsockname()[1]
+    name = f"skald-{os.getpid()}-web-spec"
+    ring = PcmRing.create(name, 1 << 16, 22050, 2.0)
+    settings = load_settings(None, env={}, overrides={"web.http": f"127.0.0.1:{port}"})
+    spec = ActorSpec(wire.Role.WEB, "", settings.to_dict(), str(tmp_path), os.getppid(), name)
+    try:
+        with pytest.raises(RuntimeError, match=f"web.http 127.0.0.1:{port}: cannot listen"):
+            WebGateway.from_spec(spec, lambda _m: None)
+        again = PcmRing.attach(name, "consumer")  # refused if the failed actor still held the role
+        again.close()
+    finally:
+        taken.close()
+        ring.close()
+        ring.unlink()
+
+
+def test_ready_info_names_the_address_and_an_eager_cancel_ends_the_render(gw: Gateway) -> None:
+    info = gw.gateway.ready_info()
+    assert info["url"] == f"http://{info['http']}" and info["http"].startswith("127.0.0.1:")
+    assert info["auth"] is False and info["webrtc"] is False
+    loop = asyncio.new_event_loop()
+    try:
+        stream = gw.gateway.reader.open("web-1", loop)
+        gw.gateway.on_eager(wire.Cancel(request_id="web-1"))  # the IO thread, at once
+        assert stream.ended
+    finally:
+        loop.close()
