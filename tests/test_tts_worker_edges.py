@@ -321,3 +321,28 @@ def test_a_live_gpu_knob_that_the_tier_refuses_is_reported_and_gpu_status_is_in_
     finally:
         w.close()
         hooks.close()
+
+
+# ---------------------------------------------------------------- the process's worker
+def test_a_worker_process_that_cannot_build_its_engines_lets_go_of_its_ring(tmp_path: Path) -> None:
+    from actors.runtime import ActorSpec
+
+    name = f"skald-{os.getpid()}-w{next(_rings)}"
+    ring = PcmRing.create(name, 1 << 16, 22050, 2.0)
+    bad = _settings(**{"tts.voice": "nobody", "tts.fallback_engine": ""})
+    good = _settings(**{"tts.parallel_streams": 2})
+    try:
+        spec = ActorSpec(wire.Role.TTS_WORKER, "", bad.to_dict(), str(tmp_path), os.getppid(), name)
+        with pytest.raises(EngineError, match=r"piper unavailable: .*'nobody'"):
+            TtsWorker.from_spec(spec, lambda _m: None)
+        # The producer role is free again (a refused attach would say a live producer holds it).
+        spec = ActorSpec(wire.Role.TTS_WORKER, "", good.to_dict(), str(tmp_path), os.getppid(), name)
+        worker = TtsWorker.from_spec(spec, lambda _m: None)
+        try:
+            assert worker.parallel_streams == 2 and worker.engine_name == "piper"
+        finally:
+            worker.close()  # closes the engines and the ring handle it owns
+        PcmRing.attach(name, "producer").close()  # ...and so lets the role go too
+    finally:
+        ring.close()
+        ring.unlink()
