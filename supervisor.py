@@ -285,6 +285,8 @@ class Supervisor:
         self._stop = threading.Event()
         self._mp = multiprocessing.get_context("spawn")
         self._ctx: zmq.Context[Any] | None = None
+        # None until start() binds it: a start that fails on that bind still shuts down cleanly.
+        self._backend: Any = None
         self._ring: Any = None
         self._render_ring: Any = None
         self._curve: Any = None  # actors.security.CurveServer, with a tcp:// endpoint
@@ -293,6 +295,9 @@ class Supervisor:
         self._stage_tee: Any = None
         self._started = time.monotonic()
         self._closed = False
+        # Set once _claim_run_dir made the run dir ours: shutdown removes only a dir it owns, never
+        # that of another live supervisor that refused this one its start.
+        self._run_dir_claimed = False
         self._finalizer: weakref.finalize[Any, Any] | None = None
         self._poller: zmq.Poller | None = None
         self._sentinels: dict[int, Child] = {}
@@ -446,6 +451,7 @@ class Supervisor:
             shutil.rmtree(self.run_dir, ignore_errors=True)
         self.run_dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         pidfile.write_text(str(os.getpid()))
+        self._run_dir_claimed = True
 
     def _bind(self, kind: int, endpoint: str) -> zmq.Socket[Any]:
         assert self._ctx is not None
@@ -1198,7 +1204,8 @@ class Supervisor:
             _shutdown_children(self.children.values(), timeout)
             shutdown_log.info("skald.shutdown: stage 3, closing sockets")
             for sock in (*self._fronts, *self._pubs, self._backend):
-                sock.close(linger=0)
+                if sock is not None:  # the backend is None when start() failed binding it
+                    sock.close(linger=0)
             if self._curve is not None:
                 self._curve.stop()
                 self._curve = None
@@ -1221,5 +1228,6 @@ class Supervisor:
             self._stage_tee.close()
             self._stage_tee.unlink()
             self._stage_tee = None
-        shutil.rmtree(self.run_dir, ignore_errors=True)
+        if self._run_dir_claimed:
+            shutil.rmtree(self.run_dir, ignore_errors=True)
         shutdown_log.info("skald.shutdown: done (exit code %d)", self.exit_code)

@@ -685,8 +685,14 @@ class ClockSink:
         if self._thread.is_alive():
             self._thread.join(2.0)
         if self._wav is not None:
-            self._wav.close()
-            self._wav = None
+            wav, self._wav = self._wav, None
+            try:
+                wav.close()
+            except OSError as exc:
+                # The disk filled up (or the file went away): the loop already reported the
+                # failed write; closing must still go on to release the ring.
+                self.error = self.error or f"{type(exc).__name__}: {exc}"
+                log.warning("wav sink %s not closed cleanly: %s", self.wav_path, exc)
 
 
 MAX_UPSAMPLE = 8  # 8 × 24 kHz = 192 kHz, the highest device rate worth trying

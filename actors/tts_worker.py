@@ -1046,7 +1046,7 @@ def _gpu_hooks(settings: Settings, gpu: ResolvedGpuConfig | None) -> tuple[GpuHo
     resolved = confirm_with_torch(settings, gpu)
     if not resolved.on_gpu:
         return GpuHooks(), resolved
-    return GpuControlHooks(resolved), resolved
+    return GpuControlHooks(resolved), resolved  # pragma: no cover - needs a CUDA device torch can use
 
 
 #: The stage's worker feeds what the table hears in real time: where permitted it runs above
