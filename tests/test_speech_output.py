@@ -187,7 +187,9 @@ def _delayed(signal: np.ndarray, samples: float) -> np.ndarray:
     return np.fft.irfft(spectrum, len(signal))
 
 
-def _window_scores(reference: np.ndarray, recording: np.ndarray, offset: int, rate: int) -> list[tuple[float, float]]:
+def _window_scores(
+    reference: np.ndarray, recording: np.ndarray, offset: int, rate: int, *, subsample_align: bool = True
+) -> list[tuple[float, float]]:
     """Normalised correlation of each voiced 100 ms window of the reference with the recording
     at the globally aligned position. Audio inserted (a gap) or lost anywhere misaligns every
     window after it, so their scores collapse; a faithful playback scores ~1 everywhere.
@@ -198,11 +200,13 @@ def _window_scores(reference: np.ndarray, recording: np.ndarray, offset: int, ra
     median window at 0.999). So both signals are low-passed at 4 kHz, and the reference is delayed
     by the fraction of a sample at which the whole recording correlates best (parabolic fit around
     the integer peak). That is a global shift by under one sample: a slip of even a few
-    milliseconds (tens of samples) still collapses every window after it."""
+    milliseconds (tens of samples) still collapses every window after it. ``subsample_align=False``
+    for a path that is not a fixed delay (a codec and a browser's jitter buffer)."""
     window = int(0.1 * rate)
     reference = _lowpass(reference.astype(np.float64), rate, 4000.0)
     rec = _lowpass(recording.astype(np.float64) / 32768.0, rate, 4000.0)
-    reference = _delayed(reference, _fractional_lag(reference, rec, offset))
+    if subsample_align:
+        reference = _delayed(reference, _fractional_lag(reference, rec, offset))
     scores: list[tuple[float, float]] = []
     for start in range(0, len(reference) - window, window):
         ref_w = reference[start : start + window].astype(np.float64)

@@ -228,7 +228,10 @@ def check_browser_plays(reference: np.ndarray, recording: np.ndarray, min_window
     """The browser recording holds ``reference`` whole and unslipped; (offset, worst window score)."""
     offset, score = align(reference, recording, RATE)
     assert score >= 0.95, f"correlation {score:.4f}"
-    scores = _window_scores(reference, recording, offset, RATE)
+    # The browser's path is a codec and a jitter buffer, not a fixed resampling delay: one fraction
+    # of a sample for the whole recording fits it no better (measured: worst window 0.65 with, 0.83
+    # without), so the windows are compared at the integer offset.
+    scores = _window_scores(reference, recording, offset, RATE, subsample_align=False)
     assert len(scores) > min_windows
     worst = min(scores, key=lambda item: item[1])
     assert worst[1] >= 0.85, f"the browser's recording departs from the reference at {worst[0]:.2f} s ({worst[1]:.3f})"
