@@ -12,8 +12,8 @@ Two kinds of tests:
   concealment.
 
 Opus is lossy, so a browser's faithful 100 ms windows score lower than the device's (measured
-0.92-0.99 after the 4 kHz low-pass); a slip of 20 ms still drops voiced windows below 0.5, so the
-bound for browsers is 0.85 per window and 0.95 overall.
+median 0.97, the odd window down to 0.84 after the 4 kHz low-pass); a slip of 2-20 ms drops the
+windows after it to ~0.1, so the bound for browsers is 0.75 per window and 0.95 overall.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ import pytest
 from tests.audio_rig import align
 from tests.conftest import ROOT, SESSION_ID, SESSION_VAR, Server, wait_until
 from tests.test_http import KEY, free_port
-from tests.test_speech_output import DETERMINISTIC, _window_scores
+from tests.test_speech_output import DETERMINISTIC, _lowpass, _window_scores
 
 RATE = 22050
 
@@ -233,34 +233,54 @@ def check_browser_plays(reference: np.ndarray, recording: np.ndarray, min_window
     # without), so the windows are compared at the integer offset.
     scores = _window_scores(reference, recording, offset, RATE, subsample_align=False)
     assert len(scores) > min_windows
+    # Opus distorts some 100-ms windows with nothing slipped (measured: worst 0.839-0.878, median
+    # 0.97, every window's best lag within 3 samples of the global offset; which window suffers
+    # depends on where the narration falls in the 20-ms frame grid). A slip of 2, 5 or 20 ms
+    # inserted into the same recordings took every window after it to a median of ~0.1 (worst
+    # -0.5), so 0.75 separates the two with room on both sides.
     worst = min(scores, key=lambda item: item[1])
-    assert worst[1] >= 0.85, f"the browser's recording departs from the reference at {worst[0]:.2f} s ({worst[1]:.3f})"
+    assert worst[1] >= 0.75, f"the browser's recording departs from the reference at {worst[0]:.2f} s ({worst[1]:.3f})"
     return offset, worst[1]
 
 
 def check_browser_hears_stretched(reference: np.ndarray, recording: np.ndarray, max_drift_s: float = 0.15) -> float:
-    """After an impairment Chromium's jitter buffer shrinks back by time-compressing audio (NetEq
-    "acceleration", counted in getStats as removedSamplesForAcceleration): the content is all
-    there but slides by tens of ms, which the whole-signal check reads as a slip. Here every
-    voiced 0.5 s piece of ``reference`` must be found in order, each within 100 ms of where the
-    previous one predicts, scoring >= 0.6 (time-stretched Opus pieces measured 0.68-0.99; a piece
-    lost, doubled or of other speech scores under 0.3), the total slide staying under
-    ``max_drift_s``. Returns the total slide (s)."""
+    """The browser recording holds ``reference`` whole though Chromium's jitter buffer time-stretched
+    it (NetEq inserts or removes pitch periods to grow or shrink its buffer, counted in getStats as
+    insertedSamplesForDeceleration / removedSamplesForAcceleration): the content is all there, but
+    the recording slides against the reference by what was stretched, which the fixed-offset window
+    check reads as a slip. Returns the final slide (s).
+
+    Every voiced 100-ms window of ``reference`` is looked for a little around where the previous
+    matched window predicts (the slide so far, +-(max_drift_s + 1 ms)); a match (>= 0.75, the fixed
+    check's bound) moves the prediction. The slide must stay within ``max_drift_s``; a window that
+    holds a stretch point matches nowhere (measured 0.18-0.6), so one at a time and one in ten
+    overall may miss. Speech lost, doubled or replaced beyond that fails: a gap moves the slide past
+    the stretch Chromium reported, two windows in a row missing fail."""
     offset, score = align(reference[:RATE], recording, RATE)  # where its first second is
     assert score >= 0.9, f"correlation {score:.4f}: the narration's start is not in the recording"
-    piece, search = RATE // 2, RATE // 10
-    drift = 0
-    for start in range(0, len(reference) - piece, piece):
-        ref_p = reference[start : start + piece]
-        if np.sqrt(np.mean(ref_p.astype(np.float64) ** 2)) < 0.02:
-            continue
+    ref = _lowpass(reference.astype(np.float64), RATE, 4000.0)
+    rec = _lowpass(recording.astype(np.float64) / 32768.0, RATE, 4000.0)
+    window, limit = RATE // 10, int(max_drift_s * RATE)
+    search = limit + RATE // 1000
+    drift = voiced = missed = missed_in_a_row = 0
+    for start in range(0, len(ref) - window, window):
+        ref_w = ref[start : start + window]
+        if np.sqrt(np.mean(ref_w**2)) < 0.02:
+            continue  # a pause in the speech itself
+        voiced += 1
         lo = max(0, offset + start + drift - search)
-        lag, sc = align(ref_p, recording[lo : lo + piece + 2 * search], RATE)
-        assert sc >= 0.6, f"the piece at {start / RATE:.1f} s is not in the recording (score {sc:.3f})"
-        drift = lo + lag - (offset + start)
-        assert abs(drift) <= max_drift_s * RATE, (
-            f"the recording slid {drift / RATE * 1000:.0f} ms by {start / RATE:.1f} s"
-        )
+        seg = rec[lo : offset + start + drift + window + search]
+        assert len(seg) >= window, f"the recording ends before the window at {start / RATE:.1f} s"
+        energy = np.sqrt(np.convolve(seg**2, np.ones(window), mode="valid") * float(np.dot(ref_w, ref_w)))
+        scores = np.correlate(seg, ref_w, mode="valid") / np.maximum(energy, 1e-12)
+        k = int(np.argmax(scores))
+        if scores[k] >= 0.75:
+            drift, missed_in_a_row = lo + k - (offset + start), 0
+            assert abs(drift) <= limit, f"the recording slid {drift / RATE * 1000:.0f} ms by {start / RATE:.1f} s"
+        else:
+            missed, missed_in_a_row = missed + 1, missed_in_a_row + 1
+            assert missed_in_a_row <= 1, f"the speech at {start / RATE:.1f} s is not in the recording"
+    assert voiced > 10 and missed <= voiced // 10, f"{missed} of {voiced} windows not in the recording"
     return drift / RATE
 
 
@@ -290,12 +310,25 @@ def test_chromium_hears_the_narration_whole_and_stop_silences_it(tmp_path: Path)
     ref = audio["ref_narration"]
     span = (result["narration"]["t_click"], result["stop"]["t_click"])
     rec_b1, t0_b1 = clip(result, audio, "b1", *span)
-    offset, worst = check_browser_plays(ref, rec_b1)
+    # Chromium's jitter buffer grows by time-stretching (NetEq "preemptive expand") when packets
+    # arrive with more jitter than it planned for; on a 2-vCPU machine that also runs the
+    # synthesis it did so in about half the runs (measured: 407-910 samples at 48 kHz, 8-19 ms,
+    # 2-3 s into the narration, with no packet lost or concealed), which slides the rest of the
+    # recording against the reference by exactly that much (670 samples reported, 13.9 ms slide).
+    # So the recording is followed window by window and may slide by what Chromium reports
+    # stretching from the device's playback start (stretch in the silence before moves nothing)
+    # + 2 ms: a gap or lost speech of skald's own moves it further. Time-stretch per minute is a
+    # target of `scripts/bench webrtc` (issue 13).
+    narration = stats_after(series, result["narration"].get("playback_started", span[0]), span[1])
+    stretched = narration["inserted"] + narration["removed"]
+    slide = check_browser_hears_stretched(ref, rec_b1, max_drift_s=stretched / 48000 + 0.002)
+    offset, _ = align(ref[:RATE], rec_b1, RATE)
+    heard = f"Chromium stretched {stretched} samples (48 kHz), slide {1000 * slide:.1f} ms"
     rec_dev, t0_dev = clip(result, audio, "device", *span)
     device_offset, _ = align(ref, rec_dev, RATE)  # where the device played it (for the figure)
     onset_browser = t0_b1 + offset / RATE
     onset_device = t0_dev + device_offset / RATE
-    print(f"browser - device onset {1000 * (onset_browser - onset_device):.0f} ms, worst window {worst:.3f}")
+    print(f"browser - device onset {1000 * (onset_browser - onset_device):.0f} ms, {heard}")
     # Stop: the recording is silent within 150 ms of the click, and stays silent.
     stop = result["stop"]
     assert stop["status"] == "cancelled"
