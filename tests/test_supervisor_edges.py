@@ -25,6 +25,7 @@ from actors import wire
 from config.settings import load_settings
 from supervisor import (
     AUDIO_CONSUMER,
+    HEALTHY_RESET_S,
     NARRATIVE,
     PRELUDE,
     TTS_RENDER,
@@ -229,6 +230,33 @@ def test_a_crash_reports_the_actors_own_error_then_gives_up_past_max_restarts(wi
     assert failed.kind == "actor_failed" and "gave up after 3 restarts" in failed.message
     assert sup.exit_code == 1 and sup.stop_reason == "narrative failed"
     assert sup.status().actors["narrative"]["state"] == "failed"
+
+
+def test_repeated_crashes_back_off_doubling_and_a_healthy_minute_resets_the_count(wired: Wired) -> None:
+    sup = wired.sup
+    child = sup.children[NARRATIVE]
+    child.proc = _spawn(_report_and_exit, sup.backend_endpoint, NARRATIVE, "out of memory", 3)
+    child.proc.join(30)
+    assert sup._backend.poll(30_000)
+    backoffs = []
+    for _ in range(3):  # the same dead process reported three times: three crashes in a row
+        before = time.monotonic()
+        sup._on_child_exit(child)
+        assert child.restart_at is not None
+        backoffs.append(child.restart_at - before)
+    messages = [e.message for e in wired.of(wire.Error) if e.kind == "actor_crashed"]
+    assert [m.split("; ")[-1] for m in messages] == [
+        "restarting in 0.00 s (restart 1 of 3)", "restarting in 0.25 s (restart 2 of 3)",
+        "restarting in 0.50 s (restart 3 of 3)",
+    ]  # fmt: skip
+    assert backoffs[0] < 0.25 <= backoffs[1] < 0.5 <= backoffs[2]  # the first restart is at once
+    # Alive and ready for longer than HEALTHY_RESET_S: the next crash is a first crash again.
+    child.restart_at, child.ready = None, True
+    child.started_at = time.monotonic() - HEALTHY_RESET_S - 1
+    sup._housekeeping()
+    assert child.restarts == 0
+    sup._on_child_exit(child)
+    assert wired.of(wire.Error)[-1].message.endswith("restarting in 0.00 s (restart 1 of 3)")
 
 
 def test_a_consumer_that_dies_before_the_ring_exists_holds_nothing(wired: Wired) -> None:
