@@ -287,11 +287,16 @@ def test_an_actor_that_fails_to_build_reports_it_as_data_and_exits_1(sup: Superv
         assert child.wait(30) == 1
         assert "model file missing" in (child.stderr.read() if child.stderr else "")  # the traceback, logged
     finally:
-        child.kill()
-        child.wait()
-        for stream in (child.stdout, child.stderr):
-            if stream:
-                stream.close()
+        _reap(child)
+
+
+def _reap(child: subprocess.Popen[str]) -> None:
+    """Kill an actor process a test started (if still running) and close its pipes."""
+    child.kill()
+    child.wait()
+    for stream in (child.stdout, child.stderr):
+        if stream:
+            stream.close()
 
 
 def test_an_orphaned_actor_removes_what_its_supervisor_owned(sup: Supervisor, tmp_path: Path) -> None:
@@ -306,10 +311,6 @@ def test_an_orphaned_actor_removes_what_its_supervisor_owned(sup: Supervisor, tm
         assert child.wait(30) in (0, 3)  # its loop unwound (0) or the watchdog ended it hard (3)
         assert not run_dir.exists() and not Path(f"/dev/shm/{name}").exists()
     finally:
-        child.kill()
-        child.wait()
-        for stream in (child.stdout, child.stderr):
-            if stream:
-                stream.close()
+        _reap(child)
         if Path(f"/dev/shm/{name}").exists():  # the test failed: leave no segment behind
             PcmRing.unlink_name(name)

@@ -212,12 +212,19 @@ def test_a_stop_while_starting_interrupts_and_sigkill_ends_an_actor_deaf_to_sigt
 
 
 # ---------------------------------------------------------------- children at run time
+def _crashed(sup: Supervisor, role: str, message: str, code: int) -> Any:
+    """``role``'s child, run as a process that reported ``message`` and exited with ``code``; its
+    report is queued on the backend, which ``_on_child_exit`` must read first."""
+    child = sup.children[role]
+    child.proc = _spawn(_report_and_exit, sup.backend_endpoint, role, message, code)
+    child.proc.join(30)
+    assert sup._backend.poll(30_000)
+    return child
+
+
 def test_a_crash_reports_the_actors_own_error_then_gives_up_past_max_restarts(wired: Wired) -> None:
     sup = wired.sup
-    child = sup.children[NARRATIVE]
-    child.proc = _spawn(_report_and_exit, sup.backend_endpoint, NARRATIVE, "model file vanished", 5)
-    child.proc.join(30)
-    assert sup._backend.poll(30_000)  # its report is queued: _on_child_exit must read it first
+    child = _crashed(sup, NARRATIVE, "model file vanished", 5)
     sup._on_child_exit(child)
     crashed = wired.of(wire.Error)[-1]
     assert crashed.kind == "actor_crashed" and crashed.actor == "narrative"
@@ -234,10 +241,7 @@ def test_a_crash_reports_the_actors_own_error_then_gives_up_past_max_restarts(wi
 
 def test_repeated_crashes_back_off_doubling_and_a_healthy_minute_resets_the_count(wired: Wired) -> None:
     sup = wired.sup
-    child = sup.children[NARRATIVE]
-    child.proc = _spawn(_report_and_exit, sup.backend_endpoint, NARRATIVE, "out of memory", 3)
-    child.proc.join(30)
-    assert sup._backend.poll(30_000)
+    child = _crashed(sup, NARRATIVE, "out of memory", 3)
     backoffs = []
     for _ in range(3):  # the same dead process reported three times: three crashes in a row
         before = time.monotonic()
@@ -261,10 +265,7 @@ def test_repeated_crashes_back_off_doubling_and_a_healthy_minute_resets_the_coun
 
 def test_a_consumer_that_dies_before_the_ring_exists_holds_nothing(wired: Wired) -> None:
     sup = wired.sup
-    child = sup.children[AUDIO_CONSUMER]
-    child.proc = _spawn(_report_and_exit, sup.backend_endpoint, AUDIO_CONSUMER, "device busy", 2)
-    child.proc.join(30)
-    assert sup._backend.poll(30_000)
+    child = _crashed(sup, AUDIO_CONSUMER, "device busy", 2)
     sup.submit(wire.Speak(request_id="r1", text="Hello there."))
     sup._on_child_exit(child)
     message = wired.of(wire.Error)[-1].message
