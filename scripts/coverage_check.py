@@ -87,13 +87,19 @@ def _pct(covered: int, total: int) -> float:
     return 100.0 * covered / total if total else 100.0
 
 
+def overall_lines(report: dict[str, Any]) -> float:
+    """Overall line coverage (%) of the run: the seed's §7.1 figure."""
+    totals = report["totals"]
+    return _pct(totals["covered_lines"], totals["num_statements"])
+
+
 def shortfalls(report: dict[str, Any], min_lines: float = 0.0) -> list[str]:
     """One line per named module below 100 % line or branch coverage, per child-only function
     that no measured process ran, and one if overall line coverage is under ``min_lines`` %."""
     files = report["files"]
     problems: list[str] = []
     totals = report["totals"]
-    overall = _pct(totals["covered_lines"], totals["num_statements"])
+    overall = overall_lines(report)
     if overall < min_lines:
         problems.append(
             f"overall line coverage {overall:.2f} % is under {min_lines:g} % "
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> int:
         )
         return 1
     totals = report["totals"]
-    overall = _pct(totals["covered_lines"], totals["num_statements"])
+    overall = overall_lines(report)
     print(
         f"coverage: overall {overall:.2f} % of lines (floor {args.min_lines:g} %), "
         f"{_pct(totals['covered_branches'], totals['num_branches']):.2f} % of branches; "
