@@ -53,7 +53,15 @@ from actors import wire
 from actors.audio.joiner import ChunkJoiner, ChunkSpan
 from actors.audio.resample import Resampler
 from actors.gpu.hooks import GpuControlHooks, GpuHooks
-from actors.runtime import ActorSpec, Send, process_rss_mb, run_actor, set_process_nice
+from actors.runtime import (
+    ActorSpec,
+    HeapTrimmer,
+    Send,
+    hold_freed_heap,
+    process_rss_mb,
+    run_actor,
+    set_process_nice,
+)
 from actors.text.chunker import ChunkerConfig, ChunkPlan, SemanticChunker, SpeakingRate
 from actors.text.normalize import Lexicon
 from actors.text.punctuation import pause_kind
@@ -269,6 +277,7 @@ class TtsWorker:
         self._owned: list[Any] = []  # what close() releases besides the pool (engines, ring: from_spec)
         self._degradations: list[str] = []  # engine degradation reasons not yet sent as events
         self._running = False
+        self.heap = HeapTrimmer()  # called only where the worker waits anyway (see HeapTrimmer)
         self.default_voice = main_voice(settings) if engine is not None else settings.tts.fallback_voice
         self.load_voice(self.default_voice)
         if fallback is not None:
@@ -529,6 +538,7 @@ class TtsWorker:
             )
         )
         self.gpu.after_request()
+        self.heap.maybe_trim()
 
     # ---------------------------------------------------------------- synthesis threads
     @property
@@ -707,6 +717,7 @@ class TtsWorker:
                 if offset > announced:
                     self._announce(req, index, start + announced, audio[announced:offset])
                     announced = offset
+                self.heap.maybe_trim()  # the ring is full: the speaker has seconds of audio ahead
                 t_wait = time.perf_counter()
                 try:
                     ok = self.ring.wait_for_space(
@@ -1059,6 +1070,7 @@ STAGE_NICE = -5
 def run_tts_worker_process(spec: ActorSpec) -> None:
     """Entry point of the TTS worker process (the stage's)."""
     set_process_nice(STAGE_NICE)  # an unprivileged user keeps nice 0 (docs/troubleshooting.md)
+    hold_freed_heap()
     run_actor(spec, TtsWorker)
 
 
@@ -1071,4 +1083,5 @@ def run_tts_render_process(spec: ActorSpec) -> None:
     gateway's renders, in a ring of its own and at a lower OS priority than the stage's worker."""
     if set_process_nice(RENDER_NICENESS) != RENDER_NICENESS:  # a container may forbid it
         log.warning("tts_render: cannot lower its priority; renders compete with the stage as equals")
+    hold_freed_heap()
     run_actor(spec, TtsWorker)

@@ -314,3 +314,29 @@ def test_an_orphaned_actor_removes_what_its_supervisor_owned(sup: Supervisor, tm
         _reap(child)
         if Path(f"/dev/shm/{name}").exists():  # the test failed: leave no segment behind
             PcmRing.unlink_name(name)
+
+
+def test_the_heap_trimmer_gives_memory_back_at_most_once_per_interval() -> None:
+    trimmer = runtime.HeapTrimmer(interval_s=5.0)
+    assert trimmer.available  # glibc: CI and this image
+    assert trimmer.maybe_trim(now=100.0) is True
+    assert trimmer.maybe_trim(now=104.9) is False  # inside the interval: no second walk of the heap
+    assert trimmer.maybe_trim(now=105.0) is True
+    assert trimmer.trims == 2
+
+
+def test_the_heap_trimmer_does_nothing_without_malloc_trim(monkeypatch: pytest.MonkeyPatch) -> None:
+    def no_libc(_name: str) -> Any:
+        raise OSError("libc.so.6: cannot open shared object file")  # musl, macOS
+
+    monkeypatch.setattr(runtime.ctypes, "CDLL", no_libc)
+    trimmer = runtime.HeapTrimmer()
+    assert not trimmer.available
+    assert trimmer.maybe_trim(now=100.0) is False and trimmer.trims == 0
+
+
+def test_a_synthesis_process_holds_freed_heap_for_reuse() -> None:
+    # In a child: the setting is process-wide and must not change the test process's malloc.
+    code = "from actors.runtime import hold_freed_heap; print(hold_freed_heap())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True)
+    assert out.stdout.strip() == "True"

@@ -25,6 +25,7 @@ from actors import wire
 from config.settings import load_settings
 from supervisor import (
     AUDIO_CONSUMER,
+    FINISHED_DETAILED,
     HEALTHY_RESET_S,
     NARRATIVE,
     PRELUDE,
@@ -368,6 +369,27 @@ def test_finished_requests_are_kept_to_the_last_thousand(sup: Supervisor) -> Non
     sup.submit(wire.Speak(request_id="new", text="Hello there."))
     sup._finish(sup.requests["new"], "done")
     assert len(sup.requests) == 1000 and "old0" not in sup.requests and "new" in sup.requests
+
+
+def test_a_finished_request_is_kept_as_a_summary_that_late_events_do_not_grow(sup: Supervisor) -> None:
+    sup.submit(wire.Speak(request_id="r1", text="Hello there. The gate opens."))
+    for index, text in enumerate(("Hello there.", "The gate opens.")):
+        planned = wire.ChunkPlanned(request_id="r1", index=index, text=text, est_s=1.0)
+        sup._on_backend([b"tts_worker", *wire.encode(planned)])
+    rec = sup.requests["r1"]
+    assert len(rec.chunks) == 2 and rec.texts and rec.opened is not None  # what a resume needs
+    done = wire.RequestFinished(request_id="r1", status="done", audio_s=2.5, ttfa_ms=120.0)
+    sup._on_backend([b"audio_consumer", *wire.encode(done)])
+    assert (rec.status, rec.audio_s, rec.ttfa_ms) == ("done", 2.5, 120.0)
+    assert (rec.texts, rec.segments, rec.opened) == ([], [], None)
+    assert [c.text for c in rec.chunks.values()] == ["Hello there.", "The gate opens."]  # the speak report
+    late = wire.ChunkPlanned(request_id="r1", index=2, text="Too late.", est_s=1.0)
+    sup._on_backend([b"tts_worker", *wire.encode(late)])
+    assert len(rec.chunks) == 2
+    for i in range(FINISHED_DETAILED):  # newer requests finish: r1's chunk records go too
+        sup.submit(wire.Speak(request_id=f"n{i}", text="Next."))
+        sup._finish(sup.requests[f"n{i}"], "done")
+    assert rec.chunks == {} and rec.status == "done" and sup.requests["r1"] is rec
 
 
 # ---------------------------------------------------------------- actor messages

@@ -107,6 +107,7 @@ def _streaming_tts_class() -> type:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             opts.log_severity_level = 3
+            opts.enable_cpu_mem_arena = False  # why: piper.session_options
             if not ORT_SPINNING:
                 # Many short runs per chunk: idle intra-op threads would spin between them, burning
                 # the CPU the audio callback and the other actors share.
