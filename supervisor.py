@@ -383,7 +383,9 @@ class Supervisor:
         if self.gateway:
             self._check_gateway_deps()
         self._claim_run_dir()
-        rate = engine_sample_rate(self.settings.tts.engine, self.settings.tts.voice)
+        # The ring's rate: audio.rate when set (the worker resamples each chunk to it), else
+        # the voice's own, so nothing is resampled on the way to the device.
+        rate = self.settings.audio.rate or engine_sample_rate(self.settings.tts.engine, self.settings.tts.voice)
         ring_cfg = self.settings.ring
         self._ring = PcmRing.create(self.ring_name, int(ring_cfg.capacity_s * rate), rate, ring_cfg.max_fill_s)
         if self.gateway:

@@ -56,7 +56,7 @@ import numpy as np
 
 from actors import wire
 from actors.audio.output import Int16Converter, IntegerUpsampler
-from actors.audio.prebuffer import PlaybackState, PrebufferConfig, PrebufferPolicy
+from actors.audio.prebuffer import AdaptiveResume, PlaybackState, PrebufferConfig, PrebufferPolicy
 from actors.runtime import ActorSpec, Send, process_rss_mb, process_thread_ids, run_actor, set_process_nice
 from config.settings import Settings
 from shm import PcmRing
@@ -368,6 +368,8 @@ class ConsumerControl:
         self._skipped_to = 0
         # True while the output device is lost and the narration waits for it (nothing is heard).
         self.held = False
+        # prebuffer.adaptive: the resume threshold learned from underruns (None: fixed).
+        self.adaptive: AdaptiveResume | None = None
 
     # ---------------------------------------------------------------- messages
     def handle(self, msg: wire.Message) -> None:
@@ -585,9 +587,21 @@ class ConsumerControl:
                     count=underruns,
                 )
             )
+            if self.adaptive is not None:
+                self._resume_at(self.adaptive.on_underrun(now))
+        elif self.adaptive is not None:
+            self._resume_at(self.adaptive.tick(now))
         expecting = int(any(not q.last_seen for q in self.requests.values()))
         if (self.windows and self.windows[0][1] <= r) or self.core.ctl[EXPECTING] != expecting:
             self._publish()
+
+    def _resume_at(self, resume_s: float | None) -> None:
+        """Take the adaptive resume threshold (one attribute store in the policy: ``retune``)."""
+        if resume_s is None:
+            return
+        cfg = self.core.policy.config
+        self.core.policy.retune(PrebufferConfig(start_s=cfg.start_s, resume_s=resume_s, low_water_s=cfg.low_water_s))
+        log.info("pre-buffer resume threshold now %.3g s (adaptive)", resume_s)
 
     def replay_from(self, first_unheard: int) -> int:
         """The device died with ring frames from ``first_unheard`` on never heard: move the read
@@ -1032,6 +1046,9 @@ class AudioConsumer:
             tee=tee,
         )
         self.control = ConsumerControl(self.core, send)
+        p = settings.prebuffer
+        if p.adaptive:
+            self.control.adaptive = AdaptiveResume(p.resume_s, p.adaptive_max_s, p.adaptive_calm_s)
         self.sink = build_sink(settings, self.core, device)
         self.sink.start()
         self._last_audio = time.monotonic()
@@ -1071,6 +1088,7 @@ class AudioConsumer:
             "callback_realtime": int(stats[CALLBACK_REALTIME]),
             "blocks": int(stats[BLOCKS]),
             "rebuffers": self.core.policy.rebuffer_count,
+            "resume_s": self.core.policy.config.effective_resume_s,  # adaptive: what it has learned
             **(
                 {"device_losses": self.sink.losses, "device_lost": int(self.sink.lost)}
                 if isinstance(self.sink, DeviceSink)
@@ -1173,9 +1191,18 @@ class AudioConsumer:
         settings = Settings.from_dict(update.settings)
         start_s = update.prebuffer_start_s if update.prebuffer_start_s >= 0 else self.core.policy.config.start_s
         p = settings.prebuffer
-        self.core.policy.retune(PrebufferConfig(start_s=start_s, resume_s=p.resume_s, low_water_s=p.low_water_s))
+        resume_s = p.resume_s
+        if not p.adaptive:
+            self.control.adaptive = None
+        elif self.control.adaptive is None:
+            self.control.adaptive = AdaptiveResume(p.resume_s, p.adaptive_max_s, p.adaptive_calm_s)
+        else:
+            self.control.adaptive.rebase(p.resume_s, p.adaptive_max_s)
+            self.control.adaptive.calm_s = p.adaptive_calm_s
+            resume_s = self.control.adaptive.current_s
+        self.core.policy.retune(PrebufferConfig(start_s=start_s, resume_s=resume_s, low_water_s=p.low_water_s))
         self.settings = settings
-        log.info("pre-buffer now start %.3g s, resume %.3g s, low water %.3g s", start_s, p.resume_s, p.low_water_s)
+        log.info("pre-buffer now start %.3g s, resume %.3g s, low water %.3g s", start_s, resume_s, p.low_water_s)
 
     def on_eager(self, msg: wire.Message) -> None:
         """Nothing to do ahead of order: a cancel is applied by the control loop, which wakes at once."""

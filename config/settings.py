@@ -38,6 +38,10 @@ class ConfigError(ValueError):
     """A configuration value is missing, malformed or out of range."""
 
 
+#: The lowest ``audio.rate``: telephone band; below it speech loses its consonants.
+MIN_RING_RATE = 8000
+
+
 def _range(lo: float, hi: float) -> Meta:
     """A numeric field's allowed range, inclusive."""
     return Meta(ge=lo, le=hi)
@@ -153,6 +157,9 @@ class PrebufferSettings:
     start_s: Annotated[float, _range(0.0, 30.0)] = 0.5
     resume_s: Annotated[float, _range(0.0, 30.0)] = 0.5
     low_water_s: Annotated[float, _range(0.0, 30.0)] = 0.0
+    adaptive: bool = True
+    adaptive_max_s: Annotated[float, _range(0.0, 30.0)] = 3.0
+    adaptive_calm_s: Annotated[float, _range(1.0, 3600.0)] = 60.0
 
 
 @dataclass(frozen=True)
@@ -165,6 +172,7 @@ class AudioSettings:
     latency: str = "low"
     fade_ms: Annotated[float, _range(0.0, 10.0)] = 8.0
     tail_pad_ms: Annotated[float, _range(0.0, 5000.0)] = 150.0
+    rate: Annotated[int, _range(0, 48000)] = 0
     device_rate: Annotated[int, _range(0, 192000)] = 0
     device_hold_s: Annotated[float, _range(0.0, 86400.0)] = 30.0
     device_stall_s: Annotated[float, _range(0.1, 60.0)] = 0.8
@@ -466,6 +474,8 @@ def _validated(settings: Settings, origins: Mapping[str, str]) -> Settings:
                 raise ValueError
         except ValueError:
             fail("audio.latency", 'must be "low", "high" or seconds between 0.001 and 2')
+    if 0 < settings.audio.rate < MIN_RING_RATE:
+        fail("audio.rate", f"must be 0 (the voice's own rate) or {MIN_RING_RATE}-48000 Hz")
     if settings.ring.max_fill_s > settings.ring.capacity_s:
         fail("ring.max_fill_s", f"must not exceed ring.capacity_s ({settings.ring.capacity_s:g})")
     c = settings.chunker
@@ -544,6 +554,9 @@ LIVE_KEYS: frozenset[str] = frozenset(
         "prebuffer.start_s",
         "prebuffer.resume_s",
         "prebuffer.low_water_s",
+        "prebuffer.adaptive",
+        "prebuffer.adaptive_max_s",
+        "prebuffer.adaptive_calm_s",
         "log.level",
     }
 )

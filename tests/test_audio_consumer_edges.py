@@ -18,10 +18,11 @@ import numpy as np
 import pytest
 
 from actors import wire
-from actors.audio.prebuffer import PrebufferConfig, PrebufferPolicy
+from actors.audio.prebuffer import AdaptiveResume, PrebufferConfig, PrebufferPolicy
 from actors.audio_consumer import (
     MAX_WINDOWS,
     PLAY_LIMIT,
+    UNDERRUNS,
     AudioConsumer,
     ConsumerControl,
     PlaybackCore,
@@ -180,6 +181,70 @@ def test_a_live_prebuffer_change_keeps_the_start_threshold_unless_given(rings: R
         assert (config.start_s, config.resume_s) == (0.4, 0.2)
         consumer.apply_config(wire.ConfigUpdate(settings=changed.to_dict(), prebuffer_start_s=1.5))
         assert consumer.core.policy.config.start_s == 1.5 and consumer.settings.prebuffer.resume_s == 0.2
+    finally:
+        consumer.close()
+
+
+def _starved_narration(rings: Rings, adaptive: AdaptiveResume | None, seconds: float = 90.0) -> tuple[int, int]:
+    """A producer starved by a CPU hog, on a virtual clock (one step per callback block): it makes
+    0.1-s engine blocks at 1.6 x real time for 2 s, then nothing for 1.5 s while the hog has
+    the CPU (0.91 x real time on average, so the speaker must wait now and then). The real
+    callback core, control loop and ring decide when it plays. Returns (underruns, blocks
+    rendered silent while buffering)."""
+    ctl = Control(rings.consumer)
+    ctl.core.policy.retune(PrebufferConfig(start_s=0.5, resume_s=0.5))
+    ctl.control.adaptive = adaptive
+    piece = RATE // 10
+    credit, index, silent = 0.0, 0, 0
+    out = np.zeros(BLOCK, dtype=np.int16)
+    steps = int(seconds * RATE / BLOCK)
+    for step in range(steps):
+        t = step * BLOCK / RATE
+        credit += 1.6 * BLOCK if t % 3.5 < 2.0 else 0.0
+        room = rings.producer.write_index - rings.consumer.read_index < 3.5 * RATE
+        if credit >= piece and room:
+            credit -= piece
+            start, end = rings.push(piece)
+            ctl.control.handle(wire.Segment(request_id="r1", index=index, start=start, end=end))
+            index += 1
+        ctl.core.render(out, time.monotonic() - 1.0)
+        silent += int(not out.any())
+        ctl.control.poll()
+    return int(ctl.core.stats[UNDERRUNS]), silent
+
+
+def test_an_adaptive_resume_threshold_halves_the_underruns_of_a_starved_narration() -> None:
+    fixed_rings, adaptive_rings = Rings(), Rings()
+    try:
+        fixed, fixed_silent = _starved_narration(fixed_rings, None)
+        learner = AdaptiveResume(base_s=0.5, max_s=3.0, calm_s=3600.0)
+        adaptive, adaptive_silent = _starved_narration(adaptive_rings, learner)
+    finally:
+        fixed_rings.close()
+        adaptive_rings.close()
+    assert fixed >= 8, "the model must starve the fixed threshold, or it shows nothing"
+    assert adaptive * 2 <= fixed, (adaptive, fixed)
+    assert [v for _, v in learner.history][:3] == [1.0, 2.0, 3.0] and learner.current_s == 3.0
+    # Fewer, longer waits: the time spent silent is the producer's deficit either way.
+    assert adaptive_silent <= 1.2 * fixed_silent, (adaptive_silent, fixed_silent)
+
+
+def test_the_adaptive_resume_follows_the_settings_live(rings: Rings) -> None:
+    settings = load_settings(None, env={}, overrides={"audio.sink": "null", "prebuffer.adaptive_max_s": 2.0})
+    consumer = AudioConsumer(settings, rings.consumer, lambda _m: None)
+    try:
+        learner = consumer.control.adaptive
+        assert learner is not None and (learner.base_s, learner.max_s) == (0.5, 2.0)
+        consumer.control._resume_at(learner.on_underrun(0.0))  # what poll() does on an underrun
+        assert consumer.core.policy.config.resume_s == 1.0 and consumer.metrics()["resume_s"] == 1.0
+        lower = settings.replace({"prebuffer.resume_s": "0.25"}, "skald config set")
+        consumer.apply_config(wire.ConfigUpdate(settings=lower.to_dict()))
+        assert consumer.core.policy.config.resume_s == 0.75  # the new base plus what was learned
+        off = lower.replace({"prebuffer.adaptive": "false"}, "skald config set")
+        consumer.apply_config(wire.ConfigUpdate(settings=off.to_dict()))
+        assert consumer.control.adaptive is None and consumer.core.policy.config.resume_s == 0.25
+        consumer.apply_config(wire.ConfigUpdate(settings=lower.to_dict()))
+        assert consumer.control.adaptive is not None and consumer.control.adaptive.current_s == 0.25
     finally:
         consumer.close()
 

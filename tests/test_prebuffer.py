@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from actors.audio.prebuffer import PlaybackState, PrebufferConfig, PrebufferPolicy
+from actors.audio.prebuffer import AdaptiveResume, PlaybackState, PrebufferConfig, PrebufferPolicy
 
 IDLE, BUFFERING, PLAYING = PlaybackState.IDLE, PlaybackState.BUFFERING, PlaybackState.PLAYING
 
@@ -377,3 +377,56 @@ def test_tier_step_starts_in_the_block_that_reaches_the_tier(tier_s: float) -> N
         blocks += 1
         policy.step(blocks * block / rate, input_complete=False, has_audio_expected=True)
     assert blocks == math.ceil(tier_s * rate / block)
+
+
+# --- adaptive resume threshold (prebuffer.adaptive) ---------------------------------------------------
+
+
+def test_each_underrun_doubles_the_resume_threshold_up_to_the_bound() -> None:
+    adaptive = AdaptiveResume(base_s=0.5, max_s=3.0, calm_s=60.0)
+    assert [adaptive.on_underrun(t) for t in (10.0, 11.0, 12.0, 13.0)] == [1.0, 2.0, 3.0, None]
+    assert adaptive.current_s == 3.0  # at the bound: a fourth underrun changes nothing
+    assert adaptive.history == [(10.0, 1.0), (11.0, 2.0), (12.0, 3.0)]
+
+
+def test_calm_stretches_step_the_threshold_back_to_the_configured_one() -> None:
+    adaptive = AdaptiveResume(base_s=0.5, max_s=3.0, calm_s=60.0)
+    adaptive.on_underrun(0.0)
+    adaptive.on_underrun(1.0)  # 2.0 s
+    assert adaptive.tick(60.9) is None  # not yet a calm stretch since the last underrun
+    assert adaptive.tick(61.0) == 1.25  # half-way back
+    assert adaptive.tick(100.0) is None  # the next step needs a stretch of its own
+    steps = [adaptive.tick(61.0 + 60.0 * n) for n in range(1, 9)]
+    # Within 10 ms of the base it lands on the base exactly, then rests.
+    assert steps == [0.875, 0.6875, 0.5938, 0.5469, 0.5234, 0.5117, 0.5, None]
+    assert adaptive.tick(10_000.0) is None
+
+
+def test_an_underrun_during_the_decay_grows_from_where_it_was() -> None:
+    adaptive = AdaptiveResume(base_s=0.5, max_s=3.0, calm_s=10.0)
+    adaptive.on_underrun(0.0)
+    adaptive.on_underrun(1.0)
+    assert adaptive.tick(11.0) == 1.25
+    assert adaptive.on_underrun(12.0) == 2.5
+    assert adaptive.tick(21.0) is None  # the calm stretch restarted at the underrun
+
+
+def test_a_zero_base_grows_from_a_floor_and_the_bound_never_undercuts_the_base() -> None:
+    assert AdaptiveResume(base_s=0.0, max_s=3.0, calm_s=1.0).on_underrun(0.0) == 0.1
+    fixed = AdaptiveResume(base_s=1.0, max_s=0.5, calm_s=1.0)  # a bound below the base: no growth
+    assert fixed.on_underrun(0.0) is None and fixed.current_s == 1.0
+    with pytest.raises(ValueError, match="calm_s"):
+        AdaptiveResume(base_s=0.5, max_s=3.0, calm_s=0.0)
+
+
+def test_new_settings_keep_the_learned_threshold_inside_them() -> None:
+    adaptive = AdaptiveResume(base_s=0.5, max_s=3.0, calm_s=60.0)
+    adaptive.on_underrun(0.0)
+    adaptive.on_underrun(1.0)  # 2.0 s
+    adaptive.rebase(base_s=0.5, max_s=1.5)
+    assert adaptive.current_s == 1.5  # learned 1.0 s over the base; the new bound caps it
+    adaptive.rebase(base_s=0.2, max_s=3.0)
+    assert adaptive.current_s == 1.2
+    fresh = AdaptiveResume(base_s=0.5, max_s=3.0, calm_s=60.0)
+    fresh.rebase(base_s=0.2, max_s=3.0)
+    assert fresh.current_s == 0.2  # nothing learned: the new base itself

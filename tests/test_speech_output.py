@@ -271,6 +271,54 @@ def test_real_device_playback_is_complete_and_gap_free(tmp_path: Path, pulse_sin
         assert np.any((times < seam) & (times > seam - 1.0)) and np.any((times > seam) & (times < seam + 1.0))
 
 
+def _at_ring_rate(raw: np.ndarray, ring_rate: int, engine_rate: int = 22050) -> np.ndarray:
+    """A chunk's raw engine audio as the worker puts it in a ring of another rate: its streaming
+    resampler (a fresh one per chunk), flushed at the chunk's end."""
+    from actors.audio.resample import Resampler
+
+    resampler = Resampler(engine_rate, ring_rate)
+    return np.concatenate([resampler.process(raw.astype(np.float32)), resampler.flush()]).astype(np.float64)
+
+
+def test_a_16_khz_ring_holds_the_voice_resampled_chunk_by_chunk(tmp_path: Path) -> None:
+    """``audio.rate = 16000`` (issue 17): the 22.05-kHz voice is resampled to 16 kHz in the worker;
+    the WAV sink's file is that, whole, at 16 kHz."""
+    rate = 16000
+    out = tmp_path / "out.wav"
+    report = _speak(tmp_path, sample_text("crypt.txt"), f"wav:{out}", "--unpaced", env={"SKALD_AUDIO_RATE": str(rate)})
+    wav, wav_rate = _read_wav(out)
+    assert (wav_rate, report["sample_rate"]) == (rate, rate)
+    parts = [_at_ring_rate(_raw_piper([c["text"]])[0], rate) for c in report["chunks"]]
+    reference, _ = joined_reference(report, parts, rate)
+    _, score = align(reference, wav, rate)
+    assert score >= 0.999, f"correlation {score:.5f}"
+    assert report["audio_seconds"] == pytest.approx(len(reference) / rate, abs=0.01)
+
+
+@pytest.mark.device
+def test_a_16_khz_output_plays_complete_and_gap_free_on_the_device(tmp_path: Path, pulse_sink: PulseNullSink) -> None:
+    """The device path at ``audio.rate = 16000``: the stream opens at 16 kHz and the recording
+    passes the window check of the 22.05-kHz test above."""
+    rate = 16000
+    env = {**pulse_sink.env, **STEADY_DEVICE, "SKALD_AUDIO_RATE": str(rate)}
+    with MonitorRecorder(rate=rate, env=pulse_sink.env) as recorder:
+        report = _speak(tmp_path, sample_text("crypt.txt"), "device", env=env)
+        recording = recorder.stop()
+    assert report["sample_rate"] == rate
+    assert report["underruns"] == 0
+    assert report["device_underflows"] == 0, "the device ran dry (callback late): audible gap"
+    parts = [_at_ring_rate(_raw_piper([c["text"]])[0], rate) for c in report["chunks"]]
+    reference, _ = joined_reference(report, parts, rate)
+    assert_recording_plays(reference, recording, rate, min_windows=100)
+
+
+def test_an_audio_rate_below_the_telephone_band_is_refused_by_name(tmp_path: Path) -> None:
+    from config.settings import ConfigError, load_settings
+
+    with pytest.raises(ConfigError, match=r"audio.rate = 4000.*8000-48000 Hz"):
+        load_settings(overrides={"audio.rate": 4000})
+
+
 @pytest.mark.device
 def test_prelude_to_narrative_seam_has_no_gap_and_no_overlap(make_server, pulse_sink: PulseNullSink) -> None:  # type: ignore[no-untyped-def]
     """Issue 6: the prelude is heard first, then the narrative, joined like any chunk seam: the

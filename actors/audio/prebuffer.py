@@ -25,7 +25,9 @@ State diagram::
     reset() returns to IDLE from any state (interrupt / new request).
 
 Thresholds: the first start of a request needs ``start_s`` buffered; after an
-underrun, ``resume_s`` (defaults to ``start_s``).  Once the whole request is
+underrun, ``resume_s`` (defaults to ``start_s``). :class:`AdaptiveResume` (run by the
+consumer's control loop, never by the callback) raises ``resume_s`` after each underrun and
+lowers it again after calm stretches.  Once the whole request is
 synthesised (``input_complete``) waiting longer cannot help, so any buffered audio
 starts playback and the buffer plays out to empty without pausing.
 """
@@ -36,7 +38,7 @@ import enum
 import math
 from dataclasses import dataclass
 
-__all__ = ["PlaybackState", "PrebufferConfig", "PrebufferPolicy"]
+__all__ = ["AdaptiveResume", "PlaybackState", "PrebufferConfig", "PrebufferPolicy"]
 
 
 class PlaybackState(enum.IntEnum):
@@ -240,3 +242,62 @@ class PrebufferPolicy:
             f"PrebufferPolicy(state={self._state.name}, start_s={self._start_s}, resume_s={self._resume_s}, "
             f"low_water_s={self._low_water_s}, resuming={self._resuming}, rebuffers={self._rebuffers})"
         )
+
+
+class AdaptiveResume:
+    """Learns the resume threshold from underruns (``prebuffer.adaptive``).
+
+    An underrun says the synthesis fell behind the speaker by more than the cushion it resumed
+    with; a second one soon after says the same cushion is still too small. So each underrun
+    multiplies the resume threshold by ``GROWTH`` (up to ``max_s``: the tier's bound), and each
+    ``calm_s`` without one moves it half-way back to the configured ``base_s``, ending on the
+    base itself once within 10 ms of it. The first start of a request keeps its own
+    ``start_s``: time to first audio is not paid for an underrun that may not come again.
+
+    Pure logic on a clock the caller passes (``now``, seconds); :meth:`on_underrun` and
+    :meth:`tick` return the new threshold when it changed, else ``None``. ``history`` keeps the
+    (time, threshold) of every change, newest last (bounded), for reports.
+    """
+
+    GROWTH = 2.0
+    HISTORY = 256
+
+    def __init__(self, base_s: float, max_s: float, calm_s: float) -> None:
+        if calm_s <= 0:
+            raise ValueError(f"AdaptiveResume calm_s={calm_s!r}: must be > 0")
+        self.base_s = float(base_s)
+        self.max_s = max(float(max_s), self.base_s)
+        self.calm_s = float(calm_s)
+        self.current_s = self.base_s
+        self._since: float | None = None  # the last underrun or decay step
+        self.history: list[tuple[float, float]] = []
+
+    def on_underrun(self, now: float) -> float | None:
+        self._since = now
+        # From a 0 base the first step needs a floor: 0.1 s, about one engine block.
+        grown = min(self.max_s, max(self.current_s * self.GROWTH, 0.1))
+        return self._set(now, grown)
+
+    def tick(self, now: float) -> float | None:
+        if self._since is None or self.current_s <= self.base_s or now - self._since < self.calm_s:
+            return None
+        self._since = now
+        lowered = self.base_s + (self.current_s - self.base_s) / 2.0
+        return self._set(now, self.base_s if lowered - self.base_s < 0.01 else lowered)
+
+    def rebase(self, base_s: float, max_s: float) -> None:
+        """New configured values (live config): what was learned (the threshold's excess over the
+        base) is kept on top of the new base, within the new bound."""
+        learned = self.current_s - self.base_s
+        self.base_s = float(base_s)
+        self.max_s = max(float(max_s), self.base_s)
+        self.current_s = min(self.base_s + learned, self.max_s)
+
+    def _set(self, now: float, value: float) -> float | None:
+        value = round(value, 4)
+        if value == self.current_s:
+            return None
+        self.current_s = value
+        self.history.append((now, value))
+        del self.history[: -self.HISTORY]
+        return value
