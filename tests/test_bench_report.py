@@ -1,0 +1,148 @@
+"""``scripts/bench report``: a tiny report (``--tiny``: one run of each benchmark, on the real
+pipeline, real Piper and the PulseAudio rig) is written, its page holds every section with a
+reading, a table or the reason it is missing, and every plot decodes, in Python and in Chromium."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import subprocess
+import sys
+from html.parser import HTMLParser
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.conftest import ROOT, server_env
+
+SECTIONS = ("core", "rate16k", "cancel", "starve", "adaptive", "peers")
+
+
+class Page(HTMLParser):
+    """The parts of the report page the test checks: sections, their headings, images, tables."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.sections: list[str] = []
+        self.images: dict[str, list[str]] = {}
+        self.tables = 0
+        self.title = ""
+        self._in_title = False
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        a = dict(attrs)
+        if tag == "section":
+            self.sections.append(a.get("id") or "")
+        elif tag == "img":
+            self.images.setdefault(self.sections[-1] if self.sections else "", []).append(a.get("src") or "")
+        elif tag == "table":
+            self.tables += 1
+        self._in_title = tag == "title"
+
+    def handle_data(self, data: str) -> None:
+        if self._in_title:
+            self.title += data
+
+
+@pytest.fixture(scope="module")
+def tiny_report(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("bench-report")
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "report", "--tiny", "--out", str(out)],
+        cwd=ROOT,
+        env=server_env(),
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out
+
+
+def _decoded(src: str) -> Any:
+    import matplotlib.image
+
+    assert src.startswith("data:image/png;base64,")
+    data = base64.b64decode(src.split(",", 1)[1], validate=True)
+    assert data[:8] == b"\x89PNG\r\n\x1a\n"
+    return matplotlib.image.imread(io.BytesIO(data), format="png")
+
+
+def test_a_tiny_report_holds_every_section_with_figures_from_real_runs(tiny_report: Path) -> None:
+    report = json.loads((tiny_report / "report.json").read_text())
+    assert list(report["sections"]) == list(SECTIONS)
+    status = {name: s["status"] for name, s in report["sections"].items()}
+    assert status == {"core": "ran", "rate16k": "skipped", "cancel": "ran", "starve": "skipped",
+                      "adaptive": "ran", "peers": "ran"}  # fmt: skip
+    assert report["sections"]["rate16k"]["error"] == "not part of --tiny"
+    core = report["sections"]["core"]["figures"]
+    assert core["ttfa_ms_p50"] > 0 and core["floor_ms"] > 0 and core["rtf"] > 0
+    assert report["sections"]["cancel"]["figures"]["cancels"] == 3
+    adaptive = report["sections"]["adaptive"]["figures"]
+    assert adaptive["adaptive"]["underruns"] < adaptive["fixed"]["underruns"]
+    assert report["versions"]["piper-tts"] != "not installed" and report["commit"]
+    assert {"cpu", "cores", "memory_gb"} <= set(report["machine"])
+
+
+def test_the_report_page_is_whole_and_every_plot_decodes(tiny_report: Path) -> None:
+    page = Page()
+    page.feed((tiny_report / "index.html").read_text(encoding="utf-8"))
+    assert page.title == "skald benchmark report"
+    assert page.sections == list(SECTIONS)
+    # One plot per ran section at least (two for the adaptive one), none for a skipped one.
+    assert {name: len(srcs) for name, srcs in page.images.items()} == {"core": 1, "cancel": 1, "adaptive": 2}
+    for srcs in page.images.values():
+        for src in srcs:
+            image = _decoded(src)
+            assert image.shape[0] > 100 and image.shape[1] > 300
+    assert page.tables >= 5  # the meta table and one per ran section
+
+
+def test_render_only_redraws_the_page_from_the_json(tiny_report: Path) -> None:
+    page = tiny_report / "index.html"
+    page.unlink()
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "report", "--render-only", "--out", str(tiny_report)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert page.is_file() and "id='adaptive'" in page.read_text(encoding="utf-8")
+
+
+def test_render_only_without_a_report_says_what_to_run(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "scripts" / "bench.py"), "report", "--render-only", "--out", str(tmp_path)],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert "report.json: no such file (run without --render-only first)" in proc.stderr
+
+
+def test_the_page_opens_in_chromium_with_every_plot_drawn(tiny_report: Path) -> None:
+    from tests.browser_rig import Chromium
+
+    async def check() -> dict[str, Any]:
+        browser = await Chromium((tiny_report / "index.html").as_uri(), env=server_env(), name="report").start()
+        try:
+            await browser.wait_for("document.readyState === 'complete'")
+            return dict(
+                await browser.evaluate(
+                    "({images: document.images.length, "
+                    "drawn: Array.from(document.images).filter(i => i.complete && i.naturalWidth > 0).length, "
+                    "sections: document.querySelectorAll('section').length})"
+                )
+            )
+        finally:
+            await browser.close()
+
+    seen = asyncio.run(check())
+    assert seen == {"images": 4, "drawn": 4, "sections": len(SECTIONS)}

@@ -1,0 +1,42 @@
+"""scripts/bench soak's verdict on per-minute samples: a leak moves the RSS median, the phase of one
+sample (inside a chunk's synthesis or between chunks) does not."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
+
+from bench_soak import summarize  # scripts/ is not a package: on sys.path above
+
+
+def _minutes(worker_rss: list[float]) -> list[dict[str, Any]]:
+    return [
+        {"minute": i + 1, "rss_mb": {"tts_worker": rss, "supervisor": 60.0},
+         "fds": {"tts_worker": 21, "supervisor": 30}, "requests": 1, "not_done": 0,
+         "underruns": 0, "audio_s": 60.0, "ttfa_ms_p50": 150.0}
+        for i, rss in enumerate(worker_rss)
+    ]  # fmt: skip
+
+
+def _summary(worker_rss: list[float]) -> dict[str, Any]:
+    return summarize(_minutes(worker_rss), "", argparse.Namespace(sink="null", minutes=len(worker_rss)))
+
+
+def test_a_sample_inside_a_chunk_is_not_growth() -> None:
+    # Minute 5 falls between chunks (193 MB), others inside one (up to 205 MB): a flat worker.
+    rss = [380.0, 200.0, 203.0, 202.0, 193.0] + [202.0, 205.0, 194.0, 203.0, 196.0] * 11
+    result = _summary(rss)
+    assert abs(result["rss_growth_pct_after_warm_up"]["tts_worker"]) < 1.0
+    assert result["rss_peak_growth_pct_after_warm_up"]["tts_worker"] == 6.22  # 205 / 193: reported beside it
+    assert result["rss_growth_pct_after_warm_up"]["supervisor"] == 0.0
+
+
+def test_a_leak_moves_the_median() -> None:
+    rss = [380.0, 200.0, 200.0, 200.0, 200.0] + [200.0 + 0.5 * i for i in range(55)]  # +0.5 MB a minute
+    result = _summary(rss)
+    assert result["rss_growth_pct_after_warm_up"]["tts_worker"] > 10.0
+    assert result["fd_range_after_warm_up"] == {"tts_worker": 0, "supervisor": 0}
