@@ -30,7 +30,7 @@ DOC_FILE = ROOT / "docs" / "configuration.md"
 _MEANING: dict[str, str] = {
     "audio.sink": "device, null or wav:PATH",
     "audio.latency": '"low", "high" or seconds between 0.001 and 2',
-    "audio.rate": "0 or an integer between 8000 and 48000",
+    "audio.rate": "0 or an integer between 16000 and 24000",
     "supervisor.control_endpoint": '"" or a ZeroMQ endpoint (ipc:///path, tcp://127.0.0.1:5555)',
 }
 #: Checks across keys (``config.settings._validated`` and the GPU resolution), by key.

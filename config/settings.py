@@ -38,8 +38,9 @@ class ConfigError(ValueError):
     """A configuration value is missing, malformed or out of range."""
 
 
-#: The lowest ``audio.rate``: telephone band; below it speech loses its consonants.
-MIN_RING_RATE = 8000
+#: ``audio.rate``'s range: the internal rates (``actors.audio.pcm.MIN_RATE``/``MAX_RATE``: the
+#: joiner, chunker and pre-buffer figures assume 16-24 kHz; 44.1/48 kHz exist only at the edges).
+MIN_RING_RATE, MAX_RING_RATE = 16000, 24000
 
 
 def _range(lo: float, hi: float) -> Meta:
@@ -172,7 +173,7 @@ class AudioSettings:
     latency: str = "low"
     fade_ms: Annotated[float, _range(0.0, 10.0)] = 8.0
     tail_pad_ms: Annotated[float, _range(0.0, 5000.0)] = 150.0
-    rate: Annotated[int, _range(0, 48000)] = 0
+    rate: Annotated[int, _range(0, MAX_RING_RATE)] = 0
     device_rate: Annotated[int, _range(0, 192000)] = 0
     device_hold_s: Annotated[float, _range(0.0, 86400.0)] = 30.0
     device_stall_s: Annotated[float, _range(0.1, 60.0)] = 0.8
@@ -475,7 +476,7 @@ def _validated(settings: Settings, origins: Mapping[str, str]) -> Settings:
         except ValueError:
             fail("audio.latency", 'must be "low", "high" or seconds between 0.001 and 2')
     if 0 < settings.audio.rate < MIN_RING_RATE:
-        fail("audio.rate", f"must be 0 (the voice's own rate) or {MIN_RING_RATE}-48000 Hz")
+        fail("audio.rate", f"must be 0 (the voice's own rate) or {MIN_RING_RATE}-{MAX_RING_RATE} Hz")
     if settings.ring.max_fill_s > settings.ring.capacity_s:
         fail("ring.max_fill_s", f"must not exceed ring.capacity_s ({settings.ring.capacity_s:g})")
     c = settings.chunker

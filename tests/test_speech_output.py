@@ -312,11 +312,16 @@ def test_a_16_khz_output_plays_complete_and_gap_free_on_the_device(tmp_path: Pat
     assert_recording_plays(reference, recording, rate, min_windows=100)
 
 
-def test_an_audio_rate_below_the_telephone_band_is_refused_by_name(tmp_path: Path) -> None:
-    from config.settings import ConfigError, load_settings
+def test_an_audio_rate_outside_the_internal_range_is_refused_by_name() -> None:
+    from actors.audio.pcm import MAX_RATE, MIN_RATE
+    from config.settings import MAX_RING_RATE, MIN_RING_RATE, ConfigError, load_settings
 
-    with pytest.raises(ConfigError, match=r"audio.rate = 4000.*8000-48000 Hz"):
-        load_settings(overrides={"audio.rate": 4000})
+    assert (MIN_RING_RATE, MAX_RING_RATE) == (MIN_RATE, MAX_RATE)  # what the joiner accepts
+    with pytest.raises(ConfigError, match=r"audio.rate = 8000.*must be 0 \(the voice's own rate\) or 16000-24000 Hz"):
+        load_settings(env={}, overrides={"audio.rate": 8000})
+    with pytest.raises(ConfigError, match=r"audio.rate"):
+        load_settings(env={}, overrides={"audio.rate": 48000})
+    assert load_settings(env={}, overrides={"audio.rate": 16000}).audio.rate == 16000
 
 
 @pytest.mark.device
