@@ -273,13 +273,19 @@ def _cancel_section(f: dict[str, Any]) -> tuple[list[tuple[str, str]], str, list
     return rows, reading, [_png(_bars(["p50", "p99", "max"], values, "ms", "Cancel to silence"))]
 
 
+def _pairs(a: dict[str, Any], b: dict[str, Any], which: str, keys: dict[str, str]) -> list[tuple[str, str]]:
+    """Table rows comparing two runs: ``label, which`` -> ``a[key] / b[key] unit``."""
+    rows = []
+    for key, label in keys.items():
+        label, _, unit = label.partition("|")
+        rows.append((f"{label}, {which}", f"{a[key]} / {b[key]}{unit}"))
+    return rows
+
+
 def _starve_section(f: dict[str, Any]) -> tuple[list[tuple[str, str]], str, list[str]]:
     q, h = f["quiet"], f["hog"]
-    rows = [
-        ("TTFA p50 quiet / with the hog", f"{q['ttfa_ms_p50']} / {h['ttfa_ms_p50']} ms"),
-        ("ring underruns quiet / with the hog", f"{q['underruns']} / {h['underruns']}"),
-        ("device underflows quiet / with the hog", f"{q['device_underflows']} / {h['device_underflows']}"),
-    ]
+    keys = {"ttfa_ms_p50": "TTFA p50| ms", "underruns": "ring underruns", "device_underflows": "device underflows"}
+    rows = _pairs(q, h, "quiet / with the hog", keys)
     reading = (
         f"Beside stress-ng the narration started in {h['ttfa_ms_p50']} ms at the median ({q['ttfa_ms_p50']} ms "
         f"quiet) with {h['underruns']} underruns and {h['device_underflows']} device underflows."
@@ -290,11 +296,9 @@ def _starve_section(f: dict[str, Any]) -> tuple[list[tuple[str, str]], str, list
 
 def _adaptive_section(f: dict[str, Any]) -> tuple[list[tuple[str, str]], str, list[str]]:
     fixed, adaptive = f["fixed"], f["adaptive"]
-    rows = [
-        ("underruns, fixed 0.5 s / adaptive", f"{fixed['underruns']} / {adaptive['underruns']}"),
-        ("silent while buffering, fixed / adaptive", f"{fixed['silent_s']} / {adaptive['silent_s']} s"),
-        ("model", f"{fixed['seconds']:.0f} s of narration, 0.1-s blocks at 1.6 x real time for 2 s, none for 1.5 s"),
-    ]
+    rows = _pairs(fixed, adaptive, "fixed 0.5 s / adaptive", {"underruns": "underruns", "silent_s": "silent| s"})
+    model = f"{fixed['seconds']:.0f} s of narration, 0.1-s blocks at 1.6 x real time for 2 s, none for 1.5 s"
+    rows.append(("model", model))
     reading = (
         f"On the same starved producer, the fixed resume threshold underran {fixed['underruns']} times and the "
         f"adaptive one {adaptive['underruns']} times, for about the same total silence (the producer's deficit): "

@@ -101,28 +101,21 @@ def test_the_report_page_is_whole_and_every_plot_decodes(tiny_report: Path) -> N
     assert page.tables >= 5  # the meta table and one per ran section
 
 
+def _render_only(out: Path) -> subprocess.CompletedProcess[str]:
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench.py"), "report", "--render-only", "--out", str(out)]
+    return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+
 def test_render_only_redraws_the_page_from_the_json(tiny_report: Path) -> None:
     page = tiny_report / "index.html"
     page.unlink()
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "report", "--render-only", "--out", str(tiny_report)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _render_only(tiny_report)
     assert proc.returncode == 0, proc.stderr
     assert page.is_file() and "id='adaptive'" in page.read_text(encoding="utf-8")
 
 
 def test_render_only_without_a_report_says_what_to_run(tmp_path: Path) -> None:
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / "scripts" / "bench.py"), "report", "--render-only", "--out", str(tmp_path)],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    proc = _render_only(tmp_path)
     assert proc.returncode == 2
     assert "report.json: no such file (run without --render-only first)" in proc.stderr
 
