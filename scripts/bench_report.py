@@ -18,7 +18,9 @@ mode the test renders; the full run is the default):
 * ``adaptive``: the adaptive resume threshold against a fixed one on a model of a starved
   producer (in this process: the real callback core, control loop and shared-memory ring, on a
   virtual clock), with the threshold plotted over time;
-* ``peers``: the systems the report is to compare skald with, and why each is or is not in it.
+* ``peers``: skald, a warm raw-Piper speaker, Piper's own HTTP server and piper-tts-server on
+  the same device, time to first audio measured outside in from a recording
+  (``scripts/bench peers``), and why any other peer is not in it.
 
 Speed figures from a shared machine move with its load: compare the figures of one report (one
 machine, one run), and read ratios (``x floor``, ``x raw``) rather than milliseconds.
@@ -55,6 +57,7 @@ RUNS: dict[str, dict[str, list[str] | None]] = {
     },
     "cancel": {"tiny": ["cancel", "--cancels", "3"], "quick": ["cancel", "--cancels", "20"], "full": ["cancel"]},
     "starve": {"tiny": None, "quick": ["starve", "--requests", "1"], "full": ["starve", "--requests", "2"]},
+    "peers": {"tiny": None, "quick": ["peers", "--runs", "3"], "full": ["peers", "--runs", "10"]},
 }
 TITLES = {
     "core": "Time to first audio and real-time factor (Piper, CPU)",
@@ -64,14 +67,6 @@ TITLES = {
     "adaptive": "Adaptive pre-buffer on a starved producer",
     "peers": "Peers in the same run",
 }
-#: The peers of issue 17 and where each stands in this report.
-PEERS = [
-    ("warm raw-Piper speaker (the floor)", "in the core section: piper-tts synthesizes the first chunk and "
-     "writes it to an open stream, the least any Piper system can do"),
-    ("RealtimeTTS (PiperEngine)", "not run by this version of the report"),
-    ("piper.http_server with a streaming client", "not run by this version of the report"),
-    ("piper-tts-server", "not run by this version of the report"),
-]  # fmt: skip
 SECTION_TIMEOUT_S = 1800
 
 
@@ -201,7 +196,6 @@ def run_report(mode: str, out: Path) -> dict[str, Any]:
             report["sections"][name] = run_bench(name, argv, out)
         (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     report["sections"]["adaptive"] = run_adaptive(30.0 if mode == "tiny" else 90.0)
-    report["sections"]["peers"] = {"status": "ran", "figures": {"peers": PEERS}, "command": []}
     (out / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     return report
 
@@ -226,7 +220,8 @@ def _png(draw: Callable[[Any], None], width: float = 7.0, height: float = 3.0) -
 
 def _bars(labels: list[str], values: list[float], unit: str, title: str) -> Callable[[Any], None]:
     def draw(ax: Any) -> None:
-        bars = ax.bar(labels, values, color=["#3b6ea8", "#9aa7b8", "#c27c3a", "#6a9a58"][: len(values)])
+        colors = ["#3b6ea8", "#9aa7b8", "#c27c3a", "#6a9a58", "#8a5aa8"]
+        bars = ax.bar(labels, values, color=[colors[i % len(colors)] for i in range(len(values))])
         ax.bar_label(bars, fmt="%.1f")
         ax.set_ylabel(unit)
         ax.set_title(title)
@@ -321,12 +316,29 @@ def _adaptive_section(f: dict[str, Any]) -> tuple[list[tuple[str, str]], str, li
 
 
 def _peers_section(f: dict[str, Any]) -> tuple[list[tuple[str, str]], str, list[str]]:
-    rows = [(name, where) for name, where in f["peers"]]
+    systems = f["systems"]
+    heard = {name: s for name, s in systems.items() if s.get("ttfa_ms_p50")}
+    floor = heard.get("floor", {}).get("ttfa_ms_p50") or float("nan")
+    rows = [
+        (name, f"TTFA p50 {s['ttfa_ms_p50']:.0f} ms, p95 {s['ttfa_ms_p95']:.0f} ms "
+               f"({s['ttfa_ms_p50'] / floor:.2f} x floor), {s['runs']} runs")
+        if name in heard else (name, f"not measured: {s.get('error', 'nothing heard')}")
+        for name, s in systems.items()
+    ]  # fmt: skip
+    rows += [(name, f"not run: {why}") for name, why in f.get("not_run", {}).items()]
+    rows.append(("versions", ", ".join(f"{k} {v}" for k, v in f.get("versions", {}).items())))
+    skald = heard.get("skald", {}).get("ttfa_ms_p50")
+    others = {n: s["ttfa_ms_p50"] for n, s in heard.items() if n not in ("skald", "floor")}
     reading = (
-        "Only the raw-Piper floor is measured beside skald so far; the other peers named in issue 17 are not yet "
-        "installed and run by the report, so no comparison with them is claimed here."
+        f"Outside in, from the text handed over to the first sample in the recording of the same device, skald "
+        f"starts speaking in {skald:.0f} ms at the median against {floor:.0f} ms for a warm raw-Piper speaker "
+        "of its first chunk; " + "; ".join(f"{n} takes {v:.0f} ms" for n, v in others.items())
+        + " (each synthesizes the whole text before the first sample leaves)."
+        if skald else "skald was not heard: see the section's log."
     )
-    return rows, reading, []
+    names = list(heard)
+    plot = _png(_bars(names, [heard[n]["ttfa_ms_p50"] for n in names], "ms", "Time to first audio, outside in (p50)"))
+    return rows, reading, [plot]
 
 
 RENDERERS: dict[str, Callable[[dict[str, Any]], tuple[list[tuple[str, str]], str, list[str]]]] = {

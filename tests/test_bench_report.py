@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import ROOT, server_env
 
-SECTIONS = ("core", "rate16k", "cancel", "starve", "adaptive", "peers")
+SECTIONS = ("core", "rate16k", "cancel", "starve", "peers", "adaptive")
 
 
 class Page(HTMLParser):
@@ -76,7 +76,7 @@ def test_a_tiny_report_holds_every_section_with_figures_from_real_runs(tiny_repo
     assert list(report["sections"]) == list(SECTIONS)
     status = {name: s["status"] for name, s in report["sections"].items()}
     assert status == {"core": "ran", "rate16k": "skipped", "cancel": "ran", "starve": "skipped",
-                      "adaptive": "ran", "peers": "ran"}  # fmt: skip
+                      "peers": "skipped", "adaptive": "ran"}  # fmt: skip
     assert report["sections"]["rate16k"]["error"] == "not part of --tiny"
     core = report["sections"]["core"]["figures"]
     assert core["ttfa_ms_p50"] > 0 and core["floor_ms"] > 0 and core["rtf"] > 0
@@ -138,4 +138,19 @@ def test_the_page_opens_in_chromium_with_every_plot_drawn(tiny_report: Path) -> 
             await browser.close()
 
     seen = asyncio.run(check())
-    assert seen == {"images": 4, "drawn": 4, "sections": len(SECTIONS)}
+    assert seen == {"images": 4, "drawn": 4, "sections": len(SECTIONS)}  # core 1, cancel 1, adaptive 2
+
+
+def test_the_peers_section_renders_every_system_from_a_real_run() -> None:
+    sys.path.insert(0, str(ROOT / "scripts"))
+    import bench_report  # scripts/ is not a package: on sys.path above
+
+    figures = json.loads((ROOT / "tests" / "data" / "bench-peers-sample.json").read_text())
+    rows, reading, plots = bench_report._peers_section(figures)
+    names = [name for name, _ in rows]
+    assert names[:4] == ["skald", "floor", "piper-http", "piper-tts-server"]
+    assert "RealtimeTTS (PiperEngine)" in names and "versions" in names
+    assert "x floor" in dict(rows)["piper-http"] and "skald starts speaking in" in reading
+    assert len(plots) == 1 and _decoded("data:image/png;base64," + plots[0]).shape[1] > 300
+    failed = {**figures, "systems": {**figures["systems"], "piper-http": {"error": "did not start: boom"}}}
+    assert dict(bench_report._peers_section(failed)[0])["piper-http"] == "not measured: did not start: boom"
