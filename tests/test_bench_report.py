@@ -42,6 +42,9 @@ class Page(HTMLParser):
             self.tables += 1
         self._in_title = tag == "title"
 
+    def handle_endtag(self, tag: str) -> None:
+        self._in_title = False
+
     def handle_data(self, data: str) -> None:
         if self._in_title:
             self.title += data

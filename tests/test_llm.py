@@ -218,6 +218,7 @@ class _StubServer(http.server.ThreadingHTTPServer):
         self.posts: list[tuple[str, dict[str, str], dict[str, Any]]] = []  # (path, lower-case headers, body)
         self.posted = threading.Event()
         self.warmed = threading.Event()
+        self.head_gate: threading.Event | None = None  # when set: a HEAD is answered only once it is set
         self.client_gone = threading.Event()  # a stalled reply saw the client close the connection
         self.lock = threading.Lock()
         self._thread = threading.Thread(target=self.serve_forever, daemon=True)
@@ -240,6 +241,8 @@ class _StubHandler(http.server.BaseHTTPRequestHandler):
     server: _StubServer
 
     def do_HEAD(self) -> None:
+        if self.server.head_gate is not None:
+            self.server.head_gate.wait(60)
         self.send_response(405)
         self.send_header("Content-Length", "0")
         self.end_headers()
@@ -367,12 +370,31 @@ def test_openai_cancel_closes_a_stalled_stream_on_the_server() -> None:
         cancel = CancelToken()
         reader = _Reader(generator.stream(MESSAGES, 8, cancel), after=2)
         reader.start()
-        assert reader.got.wait(30) and reader.pieces == ["Dust ", "settles "]
+        got = reader.got.wait(30)
+        assert got, f"no pieces: {len(server.posts)} posts, {reader.pieces}, {reader.error}, warmed {server.warmed.is_set()}"
+        assert reader.pieces == ["Dust ", "settles "]
         cancel.cancel()
         assert server.client_gone.wait(30), "the server never saw the connection close"
         reader.join(30)
         assert not reader.is_alive() and reader.error is None
         assert reader.pieces == ["Dust ", "settles "]
+
+
+def test_a_warm_up_the_server_never_answers_does_not_hold_the_request_back() -> None:
+    # The HEAD hangs until the test lets it go, which is only after the generation streamed: the
+    # request waited for the warm-up no longer than its own short timeout, not the read timeout.
+    with _StubServer(_sse("Dust ", "settles.")) as server:
+        server.head_gate = threading.Event()
+        try:
+            generator = OpenAIChatGenerator(server.url, "m", timeout_s=120)
+            reader = _Reader(generator.stream(MESSAGES, 8, CancelToken()))
+            reader.start()
+            reader.join(60)
+            assert not reader.is_alive() and reader.error is None
+            assert reader.pieces == ["Dust ", "settles."]
+            assert not server.warmed.is_set()  # the HEAD was still unanswered
+        finally:
+            server.head_gate.set()
 
 
 def test_openai_cancel_before_the_answer_closes_the_connection() -> None:

@@ -73,6 +73,9 @@ _FIRST_DELAY_S = 0.5
 _MAX_DELAY_S = 8.0
 #: The key the SDK is given when none is configured; the header is dropped before sending.
 _NO_KEY = "no-key"
+# A warm-up is only a head start: a server (or proxy) that is slow to answer its HEAD must not hold
+# the first request back for the whole read timeout, so the HEAD gives up after this long.
+_WARM_UP_TIMEOUT_S = 3.0
 
 
 class OpenAIChatGenerator:
@@ -208,8 +211,11 @@ class OpenAIChatGenerator:
         with no model work. Failures are ignored: the real request reports them."""
         if self._closed:
             return
+        import httpx2
+
         try:
-            self._http.head(self._url, headers=self._warm_headers)
+            timeout = httpx2.Timeout(min(self.timeout_s, _WARM_UP_TIMEOUT_S))
+            self._http.head(self._url, headers=self._warm_headers, timeout=timeout)
         except Exception as exc:  # a head start only
             log.debug("%s: warming the connection to %s failed: %s", self.setting, self.endpoint, exc)
 
