@@ -371,7 +371,8 @@ def test_openai_cancel_closes_a_stalled_stream_on_the_server() -> None:
         reader = _Reader(generator.stream(MESSAGES, 8, cancel), after=2)
         reader.start()
         got = reader.got.wait(30)
-        assert got, f"no pieces: {len(server.posts)} posts, {reader.pieces}, {reader.error}, warmed {server.warmed.is_set()}"
+        seen = f"{len(server.posts)} posts, {reader.pieces}, {reader.error}, warmed {server.warmed.is_set()}"
+        assert got, f"no pieces: {seen}"
         assert reader.pieces == ["Dust ", "settles "]
         cancel.cancel()
         assert server.client_gone.wait(30), "the server never saw the connection close"
