@@ -231,8 +231,8 @@ class HeapTrimmer:
     Why: a synthesis process frees large, short-lived buffers (onnxruntime's op outputs, each
     chunk's PCM) from several threads; glibc keeps the freed pages in its per-thread arenas, and
     the 60-minute soak saw the TTS worker grow 410 -> 500 MB in steps that way. Trimming only
-    where the worker waits anyway (for ring space, between requests) keeps it off the path to
-    the next audio; on a libc without ``malloc_trim`` (musl, macOS) it does nothing."""
+    where the worker waits anyway (for ring space: seconds of audio are queued) keeps it off the
+    path to the next audio; on a libc without ``malloc_trim`` (musl, macOS) it does nothing."""
 
     def __init__(self, interval_s: float = 5.0) -> None:
         self.interval_s = interval_s

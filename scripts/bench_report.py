@@ -18,6 +18,9 @@ mode the test renders; the full run is the default):
 * ``adaptive``: the adaptive resume threshold against a fixed one on a model of a starved
   producer (in this process: the real callback core, control loop and shared-memory ring, on a
   virtual clock), with the threshold plotted over time;
+* ``matrix``: block size x PortAudio latency x pre-buffer, and 16 vs 22.05 kHz, each quiet and
+  beside ``stress-ng --cpu 2``: TTFA, underruns, device underflows, cancel -> silence, a heat map
+  and the best configuration for latency with 0 underruns under load (``scripts/bench matrix``);
 * ``peers``: skald, a warm raw-Piper speaker, Piper's own HTTP server and piper-tts-server on
   the same device, time to first audio measured outside in from a recording
   (``scripts/bench peers``), and why any other peer is not in it.
@@ -58,6 +61,7 @@ RUNS: dict[str, dict[str, list[str] | None]] = {
     "cancel": {"tiny": ["cancel", "--cancels", "3"], "quick": ["cancel", "--cancels", "20"], "full": ["cancel"]},
     "starve": {"tiny": None, "quick": ["starve", "--requests", "1"], "full": ["starve", "--requests", "2"]},
     "peers": {"tiny": None, "quick": ["peers", "--runs", "3"], "full": ["peers", "--runs", "10"]},
+    "matrix": {"tiny": None, "quick": ["matrix", "--quick"], "full": ["matrix"]},
 }
 TITLES = {
     "core": "Time to first audio and real-time factor (Piper, CPU)",
@@ -66,6 +70,7 @@ TITLES = {
     "starve": "Under CPU starvation (stress-ng --cpu 2 beside it)",
     "adaptive": "Adaptive pre-buffer on a starved producer",
     "peers": "Peers in the same run",
+    "matrix": "Configuration matrix: block size x latency x pre-buffer, quiet and beside stress-ng --cpu 2",
 }
 SECTION_TIMEOUT_S = 1800
 
@@ -341,6 +346,65 @@ def _peers_section(f: dict[str, Any]) -> tuple[list[tuple[str, str]], str, list[
     return rows, reading, [plot]
 
 
+def _matrix_section(f: dict[str, Any]) -> tuple[list[tuple[str, str]], str, list[str]]:
+    cells = f["cells"]
+    rows_keys = list(dict.fromkeys(f"{c['block']} / {c['latency']}" for c in cells))
+    pbs = sorted({c["prebuffer_s"] for c in cells})
+
+    def grid(phase: str, key: str) -> list[list[float]]:
+        at = {(f"{c['block']} / {c['latency']}", c["prebuffer_s"]): c[phase][key] for c in cells}
+        return [[float(at.get((r, pb), float("nan"))) for pb in pbs] for r in rows_keys]
+
+    def heat(key: str, title: str) -> Callable[[Any], None]:
+        def draw(ax: Any) -> None:
+            values = grid("hog", key)
+            image = ax.imshow(values, cmap="viridis_r", aspect="auto")
+            ax.figure.colorbar(image, ax=ax, label="ms")
+            ax.set_xticks(range(len(pbs)), [f"{pb:g} s" for pb in pbs])
+            ax.set_yticks(range(len(rows_keys)), rows_keys)
+            ax.set_xlabel("pre-buffer")
+            ax.set_ylabel("block / latency")
+            ax.set_title(title)
+            under = grid("hog", "underruns")
+            flows = grid("hog", "device_underflows")
+            for i, row in enumerate(values):
+                for j, v in enumerate(row):
+                    mark = "" if under[i][j] == 0 and flows[i][j] == 0 else f"\n{under[i][j]:.0f}u {flows[i][j]:.0f}f"
+                    ax.text(j, i, f"{v:.0f}{mark}", ha="center", va="center", color="white", fontsize=8)
+
+        return draw
+
+    rows = [
+        (f"block {c['block']}, latency {c['latency']}, pre-buffer {c['prebuffer_s']:g} s",
+         " / ".join(f"TTFA {c[p]['ttfa_ms']:.0f} ms, {c[p]['underruns']} underruns, {c[p]['device_underflows']} "
+                    f"underflows, cancel {c[p]['cancel_to_silence_ms']:.0f} ms" for p in ("quiet", "hog")))
+        for c in cells
+    ]  # fmt: skip
+    for rate, label in (("native", "22.05 kHz"), ("16000", "16 kHz")):
+        if rate in f.get("rates", {}):
+            r = f["rates"][rate]
+            q, h = next(iter(r["quiet"].values())), next(iter(r["hog"].values()))
+            rows.append((f"ring {label}, defaults", f"TTFA {q['ttfa_ms']:.0f} / {h['ttfa_ms']:.0f} ms, underruns "
+                         f"{q['underruns']} / {h['underruns']}, cancel {q['cancel_to_silence_ms']:.0f} / "
+                         f"{h['cancel_to_silence_ms']:.0f} ms (quiet / hog)"))  # fmt: skip
+    d, top = f["default"], f.get("best")
+    if top is None:
+        reading = "No configuration played without underruns beside the hog."
+    else:
+        same = (top["block"], top["latency"], top["prebuffer_s"]) == (d["block"], d["latency"], d["prebuffer_s"])
+        reading = (
+            f"Each cell is quiet / beside stress-ng --cpu {f['hogs']}, the adaptive pre-buffer off. The lowest time "
+            f"to first audio with 0 underruns and 0 device underflows under the hog: block {top['block']}, latency "
+            f"{top['latency']}, pre-buffer {top['prebuffer_s']:g} s (TTFA {top['hog']['ttfa_ms']:.0f} ms, cancel -> "
+            f"silence {top['hog']['cancel_to_silence_ms']:.0f} ms); "
+            + ("that is the default configuration." if same else
+               f"the defaults are block {d['block']}, latency {d['latency']}, pre-buffer {d['prebuffer_s']:g} s.")
+        )  # fmt: skip
+    plots = [_png(heat("ttfa_ms", "TTFA beside the hog (u: underruns, f: underflows)"), height=3.4),
+             _png(heat("cancel_to_silence_ms", "Cancel -> silence beside the hog"), height=3.4)]  # fmt: skip
+    return rows, reading, plots
+
+
 RENDERERS: dict[str, Callable[[dict[str, Any]], tuple[list[tuple[str, str]], str, list[str]]]] = {
     "core": lambda f: _core_section(f, "22.05 kHz"),
     "rate16k": lambda f: _core_section(f, "16 kHz"),
@@ -348,6 +412,7 @@ RENDERERS: dict[str, Callable[[dict[str, Any]], tuple[list[tuple[str, str]], str
     "starve": _starve_section,
     "adaptive": _adaptive_section,
     "peers": _peers_section,
+    "matrix": _matrix_section,
 }
 STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:60rem;margin:2rem auto;color:#222}"
