@@ -370,7 +370,8 @@ def _matrix_section(f: dict[str, Any]) -> tuple[list[tuple[str, str]], str, list
             for i, row in enumerate(values):
                 for j, v in enumerate(row):
                     mark = "" if under[i][j] == 0 and flows[i][j] == 0 else f"\n{under[i][j]:.0f}u {flows[i][j]:.0f}f"
-                    ax.text(j, i, f"{v:.0f}{mark}", ha="center", va="center", color="white", fontsize=8)
+                    shade = "white" if image.norm(v) > 0.5 else "black"  # legible on light and dark cells
+                    ax.text(j, i, f"{v:.0f}{mark}", ha="center", va="center", color=shade, fontsize=8)
 
         return draw
 
