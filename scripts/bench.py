@@ -122,6 +122,28 @@ class ServedSkald:
         self._log.close()
 
 
+def of_request(kind: type, request_id: str) -> Any:
+    """A match for ``events_until``: an event of ``kind`` for ``request_id``."""
+
+    def match(event: Any) -> bool:
+        return isinstance(event, kind) and getattr(event, "request_id", None) == request_id
+
+    return match
+
+
+def events_until(client: Any, match: Any, name: str, timeout_s: float = 60.0) -> list[Any]:
+    """The events ``client`` reads up to and including the first that ``match``es (the last one);
+    SystemExit naming ``name`` and what did come if none does within ``timeout_s``."""
+    seen: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for event in client.events(timeout_s=min(1.0, max(0.01, deadline - time.monotonic()))):
+            seen.append(event)
+            if match(event):
+                return seen
+    raise SystemExit(f"{name}: no expected event in {timeout_s:g} s; got {[type(e).__name__ for e in seen]}")
+
+
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     if not ordered:

@@ -36,18 +36,9 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import machine, percentile  # noqa: E402  (scripts/ is on sys.path: run through scripts/bench)
+from bench import events_until, machine, of_request, percentile  # noqa: E402  (scripts/ is on sys.path: run through scripts/bench)
 
 SHORT = "Enough. The guard lowers his spear."
-
-
-def _events_until(client: Any, pred: Any, timeout_s: float = 30.0) -> list[Any]:
-    seen = []
-    for event in client.events(timeout_s=timeout_s):
-        seen.append(event)
-        if pred(event):
-            return seen
-    raise SystemExit(f"bench cancel: timed out waiting for an event; got {[type(e).__name__ for e in seen]}")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -101,7 +92,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     seen += list(client.events(timeout_s=max(0.001, wait - (time.monotonic() - accepted))))
                 t_cancel = time.monotonic()
                 client.cancel(rid)
-                seen += _events_until(client, lambda e, r=rid: isinstance(e, wire.Silenced) and e.request_id == r)
+                seen += events_until(client, of_request(wire.Silenced, rid), "bench cancel", timeout_s=30.0)
                 silenced = next(e for e in seen if isinstance(e, wire.Silenced) and e.request_id == rid)
                 ms = (silenced.t_silent - t_cancel) * 1000.0
                 latencies.append(ms)
@@ -109,9 +100,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 # A clear half second before the next line, so stale audio would have room to show.
                 time.sleep(max(0.0, silenced.t_silent - time.monotonic()) + 0.5)
                 short = client.speak(SHORT)
-                after = _events_until(
-                    client, lambda e, r=short: isinstance(e, wire.RequestFinished) and e.request_id == r
-                )
+                after = events_until(client, of_request(wire.RequestFinished, short), "bench cancel", timeout_s=30.0)
                 acc_s = next(e for e in after if isinstance(e, wire.Accepted) and e.request_id == short)
                 st_s = next(e for e in after if isinstance(e, wire.PlaybackStarted) and e.request_id == short)
                 span_s = next(e for e in after if isinstance(e, wire.ChunkSynthesized) and e.request_id == short)

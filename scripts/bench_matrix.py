@@ -42,7 +42,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import ServedSkald, machine, write_json  # noqa: E402
+from bench import ServedSkald, events_until, machine, of_request, write_json  # noqa: E402
 
 from actors import wire  # noqa: E402
 from actors.client import SkaldClient  # noqa: E402
@@ -63,28 +63,17 @@ def narration() -> str:
     return " ".join(re.split(r"(?<=[.!?])\s+", text.strip())[:2])
 
 
-def _until(ctl: SkaldClient, pred: Any, timeout_s: float = 120.0) -> list[wire.Message]:
-    seen: list[wire.Message] = []
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for event in ctl.events(timeout_s=max(0.01, deadline - time.monotonic())):
-            seen.append(event)
-            if pred(event):
-                return seen
-    raise SystemExit(f"bench matrix: timed out waiting for an event; got {[type(e).__name__ for e in seen]}")
-
-
 def cell(ctl: SkaldClient, text: str, prebuffer_s: float) -> dict[str, Any]:
     reply = ctl.request(wire.ConfigSet(values={"prebuffer.start_s": prebuffer_s, "prebuffer.resume_s": prebuffer_s}))
     if not isinstance(reply, wire.ConfigChanged):
         raise SystemExit(f"bench matrix: the server refused the pre-buffer {prebuffer_s} s: {reply}")
     done, _ = ctl.wait_for(ctl.speak(text), timeout_s=300)
     rid = ctl.speak(text)
-    _until(ctl, lambda e: isinstance(e, wire.PlaybackStarted) and e.request_id == rid)
+    events_until(ctl, of_request(wire.PlaybackStarted, rid), "bench matrix")
     time.sleep(CANCEL_AFTER_S)  # a point in the middle of the playback, not a wait for progress
     t_cancel = time.monotonic()
     ctl.cancel(rid)
-    seen = _until(ctl, lambda e: isinstance(e, wire.RequestFinished) and e.request_id == rid)
+    seen = events_until(ctl, of_request(wire.RequestFinished, rid), "bench matrix")
     silenced = next(e for e in seen if isinstance(e, wire.Silenced) and e.request_id == rid)
     return {
         "status": done.status,

@@ -51,7 +51,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import machine, percentile  # noqa: E402  (scripts/ is on sys.path: run through scripts/bench)
+from bench import events_until, machine, of_request, percentile  # noqa: E402  (scripts/ is on sys.path: via scripts/bench)
 
 RATE = 22050
 ONSET = 328  # -40 dBFS in int16: the first sample above it is the first audio heard
@@ -120,13 +120,14 @@ def run_skald(text: str, runs: int, marks: list[float]) -> dict[str, Any]:
                 seen: list[Any] = []
                 marks.append(time.monotonic())
                 rid = client.speak(text)
-                started = _wait(client, seen, _of(wire.PlaybackStarted, rid))
+                seen += events_until(client, of_request(wire.PlaybackStarted, rid), "bench peers")
+                started = seen[-1]
                 reported.append(started.ttfa_ms)
                 first = [e for e in seen if isinstance(e, wire.ChunkPlanned) and e.request_id == rid]
                 first_chunk = first_chunk or next((e.text for e in first if e.index == 0), "")
                 time.sleep(HEARD_S)
                 client.cancel(rid)
-                _wait(client, seen, _of(wire.RequestFinished, rid))
+                seen += events_until(client, of_request(wire.RequestFinished, rid), "bench peers")
                 time.sleep(0.7)
     finally:
         server.terminate()
@@ -136,21 +137,6 @@ def run_skald(text: str, runs: int, marks: list[float]) -> dict[str, Any]:
             server.kill()
             server.wait()
     return {"reported_ttfa_ms": reported, "first_chunk": first_chunk}
-
-
-def _of(kind: type, request_id: str) -> Callable[[Any], bool]:
-    return lambda event: isinstance(event, kind) and event.request_id == request_id
-
-
-def _wait(client: Any, seen: list[Any], match: Callable[[Any], bool], timeout_s: float = 60.0) -> Any:
-    """The first event that ``match``es; every event read on the way goes into ``seen``."""
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        for event in client.events(timeout_s=0.2):
-            seen.append(event)
-            if match(event):
-                return event
-    raise SystemExit("bench peers: skald sent no expected event in time")
 
 
 def run_floor(first_chunk: str, runs: int, marks: list[float]) -> dict[str, Any]:
