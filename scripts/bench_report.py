@@ -394,7 +394,9 @@ def _matrix_section(f: dict[str, Any]) -> tuple[list[tuple[str, str]], str, list
     else:
         same = (top["block"], top["latency"], top["prebuffer_s"]) == (d["block"], d["latency"], d["prebuffer_s"])
         reading = (
-            f"Each cell is quiet / beside stress-ng --cpu {f['hogs']}, the adaptive pre-buffer off. The lowest time "
+            f"Each cell is one narration quiet / one beside stress-ng --cpu {f['hogs']}, the adaptive pre-buffer off "
+            "(one sample: TTFA beside the hog moves by 100-300 ms between neighbouring cells on a shared machine; "
+            "cancel -> silence, set by block size and latency, does not). The lowest time "
             f"to first audio with 0 underruns and 0 device underflows under the hog: block {top['block']}, latency "
             f"{top['latency']}, pre-buffer {top['prebuffer_s']:g} s (TTFA {top['hog']['ttfa_ms']:.0f} ms, cancel -> "
             f"silence {top['hog']['cancel_to_silence_ms']:.0f} ms); "
