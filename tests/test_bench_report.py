@@ -18,7 +18,7 @@ import pytest
 
 from tests.conftest import ROOT, server_env
 
-SECTIONS = ("core", "rate16k", "cancel", "starve", "peers", "adaptive")
+SECTIONS = ("core", "rate16k", "cancel", "starve", "peers", "matrix", "adaptive")
 
 
 class Page(HTMLParser):
@@ -79,7 +79,7 @@ def test_a_tiny_report_holds_every_section_with_figures_from_real_runs(tiny_repo
     assert list(report["sections"]) == list(SECTIONS)
     status = {name: s["status"] for name, s in report["sections"].items()}
     assert status == {"core": "ran", "rate16k": "skipped", "cancel": "ran", "starve": "skipped",
-                      "peers": "skipped", "adaptive": "ran"}  # fmt: skip
+                      "peers": "skipped", "matrix": "skipped", "adaptive": "ran"}  # fmt: skip
     assert report["sections"]["rate16k"]["error"] == "not part of --tiny"
     core = report["sections"]["core"]["figures"]
     assert core["ttfa_ms_p50"] > 0 and core["floor_ms"] > 0 and core["rtf"] > 0
