@@ -34,14 +34,17 @@ Every report names the machine, the engine and whether the weights are real.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import platform
+import signal
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -120,6 +123,19 @@ class ServedSkald:
             self.process.terminate()
             self.process.wait(30)
         self._log.close()
+
+
+@contextlib.contextmanager
+def cpu_hog(workers: int) -> Iterator[None]:
+    """``stress-ng --cpu workers`` beside the block (none when ``workers`` is 0), stopped with its
+    own worker processes (they are in its process group) when the block ends."""
+    hog = subprocess.Popen(["stress-ng", "--cpu", str(workers), "--quiet"], start_new_session=True) if workers else None
+    try:
+        yield
+    finally:
+        if hog is not None:
+            os.killpg(hog.pid, signal.SIGTERM)
+            hog.wait(30)
 
 
 def of_request(kind: type, request_id: str) -> Any:

@@ -29,20 +29,16 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import ServedSkald, events_until, machine, of_request, write_json  # noqa: E402
+from bench import ServedSkald, cpu_hog, events_until, machine, of_request, write_json  # noqa: E402
 
 from actors import wire  # noqa: E402
 from actors.client import SkaldClient  # noqa: E402
@@ -84,17 +80,6 @@ def cell(ctl: SkaldClient, text: str, prebuffer_s: float) -> dict[str, Any]:
     }
 
 
-@contextmanager
-def cpu_hog(on: bool) -> Iterator[None]:
-    hog = subprocess.Popen(["stress-ng", "--cpu", str(HOGS), "--quiet"], start_new_session=True) if on else None
-    try:
-        yield
-    finally:
-        if hog is not None:
-            os.killpg(hog.pid, signal.SIGTERM)  # stress-ng's own workers are in its group
-            hog.wait(30)
-
-
 def serve_cells(
     rig_env: dict[str, str], settings: dict[str, str], prebuffers: tuple[float, ...], text: str, label: str
 ) -> dict[str, Any]:
@@ -110,7 +95,7 @@ def serve_cells(
             SkaldClient.for_run_dir(str(parent / "run"), timeout_s=10) as ctl,
         ):
             for phase in ("quiet", "hog"):
-                with cpu_hog(phase == "hog"):
+                with cpu_hog(HOGS if phase == "hog" else 0):
                     for pb in prebuffers:
                         out[phase][f"{pb:g}"] = result = cell(ctl, text, pb)
                         print(f"  {label}, pre-buffer {pb:g} s, {phase}: {result}", file=sys.stderr)

@@ -17,9 +17,7 @@ import argparse
 import json
 import os
 import shutil
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -28,7 +26,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import ServedSkald, server_env  # noqa: E402
+from bench import ServedSkald, cpu_hog, server_env  # noqa: E402
 
 from actors import wire  # noqa: E402
 from actors.client import SkaldClient  # noqa: E402
@@ -68,18 +66,12 @@ def bench_starve(args: argparse.Namespace) -> dict[str, Any]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
         env.update(rig.env)
         env.update(server_env(args.server_env))
-        hog: subprocess.Popen[bytes] | None = None
         with ServedSkald(parent, "device", env, "bench starve"):
-            try:
-                results["quiet"] = phase(run_dir, text, args.requests)
-                print(f"  quiet: {results['quiet']}", file=sys.stderr)
-                hog = subprocess.Popen(["stress-ng", "--cpu", str(args.hogs), "--quiet"], start_new_session=True)
+            results["quiet"] = phase(run_dir, text, args.requests)
+            print(f"  quiet: {results['quiet']}", file=sys.stderr)
+            with cpu_hog(args.hogs):
                 results["hog"] = phase(run_dir, text, args.requests)
-                print(f"  with stress-ng --cpu {args.hogs}: {results['hog']}", file=sys.stderr)
-            finally:
-                if hog is not None:
-                    os.killpg(hog.pid, signal.SIGTERM)  # stress-ng's own workers are in its group
-                    hog.wait(30)
+            print(f"  with stress-ng --cpu {args.hogs}: {results['hog']}", file=sys.stderr)
     return {"benchmark": "starve", "machine": machine(), "hogs": args.hogs, "device": "PulseAudio null sink", **results}
 
 
