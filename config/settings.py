@@ -171,7 +171,7 @@ class AudioSettings:
     hostapi: str = ""
     blocksize: Annotated[int, _range(64, 1024)] = 128
     latency: str = "low"
-    fade_ms: Annotated[float, _range(0.0, 10.0)] = 8.0
+    fade_ms: Annotated[float, _range(0.0, 10.0)] = 4.0
     tail_pad_ms: Annotated[float, _range(0.0, 5000.0)] = 150.0
     rate: Annotated[int, _range(0, MAX_RING_RATE)] = 0
     device_rate: Annotated[int, _range(0, 192000)] = 0

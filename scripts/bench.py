@@ -463,8 +463,8 @@ def compare_observability(args: argparse.Namespace) -> int:
 # Benchmarks that live in their own module scripts/bench_<name>.py, each with main(argv) -> int.
 MODULE_BENCHES = (
     "xtts", "gpu", "quality", "cancel", "turn", "intelligibility", "http", "load", "webrtc", "soak", "starve",
-    "report", "peers", "matrix",
-)
+    "report", "peers", "matrix", "fade",
+)  # fmt: skip
 
 
 def main() -> int:

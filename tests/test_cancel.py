@@ -24,7 +24,7 @@ RATE = 22050
 # blocks. The default "low" latency underflowed 3 times in 3 s of audio on the 2-vCPU test VM
 # (before and after the "Rooms" change alike: the host stalls its vCPUs 5-11 ms at a time), and
 # each underflow stretches the recording so the recorded audio no longer lines up with the
-# reference. The cancel bound below follows: device buffer + one block + the 8 ms fade, with
+# reference. The cancel bound below follows: device buffer + one block + the 4 ms fade, with
 # room for the VM; `scripts/bench cancel` measures the default latency precisely.
 CANCEL_DEVICE = {"SKALD_AUDIO_LATENCY": "high"}
 NEW_TEXT = "Enough. The guard lowers his spear and waves you through."

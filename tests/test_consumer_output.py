@@ -169,7 +169,7 @@ def test_a_cut_fades_with_a_raised_cosine_when_upsampling() -> None:
 
 @pytest.mark.parametrize("factor", [1, 2])
 def test_a_fade_longer_than_the_block_goes_on_in_the_next_block(factor: int) -> None:
-    """The default configuration: 128-frame blocks and an 8 ms fade (176 frames at 22.05 kHz).
+    """128-frame blocks (the default) and an 8 ms fade (176 frames at 22.05 kHz; the default is 4 ms).
     The ramp is played whole across two callbacks, down to zero — not cut at the end of the
     block where it began (a step of a quarter of the signal: a click)."""
     block = 128
