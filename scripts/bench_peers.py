@@ -608,7 +608,7 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench peers", description=__doc__.split("\n")[0])
     parser.add_argument("--runs", type=int, default=5, help="requests per system")
     parser.add_argument(
-        "--narration-words", type=int, default=150, help="words of the narration checked for gaps (150: about 1 min)"
+        "--narration-words", type=int, default=200, help="words of the narration checked for gaps (200: about 1 min)"
     )
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)

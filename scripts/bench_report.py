@@ -62,7 +62,7 @@ RUNS: dict[str, dict[str, list[str] | None]] = {
     "starve": {"tiny": None, "quick": ["starve", "--requests", "1"], "full": ["starve", "--requests", "2"]},
     "peers": {
         "tiny": None,
-        "quick": ["peers", "--runs", "3", "--narration-words", "60"],
+        "quick": ["peers", "--runs", "3", "--narration-words", "80"],
         "full": ["peers", "--runs", "10"],
     },
     "matrix": {"tiny": None, "quick": ["matrix", "--quick"], "full": ["matrix"]},
@@ -368,7 +368,8 @@ def _peers_section(f: dict[str, Any]) -> tuple[list[tuple[str, str]], str, list[
         "of its first chunk; " + "; ".join(f"{n} takes {v:.0f} ms" for n, v in others.items())
         + " (each synthesizes the whole text before the first sample leaves). Gaps over 20 ms in one narration: "
         + ", ".join(f"{n} {g}" for n, g in gap_counts.items())
-        + ". Only skald can be cancelled; the peers' clients can only hang up."
+        + " (the floor speaker synthesizes a sentence only once the previous one is written, so the device can"
+        " run dry at sentence ends). Only skald can be cancelled; the peers' clients can only hang up."
         if skald else "skald was not heard: see the section's log."
     )  # fmt: skip
     names = list(heard)

@@ -155,6 +155,12 @@ def test_the_peers_section_renders_every_system_from_a_real_run() -> None:
     assert names[:4] == ["skald", "floor", "piper-http", "piper-tts-server"]
     assert "RealtimeTTS (PiperEngine)" in names and "versions" in names
     assert "x floor" in dict(rows)["piper-http"] and "skald starts speaking in" in reading
-    assert len(plots) == 1 and _decoded("data:image/png;base64," + plots[0]).shape[1] > 300
+    by_name = dict(rows)
+    assert "0 gaps > 20 ms in 13 s of narration" in by_name["skald"]
+    assert "1 gaps > 20 ms in 12 s of narration (266 ms)" in by_name["floor"]
+    assert "cancel -> silence p50 28 ms" in by_name["skald"] and "no cancel in its API" in by_name["piper-http"]
+    assert all("peak RSS" in by_name[n] and "% of a core" in by_name[n] for n in names[:4])
+    assert "Gaps over 20 ms in one narration: skald 0, floor 1, piper-http 0, piper-tts-server 0" in reading
+    assert len(plots) == 2 and all(_decoded("data:image/png;base64," + p).shape[1] > 300 for p in plots)
     failed = {**figures, "systems": {**figures["systems"], "piper-http": {"error": "did not start: boom"}}}
     assert dict(bench_report._peers_section(failed)[0])["piper-http"] == "not measured: did not start: boom"
