@@ -40,3 +40,32 @@ def test_a_leak_moves_the_median() -> None:
     result = _summary(rss)
     assert result["rss_growth_pct_after_warm_up"]["tts_worker"] > 10.0
     assert result["fd_range_after_warm_up"] == {"tts_worker": 0, "supervisor": 0}
+
+
+def _sawing(minutes: int, leak_mb_per_min: float = 0.0, seed: int = 3) -> list[dict[str, Any]]:
+    """The worker as its once-a-minute heap trim makes it: each minute's samples between the
+    trimmed level (~190 MB) and a chunk's working set (~530 MB), the median of the 12 landing on
+    either at random; ``leak_mb_per_min`` raises both."""
+    import random
+
+    rng = random.Random(seed)
+    rows = []
+    for i in range(minutes):
+        leak = leak_mb_per_min * i
+        low, high = 188.0 + rng.uniform(0, 6) + leak, 522.0 + rng.uniform(0, 14) + leak
+        rows.append({
+            "minute": i + 1, "rss_mb": {"tts_worker": rng.choice([low + 5, high - 20])},
+            "rss_mb_min": {"tts_worker": low}, "rss_mb_max": {"tts_worker": high},
+            "fds": {"tts_worker": 21}, "requests": 1, "not_done": 0, "underruns": 0, "audio_s": 60.0,
+            "ttfa_ms_p50": 150.0,
+        })  # fmt: skip
+    return rows
+
+
+def test_the_trims_saw_is_not_growth_but_a_leak_under_it_is() -> None:
+    flat = summarize(_sawing(60), "", argparse.Namespace(sink="null", minutes=60))
+    assert abs(flat["rss_floor_growth_pct_after_warm_up"]["tts_worker"]) < 5.0
+    assert abs(flat["rss_envelope_growth_pct_after_warm_up"]["tts_worker"]) < 5.0
+    leaking = summarize(_sawing(60, leak_mb_per_min=0.5), "", argparse.Namespace(sink="null", minutes=60))
+    assert leaking["rss_floor_growth_pct_after_warm_up"]["tts_worker"] > 10.0  # 25 MB over ~190
+    assert leaking["rss_envelope_growth_pct_after_warm_up"]["tts_worker"] > 3.0
