@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 t_cancel = time.monotonic()
                 client.cancel(rid)
                 seen += events_until(client, of_request(wire.Silenced, rid), "bench cancel", timeout_s=30.0)
-                silenced = next(e for e in seen if isinstance(e, wire.Silenced) and e.request_id == rid)
+                silenced = seen[-1]  # events_until ends at the match
                 ms = (silenced.t_silent - t_cancel) * 1000.0
                 latencies.append(ms)
                 hops.append((silenced.t_cancel_seen - t_cancel) * 1000.0)

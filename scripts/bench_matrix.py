@@ -136,7 +136,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         pb = (DEFAULT["prebuffer_s"],)
         settings = {"SKALD_AUDIO_BLOCKSIZE": str(DEFAULT["block"]), "SKALD_AUDIO_LATENCY": str(DEFAULT["latency"])}
         rates["16000"] = serve_cells(rig.env, {**settings, "SKALD_AUDIO_RATE": "16000"}, pb, text, "16 kHz ring")
-    native = next((c for c in cells if (c["block"], c["latency"], c["prebuffer_s"]) == tuple(DEFAULT.values())), None)
+    native = next((c for c in cells if all(c[key] == DEFAULT[key] for key in DEFAULT)), None)
     if native is not None:
         rates["native"] = {"quiet": {"0.5": native["quiet"]}, "hog": {"0.5": native["hog"]}}
     return {
