@@ -16,7 +16,8 @@ mode the test renders; the full run is the default):
   in 10 minutes;
 * ``cancel``: cancel -> silence p50/p99 (``scripts/bench cancel``; the PulseAudio rig when no
   device exists);
-* ``starve``: TTFA and underruns beside ``stress-ng --cpu 2`` (``scripts/bench starve``);
+* ``starve``: TTFA and underruns beside ``stress-ng --cpu 2`` (``scripts/bench starve``); full run
+  only: the quick matrix measures its cells beside the same hog;
 * ``adaptive``: the adaptive resume threshold against a fixed one on a model of a starved
   producer (in this process: the real callback core, control loop and shared-memory ring, on a
   virtual clock), with the threshold plotted over time;
@@ -55,14 +56,14 @@ sys.path.insert(0, str(ROOT / "scripts"))
 
 #: Section -> benchmark arguments per mode (``None``: the section does not run in that mode).
 RUNS: dict[str, dict[str, list[str] | None]] = {
-    "core": {"tiny": ["core", "--runs", "1"], "quick": ["core", "--runs", "4"], "full": ["core", "--runs", "12"]},
+    "core": {"tiny": ["core", "--runs", "1"], "quick": ["core", "--runs", "3"], "full": ["core", "--runs", "12"]},
     "rate16k": {
         "tiny": None,
         "quick": None,
         "full": ["core", "--runs", "12", "--server-env", "SKALD_AUDIO_RATE=16000"],
     },
     "cancel": {"tiny": ["cancel", "--cancels", "3"], "quick": ["cancel", "--cancels", "20"], "full": ["cancel"]},
-    "starve": {"tiny": None, "quick": ["starve", "--requests", "1"], "full": ["starve", "--requests", "2"]},
+    "starve": {"tiny": None, "quick": None, "full": ["starve", "--requests", "2"]},
     "peers": {
         "tiny": None,
         "quick": ["peers", "--runs", "3", "--narration-words", "80"],
