@@ -48,6 +48,7 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import socket
 import statistics
 import subprocess
@@ -195,6 +196,7 @@ def run_floor(first_chunk: str, runs: int, marks: list[float], watch: ProcessWat
     if child.wait(60) != 0 or not narrated:
         raise PeerFailed(f"the floor speaker exited {child.returncode}")
     narrated["reference"] = np.load(out)
+    shutil.rmtree(out.parent, ignore_errors=True)
     return {"text": first_chunk, "narration": narrated}
 
 
