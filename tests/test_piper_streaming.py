@@ -44,7 +44,10 @@ LONG = (
 
 @pytest.fixture(scope="module")
 def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    return tmp_path_factory.mktemp("piper-streaming-cache")
+    """A scratch cache (the built-in profile), or ``SKALD_TEST_PIPER_CACHE_DIR``: a cache that
+    ``skald voice calibrate`` wrote, to run these tests on this machine's calibrated profile."""
+    calibrated = os.environ.get("SKALD_TEST_PIPER_CACHE_DIR")
+    return Path(calibrated) if calibrated else tmp_path_factory.mktemp("piper-streaming-cache")
 
 
 @pytest.fixture(scope="module")
