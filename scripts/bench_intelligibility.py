@@ -1,6 +1,6 @@
 """Intelligibility: what an independent recognizer hears from skald's speech vs raw Piper's.
 
-    scripts/bench intelligibility [--json PATH] [--raw-runs N]
+    scripts/bench intelligibility [--json PATH] [--raw-runs N] [--piper-streaming]
 
 For each sample text in ``tests/data`` (with its spoken-form reference ``*.ref.txt``):
 
@@ -11,7 +11,12 @@ For each sample text in ``tests/data`` (with its spoken-form reference ``*.ref.t
 * **raw Piper**: the same text handed whole to piper-tts (``PiperVoice.synthesize``), as a user
   of Piper alone would, ``--raw-runs`` times (Piper samples noise, so runs differ).
 
-Both recordings are resampled to 16 kHz and transcribed by PocketSphinx (its PyPI wheel bundles
+With ``--piper-streaming``, a third: **skald streaming**, the same text room with the streaming
+engine's chunk rule (the first chunk a whole sentence: ``ChunkerConfig.from_settings(...,
+streaming=True)``) and each chunk synthesized by ``StreamingPiperEngine`` (its windows joined,
+the calibrated profile in skald's cache when there is one), against whole-chunk skald.
+
+All recordings are resampled to 16 kHz and transcribed by PocketSphinx (its PyPI wheel bundles
 the US English acoustic model, language model and dictionary; nothing is downloaded) in the same
 way, one utterance per sentence-sized stretch between silences. The word error rate is against
 the reference: lowercased, punctuation dropped, hyphens as spaces. PocketSphinx is not what skald
@@ -114,15 +119,20 @@ def _utterances(pcm16: np.ndarray, min_gap_s: float = 0.25, max_len_s: float = 1
     return spans
 
 
-def skald_audio(text: str) -> tuple[np.ndarray, int, list[dict[str, Any]]]:
-    """Text → skald's chunks (prepared, normalized, planned) → Piper per chunk → joined."""
+def skald_audio(text: str, streaming: bool = False) -> tuple[np.ndarray, int, list[dict[str, Any]]]:
+    """Text → skald's chunks (prepared, normalized, planned) → Piper per chunk → joined; with
+    ``streaming``, the streaming engine and its chunk rule (as the worker pairs them)."""
     from actors.text.chunker import SemanticChunker, SpeakingRate
-    from actors.tts.base import CancelToken
+    from actors.text.plan import ChunkerConfig
+    from actors.tts.base import CancelToken, TtsEngine
     from actors.tts.piper import DEFAULT_VOICE, PiperEngine
+    from actors.tts.piper_streaming import StreamingPiperEngine
+    from config.settings import Settings
 
-    engine = PiperEngine()
+    engine: TtsEngine = StreamingPiperEngine() if streaming else PiperEngine()
     info = engine.load_voice(DEFAULT_VOICE)
-    chunker = SemanticChunker(SpeakingRate(chars_per_s=info.chars_per_s))
+    config = ChunkerConfig.from_settings(Settings().chunker, streaming=True) if streaming else None
+    chunker = SemanticChunker(SpeakingRate(chars_per_s=info.chars_per_s), config)
     plans = chunker.feed(text) + chunker.finish()
     parts: list[np.ndarray] = []
     for plan in plans:
@@ -158,6 +168,9 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="scripts/bench intelligibility", description=__doc__.split("\n")[0])
     parser.add_argument("--json", metavar="PATH", help="also write the figures to PATH")
     parser.add_argument("--raw-runs", type=int, default=2, help="raw Piper runs per text (default 2)")
+    parser.add_argument(
+        "--piper-streaming", action="store_true", help="also skald with the streaming Piper engine and its chunk rule"
+    )
     args = parser.parse_args(argv)
 
     from bench import machine, write_json
@@ -191,6 +204,16 @@ def main(argv: list[str]) -> int:
             "raw_piper_heard": raw_hyps,
             "chunks": chunks,
         }
+        if args.piper_streaming:
+            s_audio, s_rate, s_chunks = skald_audio(text, streaming=True)
+            s_hyp = asr.transcribe(s_audio, s_rate)
+            entry["skald_streaming_wer"] = round(wer(ref, s_hyp), 4)
+            entry["skald_streaming_heard"] = " ".join(s_hyp)
+            entry["streaming_chunks"] = s_chunks
+            print(
+                f"{name:>16}: skald streaming WER {entry['skald_streaming_wer']:.3f} ({len(s_chunks)} chunks)",
+                flush=True,
+            )
         result["samples"][name] = entry
         print(
             f"{name:>16}: skald WER {entry['skald_wer']:.3f}   raw Piper WER "
@@ -204,6 +227,11 @@ def main(argv: list[str]) -> int:
         "normalization: skald <= 0.85 x raw": norm["skald_wer"] <= 0.85 * norm["raw_piper_wer_mean"],
         "narration: skald <= raw + 0.03": plain["skald_wer"] <= plain["raw_piper_wer_mean"] + 0.03,
     }
+    if args.piper_streaming:  # issue 18: no worse than whole-chunk skald (the same sampling allowance)
+        for name in SAMPLES:
+            result["acceptance"][f"{name}: streaming <= whole-chunk skald + 0.03"] = (
+                s[name]["skald_streaming_wer"] <= s[name]["skald_wer"] + 0.03
+            )
     print(f"machine: {result['machine']['cpu']}, {result['machine']['cores']} cores; {result['engine']}")
     for what, ok in result["acceptance"].items():
         print(f"  {what}: {'met' if ok else 'NOT met'}")
