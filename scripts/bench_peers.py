@@ -430,21 +430,24 @@ def inserted_gaps(reference: np.ndarray, recording: np.ndarray, rate: int = RATE
     """Silences of the recording that the reference does not have, in ms (each > GAP_MS).
 
     Both are int16 and start at the same sound (the recording is cut at the reference's onset).
-    The pauses of each (runs of >= 5 ms at or below the silence threshold) are walked in order:
-    a recorded pause where the reference has one (within 25 ms of where it is expected, after
-    the gaps already found) counts by how much it is longer; one where the reference has none
-    counts whole. A system that underruns (a speaker starved by a late synthesis or network)
-    plays zeros, which show here; speech lost or played twice is not looked for."""
-    from tests.audio_rig import find_gaps
+    Each recorded pause (a run > GAP_MS at or below the silence threshold) is laid on the
+    reference where it falls (after the gaps already found), and counts by how much of it the
+    reference does not have quiet there: a pause the system meant counts nothing (a click or a
+    breath inside it that the device path smooths away included), one inside a word counts
+    whole, a pause made longer counts its excess. A system that underruns (a speaker starved by a
+    late synthesis or network) plays zeros, which show here; speech lost or played twice is not
+    looked for."""
+    from tests.audio_rig import DEFAULT_SILENCE_THRESHOLD, find_gaps
 
-    ref_pauses = find_gaps(reference, rate, min_gap_ms=5.0)
-    rec_pauses = find_gaps(recording, rate, min_gap_ms=GAP_MS)
+    quiet = np.abs(reference.astype(np.int32)) <= DEFAULT_SILENCE_THRESHOLD
+    quiet_before = np.concatenate([[0], np.cumsum(quiet)])  # quiet samples before each index
     gaps: list[float] = []
     drift = 0.0
-    for start, length in rec_pauses:
-        expected = start - drift
-        match = [d for s, d in ref_pauses if abs(s - expected) <= 0.025 or s <= expected <= s + d]
-        extra = length - (max(match) if match else 0.0)
+    for start, length in find_gaps(recording, rate, min_gap_ms=GAP_MS):
+        a = min(len(reference), max(0, round((start - drift) * rate)))
+        b = min(len(reference), a + round(length * rate))
+        meant = (quiet_before[b] - quiet_before[a]) / rate + (length - (b - a) / rate)  # past the end: meant
+        extra = length - meant
         if extra * 1000.0 > GAP_MS:
             gaps.append(round(extra * 1000.0, 1))
             drift += extra

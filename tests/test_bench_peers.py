@@ -66,6 +66,16 @@ def test_a_pause_a_little_longer_than_the_reference_is_not_a_gap() -> None:
     assert bench_peers.inserted_gaps(reference, recording) == []
 
 
+def test_a_click_inside_a_pause_that_the_device_path_smooths_away_is_not_a_gap() -> None:
+    reference = _speech_like(20.0)
+    start, length = bench_peers_pauses(reference)[2]
+    mid = int((start + length / 2) * RATE)
+    clicked = reference.copy()
+    clicked[mid : mid + 3] = 900  # the reference's pause is two pauses to a threshold ...
+    recording = _through_the_rig(reference)  # ... the recording's is one
+    assert bench_peers.inserted_gaps(clicked, recording) == []
+
+
 def bench_peers_pauses(audio: np.ndarray) -> list[tuple[float, float]]:
     from tests.audio_rig import find_gaps
 
