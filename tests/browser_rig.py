@@ -71,6 +71,9 @@ class Chromium:
         self._ids = itertools.count(1)
         self._waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
         self._reader: asyncio.Task[None] | None = None
+        #: What the page reported as an error once ``Runtime``/``Log`` are enabled: uncaught
+        #: exceptions, ``console.error`` calls, error-level log entries (a failed load included).
+        self.console_errors: list[str] = []
 
     async def start(self, timeout_s: float = 60.0) -> Chromium:
         if not os.path.exists(CHROMIUM):
@@ -121,12 +124,22 @@ class Chromium:
             if msg.type != aiohttp.WSMsgType.TEXT:
                 continue
             data = json.loads(msg.data)
+            self._note_error(data)
             fut = self._waiting.pop(data.get("id", -1), None)
             if fut is not None and not fut.done():
                 fut.set_result(data)
         for fut in self._waiting.values():
             if not fut.done():
                 fut.set_exception(BrowserError(f"{self.name}: DevTools connection closed"))
+
+    def _note_error(self, event: dict[str, Any]) -> None:
+        method, params = event.get("method"), event.get("params", {})
+        if method == "Runtime.exceptionThrown":
+            self.console_errors.append(str(params.get("exceptionDetails", {}).get("text", "exception")))
+        elif method == "Runtime.consoleAPICalled" and params.get("type") == "error":
+            self.console_errors.append(" ".join(str(a.get("value", a.get("description", ""))) for a in params["args"]))
+        elif method == "Log.entryAdded" and params.get("entry", {}).get("level") == "error":
+            self.console_errors.append(str(params["entry"].get("text", "")))
 
     async def call(self, method: str, params: dict[str, Any] | None = None, timeout_s: float = 30.0) -> dict[str, Any]:
         assert self._ws is not None

@@ -131,6 +131,13 @@ def test_the_page_opens_in_chromium_with_every_plot_drawn(tiny_report: Path) -> 
         try:
             # The page, not the about:blank the browser starts on, has loaded.
             await browser.wait_for("location.protocol === 'file:' && document.readyState === 'complete'")
+            # Loaded again with errors reported: nothing on the console.
+            await browser.call("Runtime.enable")
+            await browser.call("Log.enable")
+            await browser.evaluate("window.loadedBefore = true")
+            await browser.call("Page.reload")
+            await browser.wait_for("window.loadedBefore === undefined && document.readyState === 'complete'")
+            assert browser.console_errors == [], browser.console_errors
             return dict(
                 await browser.evaluate(
                     "({images: document.images.length, "
