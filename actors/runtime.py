@@ -232,10 +232,12 @@ class HeapTrimmer:
     chunk's PCM) from several threads; glibc keeps the freed pages in its per-thread arenas, and
     the 60-minute soak saw the TTS worker grow 410 -> 500 MB in steps that way. Trimming only
     where the worker waits anyway (for ring space: seconds of audio are queued) keeps it off the
-    path to the next audio; on a libc without ``malloc_trim`` (musl, macOS) it does nothing."""
+    path to the next audio. ``release`` (an engine shrinking its arena) runs first, so what it
+    frees goes back too; on a libc without ``malloc_trim`` (musl, macOS) only ``release`` runs."""
 
-    def __init__(self, interval_s: float = 5.0) -> None:
+    def __init__(self, interval_s: float = 5.0, release: Callable[[], None] | None = None) -> None:
         self.interval_s = interval_s
+        self.release = release  # run first: what it frees (an engine's arena) is trimmed with the rest
         self._last = float("-inf")
         self.trims = 0
         self._trim: Callable[[int], int] | None = None
@@ -251,9 +253,13 @@ class HeapTrimmer:
     def maybe_trim(self, now: float | None = None) -> bool:
         """Trim if the interval has passed; True when it did."""
         now = time.monotonic() if now is None else now
-        if self._trim is None or now - self._last < self.interval_s:
+        if now - self._last < self.interval_s:
             return False
         self._last = now
+        if self.release is not None:
+            self.release()
+        if self._trim is None:
+            return False
         self._trim(0)
         self.trims += 1
         return True
@@ -266,10 +272,10 @@ _M_MMAP_THRESHOLD = -3
 
 def hold_freed_heap() -> bool:
     """Make glibc keep freed memory for reuse instead of returning it at every ``free``: the
-    synthesis processes' allocation pattern (onnxruntime without its arena, see
-    ``actors.tts.piper.session_options``) is many buffers of 1-30 MB per chunk, and glibc's
-    defaults hand big ones back to the kernel and fault them in again for the next op (24 %
-    slower synthesis than the arena, measured; 3-5 % with this). Memory goes back to the OS only
+    synthesis processes' allocation pattern (each chunk's PCM, an arena shrunk once a minute,
+    torch's and numpy's temporaries) is many buffers of 1-30 MB, and glibc's defaults hand big
+    ones back to the kernel and fault them in again for the next use (onnxruntime without its
+    arena, measured: 24 % slower synthesis; 3-5 % with this). Memory goes back to the OS only
     through :class:`HeapTrimmer`. Process-wide: call it in a synthesis process's entry point.
     False on a libc without ``mallopt``."""
     try:

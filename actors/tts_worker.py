@@ -280,11 +280,21 @@ class TtsWorker:
         # Called only where the worker waits anyway (see HeapTrimmer), once a minute: each trim
         # makes the next chunks fault their buffers in again (every 5 s and at each request's end:
         # pipeline RTF 1.13 x raw Piper's; once a minute, in ring waits only: 1.08 x; one run each).
-        self.heap = HeapTrimmer(interval_s=60.0)
+        self.heap = HeapTrimmer(interval_s=60.0, release=self._release_engine_memory)
         self.default_voice = main_voice(settings) if engine is not None else settings.tts.fallback_voice
         self.load_voice(self.default_voice)
         if fallback is not None:
             self.load_voice(settings.tts.fallback_voice)  # warm: a failure mid-request must not wait for it
+
+    def _release_engine_memory(self) -> None:
+        """The engines' arenas back to their allocator, before the heap trim hands it to the OS."""
+        for engine in (self.engine, self.fallback):
+            if engine is None:
+                continue
+            try:
+                engine.release_memory()
+            except Exception:  # an engine that cannot shrink keeps its memory; the narration goes on
+                log.warning("%s: releasing memory failed", engine.name, exc_info=True)
 
     # ---------------------------------------------------------------- voices
     @property

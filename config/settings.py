@@ -100,8 +100,8 @@ class TtsSettings:
     parallel_streams: Annotated[int, _range(-1, 3)] = -1
     piper_streaming: bool = False
     piper_cache_dir: str = ""
-    piper_threads: Annotated[int, _range(-1, 64)] = 0
-    piper_spinning: bool = False
+    piper_threads: Annotated[int, _range(-1, 64)] = -1
+    piper_spinning: bool = True
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """Whole-chunk Piper's onnxruntime session: ``tts.piper_threads`` and ``tts.piper_spinning``.
 
-The session skald builds must be the one the settings name (threads unpinned, one per physical
-core, no spin-waiting by default; -1/true = plain piper-tts's own) and must speak exactly what
-plain piper-tts speaks: with the noise off, sample for sample.
+The session skald builds must be the one the settings name (by default -1/true, plain piper-tts's
+own: threads pinned by onnxruntime, spin-waiting, its CPU arena on; 0/false = one unpinned thread
+per physical core, no spin-waiting) and must speak exactly what plain piper-tts speaks: with the
+noise off, sample for sample. ``release_memory`` shrinks the arena, and speech after it is the same.
 """
 
 from __future__ import annotations
@@ -31,25 +32,29 @@ def _spinning_entry(session: object) -> str | None:
         return None
 
 
-def test_default_session_has_one_unpinned_thread_per_core_and_no_spinning() -> None:
+def test_default_session_is_plain_piper_tts_session() -> None:
     engine = create_engine("piper", load_settings(env={}))
     assert isinstance(engine, PiperEngine)
     try:
-        options = _session(engine).get_session_options()  # type: ignore[attr-defined]
-        # An explicit count (not 0) is what keeps onnxruntime from pinning its threads to cores.
-        assert options.intra_op_num_threads == physical_cores() >= 1
-        assert _spinning_entry(_session(engine)) == "0"
+        session = _session(engine)
+        options = session.get_session_options()  # type: ignore[attr-defined]
+        assert options.intra_op_num_threads == 0  # onnxruntime's choice: one per core, pinned
+        assert _spinning_entry(session) is None
+        assert options.enable_cpu_mem_arena
     finally:
         engine.close()
 
 
-def test_minus_one_with_spinning_is_plain_piper_tts_session() -> None:
-    settings = load_settings(env={"SKALD_TTS_PIPER_THREADS": "-1", "SKALD_TTS_PIPER_SPINNING": "true"})
+def test_zero_threads_without_spinning_is_unpinned_and_sleeps() -> None:
+    settings = load_settings(env={"SKALD_TTS_PIPER_THREADS": "0", "SKALD_TTS_PIPER_SPINNING": "false"})
     engine = create_engine("piper", settings)
     try:
         session = _session(engine)  # type: ignore[arg-type]
-        assert session.get_session_options().intra_op_num_threads == 0  # type: ignore[attr-defined]
-        assert _spinning_entry(session) is None
+        options = session.get_session_options()  # type: ignore[attr-defined]
+        # An explicit count (not 0) is what keeps onnxruntime from pinning its threads to cores.
+        assert options.intra_op_num_threads == physical_cores() >= 1
+        assert _spinning_entry(session) == "0"
+        assert options.enable_cpu_mem_arena
     finally:
         engine.close()
 
@@ -76,3 +81,43 @@ def test_skald_session_speaks_exactly_what_plain_piper_speaks() -> None:
 def test_a_bad_thread_count_names_the_key() -> None:
     with pytest.raises(ConfigError, match=r"tts\.piper_threads"):
         load_settings(env={"SKALD_TTS_PIPER_THREADS": "100"})
+
+
+# In a child process: RSS is the process's, and malloc settings are process-wide.
+_RELEASE_CODE = """
+import ctypes, json, sys
+import numpy as np, psutil
+from actors.runtime import hold_freed_heap
+from actors.tts.base import CancelToken
+from actors.tts.piper import DEFAULT_VOICE, PiperEngine
+hold_freed_heap()
+trim = ctypes.CDLL("libc.so.6").malloc_trim
+engine = PiperEngine(0.0, 0.0)
+engine.load_voice(DEFAULT_VOICE)
+rss = lambda: psutil.Process().memory_info().rss / 1e6
+speak = lambda text: np.concatenate(list(engine.synthesize(text, DEFAULT_VOICE, CancelToken())))
+short = speak(sys.argv[1])
+speak(sys.argv[2])  # the arena grows to this long sentence's working set
+trim(0)
+held = rss()  # trimmed, but the arena keeps its regions
+engine.release_memory()
+trim(0)
+released = rss()
+again = speak(sys.argv[1])
+print(json.dumps({"held": held, "released": released, "same": bool(np.array_equal(short, again))}))
+"""
+
+
+def test_release_memory_shrinks_the_arena_and_speech_is_unchanged() -> None:
+    import json
+    import subprocess
+    import sys
+
+    long = " ".join([TEXT.replace(".", ",")] * 6) + "."
+    out = subprocess.run(
+        [sys.executable, "-c", _RELEASE_CODE, TEXT, long], capture_output=True, text=True, timeout=300, check=True
+    )
+    figures = json.loads(out.stdout.strip().splitlines()[-1])
+    # A 40-s sentence's decoder buffers are hundreds of MB; the arena hands back most of them.
+    assert figures["released"] < figures["held"] - 50, figures
+    assert figures["same"], "speech after release_memory differs"

@@ -325,14 +325,32 @@ def test_the_heap_trimmer_gives_memory_back_at_most_once_per_interval() -> None:
     assert trimmer.trims == 2
 
 
+def test_the_heap_trimmer_runs_its_release_first_once_per_interval() -> None:
+    order: list[str] = []
+    trimmer = runtime.HeapTrimmer(interval_s=5.0, release=lambda: order.append("release"))
+    real_trim = trimmer._trim
+    assert real_trim is not None
+
+    def trim(pad: int) -> int:
+        order.append("trim")
+        return real_trim(pad)
+
+    trimmer._trim = trim
+    assert trimmer.maybe_trim(now=100.0) is True
+    assert trimmer.maybe_trim(now=101.0) is False
+    assert order == ["release", "trim"]  # what the release frees (an engine's arena) is trimmed too
+
+
 def test_the_heap_trimmer_does_nothing_without_malloc_trim(monkeypatch: pytest.MonkeyPatch) -> None:
     def no_libc(_name: str) -> Any:
         raise OSError("libc.so.6: cannot open shared object file")  # musl, macOS
 
     monkeypatch.setattr(runtime.ctypes, "CDLL", no_libc)
-    trimmer = runtime.HeapTrimmer()
+    released: list[int] = []
+    trimmer = runtime.HeapTrimmer(release=lambda: released.append(1))
     assert not trimmer.available
     assert trimmer.maybe_trim(now=100.0) is False and trimmer.trims == 0
+    assert released == [1]  # the engine still shrinks its arena; only the trim is missing
 
 
 def test_a_synthesis_process_holds_freed_heap_for_reuse() -> None:

@@ -89,6 +89,9 @@ class TtsEngine(ABC):
         """Yield float32 mono blocks at the voice's sample rate; stop early once ``cancel`` is set.
         ``speed`` > 1 speaks faster (0.25-4.0), by the engine's own rate control."""
 
+    def release_memory(self) -> None:  # noqa: B027 - optional hook; engines without a cache need not override
+        """Hand back memory kept for reuse (an allocator arena); called where the worker waits anyway."""
+
     def close(self) -> None:  # noqa: B027 - optional hook; engines without resources need not override
         """Release models and sessions."""
 

@@ -49,12 +49,24 @@ def physical_cores() -> int:
 def session_options(threads: int, spinning: bool) -> Any:
     """onnxruntime options for a Piper voice inside skald (``tts.piper_threads``, ``tts.piper_spinning``).
 
-    Why not onnxruntime's defaults: they pin one intra-op thread to each physical core and let
-    idle ones spin-wait. A Piper op is split evenly over those threads and waits for the last
-    one; inside skald the other processes (the audio callback, the actors' polls and ticks, the
-    render worker) wake on the same cores, and a pinned thread they preempt cannot move, while the
-    spinning ones burn the CPU the preempted one needs. ``threads`` 0 = one per physical core,
-    set explicitly, which leaves them unpinned; -1 = onnxruntime's own choice (pinned)."""
+    The defaults, -1/True, are onnxruntime's own (what ``PiperVoice.load`` gives): one intra-op
+    thread pinned to each physical core, idle ones spin-waiting for the next operator. A Piper op
+    is split evenly over the threads and waits for the last one, so every wake-up a sleeping
+    thread needs is on the path. Measured on a 2-core VM (2026-12-01, arena on in all):
+
+    ==========================  ======================  ==========================  =================
+    session                     in one process,         pipeline / raw piper-tts    beside stress-ng
+                                interleaved (RTF ×)     (``bench core``)            --cpu 2 (RTF)
+    ==========================  ======================  ==========================  =================
+    pinned, spinning (default)  1.000                   1.034                       0.0589
+    unpinned, spinning (0/True) 1.034                   --                          --
+    pinned, no spinning         1.044-1.051             1.080                       --
+    unpinned, no spinning       1.076                   1.088                       0.0667
+    ==========================  ======================  ==========================  =================
+
+    Not spinning costs less CPU (``bench core``'s CPU per second of audio 0.091 against 0.104):
+    worth it for many stages on one box, not for one stage's latency. ``threads`` 0 = one per
+    physical core, set explicitly, which leaves them unpinned."""
     import onnxruntime
 
     options = onnxruntime.SessionOptions()
@@ -62,13 +74,12 @@ def session_options(threads: int, spinning: bool) -> Any:
         options.intra_op_num_threads = threads or physical_cores()
     if not spinning:
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # No CPU arena: onnxruntime's BFC arena only ever grows (extended by doubling, fragmented by
-    # chunks of many lengths). An hour of chunks in one process (measured): with the arena 372 MB
-    # at minute 5 and 410 at 60, stepping up (+6.5 % even after warming it with an 8-s sentence;
-    # shrinking it once a minute made it swing 320-444 MB); without it, plain malloc (with the
-    # worker's hold_freed_heap and HeapTrimmer) stays flat near 170-200 MB. The price, interleaved
-    # in one process: synthesis 1.025 x as long, a first chunk 1.037 x.
-    options.enable_cpu_mem_arena = False
+    # onnxruntime's CPU arena stays on: without it every op output is a fresh malloc, and glibc
+    # hands the big ones (the decoder's, 10-60 MB) back and faults them in again each time
+    # (measured in one process, interleaved: 8-10 % slower synthesis, 18-46 k minor faults per
+    # narration, peak RSS 679 MB against 418 over 60 varied sentences). The arena only ever
+    # grows, to the longest sentence seen; ``PiperEngine.release_memory`` shrinks it where the
+    # worker waits anyway (the RSS floor after it, 150-154 MB, is what it was without the arena).
     return options
 
 
@@ -145,6 +156,26 @@ class PiperEngine(TtsEngine):
             str(path), sess_options=session_options(self.threads, self.spinning), providers=["CPUExecutionProvider"]
         )
         return piper_voice(config=config, session=session)
+
+    def release_memory(self) -> None:
+        """Shrink every loaded voice's onnxruntime arena to what is in use: a three-id run with
+        the arena-shrinkage run option (a few ms; ``Run`` is thread-safe, and a concurrent run's
+        regions are in use, so they stay)."""
+        import onnxruntime
+
+        options = onnxruntime.RunOptions()
+        options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        for model in self._voices.values():
+            session: Any = model.session  # type: ignore[attr-defined]
+            config: Any = model.config  # type: ignore[attr-defined]
+            feed = {
+                "input": np.array([[1, 0, 2]], dtype=np.int64),  # bos, pad, eos
+                "input_lengths": np.array([3], dtype=np.int64),
+                "scales": np.array([config.noise_scale, config.length_scale, config.noise_w_scale], dtype=np.float32),
+            }
+            if any(i.name == "sid" for i in session.get_inputs()):
+                feed["sid"] = np.array([0], dtype=np.int64)
+            session.run(None, feed, options)
 
     def synthesize(self, text: str, voice: str, cancel: CancelToken, speed: float = 1.0) -> Iterator[np.ndarray]:
         voice = voice or DEFAULT_VOICE

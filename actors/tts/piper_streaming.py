@@ -107,7 +107,10 @@ def _streaming_tts_class() -> type:
             opts = ort.SessionOptions()
             opts.intra_op_num_threads = threads
             opts.log_severity_level = 3
-            opts.enable_cpu_mem_arena = False  # why: piper.session_options
+            # No arena here (unlike whole-chunk Piper, piper.session_options): it would grow to the
+            # largest window seen, and release_memory cannot shrink these two graphs without a
+            # run of each; the windows are short (<= 256 frames), so their buffers are a few MB.
+            opts.enable_cpu_mem_arena = False
             if not ORT_SPINNING:
                 # Many short runs per chunk: idle intra-op threads would spin between them, burning
                 # the CPU the audio callback and the other actors share.
