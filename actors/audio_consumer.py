@@ -1024,7 +1024,7 @@ class AudioConsumer:
         # played yet (its requests resume); frames nobody announces are skipped (ConsumerControl).
         policy = PrebufferPolicy(
             PrebufferConfig(
-                start_s=settings.prebuffer.start_s if start_s is None else start_s,
+                start_s=settings.stage_start_s if start_s is None else start_s,
                 resume_s=settings.prebuffer.resume_s,
                 low_water_s=settings.prebuffer.low_water_s,
             )

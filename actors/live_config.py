@@ -188,7 +188,7 @@ class LiveSettings:
             self.host.log_level = level
             logging.getLogger().setLevel(level)
         if changed:
-            start_s = resolved.config.prebuffer_s if resolved is not None else new.prebuffer.start_s
+            start_s = resolved.config.prebuffer_s if resolved is not None else new.stage_start_s
             self.send(
                 wire.ConfigUpdate(
                     settings=new.to_dict(), changed=sorted(changed), prebuffer_start_s=start_s, log_level=level

@@ -156,6 +156,7 @@ class ChunkerSettings:
 @dataclass(frozen=True)
 class PrebufferSettings:
     start_s: Annotated[float, _range(0.0, 30.0)] = 0.5
+    streaming_start_s: Annotated[float, _range(0.0, 30.0)] = 0.25
     resume_s: Annotated[float, _range(0.0, 30.0)] = 0.5
     low_water_s: Annotated[float, _range(0.0, 30.0)] = 0.0
     adaptive: bool = True
@@ -263,6 +264,21 @@ class Settings:
     actors: ActorsSettings = field(default_factory=ActorsSettings)
     web: WebSettings = field(default_factory=WebSettings)
     log: LogSettings = field(default_factory=LogSettings)
+
+    @property
+    def stage_start_s(self) -> float:
+        """Audio buffered before the stage starts playing: ``prebuffer.streaming_start_s`` when its
+        engine streams within a chunk (Piper with ``tts.piper_streaming``: the calibrated decode
+        schedule keeps each later window ahead of the speaker, so the start threshold only covers
+        the first window), else ``prebuffer.start_s`` (a whole chunk arrives at once)."""
+        streams = self.stage_start_key == "prebuffer.streaming_start_s"
+        return self.prebuffer.streaming_start_s if streams else self.prebuffer.start_s
+
+    @property
+    def stage_start_key(self) -> str:
+        """The dotted key ``stage_start_s`` reads (for messages and ``skald gpu``'s sources)."""
+        streams = self.tts.engine == "piper" and self.tts.piper_streaming
+        return "prebuffer.streaming_start_s" if streams else "prebuffer.start_s"
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (TOML-shaped), for passing to child processes and for reports."""
@@ -489,8 +505,8 @@ def _validated(settings: Settings, origins: Mapping[str, str]) -> Settings:
     if c.first_chunk_s > c.first_chunk_max_s:
         fail("chunker.first_chunk_s", f"must not exceed chunker.first_chunk_max_s ({c.first_chunk_max_s:g})")
     p = settings.prebuffer
-    if p.low_water_s > 0 and p.low_water_s >= min(p.start_s, p.resume_s):
-        fail("prebuffer.low_water_s", "must be below prebuffer.start_s and prebuffer.resume_s")
+    if p.low_water_s > 0 and p.low_water_s >= min(settings.stage_start_s, p.resume_s):
+        fail("prebuffer.low_water_s", f"must be below {settings.stage_start_key} and prebuffer.resume_s")
     if settings.web.http:
         host, sep, port = settings.web.http.rpartition(":")
         if not sep or not host or not port.isdigit() or not 0 <= int(port) <= 65535:
@@ -553,6 +569,7 @@ LIVE_KEYS: frozenset[str] = frozenset(
         "chunker.first_chunk_s",
         "chunker.first_chunk_max_s",
         "prebuffer.start_s",
+        "prebuffer.streaming_start_s",
         "prebuffer.resume_s",
         "prebuffer.low_water_s",
         "prebuffer.adaptive",

@@ -234,8 +234,9 @@ class RawStreamingPiper:
         from actors.tts.piper_streaming import StreamingPiperEngine
         from config.settings import load_settings
 
-        # The server's: defaults with no SKALD_* variables (as bench_core starts it).
-        self.engine = StreamingPiperEngine(first_window_s=load_settings(env={}).prebuffer.start_s)
+        # The server's: defaults and streaming, no other SKALD_* variables (as bench_core starts it).
+        settings = load_settings(env={"SKALD_TTS_PIPER_STREAMING": "true"})
+        self.engine = StreamingPiperEngine(first_window_s=settings.stage_start_s)
         self.voice = "en_US-joe-medium"
         self.rate = self.engine.load_voice(self.voice).sample_rate
         if not self.engine.streams_voice(self.voice):

@@ -395,10 +395,9 @@ def resolve_gpu_config(
     values = base.to_dict()
     sources = {name: label for name in values if name != "tier"}
     if tier is Tier.CPU:
-        values["prebuffer_s"] = settings.prebuffer.start_s
-        sources["prebuffer_s"] = "prebuffer.start_s" + (
-            f" ({origins['prebuffer.start_s']})" if "prebuffer.start_s" in origins else ""
-        )
+        key = settings.stage_start_key
+        values["prebuffer_s"] = settings.stage_start_s
+        sources["prebuffer_s"] = key + (f" ({origins[key]})" if key in origins else "")
 
     def explicit(name: str, value: Any) -> None:
         key = _KNOBS[name]

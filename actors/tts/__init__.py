@@ -43,7 +43,7 @@ def create_engine(name: str, settings: Settings | None = None) -> TtsEngine:
                 noise,
                 noise_w,
                 cache_dir=default_cache_dir(tts.piper_cache_dir),
-                first_window_s=settings.prebuffer.start_s,
+                first_window_s=settings.stage_start_s,
             )
         return PiperEngine(noise, noise_w, threads=tts.piper_threads, spinning=tts.piper_spinning)
     if name == "xtts":

@@ -213,7 +213,7 @@ class StreamingPiperEngine(PiperEngine):
         first_window_s: float = 0.0,
     ) -> None:
         """``first_window_s``: the schedule's leading windows are merged until the first holds this
-        much audio. Playback waits for the pre-buffer (``prebuffer.start_s``) anyway, so smaller
+        much audio. Playback waits for the pre-buffer (``Settings.stage_start_s``) anyway, so smaller
         first windows would only add margin frames (decoded and dropped) without sound sooner."""
         super().__init__(noise_scale, noise_w_scale)
         self.first_window_s = first_window_s
