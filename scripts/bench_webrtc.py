@@ -126,6 +126,15 @@ def run(listeners: int, requests: int) -> dict[str, Any]:
         "cpu_per_listener_pct": round(bench["web_cpu_pct"] / listeners, 2),
         "web_cpu_pct": round(bench["web_cpu_pct"], 2),
         "stage_underruns": sum(it["underruns"] for it in items),
+        # The web actor's own view: how evenly the stage feed sent frames (a late frame is what a
+        # browser conceals on a clean link), and frames skipped or dropped for slow listeners.
+        **{
+            k: bench.get("web_metrics", {}).get(k)
+            for k in (
+                "feed_spacing_ms_p99", "feed_spacing_ms_max", "stage_late_frames", "stage_max_late_ms",
+                "stage_skipped_frames", "listener_frames_dropped",
+            )
+        },
     }
 
 

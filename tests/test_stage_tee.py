@@ -131,3 +131,37 @@ def test_stage_feed_sends_20ms_frames_of_the_tee_at_their_dac_time_never_before(
     spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
     peak_hz = np.argmax(spectrum) * OPUS_RATE / len(audio)
     assert abs(peak_hz - 440.0) < 5.0 and 0.45 < np.max(np.abs(audio)) < 0.55
+
+
+def test_stage_feed_counts_frames_that_leave_after_their_due_time() -> None:
+    """Frames whose DAC time has already passed when they reach the tee (the consumer rendered
+    them late) go out at once, counted as late: what a browser's jitter buffer may conceal."""
+    import threading
+    import time
+
+    from actors.web.webrtc import StageFeed
+
+    owner, producer = _tee_ring(seconds=2.0)
+    reader = PcmRing.attach(owner.name, "consumer")
+    sent: list[float] = []
+    enough = threading.Event()
+
+    def on_frame(_frame: bytes) -> None:
+        sent.append(time.monotonic())
+        if len(sent) >= 10:
+            enough.set()
+
+    feed = StageFeed(reader, on_frame)
+    try:
+        feed.start()
+        producer.publish_clock(int((time.monotonic() - 0.3) * 1e9))  # tee frame 0 played 0.3 s ago
+        x = tone(440.0, 0.3)
+        assert producer.push(x) == len(x)
+        assert enough.wait(30.0), f"only {len(sent)} frames"
+    finally:
+        feed.stop()
+        reader.close()
+        producer.close()
+        owner.close()
+        owner.unlink()
+    assert feed.late_frames >= 10 and feed.max_late_ms >= 250.0, (feed.late_frames, feed.max_late_ms)

@@ -361,9 +361,13 @@ async def bench(stage: Stage) -> None:
             (cancelled if cancel else played).append(item)
     cpu1, t1 = web.cpu_times(), time.monotonic()
     stage.mark("measure_end")
+    assert stage.server is not None
+    with stage.server.client() as client:  # the stage feed's pacing and drops, from the web actor
+        web_metrics = client.status()["actors"][wire.Role.WEB]["metrics"]
     stage.result["bench"] = {
         "listeners": stage.n, "played": played, "cancelled": cancelled,
         "web_cpu_pct": 100.0 * ((cpu1.user + cpu1.system) - (cpu0.user + cpu0.system)) / (t1 - t0),
+        "web_metrics": web_metrics,
     }  # fmt: skip
 
 

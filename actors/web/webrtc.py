@@ -57,6 +57,8 @@ LIVE_WINDOW_S = 0.5
 _POLL_S = 0.005
 #: The send lead (how far the consumer renders ahead of its DAC) is the least seen over this window.
 LEAD_WINDOW_S = 5.0
+#: A frame sent this much after its due time counts as late (``StageFeed.late_frames``).
+LATE_S = 0.02
 _TIME_BASE = fractions.Fraction(1, OPUS_RATE)
 
 
@@ -75,6 +77,10 @@ class StageFeed:
         # When the last frames went out (monotonic s): their spacing shows how smooth the stage's
         # clock reaches the listeners (bursts here become jitter in the browsers).
         self.sent_at = np.zeros(512, dtype=np.float64)
+        # Frames that went out more than LATE_S after their due time, and the latest: a browser's
+        # jitter buffer (~40-50 ms on a clean link) conceals what arrives later than it holds.
+        self.late_frames = 0
+        self.max_late_ms = 0.0
         self._resampler = soxr.ResampleStream(self.rate, OPUS_RATE, 1, dtype="float32")
         self._buf = np.zeros(max(1024, ring.capacity_frames), dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
@@ -159,7 +165,12 @@ class StageFeed:
                     ready.append((due, np.clip(np.round(block * 32767.0), -32768, 32767).astype("<i2").tobytes()))
                 self._pending = pending[n * FRAME_SAMPLES :].copy()
             while ready and ready[0][0] <= time.monotonic():
-                self.sent_at[self.frames_out % len(self.sent_at)] = time.monotonic()
+                sent = time.monotonic()
+                late = sent - ready[0][0]
+                if late > LATE_S:
+                    self.late_frames += 1
+                self.max_late_ms = max(self.max_late_ms, 1000.0 * late)
+                self.sent_at[self.frames_out % len(self.sent_at)] = sent
                 self.frames_out += 1
                 self.on_frame(ready.popleft()[1])
             wait = _POLL_S if not ready else min(_POLL_S, max(0.0, ready[0][0] - time.monotonic()))
@@ -402,6 +413,8 @@ class Listeners:
                 {
                     "stage_frames": self.feed.frames_out,
                     "stage_skipped_frames": self.feed.skipped_frames,
+                    "stage_late_frames": self.feed.late_frames,
+                    "stage_max_late_ms": round(self.feed.max_late_ms, 2),
                     **self.feed.spacing_ms(),
                 }
                 if self.feed is not None
