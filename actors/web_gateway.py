@@ -56,6 +56,8 @@ if TYPE_CHECKING:
     from typing import Self
 
 log = logging.getLogger("skald.web")
+#: Idle HTTP connections are kept this long (nginx's default, 75 s).
+KEEP_ALIVE_S = 75
 
 #: ``status`` answers are reused this long (health checks and name lookups on every request).
 STATUS_TTL_S = 0.25
@@ -184,7 +186,17 @@ class WebGateway:
         if feed is not None:
             listeners.feed = feed
             feed.start()
-        config = uvicorn.Config(app, lifespan="off", log_level="warning", access_log=False, timeout_graceful_shutdown=2)
+        # Keep-alive longer than clients keep idle connections (aiohttp 15 s, browsers 60 s and
+        # more): with uvicorn's 5 s the server closed a connection just as a client reused it for
+        # its next request, 5 s after the last (bench webrtc: ServerDisconnectedError).
+        config = uvicorn.Config(
+            app,
+            lifespan="off",
+            log_level="warning",
+            access_log=False,
+            timeout_graceful_shutdown=2,
+            timeout_keep_alive=KEEP_ALIVE_S,
+        )
         server = _QuietServer(config)
         threads = [
             threading.Thread(target=self._messages, args=(stop, inbox), name="web-messages", daemon=True),

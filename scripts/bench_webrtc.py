@@ -13,6 +13,12 @@ listeners, N requests heard whole and N cancelled 0.8 s into their audio:
 * ``cancel_to_browser_silence_ms_p50/p95``: the cancel sent → the last audible sample after it.
 * ``concealed_per_min``: getStats concealedSamples per minute of listening (after the first
   100 ms), summed over listeners; ``cpu_per_listener_pct``: the web actor's CPU over the run / N.
+* ``browser_jitter_buffer_ms`` / ``browser_playout_delay_ms``: getStats' mean jitter-buffer delay
+  and Chromium's mean audio-output delay after it (media-playout), per sample, mean of listeners:
+  the browser's share of ``browser_minus_device_ms``.
+* ``stage_late_frames`` / ``stage_max_late_ms``: frames the web actor sent more than 20 ms after
+  their due time (what a browser may conceal on a clean link), with the feed's spacing, skipped
+  and dropped frames (the web actor's own metrics).
 
 Recordings are at 22.05 kHz, each placed on the wall clock by its recorder's first bytes
 (``parec`` reads with 20 ms latency, so onsets carry about ±10 ms of that).
@@ -107,11 +113,19 @@ def run(listeners: int, requests: int) -> dict[str, Any]:
             if last is not None:
                 silences.append(1000 * (last - item["t_cancel"]))
     concealed, minutes = 0.0, 0.0
+    jb, playout = [], []  # per listener: mean jitter-buffer delay, mean output (playout) delay, ms
     for n in names:
         series = [s for s in result["stats"][n] if result["marks"]["measure_start"] * 1000 <= s["t"]]
         if len(series) >= 2:
-            concealed += series[-1]["concealedSamples"] - series[0]["concealedSamples"]
-            minutes += (series[-1]["t"] - series[0]["t"]) / 60000.0
+            first, last = series[0], series[-1]
+            concealed += last["concealedSamples"] - first["concealedSamples"]
+            minutes += (last["t"] - first["t"]) / 60000.0
+            emitted = last["jitterBufferEmittedCount"] - first["jitterBufferEmittedCount"]
+            if emitted > 0:
+                jb.append(1000.0 * (last["jitterBufferDelay"] - first["jitterBufferDelay"]) / emitted)
+            played = last.get("playoutSamples", 0) - first.get("playoutSamples", 0)
+            if played > 0:
+                playout.append(1000.0 * (last["playoutDelay"] - first["playoutDelay"]) / played)
     return {
         "listeners": listeners,
         "requests": len(bench["played"]),
@@ -123,6 +137,10 @@ def run(listeners: int, requests: int) -> dict[str, Any]:
         "cancel_to_browser_silence_ms_p50": round(percentile(silences, 0.5), 1),
         "cancel_to_browser_silence_ms_p95": round(percentile(silences, 0.95), 1),
         "concealed_per_min": round(concealed / minutes, 1) if minutes else None,
+        # Where the browser's share of browser - device goes (getStats, averaged over the samples):
+        # NetEq's jitter buffer, then Chromium's audio output after it (media-playout).
+        "browser_jitter_buffer_ms": round(float(np.mean(jb)), 1) if jb else None,
+        "browser_playout_delay_ms": round(float(np.mean(playout)), 1) if playout else None,
         "cpu_per_listener_pct": round(bench["web_cpu_pct"] / listeners, 2),
         "web_cpu_pct": round(bench["web_cpu_pct"], 2),
         "stage_underruns": sum(it["underruns"] for it in items),

@@ -218,6 +218,9 @@ STATS_PROBE = """
     const report = await pc.getStats();
     report.forEach((s) => {
       if (s.type === "inbound-rtp" && s.kind === "audio") {
+        // Chromium's audio output path after the jitter buffer (media-playout: its delay summed
+        // over the samples played), to split the browser's latency into its parts.
+        const playout = s.playoutId ? report.get(s.playoutId) : null;
         window.__stats.push({
           t: performance.timeOrigin + performance.now(),
           packetsReceived: s.packetsReceived || 0, packetsLost: s.packetsLost || 0,
@@ -225,6 +228,9 @@ STATS_PROBE = """
           totalSamplesReceived: s.totalSamplesReceived || 0, jitter: s.jitter || 0,
           jitterBufferDelay: s.jitterBufferDelay || 0, jitterBufferEmittedCount: s.jitterBufferEmittedCount || 0,
           inserted: s.insertedSamplesForDeceleration || 0, removed: s.removedSamplesForAcceleration || 0,
+          jitterBufferTargetDelay: s.jitterBufferTargetDelay || 0,
+          playoutDelay: (playout && playout.totalPlayoutDelay) || 0,
+          playoutSamples: (playout && playout.totalSamplesCount) || 0,
         });
       }
     });

@@ -252,6 +252,30 @@ def test_bad_requests_get_openai_shaped_errors_and_harm_nothing(gateway: Gateway
     assert status == 200 and all(health["actors"].values())
 
 
+def test_an_idle_keep_alive_connection_outlives_a_client_s_pause(gateway: Gateway) -> None:
+    """A client that reuses its connection after a pause (aiohttp keeps them 15 s) must find it
+    open: the server closing it first races the client's next request."""
+    import socket
+    import time
+
+    conn = http.client.HTTPConnection("127.0.0.1", gateway.port, timeout=30)
+    try:
+        conn.request("GET", "/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+        assert conn.getresponse().read() and conn.sock is not None
+        time.sleep(6.0)  # the pause under test: longer than uvicorn's default keep-alive (5 s)
+        conn.sock.setblocking(False)
+        try:
+            eof = conn.sock.recv(1, socket.MSG_PEEK) == b""
+        except BlockingIOError:
+            eof = False  # nothing to read and not closed: the connection is still open
+        conn.sock.setblocking(True)
+        assert not eof, "the server closed the idle connection"
+        conn.request("GET", "/v1/models", headers={"Authorization": f"Bearer {KEY}"})
+        assert conn.getresponse().status == 200
+    finally:
+        conn.close()
+
+
 def test_more_renders_than_allowed_get_429(gateway: Gateway) -> None:
     client = gateway.openai()
     # Long enough that neither render is done (all of it sent) when the third request comes.
