@@ -8,7 +8,10 @@ end-to-end path (``skald serve --http``, browsers) is in ``tests/test_webrtc.py`
 
 from __future__ import annotations
 
+import contextlib
 import os
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 
@@ -24,6 +27,25 @@ def _tee_ring(seconds: float = 1.0) -> tuple[PcmRing, PcmRing]:
     """(owner, producer handle) of a tee ring; the caller attaches a consumer when it wants one."""
     owner = PcmRing.create(f"skald-{os.getpid()}-tee", int(seconds * RATE), RATE, seconds)
     return owner, PcmRing.attach(owner.name, "producer")
+
+
+@contextlib.contextmanager
+def _feeding(on_frame: Callable[[bytes], None]) -> Iterator[tuple[PcmRing, Any]]:
+    """A tee ring (2 s) read by a started ``StageFeed``: (producer handle, feed); all closed after."""
+    from actors.web.webrtc import StageFeed
+
+    owner, producer = _tee_ring(seconds=2.0)
+    reader = PcmRing.attach(owner.name, "consumer")
+    feed = StageFeed(reader, on_frame)
+    try:
+        feed.start()
+        yield producer, feed
+    finally:
+        feed.stop()
+        reader.close()
+        producer.close()
+        owner.close()
+        owner.unlink()
 
 
 def test_the_tee_carries_exactly_what_the_device_plays_fades_cuts_and_silence() -> None:
@@ -95,10 +117,8 @@ def test_stage_feed_sends_20ms_frames_of_the_tee_at_their_dac_time_never_before(
     import threading
     import time
 
-    from actors.web.webrtc import FRAME_SAMPLES, OPUS_RATE, StageFeed
+    from actors.web.webrtc import FRAME_SAMPLES, OPUS_RATE
 
-    owner, producer = _tee_ring(seconds=2.0)
-    reader = PcmRing.attach(owner.name, "consumer")
     sent: list[tuple[float, bytes]] = []
     enough = threading.Event()
 
@@ -107,20 +127,12 @@ def test_stage_feed_sends_20ms_frames_of_the_tee_at_their_dac_time_never_before(
         if len(sent) >= 18:
             enough.set()
 
-    feed = StageFeed(reader, on_frame)
-    try:
-        feed.start()
+    with _feeding(on_frame) as (producer, _feed):
         x = tone(440.0, 0.45)
         epoch = time.monotonic() + 0.05  # the device plays tee frame 0 50 ms from now
         producer.publish_clock(int(epoch * 1e9))
         assert producer.push(x) == len(x)
         assert enough.wait(30.0), f"only {len(sent)} frames"
-    finally:
-        feed.stop()
-        reader.close()
-        producer.close()
-        owner.close()
-        owner.unlink()
     frames = [np.frombuffer(f, dtype="<i2") for _, f in sent[:18]]
     assert all(len(f) == FRAME_SAMPLES for f in frames)
     for k, (t, _) in enumerate(sent[:18]):
@@ -139,10 +151,6 @@ def test_stage_feed_counts_frames_that_leave_after_their_due_time() -> None:
     import threading
     import time
 
-    from actors.web.webrtc import StageFeed
-
-    owner, producer = _tee_ring(seconds=2.0)
-    reader = PcmRing.attach(owner.name, "consumer")
     sent: list[float] = []
     enough = threading.Event()
 
@@ -151,17 +159,9 @@ def test_stage_feed_counts_frames_that_leave_after_their_due_time() -> None:
         if len(sent) >= 10:
             enough.set()
 
-    feed = StageFeed(reader, on_frame)
-    try:
-        feed.start()
+    with _feeding(on_frame) as (producer, feed):
         producer.publish_clock(int((time.monotonic() - 0.3) * 1e9))  # tee frame 0 played 0.3 s ago
         x = tone(440.0, 0.3)
         assert producer.push(x) == len(x)
         assert enough.wait(30.0), f"only {len(sent)} frames"
-    finally:
-        feed.stop()
-        reader.close()
-        producer.close()
-        owner.close()
-        owner.unlink()
     assert feed.late_frames >= 10 and feed.max_late_ms >= 250.0, (feed.late_frames, feed.max_late_ms)
