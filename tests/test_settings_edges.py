@@ -155,8 +155,9 @@ def test_live_changes_name_the_keys_of_the_section_or_the_sections() -> None:
     with pytest.raises(ConfigError) as info:
         check_live_change("prebuffer.stat_s")
     assert str(info.value) == (
-        "config error: unknown setting 'prebuffer.stat_s'; known: prebuffer.start_s, prebuffer.resume_s, "
-        "prebuffer.low_water_s, prebuffer.adaptive, prebuffer.adaptive_max_s, prebuffer.adaptive_calm_s"
+        "config error: unknown setting 'prebuffer.stat_s'; known: prebuffer.start_s, prebuffer.streaming_start_s, "
+        "prebuffer.resume_s, prebuffer.low_water_s, prebuffer.adaptive, prebuffer.adaptive_max_s, "
+        "prebuffer.adaptive_calm_s"
     )
     with pytest.raises(ConfigError) as info:
         check_live_change("audoi.sink")
