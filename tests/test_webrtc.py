@@ -208,6 +208,13 @@ def stats_after(series: list[dict[str, Any]], t_from: float, t_to: float = float
     return {k: last[k] - first[k] for k in first if k != "t"} | {"packetsLost_total": last["packetsLost"]}
 
 
+def stretch_allowance_s(span: dict[str, float]) -> float:
+    """How far a recording may slide against the reference over a ``stats_after`` span: what
+    Chromium reports stretching there (samples at 48 kHz) + 2 ms; a gap or lost speech of
+    skald's own moves it further."""
+    return (span["inserted"] + span["removed"]) / 48000 + 0.002
+
+
 def clip(
     result: dict[str, Any], audio: dict[str, np.ndarray], name: str, t_from: float, t_to: float | None = None
 ) -> tuple[np.ndarray, float]:
@@ -321,7 +328,7 @@ def test_chromium_hears_the_narration_whole_and_stop_silences_it(tmp_path: Path)
     # target of `scripts/bench webrtc` (issue 13).
     narration = stats_after(series, result["narration"].get("playback_started", span[0]), span[1])
     stretched = narration["inserted"] + narration["removed"]
-    slide = check_browser_hears_stretched(ref, rec_b1, max_drift_s=stretched / 48000 + 0.002)
+    slide = check_browser_hears_stretched(ref, rec_b1, max_drift_s=stretch_allowance_s(narration))
     offset, _ = align(ref[:RATE], rec_b1, RATE)
     heard = f"Chromium stretched {stretched} samples (48 kHz), slide {1000 * slide:.1f} ms"
     rec_dev, t0_dev = clip(result, audio, "device", *span)
@@ -358,9 +365,8 @@ def heard_whole(
     (+2 ms, as in the one-listener test: a gap or lost speech of skald's moves it further)."""
     rec, t0 = clip(result, audio, name, t_from, t_to)
     span = stats_after(result["stats"][name], t_from, float("inf") if t_to is None else t_to)
-    stretched = span["inserted"] + span["removed"]
-    if stretched:
-        check_browser_hears_stretched(reference, rec, max_drift_s=stretched / 48000 + 0.002)
+    if span["inserted"] + span["removed"]:
+        check_browser_hears_stretched(reference, rec, max_drift_s=stretch_allowance_s(span))
         offset, _ = align(reference[:RATE], rec, RATE)
     else:
         offset, _ = check_browser_plays(reference, rec, min_windows)
@@ -454,7 +460,7 @@ def test_packet_loss_is_concealed_then_clean_again_and_the_device_never_notices(
         slide = check_browser_hears_stretched(
             audio["ref_narration"],
             clip(result, audio, name, marks["clean_start"])[0],
-            max_drift_s=max(0.15, (after["inserted"] + after["removed"]) / 48000 + 0.002),
+            max_drift_s=max(0.15, stretch_allowance_s(after)),
         )
         print(f"{name}: clean narration after the loss, slide {1000 * slide:.0f} ms, {clean}")
     check_device_plays(audio["ref_long"], clip(result, audio, "device", 0.0, marks["clean_start"])[0])
