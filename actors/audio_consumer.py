@@ -1216,10 +1216,11 @@ class AudioConsumer:
 
     @classmethod
     def from_spec(cls, spec: ActorSpec, send: Send) -> Self:
-        """The consumer of an ``audio_consumer`` process: raises its priority, attaches the ring
-        as its consumer (and closes it in ``close``); the GPU tier sizes the pre-buffer (0.5 s
-        on a High-End card, 3 s on a Low-End one)."""
-        nice = raise_audio_priority()
+        """The consumer of an ``audio_consumer`` process: attaches the ring as its consumer (and
+        closes it in ``close``); the GPU tier sizes the pre-buffer (0.5 s on a High-End card, 3 s
+        on a Low-End one). The process's priority was raised before its first thread started
+        (``run_audio_consumer_process``)."""
+        nice = os.getpriority(os.PRIO_PROCESS, 0)
         ring = PcmRing.attach(spec.ring_name, "consumer")
         ring.start_heartbeat()
         tee: PcmRing | None = None
@@ -1306,4 +1307,4 @@ def raise_audio_priority() -> int:
 
 def run_audio_consumer_process(spec: ActorSpec) -> None:
     """Entry point of the audio consumer process."""
-    run_actor(spec, AudioConsumer)
+    run_actor(spec, AudioConsumer, prepare_threads=raise_audio_priority)

@@ -396,8 +396,18 @@ def start_parent_watchdog(spec: ActorSpec, stop: threading.Event) -> threading.T
     return thread
 
 
-def run_actor(spec: ActorSpec, actor_class: type[Actor]) -> None:
-    """Entry scaffolding shared by every ``run_<role>_process``; exits the process when done."""
+def run_actor(
+    spec: ActorSpec, actor_class: type[Actor], prepare_threads: Callable[[], object] | None = None
+) -> None:
+    """Entry scaffolding shared by every ``run_<role>_process``; exits the process when done.
+
+    ``prepare_threads`` runs before any other thread of the process exists (ZeroMQ's I/O and
+    reaper threads included), for a scheduling change every later thread should inherit. It
+    must run first: libzmq's new threads read their own policy and priority with two system
+    calls and write them back, and abort (``Invalid argument (src/thread.cpp:315)``) when
+    another thread changes them in between -- an audio consumer died at startup that way in CI."""
+    if prepare_threads is not None:
+        prepare_threads()
     configure_logging(spec.log_level, spec.log_format, actor=spec.role)
     set_process_title(spec.role)
     arm_parent_death_signal()

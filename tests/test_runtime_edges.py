@@ -252,12 +252,17 @@ class BrokenActor:
     def from_spec(cls, spec, send):
         raise RuntimeError("model file missing")
 
+THREADS_AT_PREPARE = []
+
+def count_threads():
+    THREADS_AT_PREPARE.append(len(os.listdir("/proc/self/task")))
+
 class IdleActor:
     '''An actor that only waits for its stop.'''
     @classmethod
     def from_spec(cls, spec, send):
         return cls()
-    def ready_info(self): return {}
+    def ready_info(self): return {"threads_at_prepare": THREADS_AT_PREPARE}
     def run(self, stop, inbox): stop.wait(60)
     def on_eager(self, msg): pass
     def metrics(self): return {}
@@ -266,7 +271,8 @@ class IdleActor:
 endpoint, run_dir, shm, kind, parent = sys.argv[1:6]
 spec = ActorSpec(role=wire.Role.TTS_WORKER, backend_endpoint=endpoint, settings={}, run_dir=run_dir,
                  parent_pid=int(parent), ring_name=shm, shm_names=(shm,))
-run_actor(spec, BrokenActor if kind == "broken" else IdleActor)
+run_actor(spec, BrokenActor if kind == "broken" else IdleActor,
+          prepare_threads=count_threads if kind == "prepared" else None)
 """
 
 
@@ -286,6 +292,23 @@ def test_an_actor_that_fails_to_build_reports_it_as_data_and_exits_1(sup: Superv
         )
         assert child.wait(30) == 1
         assert "model file missing" in (child.stderr.read() if child.stderr else "")  # the traceback, logged
+    finally:
+        _reap(child)
+
+
+def test_prepare_threads_runs_while_the_process_has_one_thread(sup: Supervisor, tmp_path: Path) -> None:
+    """The audio consumer's scheduling change (SCHED_FIFO, nice -10) must come before ZeroMQ
+    starts its I/O threads: a libzmq thread that saw its policy change between reading and writing
+    it back aborted the process (CI: ``Invalid argument (src/thread.cpp:315)``). So the hook runs
+    once, before the actor's sockets exist, while the main thread is the only one."""
+    child = _actor_process(sup, tmp_path / "run", "skald-test-none", "prepared", os.getpid())
+    try:
+        identity, ready = sup.receive()
+        assert identity == b"tts_worker"
+        assert isinstance(ready, wire.Ready)
+        assert ready.info == {"threads_at_prepare": [1]}
+        sup.send_frames(identity, wire.encode(wire.Shutdown()))
+        assert child.wait(30) == 0
     finally:
         _reap(child)
 
