@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import http.client
+import itertools
 import json
 import os
 import shutil
@@ -242,11 +243,17 @@ def check_browser_plays(reference: np.ndarray, recording: np.ndarray, min_window
     assert len(scores) > min_windows
     # Opus distorts some 100-ms windows with nothing slipped (measured: worst 0.839-0.878, median
     # 0.97, every window's best lag within 3 samples of the global offset; which window suffers
-    # depends on where the narration falls in the 20-ms frame grid). A slip of 2, 5 or 20 ms
-    # inserted into the same recordings took every window after it to a median of ~0.1 (worst
-    # -0.5), so 0.75 separates the two with room on both sides.
+    # depends on where the narration falls in the 20-ms frame grid; one window of the short
+    # narration, at 2.0 s, scored 0.75-0.90 in all 12 recordings of four runs examined, and 0.743
+    # in a failed one; the CI run at b1fb15f failed once on a window at 0.743 too).
+    # A slip of 2, 5 or 20 ms inserted into the same recordings took every window after it to a
+    # median of ~0.1 (worst -0.5). So a window below 0.75 fails when its neighbour is below it
+    # too (what a slip does), and any window below 0.5 fails alone.
     worst = min(scores, key=lambda item: item[1])
-    assert worst[1] >= 0.75, f"the browser's recording departs from the reference at {worst[0]:.2f} s ({worst[1]:.3f})"
+    where = f"the browser's recording departs from the reference at {worst[0]:.2f} s ({worst[1]:.3f})"
+    assert worst[1] >= 0.5, where
+    for (t, score), (_, after) in itertools.pairwise(scores):
+        assert score >= 0.75 or after >= 0.75, f"the browser's recording departs from the reference at {t:.2f} s"
     return offset, worst[1]
 
 
@@ -384,9 +391,11 @@ def test_three_listeners_in_step_a_mid_join_and_a_killed_one(tmp_path: Path) -> 
     assert spread_ms <= 30.0, onsets
     # The mid-join: b4 connected during the long narration and hears its rest from the live point:
     # the audio after it connected sits in its recording where it sits in b1's (same moment).
+    # From when its jitter buffer settled: in its first ~second Chromium time-stretches what it
+    # plays while NetEq finds its delay (from ~80 ms down to ~30 ms with evenly paced frames).
     long_ref = audio["ref_long"]
     b1_onset = heard_whole(result, audio, "b1", long_ref, *second)
-    joined = result["marks"]["b4_connected"]
+    joined = result["marks"]["b4_settled"]
     cut = int((joined - b1_onset + 0.5) * RATE)
     assert 0 < cut < len(long_ref) - 2 * RATE, "b4 joined after the narration"
     tail = long_ref[cut:]

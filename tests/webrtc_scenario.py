@@ -87,6 +87,16 @@ class Recorder:
         return self.rec.stop()
 
 
+#: A listener's jitter buffer has settled: over a second of the stage received, and no sample
+#: inserted or removed by NetEq in the last 0.5 s of getStats (STATS_PROBE samples every 100 ms).
+SETTLED = """(() => {
+  const s = window.__stats;
+  if (s.length < 6) return false;
+  const a = s.at(-6), b = s.at(-1);
+  return b.totalSamplesReceived > 48000 && a.inserted === b.inserted && a.removed === b.removed;
+})()"""
+
+
 class Stage:
     """PulseAudio, the server, recorders and browsers of one scenario (all inside the namespace)."""
 
@@ -136,9 +146,14 @@ class Stage:
         await browser.evaluate(STATS_PROBE)
         await browser.evaluate("document.getElementById('connect').click(), true")
         await browser.wait_for("window.skaldPlayer.pc && window.skaldPlayer.pc.connectionState === 'connected'")
-        # Audio flows from the start (the stage sends silence between narrations).
-        await browser.wait_for("window.__stats.length > 0 && window.__stats.at(-1).totalSamplesReceived > 4800")
+        # Audio flows from the start (the stage sends silence between narrations). Wait until the
+        # browser's jitter buffer has settled: for its first ~1 s NetEq stretches what it plays
+        # while it finds its target delay (inserted, then removed samples), and a narration started
+        # then is heard time-stretched -- Chromium's start-up, not skald's timing (a listener that
+        # connected 0.2 s before the click failed the three-listener test's first-second check).
+        await browser.wait_for(SETTLED)
         self.mark(f"{name}_connected", await browser.evaluate("window.__stats[0].t / 1000"))
+        self.mark(f"{name}_settled", await browser.evaluate("window.__stats.at(-1).t / 1000"))
         return browser
 
     async def speak_from(self, browser: Chromium, text: str, barge_in: bool = False) -> tuple[str, float]:
