@@ -78,6 +78,13 @@ would give no ordering guarantee at all. The sample data itself is copied with p
 * The immutable config fields are written before ``magic`` (a seq_cst store); an attacher
   loads ``magic`` first and rejects the segment unless it matches.
 
+The hot fields (``write_index``, ``read_index``, ``clock_epoch_ns``) are loaded and stored
+through :class:`DirectAtomic`: the same C11 operations of ``atomics`` (its ``patomic``
+functions, same memory orders), called without the package's per-call Python wrapping (4.6 µs
+a load, 5.9 µs a store, measured; 0.4 µs direct) and without releasing the GIL: the audio
+callback makes several per block, and each GIL release was a moment another thread of the
+consumer could take the interpreter from it.
+
 The atomic calls are opaque C calls (through cffi), so neither Python nor the C compiler can
 move the numpy copies across them; the release/acquire semantics order them on the CPU (on
 x86 TSO this is free, on ARM it emits the barriers). Each atomic op costs ~4 us through cffi,
@@ -106,6 +113,7 @@ not release it) reads as dead.
 from __future__ import annotations
 
 import _posixshmem
+import ctypes
 import math
 import mmap
 import operator
@@ -224,6 +232,61 @@ def _check_role(role: object) -> Role:
     return cast(Role, role)
 
 
+
+_LOAD_FN = ctypes.PYFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)  # (obj, order, out)
+_STORE_FN = ctypes.PYFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)  # (obj, desired, order)
+
+
+class DirectAtomic:
+    """Load and store of one 8-byte ``atomics`` view by calling its C functions directly.
+
+    ``atomics`` implements each operation with ``patomic`` (C11 ``atomic_load_explicit`` and
+    ``atomic_store_explicit``), but wraps every call in Python: the memory order and width are
+    validated and the operands wrapped in buffer objects, ~50 Python calls per operation, and
+    the call itself releases the GIL. Here the same function pointers are re-typed as
+    ``PYFUNCTYPE`` (the GIL stays held over a one-instruction operation) and called with a
+    ``c_uint64`` operand made per call (no buffer shared between threads). Should the package's
+    internals ever change shape, the view's own ``load``/``store`` are used instead."""
+
+    __slots__ = ("_address", "_load", "_store", "view")
+
+    def __init__(self, view: Any) -> None:
+        self.view = view
+        self._load: Any = None
+        self._store: Any = None
+        self._address = 0
+        try:
+            from atomics._impl.atomic.core import OpType
+
+            core = view._core
+            if core.width != 8:  # the views are made unsigned (atomics.UINT)
+                return
+            load = core.get_op_func(OpType.LOAD)
+            store = core.get_op_func(OpType.STORE)
+            load_at = ctypes.cast(load, ctypes.c_void_p).value
+            store_at = ctypes.cast(store, ctypes.c_void_p).value
+            if not load_at or not store_at:
+                return
+            self._address = int(core.address)
+            self._load = _LOAD_FN(load_at)
+            self._store = _STORE_FN(store_at)
+        except (ImportError, AttributeError, TypeError):
+            self._load = self._store = None
+
+    def load(self, order: MemoryOrder = MemoryOrder.SEQ_CST) -> int:
+        if self._load is None:
+            return int(self.view.load(order))
+        out = ctypes.c_uint64()
+        self._load(self._address, order.value, ctypes.addressof(out))
+        return out.value
+
+    def store(self, value: int, order: MemoryOrder = MemoryOrder.SEQ_CST) -> None:
+        if self._store is None:
+            self.view.store(value, order)
+            return
+        desired = ctypes.c_uint64(value)
+        self._store(self._address, ctypes.addressof(desired), order.value)
+
 class PcmRing:
     """A lock-free SPSC ring of mono float32 PCM in POSIX shared memory.
 
@@ -279,12 +342,12 @@ class PcmRing:
         self._a_capacity = views["capacity_frames"]
         self._a_rate = views["sample_rate"]
         self._a_max_fill = views["max_fill_frames"]
-        self._a_write = views["write_index"]
-        self._a_read = views["read_index"]
+        self._a_write = DirectAtomic(views["write_index"])
+        self._a_read = DirectAtomic(views["read_index"])
         self._a_pid = {"producer": views["producer_pid"], "consumer": views["consumer_pid"]}
         self._a_hb = {"producer": views["producer_heartbeat_ns"], "consumer": views["consumer_heartbeat_ns"]}
         self._a_epoch = {"producer": views["producer_epoch"], "consumer": views["consumer_epoch"]}
-        self._a_clock = views["clock_epoch_ns"]
+        self._a_clock = DirectAtomic(views["clock_epoch_ns"])
 
     @classmethod
     def create(
