@@ -259,17 +259,14 @@ class DirectAtomic:
             from atomics._impl.atomic.core import OpType
 
             core = view._core
-            if core.width != 8:  # the views are made unsigned (atomics.UINT)
-                return
-            load = core.get_op_func(OpType.LOAD)
-            store = core.get_op_func(OpType.STORE)
-            load_at = ctypes.cast(load, ctypes.c_void_p).value
-            store_at = ctypes.cast(store, ctypes.c_void_p).value
-            if not load_at or not store_at:
-                return
+            load_at = ctypes.cast(core.get_op_func(OpType.LOAD), ctypes.c_void_p).value or 0
+            store_at = ctypes.cast(core.get_op_func(OpType.STORE), ctypes.c_void_p).value or 0
+            # Only an 8-byte view with both functions (the ring's views are unsigned 64-bit); any
+            # other keeps the view's own methods.
+            direct = core.width == 8 and bool(load_at) and bool(store_at)
             self._address = int(core.address)
-            self._load = _LOAD_FN(load_at)
-            self._store = _STORE_FN(store_at)
+            self._load = _LOAD_FN(load_at) if direct else None
+            self._store = _STORE_FN(store_at) if direct else None
         except (ImportError, AttributeError, TypeError):
             self._load = self._store = None
 

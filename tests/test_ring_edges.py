@@ -358,6 +358,16 @@ def test_direct_atomics_are_the_c11_operations_of_the_atomics_views() -> None:
             assert direct.load(MemoryOrder.ACQUIRE) == value ^ 0x5A5A
             assert direct.load() == value ^ 0x5A5A
         assert bytes(buf[8:]) == bytes(8), "nothing written past the field"
+        narrow_ctx = atomics.atomicview(buffer=memoryview(buf)[8:12], atype=atomics.UINT)
+        narrow = narrow_ctx.__enter__()
+        try:
+            four = DirectAtomic(narrow)  # not 8 bytes: the view's own methods
+            assert four._load is None
+            four.store(2**32 - 1, MemoryOrder.RELEASE)
+            assert four.load(MemoryOrder.ACQUIRE) == 2**32 - 1 == int.from_bytes(buf[8:12], "little")
+        finally:
+            narrow_ctx.__exit__(None, None, None)
+        buf[8:12] = bytes(4)
         plain = DirectAtomic(types.SimpleNamespace(load=view.load, store=view.store))
         assert plain._load is None
         plain.store(99, MemoryOrder.RELEASE)
