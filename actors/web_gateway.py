@@ -182,11 +182,7 @@ class WebGateway:
         app = build_app(self)
         listeners = self.listeners = Listeners(self.settings, loop, is_loopback_bind(self.address))
         add_listen_routes(app, listeners, self)
-        feed = (
-            StageFeed(self.tee, listeners.push_threadsafe, listening=lambda: bool(listeners.sessions))
-            if self.tee is not None
-            else None
-        )
+        feed = StageFeed(self.tee, listeners.push_threadsafe) if self.tee is not None else None
         if feed is not None:
             listeners.feed = feed
             feed.start()

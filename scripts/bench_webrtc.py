@@ -18,8 +18,7 @@ listeners, N requests heard whole and N cancelled 0.8 s into their audio:
   the browser's share of ``browser_minus_device_ms``.
 * ``stage_late_frames`` / ``stage_max_late_ms``: frames the web actor sent more than 20 ms after
   their due time (what a browser may conceal on a clean link), with the feed's spacing, skipped
-  and dropped frames and ``stage_send_lead_ms``, the send lead in use (the web actor's own
-  metrics).
+  and dropped frames (the web actor's own metrics).
 
 Recordings are at 22.05 kHz, each placed on the wall clock by its recorder's first bytes
 (``parec`` reads with 20 ms latency, so onsets carry about ±10 ms of that).
@@ -151,7 +150,7 @@ def run(listeners: int, requests: int) -> dict[str, Any]:
             k: bench.get("web_metrics", {}).get(k)
             for k in (
                 "feed_spacing_ms_p99", "feed_spacing_ms_max", "stage_late_frames", "stage_max_late_ms",
-                "stage_skipped_frames", "listener_frames_dropped", "stage_send_lead_ms",
+                "stage_skipped_frames", "listener_frames_dropped",
             )
         },
     }

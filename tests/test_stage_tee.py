@@ -30,15 +30,13 @@ def _tee_ring(seconds: float = 1.0) -> tuple[PcmRing, PcmRing]:
 
 
 @contextlib.contextmanager
-def _feeding(
-    on_frame: Callable[[bytes], None], listening: Callable[[], bool] | None = None
-) -> Iterator[tuple[PcmRing, Any]]:
+def _feeding(on_frame: Callable[[bytes], None]) -> Iterator[tuple[PcmRing, Any]]:
     """A tee ring (2 s) read by a started ``StageFeed``: (producer handle, feed); all closed after."""
     from actors.web.webrtc import StageFeed
 
     owner, producer = _tee_ring(seconds=2.0)
     reader = PcmRing.attach(owner.name, "consumer")
-    feed = StageFeed(reader, on_frame, listening)
+    feed = StageFeed(reader, on_frame)
     try:
         feed.start()
         yield producer, feed
@@ -148,59 +146,22 @@ def test_stage_feed_sends_20ms_frames_of_the_tee_at_their_dac_time_never_before(
 
 
 def test_stage_feed_counts_frames_that_leave_after_their_due_time() -> None:
-    """Someone listens, so the send lead learned from the first frames holds; then the device's
-    clock moves 0.3 s back against the tee (the consumer rendered late: an underflow). The frames
-    after it are already past their due time when they reach the tee: they go out at once,
-    counted as late -- what a browser's jitter buffer may conceal."""
+    """Frames whose DAC time has already passed when they reach the tee (the consumer rendered
+    them late) go out at once, counted as late: what a browser's jitter buffer may conceal."""
     import threading
     import time
 
     sent: list[float] = []
-    first, enough = threading.Event(), threading.Event()
+    enough = threading.Event()
 
     def on_frame(_frame: bytes) -> None:
         sent.append(time.monotonic())
-        first.set()
-        if len(sent) >= 16:
+        if len(sent) >= 10:
             enough.set()
 
-    with _feeding(on_frame, listening=lambda: True) as (producer, feed):
-        epoch = time.monotonic() + 0.05  # on time: the device plays tee frame 0 50 ms from now
-        producer.publish_clock(int(epoch * 1e9))
-        x = tone(440.0, 0.1)
+    with _feeding(on_frame) as (producer, feed):
+        producer.publish_clock(int((time.monotonic() - 0.3) * 1e9))  # tee frame 0 played 0.3 s ago
+        x = tone(440.0, 0.3)
         assert producer.push(x) == len(x)
-        assert first.wait(30.0), "no frame"
-        assert feed.late_frames == 0
-        producer.publish_clock(int((epoch - 0.3) * 1e9))  # the DAC clock, 0.3 s behind the tee
-        y = tone(440.0, 0.3)
-        assert producer.push(y) == len(y)
         assert enough.wait(30.0), f"only {len(sent)} frames"
-    assert feed.late_frames >= 10 and feed.max_late_ms >= 200.0, (feed.late_frames, feed.max_late_ms)
-
-
-def test_send_lead_is_a_low_quantile_of_the_margins_and_holds_while_someone_listens() -> None:
-    """``SendLead``: with nobody listening it follows the recent margins' 1 % quantile (so a frame
-    completed unusually late moves it only once it is more than an outlier); while someone
-    listens it stays put whatever the margins do (a changed lead would make every browser
-    time-stretch); after a resync it is learned afresh from the next frame."""
-    from actors.web.webrtc import LEAD_WINDOW_FRAMES, SendLead
-
-    lead = SendLead()
-    assert lead.update(0.040, steady=True) == 0.040  # the first frame sets it even under a listener
-    rng = np.random.default_rng(7)
-    margins = rng.uniform(0.0, 0.060, LEAD_WINDOW_FRAMES)  # a bursty device: 0-60 ms
-    for m in margins:
-        value = lead.update(float(m), steady=False)
-    assert value == float(np.sort(margins)[int(0.01 * (LEAD_WINDOW_FRAMES - 1))])
-    assert 0.0 < value < 0.002
-    one_late = lead.update(-0.030, steady=False)  # one frame 30 ms past its DAC time: an outlier
-    assert one_late == value
-    held = value
-    for _ in range(200):  # the device got slower while a browser listens: the lead stays
-        assert lead.update(-0.020, steady=True) == held
-    for _ in range(50):  # nobody listens any more: it follows within a second of frames
-        value = lead.update(-0.020, steady=False)
-    assert value == -0.020
-    lead.reset()
-    assert lead.value is None
-    assert lead.update(0.025, steady=True) == 0.025
+    assert feed.late_frames >= 10 and feed.max_late_ms >= 250.0, (feed.late_frames, feed.max_late_ms)

@@ -9,12 +9,10 @@
 
 * **Paced by the stage clock.** The audio consumer publishes, with the tee, when its device plays
   tee frame 0 (``PcmRing.publish_clock``, from the DAC times of its callback). ``StageFeed`` reads
-  the tee every 5 ms and sends each 20 ms frame at the moment the device plays its first sample,
-  less one send lead (``SendLead``: the least margin by which frames are complete before then,
-  held steady while anyone listens): the listeners follow the DAC's clock at an even 20 ms, not
-  the bursts in which the device asks for audio, and nothing sleeps to guess a rate (no drift).
-  All listeners get the same frame at the same moment (one fan-out), so they stay in step with
-  each other and with the room's speakers.
+  the tee every 5 ms and sends each 20 ms frame at the moment the device plays its first sample:
+  the listeners follow the DAC's clock, not the bursts in which a deep device buffer asks for
+  audio, and nothing sleeps to guess a rate (no drift). All listeners get the same frame at the
+  same moment (one fan-out), so they stay in step with each other and with the room's speakers.
 * **Live point.** A listener that joins, or that fell behind (its encoder was starved), plays from
   the newest frames: its queue holds at most ``MAX_QUEUED_FRAMES`` and drops the oldest; when the
   web actor itself was stalled (SIGSTOP), ``StageFeed`` skips what the tee holds beyond
@@ -57,11 +55,8 @@ MAX_QUEUED_FRAMES = 5
 #: After a stall of the web actor, audio older than this in the tee is skipped (back to live).
 LIVE_WINDOW_S = 0.5
 _POLL_S = 0.005
-#: The send lead comes from the margins (DAC time − completion) of this many recent frames (20 s):
-#: their ``LEAD_QUANTILE`` -- a low one, so that ~1 % of frames go out a few ms late (inside any
-#: browser's jitter buffer) rather than one starved moment holding every frame back.
-LEAD_WINDOW_FRAMES = 1000
-LEAD_QUANTILE = 0.01
+#: The send lead (how far the consumer renders ahead of its DAC) is the least seen over this window.
+LEAD_WINDOW_S = 5.0
 #: A frame sent this much after its due time counts as late (``StageFeed.late_frames``).
 LATE_S = 0.02
 _TIME_BASE = fractions.Fraction(1, OPUS_RATE)
@@ -71,16 +66,11 @@ class StageFeed:
     """The stage tee's one reader: a thread that turns what the stage plays into 20 ms frames of
     48 kHz s16 mono and hands each to ``on_frame`` (from that thread) as soon as it is complete."""
 
-    def __init__(
-        self, ring: PcmRing, on_frame: Callable[[bytes], None], listening: Callable[[], bool] | None = None
-    ) -> None:
+    def __init__(self, ring: PcmRing, on_frame: Callable[[bytes], None]) -> None:
         import soxr
 
         self.ring = ring
         self.on_frame = on_frame
-        # Whether anyone hears the frames now: the send lead is held steady while someone does.
-        self.listening = listening or (lambda: False)
-        self.lead_ms: float | None = None  # the send lead in use (status), None before a clock
         self.rate = ring.sample_rate
         self.frames_out = 0  # 20 ms frames handed out
         self.skipped_frames = 0  # tee frames skipped to get back to the live point
@@ -128,20 +118,22 @@ class StageFeed:
         ready: collections.deque[tuple[float, bytes]] = collections.deque()  # (due, frame)
         base = self.ring.read_index  # tee frame where the resampler (re)started
         made = 0  # 48 kHz samples cut into frames since then
-        lead = SendLead()
+        # How far ahead of its DAC time the consumer renders (its device's buffer): frames go out
+        # that much before their DAC time, so the browsers are not late by the device's buffer on
+        # top of their own. The least lead of the last few seconds: a burst never moves it earlier.
+        leads: collections.deque[tuple[float, float]] = collections.deque()
         while not self._stop.is_set():
             r = self.ring.read_index
             fill = self.ring.write_index - r
             if fill > live:
                 # The web actor was stalled (SIGSTOP, starved) while the stage went on: resume at
-                # the live point, with a fresh resampler (no stale audio mixed in) and lead.
+                # the live point, with a fresh resampler (no stale audio mixed in).
                 skip = fill - live // 4
                 self.ring.commit_read(r + skip)
                 self.skipped_frames += skip
                 self._resampler = soxr.ResampleStream(self.rate, OPUS_RATE, 1, dtype="float32")
                 self._pending = np.zeros(0, dtype=np.float32)
                 ready.clear()
-                lead.reset()
                 base, made = r + skip, 0
                 continue
             now = time.monotonic()
@@ -152,20 +144,23 @@ class StageFeed:
                 pending = np.concatenate([self._pending, out]) if len(self._pending) else out
                 n = len(pending) // FRAME_SAMPLES
                 epoch_s = self.ring.clock_epoch_ns() / 1e9
-                steady = self.listening()
+                lead = 0.0
+                if epoch_s > 0:
+                    # DAC time of the oldest frame just read, against now: how far ahead it was
+                    # rendered. Its least value is a lead no frame arrives too late for (no bursts).
+                    ahead = epoch_s + r / self.rate - now
+                    while leads and (leads[-1][1] >= ahead or leads[0][0] < now - LEAD_WINDOW_S):
+                        leads.pop() if leads[-1][1] >= ahead else leads.popleft()
+                    leads.append((now, ahead))
+                    lead = max(0.0, leads[0][1])
                 for i in range(n):
                     block = pending[i * FRAME_SAMPLES : (i + 1) * FRAME_SAMPLES]
-                    # The frame goes out when the device plays its first sample, less the send
-                    # lead: the listeners follow the DAC's clock at an even 20 ms, not the bursts
-                    # in which the device asks for audio. No clock published (yet): at once.
-                    due = now
-                    if epoch_s > 0:
-                        dac = epoch_s + (base + made * ratio) / self.rate
-                        due = dac - lead.update(dac - now, steady)
-                        self.lead_ms = round(1000.0 * lead.value, 1) if lead.value is not None else None
-                        if not now - 1.0 < due < now + 1.0:
-                            due = now  # a clock that jumped (a restarted consumer): never hold a frame long
-                            lead.reset()
+                    # When the device plays this frame's first sample: the frame goes out then, so
+                    # the listeners follow the DAC's clock, not the bursts in which a device with a
+                    # deep buffer asks for audio. No clock published (yet): it goes out at once.
+                    due = epoch_s + (base + made * ratio) / self.rate - lead if epoch_s > 0 else now
+                    if not now - 1.0 < due < now + 1.0:
+                        due = now  # a clock that jumped (a restarted consumer): never hold a frame long
                     made += FRAME_SAMPLES
                     ready.append((due, np.clip(np.round(block * 32767.0), -32768, 32767).astype("<i2").tobytes()))
                 self._pending = pending[n * FRAME_SAMPLES :].copy()
@@ -180,44 +175,6 @@ class StageFeed:
                 self.on_frame(ready.popleft()[1])
             wait = _POLL_S if not ready else min(_POLL_S, max(0.0, ready[0][0] - time.monotonic()))
             self._stop.wait(wait)
-
-
-class SendLead:
-    """How long before its DAC time a frame goes out to the listeners.
-
-    A frame is complete only once the device has asked for all of its samples (and the
-    resampler's look-ahead), and devices ask in bursts: on PulseAudio, 512-frame blocks 20-62 ms
-    apart (measured), so the margin by which a frame is complete before its DAC time swings by
-    ~60 ms from frame to frame. Sent as it completes, each frame passes that swing on to every
-    browser, whose jitter buffer grows to 55-65 ms and still conceals the latest frames. So every
-    frame is held to its DAC time less one lead: a low quantile of the recent margins
-    (``LEAD_QUANTILE``), so ~1 % of frames still go out as they complete, a few ms late.
-
-    The lead follows the margins only while nobody listens: changed under a listener, it moves
-    every later frame's arrival, and a browser's jitter buffer answers by time-stretching (a
-    slew of 0.5 ms a frame was heard as stretched speech) or, for a jump, by concealing. It is
-    learned afresh after a resync (``reset``). A negative lead is allowed: frames then go out
-    just after the device plays them."""
-
-    def __init__(self) -> None:
-        self._margins = np.zeros(LEAD_WINDOW_FRAMES, dtype=np.float64)
-        self._count = 0
-        self.value: float | None = None
-
-    def reset(self) -> None:
-        self._count = 0
-        self.value = None
-
-    def update(self, margin: float, steady: bool) -> float:
-        """Record one frame's margin (DAC time − completion); the lead to send it with. With
-        ``steady`` (someone listens) the lead in use stays, once there is one."""
-        self._margins[self._count % LEAD_WINDOW_FRAMES] = margin
-        self._count += 1
-        n = min(self._count, LEAD_WINDOW_FRAMES)
-        if self.value is None or (not steady and (n < LEAD_WINDOW_FRAMES or self._count % 25 == 0)):
-            k = int(LEAD_QUANTILE * (n - 1))
-            self.value = float(np.partition(self._margins[:n], k)[k])
-        return self.value
 
 
 def _listener_track_class() -> type:
@@ -458,7 +415,6 @@ class Listeners:
                     "stage_skipped_frames": self.feed.skipped_frames,
                     "stage_late_frames": self.feed.late_frames,
                     "stage_max_late_ms": round(self.feed.max_late_ms, 2),
-                    "stage_send_lead_ms": self.feed.lead_ms,
                     **self.feed.spacing_ms(),
                 }
                 if self.feed is not None
