@@ -78,18 +78,16 @@ would give no ordering guarantee at all. The sample data itself is copied with p
 * The immutable config fields are written before ``magic`` (a seq_cst store); an attacher
   loads ``magic`` first and rejects the segment unless it matches.
 
-The hot fields (``write_index``, ``read_index``, ``clock_epoch_ns``) are loaded and stored
-through :class:`DirectAtomic`: the same C11 operations of ``atomics`` (its ``patomic``
-functions, same memory orders), called without the package's per-call Python wrapping (4.6 µs
-a load, 5.9 µs a store, measured; 0.4 µs direct) and without releasing the GIL: the audio
-callback makes several per block, and each GIL release was a moment another thread of the
-consumer could take the interpreter from it.
-
-The atomic calls are opaque C calls (through cffi), so neither Python nor the C compiler can
-move the numpy copies across them; the release/acquire semantics order them on the CPU (on
-x86 TSO this is free, on ARM it emits the barriers). Each atomic op costs ~4 us through cffi,
-so each hot call uses at most two: one load of the peer's index and one store of our own, with
-our own index cached locally (only its owner ever writes it). ``tests/test_ring_stress.py``
+The atomic calls are opaque C calls, so neither Python nor the C compiler can move the numpy
+copies across them; the release/acquire semantics order them on the CPU (on x86 TSO this is
+free, on ARM it emits the barriers). Each hot call uses at most two: one load of the peer's
+index and one store of our own, with our own index cached locally (only its owner ever writes
+it). The hot fields (``write_index``, ``read_index``, ``clock_epoch_ns``) go through
+:class:`DirectAtomic`: the same C11 operations of ``atomics`` (its ``patomic`` functions, same
+memory orders), called without the package's per-call Python wrapping (4.6 µs a load, 5.9 µs a
+store, measured; 0.4 µs direct) and without releasing the GIL: the audio callback makes several
+per block, and each GIL release was a moment another thread of the consumer could take the
+interpreter from it. ``tests/test_ring_stress.py``
 proves the argument across processes, driving this API the way the worker and the consumer do.
 
 Ownership. The creator (:meth:`PcmRing.create`) owns the segment and is the only one that
@@ -232,7 +230,6 @@ def _check_role(role: object) -> Role:
     return cast(Role, role)
 
 
-
 _LOAD_FN = ctypes.PYFUNCTYPE(None, ctypes.c_void_p, ctypes.c_int, ctypes.c_void_p)  # (obj, order, out)
 _STORE_FN = ctypes.PYFUNCTYPE(None, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_int)  # (obj, desired, order)
 
@@ -283,6 +280,7 @@ class DirectAtomic:
             return
         desired = ctypes.c_uint64(value)
         self._store(self._address, ctypes.addressof(desired), order.value)
+
 
 class PcmRing:
     """A lock-free SPSC ring of mono float32 PCM in POSIX shared memory.
