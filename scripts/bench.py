@@ -14,7 +14,8 @@
   * raw_rtf_interleaved  the same, each run's chunk texts synthesized right after that run (so
                  the pipeline and its floor share the machine's state of the moment: on a shared
                  2-core VM the raw figure alone swings by 2x between minutes); ``rtf_ratio_interleaved``
-                 is the median over runs of pipeline RTF / that run's raw RTF
+                 is the median over runs of pipeline RTF / that run's raw RTF (``rtf_ratio_per_run``
+                 lists them: ``rtf`` / ``raw_rtf`` pools runs and a floor sampled minutes later)
   * underruns    total over all runs
   * rss_mb       peak resident memory of each process
   * cpu_s_per_audio_s  CPU seconds (user + system) of the whole server, supervisor and actors,
@@ -407,6 +408,7 @@ def bench_core(args: argparse.Namespace, observe: bool = False) -> dict[str, Any
         "raw_rtf": round(sum(synth) / sum(audio), 4) if audio else None,
         "raw_rtf_interleaved": round(sum(p[1] for p in paired) / sum(p[2] for p in paired), 4) if paired else None,
         "rtf_ratio_interleaved": round(statistics.median(p[0] / (p[1] / p[2]) for p in paired), 4) if paired else None,
+        "rtf_ratio_per_run": [round(p[0] / (p[1] / p[2]), 4) for p in paired],
         "underruns": underruns,
         "rss_mb": {k: round(v, 1) for k, v in sorted(rss.items())},
         "chunks": len(chunks),
