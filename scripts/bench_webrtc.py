@@ -15,7 +15,8 @@ listeners, N requests heard whole and N cancelled 0.8 s into their audio:
   100 ms), summed over listeners; ``cpu_per_listener_pct``: the web actor's CPU over the run / N.
 * ``browser_jitter_buffer_ms`` / ``browser_playout_delay_ms``: getStats' mean jitter-buffer delay
   and Chromium's mean audio-output delay after it (media-playout), per sample, mean of listeners:
-  the browser's share of ``browser_minus_device_ms``.
+  the browser's share of ``browser_minus_device_ms``; ``browser_jitter_target_ms``: NetEq's mean
+  target delay (at least ``web.listener_jitter_buffer_ms`` where that is set: ``--jitter-buffer-ms``).
 * ``stage_late_frames`` / ``stage_max_late_ms``: frames the web actor sent more than 20 ms after
   their due time (what a browser may conceal on a clean link), with the feed's spacing, skipped
   and dropped frames (the web actor's own metrics).
@@ -113,7 +114,7 @@ def run(listeners: int, requests: int) -> dict[str, Any]:
             if last is not None:
                 silences.append(1000 * (last - item["t_cancel"]))
     concealed, minutes = 0.0, 0.0
-    jb, playout = [], []  # per listener: mean jitter-buffer delay, mean output (playout) delay, ms
+    jb, target, playout = [], [], []  # per listener: mean jitter-buffer delay, NetEq's target, output delay, ms
     for n in names:
         series = [s for s in result["stats"][n] if result["marks"]["measure_start"] * 1000 <= s["t"]]
         if len(series) >= 2:
@@ -123,6 +124,7 @@ def run(listeners: int, requests: int) -> dict[str, Any]:
             emitted = last["jitterBufferEmittedCount"] - first["jitterBufferEmittedCount"]
             if emitted > 0:
                 jb.append(1000.0 * (last["jitterBufferDelay"] - first["jitterBufferDelay"]) / emitted)
+                target.append(1000.0 * (last["jitterBufferTargetDelay"] - first["jitterBufferTargetDelay"]) / emitted)
             played = last.get("playoutSamples", 0) - first.get("playoutSamples", 0)
             if played > 0:
                 playout.append(1000.0 * (last["playoutDelay"] - first["playoutDelay"]) / played)
@@ -140,6 +142,7 @@ def run(listeners: int, requests: int) -> dict[str, Any]:
         # Where the browser's share of browser - device goes (getStats, averaged over the samples):
         # NetEq's jitter buffer, then Chromium's audio output after it (media-playout).
         "browser_jitter_buffer_ms": round(float(np.mean(jb)), 1) if jb else None,
+        "browser_jitter_target_ms": round(float(np.mean(target)), 1) if target else None,
         "browser_playout_delay_ms": round(float(np.mean(playout)), 1) if playout else None,
         "cpu_per_listener_pct": round(bench["web_cpu_pct"] / listeners, 2),
         "web_cpu_pct": round(bench["web_cpu_pct"], 2),
@@ -161,7 +164,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--requests", type=int, default=10, help="requests heard whole (and as many cancelled)")
     parser.add_argument("--listeners", default="1,3", help="listener counts to run, e.g. 1,3")
+    parser.add_argument("--jitter-buffer-ms", type=int, help="web.listener_jitter_buffer_ms for this run")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    if args.jitter_buffer_ms is not None:
+        # The scenarios' server settings (a JSON object of SKALD_* variables; one given here is kept).
+        extra = json.loads(os.environ.get("SCENARIO_SERVER_ENV", "{}"))
+        extra["SKALD_WEB_LISTENER_JITTER_BUFFER_MS"] = str(args.jitter_buffer_ms)
+        os.environ["SCENARIO_SERVER_ENV"] = json.dumps(extra)
     runs = {f"n{n}": run(int(n), args.requests) for n in args.listeners.split(",")}
     top = runs.get("n3") or next(iter(runs.values()))
     first = runs.get("n1") or top
@@ -169,6 +178,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "engine": "piper en_US-joe-medium (real weights), CPU",
         "browser": subprocess.run(["chromium", "--version"], capture_output=True, text=True).stdout.strip(),
+        "listener_jitter_buffer_ms": args.jitter_buffer_ms if args.jitter_buffer_ms is not None else "config default",
+        "server_env": json.loads(os.environ.get("SCENARIO_SERVER_ENV", "{}")),
         "browser_ttfa_ms_p50": first["browser_ttfa_ms_p50"],
         "browser_ttfa_ms_p95": first["browser_ttfa_ms_p95"],
         "device_ttfa_ms_p50": first["device_ttfa_ms_p50"],

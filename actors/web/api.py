@@ -456,5 +456,7 @@ def build_app(gw: Gateway) -> FastAPI:
         from starlette.middleware.cors import CORSMiddleware
 
         origins = [o.strip() for o in web.cors_origins.split(",") if o.strip()]
-        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"])
+        # A WHEP client on another origin must read the session's Location (and the page's hint).
+        app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
+                           expose_headers=["Location", "Skald-Jitter-Buffer-Ms"])  # fmt: skip
     return app

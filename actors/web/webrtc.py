@@ -302,8 +302,11 @@ class Listeners:
         self.sessions: dict[str, Listener] = {}
         self.ice_servers = parse_ice_servers(settings.web.ice_servers)
         self.loopback = loopback
+        self.jitter_buffer_ms = settings.web.listener_jitter_buffer_ms
         self.joined = 0
         self.dropped_sessions = 0
+        # Frames of ended sessions whose encoder lagged: the count stays a counter when they leave.
+        self.frames_dropped_ended = 0
         self.feed: StageFeed | None = None  # set by the gateway once the tee is read
         self._watchdog: asyncio.Task[None] | None = None
 
@@ -379,6 +382,7 @@ class Listeners:
         if listener is None:
             return False
         log.info("web: listener %s left (%s)", session_id, why)
+        self.frames_dropped_ended += listener.track.dropped
         listener.track.end()
         await listener.pc.close()
         return True
@@ -408,7 +412,8 @@ class Listeners:
             "listeners": len(self.sessions),
             "listeners_joined": self.joined,
             "listeners_timed_out": self.dropped_sessions,
-            "listener_frames_dropped": sum(x.track.dropped for x in list(self.sessions.values())),
+            "listener_frames_dropped": self.frames_dropped_ended
+            + sum(x.track.dropped for x in list(self.sessions.values())),
             **(
                 {
                     "stage_frames": self.feed.frames_out,
