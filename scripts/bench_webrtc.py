@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -79,10 +80,11 @@ def run(listeners: int, requests: int) -> dict[str, Any]:
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
     )  # fmt: skip
     result = json.loads((out / "result.json").read_text())
-    if proc.returncode != 0:
-        raise SystemExit(f"bench{listeners} failed: {result.get('error')}\n{proc.stderr[-2000:]}")
+    if proc.returncode != 0:  # the recordings stay for a look at what failed
+        raise SystemExit(f"bench{listeners} failed: {result.get('error')} (recordings in {out})\n{proc.stderr[-2000:]}")
     with np.load(out / "audio.npz") as data:
         audio = {k: data[k] for k in data.files}
+    shutil.rmtree(out, ignore_errors=True)
     bench = result["bench"]
     t0 = result["rec_t0"]
     names = [f"b{i}" for i in range(1, listeners + 1)]
