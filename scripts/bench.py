@@ -409,6 +409,7 @@ def bench_core(args: argparse.Namespace, observe: bool = False) -> dict[str, Any
         "raw_rtf_interleaved": round(sum(p[1] for p in paired) / sum(p[2] for p in paired), 4) if paired else None,
         "rtf_ratio_interleaved": round(statistics.median(p[0] / (p[1] / p[2]) for p in paired), 4) if paired else None,
         "rtf_ratio_per_run": [round(p[0] / (p[1] / p[2]), 4) for p in paired],
+        "rtf_per_run": [[round(p[0], 4), round(p[1] / p[2], 4)] for p in paired],  # [pipeline, raw]
         "underruns": underruns,
         "rss_mb": {k: round(v, 1) for k, v in sorted(rss.items())},
         "chunks": len(chunks),
