@@ -246,7 +246,6 @@ class WebSettings:
     max_listeners: Annotated[int, _range(1, 256)] = 16
     ice_servers: str = ""
     listener_timeout_s: Annotated[float, _range(1.0, 600.0)] = 10.0
-    listener_jitter_buffer_ms: Annotated[int, _range(0, 1000)] = 0
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,9 @@ listeners, N requests heard whole and N cancelled 0.8 s into their audio:
 * ``browser_jitter_buffer_ms`` / ``browser_playout_delay_ms``: getStats' mean jitter-buffer delay
   and Chromium's mean audio-output delay after it (media-playout), per sample, mean of listeners:
   the browser's share of ``browser_minus_device_ms``; ``browser_jitter_target_ms``: NetEq's mean
-  target delay (at least ``web.listener_jitter_buffer_ms`` where that is set: ``--jitter-buffer-ms``).
+  target delay. ``SCENARIO_SERVER_ENV`` (a JSON object of ``SKALD_*`` variables) runs the stage
+  with other settings, e.g. the default device: ``{"SKALD_AUDIO_LATENCY": "low",
+  "SKALD_AUDIO_BLOCKSIZE": "128"}`` (the scenarios use the tests' steady device otherwise).
 * ``stage_late_frames`` / ``stage_max_late_ms``: frames the web actor sent more than 20 ms after
   their due time (what a browser may conceal on a clean link), with the feed's spacing, skipped
   and dropped frames (the web actor's own metrics).
@@ -166,13 +168,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="write the figures here")
     parser.add_argument("--requests", type=int, default=10, help="requests heard whole (and as many cancelled)")
     parser.add_argument("--listeners", default="1,3", help="listener counts to run, e.g. 1,3")
-    parser.add_argument("--jitter-buffer-ms", type=int, help="web.listener_jitter_buffer_ms for this run")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    if args.jitter_buffer_ms is not None:
-        # The scenarios' server settings (a JSON object of SKALD_* variables; one given here is kept).
-        extra = json.loads(os.environ.get("SCENARIO_SERVER_ENV", "{}"))
-        extra["SKALD_WEB_LISTENER_JITTER_BUFFER_MS"] = str(args.jitter_buffer_ms)
-        os.environ["SCENARIO_SERVER_ENV"] = json.dumps(extra)
     runs = {f"n{n}": run(int(n), args.requests) for n in args.listeners.split(",")}
     top = runs.get("n3") or next(iter(runs.values()))
     first = runs.get("n1") or top
@@ -180,7 +176,6 @@ def main(argv: list[str] | None = None) -> int:
         "machine": machine(),
         "engine": "piper en_US-joe-medium (real weights), CPU",
         "browser": subprocess.run(["chromium", "--version"], capture_output=True, text=True).stdout.strip(),
-        "listener_jitter_buffer_ms": args.jitter_buffer_ms if args.jitter_buffer_ms is not None else "config default",
         "server_env": json.loads(os.environ.get("SCENARIO_SERVER_ENV", "{}")),
         "browser_ttfa_ms_p50": first["browser_ttfa_ms_p50"],
         "browser_ttfa_ms_p95": first["browser_ttfa_ms_p95"],

@@ -104,7 +104,7 @@ def _request(port: int, method: str, path: str, body: bytes = b"", headers: dict
 def keyed(make_server: Callable[..., Server]) -> Iterator[int]:
     port = free_port()
     make_server("--sink", "null", "--http", f"127.0.0.1:{port}", SKALD_WEB_API_KEY=KEY,
-                SKALD_WEB_MAX_LISTENERS="1", SKALD_WEB_LISTENER_JITTER_BUFFER_MS="70", **DETERMINISTIC)  # fmt: skip
+                SKALD_WEB_MAX_LISTENERS="1", **DETERMINISTIC)  # fmt: skip
     yield port
 
 
@@ -126,7 +126,6 @@ def test_whep_answers_201_with_location_and_enforces_key_type_and_limit(keyed: i
     assert headers["content-type"].startswith("application/sdp")
     location = headers["location"]
     assert location.startswith("/whep/")
-    assert headers["skald-jitter-buffer-ms"] == "70"  # web.listener_jitter_buffer_ms, for the player page
     text = answer.decode()
     assert text.startswith("v=0") and "m=audio" in text and "opus/48000" in text.lower()
     assert "a=sendonly" in text and "127.0.0.1" in text  # a loopback host candidate is offered
@@ -186,6 +185,26 @@ def test_a_listener_that_never_connects_is_dropped_after_the_timeout(make_server
     # Its queue filled with stage frames nobody pulled: those drops stay counted after it left (a
     # counter that fell back when a session ended would read as no loss to a scraper's rate()).
     assert after["stage_frames"] > 0 and after["listener_frames_dropped"] > 0, after
+
+
+def test_a_whep_client_on_another_origin_reads_the_session_location(make_server: Callable[..., Server]) -> None:
+    """With web.cors_origins set, a page served elsewhere (a web VTT) can listen: the 201's Location,
+    which it needs to DELETE its session, is exposed to its script; an origin not listed gets no
+    CORS grant."""
+    port = free_port()
+    make_server("--sink", "null", "--http", f"127.0.0.1:{port}", SKALD_WEB_CORS_ORIGINS="https://vtt.example")
+    sdp = _offer_sdp().encode()
+    status, headers, _ = _request(port, "POST", "/whep", sdp,
+                                  {"Content-Type": "application/sdp", "Origin": "https://vtt.example"})  # fmt: skip
+    assert status == 201
+    assert headers["access-control-allow-origin"] == "https://vtt.example"
+    assert "location" in headers["access-control-expose-headers"].lower().split(", ")
+    assert _request(port, "DELETE", headers["location"], b"", {"Origin": "https://vtt.example"})[0] == 200
+    elsewhere = {"Content-Type": "application/sdp", "Origin": "https://elsewhere.example"}
+    status, headers, _ = _request(port, "POST", "/whep", sdp, elsewhere)
+    assert "access-control-allow-origin" not in headers
+    if status == 201:
+        _request(port, "DELETE", headers["location"])
 
 
 # ------------------------------------------------------------------------------ real browsers
@@ -316,16 +335,23 @@ def check_device_plays(reference: np.ndarray, recording: np.ndarray) -> int:
 def test_chromium_hears_the_narration_whole_and_stop_silences_it(tmp_path: Path) -> None:
     result, audio = run_scenario("listen", tmp_path)
     series = result["stats"]["b1"]
-    # getStats from 100 ms after the first packet to the end: no packet lost. Concealment has a
-    # generous bound here: on a loaded 2-vCPU CI runner Chromium's NetEq concealed one late
-    # packet (2,400 samples, one event) in a run that lost none; a narration cut short or
-    # slipped still fails the whole-recording check below. The precise count, whose target is
-    # 0, is what `scripts/bench webrtc` reports.
+    # getStats from 100 ms after the first packet to the end: no packet lost. Nothing concealed from
+    # the moment Chromium's jitter buffer settled (the scenario's wait, ~1 s after the first packet)
+    # through both narrations and the Stop: NetEq conceals 480-1,200 samples while it starts, 0.1-0.3
+    # s after the first packet, in about half the runs on a quiet machine (8 runs, whether the
+    # listener's first pull took the newest 1, 3 or 5 queued frames), before any narration.
     grown = stats_after(series, first_packet_t(series) + 0.1)
     assert grown["packetsLost_total"] == 0, grown
     assert grown["packetsReceived"] > 500
-    assert grown["concealmentEvents"] <= 2, grown
-    assert grown["concealedSamples"] <= 0.005 * 960 * grown["packetsReceived"], grown
+    settled = result["marks"]["b1_settled"]
+    playing = stats_after(series, settled)
+    concealed_at = [
+        (round(b["t"] / 1000 - settled, 1), b["concealedSamples"] - a["concealedSamples"])
+        for a, b in itertools.pairwise(series)
+        if b["concealedSamples"] > a["concealedSamples"]
+    ]
+    marks = {k: round(result[k]["t_click"] - settled, 1) for k in ("narration", "stop")}
+    assert playing["concealedSamples"] == 0, f"concealed (s after settling, samples): {concealed_at}; clicks {marks}"
     # The page's narration, heard by Chromium through PulseAudio, is the reference, whole.
     ref = audio["ref_narration"]
     span = (result["narration"]["t_click"], result["stop"]["t_click"])
@@ -463,18 +489,12 @@ def test_a_stalled_web_actor_never_reaches_the_device_and_listeners_resume(tmp_p
 def test_packet_loss_is_concealed_then_clean_again_and_the_device_never_notices(tmp_path: Path) -> None:
     result, audio = run_scenario("loss", tmp_path)
     marks = result["marks"]
-    # The pages took the server's jitter-buffer floor (web.listener_jitter_buffer_ms, 100 here):
-    # their receivers hold it, and NetEq's target (Chromium's own is ~80 ms on this rig) stays at or
-    # above it over the clean narration.
-    assert result["jitter_buffer_target"] == {"b1": 100, "b2": 100}, result["jitter_buffer_target"]
     for name in ("b1", "b2"):
         series = result["stats"][name]
         during = stats_after(series, marks["loss_on"], marks["loss_off"] + 0.5)
         assert during["packetsLost"] > 0, f"{name}: the nftables rule dropped nothing"
         clean = stats_after(series, marks["clean_start"], marks["clean_end"])
         assert clean["packetsLost"] == 0 and clean["concealedSamples"] == 0, (name, clean)
-        target_ms = 1000.0 * clean["jitterBufferTargetDelay"] / clean["jitterBufferEmittedCount"]
-        assert target_ms >= 99.0, f"{name}: NetEq's target {target_ms:.1f} ms is under the page's floor"
         # After a loss Chromium may time-stretch for seconds as its jitter buffer settles: the
         # narration must be whole, sliding by no more than it reports (+2 ms).
         after = stats_after(series, marks["clean_start"])

@@ -122,7 +122,7 @@ class Stage:
         for i in range(1, self.n + 1):
             self.pulse.pactl("load-module", "module-null-sink", f"sink_name=b{i}", "rate=48000", "norewinds=1")
         env = {**self.pulse.env, **STEADY_DEVICE, **DETERMINISTIC, **ROBUST_STAGE, **(extra_env or {})}
-        # Settings to try (a JSON object of SKALD_* variables; `scripts/bench webrtc --jitter-buffer-ms`).
+        # Settings to try: a JSON object of SKALD_* variables (docs/webrtc.md, scripts/bench_webrtc.py).
         env.update(json.loads(os.environ.get("SCENARIO_SERVER_ENV", "{}")))
         self.server = await asyncio.to_thread(
             conftest.Server,
@@ -309,21 +309,11 @@ def nft(*args: str) -> None:
     subprocess.run(["nft", *args], check=True, capture_output=True, text=True)
 
 
-#: The loss scenario's ``web.listener_jitter_buffer_ms`` (Chromium settles near 80 ms by itself).
-LOSSY_JITTER_BUFFER_MS = 100
-
-
 async def loss(stage: Stage) -> None:
-    """5 % UDP loss for 5 s inside the namespace mid-narration, then a clean narration. Listeners on
-    a lossy network are where an operator asks the browsers for a deeper jitter buffer: the pages
-    get ``web.listener_jitter_buffer_ms`` = 100 and set it on their receivers."""
-    await stage.start({"SKALD_WEB_LISTENER_JITTER_BUFFER_MS": str(LOSSY_JITTER_BUFFER_MS)})
+    """5 % UDP loss for 5 s inside the namespace mid-narration, then a clean narration."""
+    await stage.start()
     b1 = await stage.open_browser("b1")
-    b2 = await stage.open_browser("b2")
-    stage.result["jitter_buffer_target"] = {
-        name: await b.evaluate("window.skaldPlayer.pc.getReceivers()[0].jitterBufferTarget")
-        for name, b in (("b1", b1), ("b2", b2))
-    }
+    await stage.open_browser("b2")
     rid, t_click = await stage.speak_from(b1, LONG)
     await started(stage, rid)
     await stage.recorders["device"].wait_seconds(1.0)

@@ -456,7 +456,7 @@ def build_app(gw: Gateway) -> FastAPI:
         from starlette.middleware.cors import CORSMiddleware
 
         origins = [o.strip() for o in web.cors_origins.split(",") if o.strip()]
-        # A WHEP client on another origin must read the session's Location (and the page's hint).
+        # A WHEP client on another origin must read the session's Location.
         app.add_middleware(CORSMiddleware, allow_origins=origins, allow_methods=["*"], allow_headers=["*"],
-                           expose_headers=["Location", "Skald-Jitter-Buffer-Ms"])  # fmt: skip
+                           expose_headers=["Location"])  # fmt: skip
     return app

@@ -33,9 +33,6 @@ PLAYER_FILES = {
 }
 #: Paths the key guard lets through: the page must load before it can ask for a key.
 PUBLIC_PATHS = ("/", *(f"/player/{name}" for name in PLAYER_FILES))
-#: The WHEP answer's header that tells the player page the least jitter buffer to ask its browser
-#: for (``web.listener_jitter_buffer_ms``); absent when that is 0 (the browser's own choice).
-JITTER_BUFFER_HEADER = "Skald-Jitter-Buffer-Ms"
 
 
 def add_listen_routes(app: FastAPI, listeners: Listeners, gw: Any) -> None:
@@ -65,12 +62,8 @@ def add_listen_routes(app: FastAPI, listeners: Listeners, gw: Any) -> None:
             if headers:
                 response.headers.update(headers)
             return response
-        headers = {"Location": f"/whep/{session_id}"}
-        if listeners.jitter_buffer_ms:
-            # Not part of WHEP: the player page reads it and sets its receiver's jitterBufferTarget
-            # (the stage's frames reach the browser in the device's bursts; see docs/webrtc.md).
-            headers[JITTER_BUFFER_HEADER] = str(listeners.jitter_buffer_ms)
-        return Response(answer, status_code=201, media_type="application/sdp", headers=headers)
+        location = f"/whep/{session_id}"
+        return Response(answer, status_code=201, media_type="application/sdp", headers={"Location": location})
 
     @app.delete("/whep/{session_id}")
     async def whep_delete(session_id: str) -> dict[str, Any]:

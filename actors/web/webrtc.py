@@ -302,7 +302,6 @@ class Listeners:
         self.sessions: dict[str, Listener] = {}
         self.ice_servers = parse_ice_servers(settings.web.ice_servers)
         self.loopback = loopback
-        self.jitter_buffer_ms = settings.web.listener_jitter_buffer_ms
         self.joined = 0
         self.dropped_sessions = 0
         # Frames of ended sessions whose encoder lagged: the count stays a counter when they leave.

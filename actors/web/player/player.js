@@ -89,14 +89,6 @@ async function connect() {
     } catch (e) { throw new Error(unreachable("Connect")); }
     if (resp.status !== 201) throw new Error(await explain(resp, "Connect"));
     player.session = new URL(resp.headers.get("Location"), location.href).href;
-    // The server's least jitter buffer (web.listener_jitter_buffer_ms): the stage's frames come in
-    // the device's bursts, and a buffer that covers them plays on where a smaller one conceals.
-    const target = Number(resp.headers.get("Skald-Jitter-Buffer-Ms") || 0);
-    const receiver = pc.getTransceivers()[0].receiver;
-    if (target > 0 && "jitterBufferTarget" in receiver) {
-      receiver.jitterBufferTarget = target;
-      player.log.push({what: "jitter-buffer-target-" + target, t: performance.now()});
-    }
     await pc.setRemoteDescription({type: "answer", sdp: await resp.text()});
     player.log.push({what: "answered", t: performance.now()});
     $("disconnect").disabled = false;
