@@ -73,6 +73,12 @@ TEE_FRAMES, TEE_DROPPED = 8, 9  # stage tee: frames pushed for the web side, fra
 LOG_N = 512  # timing-log entries (about 6 s of 256-frame blocks at 22.05 kHz)
 
 
+def cancel_fade_ramp(n: int) -> np.ndarray:
+    """The gains of a cut's ``n``-frame fade-out, the first frame's already below 1 and the last 0:
+    a raised cosine (``audio.fade_ms``; ``scripts/bench fade`` measures this curve's splatter)."""
+    return (0.5 * (1.0 + np.cos(np.pi * np.arange(1, n + 1) / n))).astype(np.float32)
+
+
 class PlaybackCore:
     """The callback body, shared by every sink. ``render`` fills one output block.
 
@@ -113,8 +119,7 @@ class PlaybackCore:
         self.fade_frames = max(0, int(self.sample_rate * fade_ms / 1000.0))
         # Raised-cosine fade-out: its slope goes to zero at the end, so the last samples before
         # silence move by far less than a linear ramp's (the stop is inaudible, not a tick).
-        n = max(self.fade_frames, 1)
-        self._ramp = (0.5 * (1.0 + np.cos(np.pi * np.arange(1, n + 1) / n))).astype(np.float32)
+        self._ramp = cancel_fade_ramp(max(self.fade_frames, 1))
         self._audible = False  # the last frame written was real audio (a cut must fade)
         self._fade_done = 0  # ramp frames already played of a fade that goes on in the next block
         self._fade_from = 0  # ring index where the cut being faded began

