@@ -158,7 +158,9 @@ def run_skald(text: str, runs: int, marks: list[float], watch: ProcessWatch, nar
     return {
         "reported_ttfa_ms": reported, "first_chunk": first_chunk, "cancel_marks": cancels,
         "narration": {"mark": t0, "reference": to_int16(reference), "cpu_s": cpu_s, "wall_s": wall_s,
-                      "status": seen[-1].status},
+                      "status": seen[-1].status,
+                      # skald's own account of a gap: its ring ran dry, or the device's callback was late
+                      "underruns": seen[-1].underruns, "device_underflows": seen[-1].device_underflows},
     }  # fmt: skip
 
 
@@ -477,6 +479,7 @@ def narration_figures(narration: dict[str, Any], recording: np.ndarray, t_zero: 
         "gap_ms": gaps,
         "cpu_pct_of_one_core": round(100.0 * narration["cpu_s"] / max(narration["wall_s"], 1e-9), 1),
         "status": narration.get("status", "played"),
+        **{k: narration[k] for k in ("underruns", "device_underflows") if k in narration},
     }
 
 
