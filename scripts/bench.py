@@ -361,6 +361,8 @@ def bench_core(args: argparse.Namespace, observe: bool = False) -> dict[str, Any
         server.terminate()
         server.wait(30)
         log.close()
+    per_run = [(pipe, raw_s / raw_audio) for pipe, raw_s, raw_audio in paired]  # each run's RTF: pipeline, raw
+    ratios = [pipe / raw for pipe, raw in per_run]
     texts = [c["text"] for c in chunks]
     hot_floor = [raw.synth(texts[0])[0] for _ in range(max(7, args.runs))]
     synth: list[float] = []
@@ -407,9 +409,9 @@ def bench_core(args: argparse.Namespace, observe: bool = False) -> dict[str, Any
         "rtf": round(pipe_synth / pipe_audio, 4) if pipe_audio else None,
         "raw_rtf": round(sum(synth) / sum(audio), 4) if audio else None,
         "raw_rtf_interleaved": round(sum(p[1] for p in paired) / sum(p[2] for p in paired), 4) if paired else None,
-        "rtf_ratio_interleaved": round(statistics.median(p[0] / (p[1] / p[2]) for p in paired), 4) if paired else None,
-        "rtf_ratio_per_run": [round(p[0] / (p[1] / p[2]), 4) for p in paired],
-        "rtf_per_run": [[round(p[0], 4), round(p[1] / p[2], 4)] for p in paired],  # [pipeline, raw]
+        "rtf_ratio_interleaved": round(statistics.median(ratios), 4) if ratios else None,
+        "rtf_ratio_per_run": [round(r, 4) for r in ratios],
+        "rtf_per_run": [[round(pipe, 4), round(raw, 4)] for pipe, raw in per_run],  # [pipeline, raw]
         "underruns": underruns,
         "rss_mb": {k: round(v, 1) for k, v in sorted(rss.items())},
         "chunks": len(chunks),

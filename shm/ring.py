@@ -87,8 +87,8 @@ it). The hot fields (``write_index``, ``read_index``, ``clock_epoch_ns``) go thr
 memory orders), called without the package's per-call Python wrapping (4.6 µs a load, 5.9 µs a
 store, measured; 0.4 µs direct) and without releasing the GIL: the audio callback makes several
 per block, and each GIL release was a moment another thread of the consumer could take the
-interpreter from it. ``tests/test_ring_stress.py``
-proves the argument across processes, driving this API the way the worker and the consumer do.
+interpreter from it. ``tests/test_ring_stress.py`` proves the argument across processes,
+driving this API the way the worker and the consumer do.
 
 Ownership. The creator (:meth:`PcmRing.create`) owns the segment and is the only one that
 unlinks it (:meth:`PcmRing.unlink`; :meth:`PcmRing.unlink_name` for a cleanup path). The
