@@ -165,3 +165,64 @@ def test_stage_feed_counts_frames_that_leave_after_their_due_time() -> None:
         assert producer.push(x) == len(x)
         assert enough.wait(30.0), f"only {len(sent)} frames"
     assert feed.late_frames >= 10 and feed.max_late_ms >= 250.0, (feed.late_frames, feed.max_late_ms)
+
+
+def test_listeners_encode_each_frame_once_and_every_track_gets_the_same_opus_packets() -> None:
+    """The fan-out (issue 13): with two listeners, every 20 ms frame of the stage is Opus-encoded
+    once, and both tracks yield the same packets as ``av.Packet`` (aiortc only packs them into RTP)
+    with continuous 48 kHz timestamps; decoded, they are the stage's tone."""
+    import asyncio
+
+    import av
+
+    from actors.web.webrtc import FRAME_SAMPLES, OPUS_RATE, Listener, Listeners, _listener_track_class
+    from config.settings import Settings
+
+    loop = asyncio.new_event_loop()
+    try:
+        listeners = Listeners(Settings(), loop, loopback=True)
+        tracks = [_listener_track_class()() for _ in range(2)]
+        for i, track in enumerate(tracks):
+            listeners.sessions[f"s{i}"] = Listener(f"s{i}", None, track)
+        t = np.arange(30 * FRAME_SAMPLES) / OPUS_RATE
+        pcm = np.round(0.5 * 32767 * np.sin(2 * np.pi * 440.0 * t)).astype("<i2")
+        got: list[list[Any]] = [[], []]
+        for k in range(30):
+            listeners.push_threadsafe(pcm[k * FRAME_SAMPLES : (k + 1) * FRAME_SAMPLES].tobytes())
+            loop.run_until_complete(asyncio.sleep(0))  # the fan-out, scheduled from the feed thread
+            for i, track in enumerate(tracks):
+                got[i].append(loop.run_until_complete(track.recv()))
+        assert listeners.opus is not None and listeners.opus.packets == 30, "one encode per frame, not per listener"
+        assert all(isinstance(p, av.Packet) for p in got[0] + got[1])
+        assert [bytes(p) for p in got[0]] == [bytes(p) for p in got[1]]
+        assert [p.pts for p in got[0]] == [k * FRAME_SAMPLES for k in range(30)]
+        assert listeners.metrics()["opus_packets"] == 30
+        decoder: Any = av.CodecContext.create("libopus", "r")
+        decoder.layout, decoder.sample_rate = "mono", OPUS_RATE
+        decoded = np.concatenate([f.to_ndarray().ravel() for p in got[0] for f in decoder.decode(p)])
+        assert len(decoded) == 30 * FRAME_SAMPLES
+        x = decoded[FRAME_SAMPLES:].astype(np.float64)  # past the codec's start-up
+        x = x / 32767.0 if decoded.dtype == np.int16 else x
+        spectrum = np.abs(np.fft.rfft(x * np.hanning(len(x))))
+        assert abs(np.argmax(spectrum) * OPUS_RATE / len(x) - 440.0) < 5.0
+        assert 0.4 < np.max(np.abs(x)) < 0.6
+        for track in tracks:
+            track.end()
+    finally:
+        loop.close()
+
+
+def test_no_listener_no_encoding() -> None:
+    """A stage nobody listens to costs no Opus encoding."""
+    import asyncio
+
+    from actors.web.webrtc import FRAME_SAMPLES, Listeners
+    from config.settings import Settings
+
+    loop = asyncio.new_event_loop()
+    try:
+        listeners = Listeners(Settings(), loop, loopback=True)
+        listeners.push_threadsafe(bytes(2 * FRAME_SAMPLES))
+        assert listeners.opus is None and "opus_packets" not in listeners.metrics()
+    finally:
+        loop.close()

@@ -234,6 +234,18 @@ def stats_after(series: list[dict[str, Any]], t_from: float, t_to: float = float
     return {k: last[k] - first[k] for k in first if k != "t"} | {"packetsLost_total": last["packetsLost"]}
 
 
+def concealments(series: list[dict[str, Any]], since: float, marks: dict[str, Any]) -> list[tuple[float, int | str]]:
+    """(s after ``since``, samples) of each getStats interval after ``since`` that concealed, for a
+    failure message, with the scenario's marks (s after ``since``, name) on the same scale."""
+    found: list[tuple[float, int | str]] = [
+        (round(b["t"] / 1000 - since, 2), int(b["concealedSamples"] - a["concealedSamples"]))
+        for a, b in itertools.pairwise(series)
+        if b["t"] / 1000 >= since and b["concealedSamples"] > a["concealedSamples"]
+    ]
+    found += [(round(t - since, 2), name) for name, t in marks.items() if isinstance(t, float)]
+    return sorted(found, key=lambda x: x[0])
+
+
 def stretch_allowance_s(span: dict[str, float]) -> float:
     """How far a recording may slide against the reference over a ``stats_after`` span: what
     Chromium reports stretching there (samples at 48 kHz) + 2 ms; a gap or lost speech of
@@ -441,8 +453,10 @@ def test_three_listeners_in_step_a_mid_join_and_a_killed_one(tmp_path: Path) -> 
     for name in ("b1", "b3", "b4"):
         series = result["stats"][name]
         grown = stats_after(series, first_packet_t(series) + 0.1)
-        settled = stats_after(series, result["marks"][f"{name}_settled"])
-        assert grown["packetsLost_total"] == 0 and settled["concealedSamples"] == 0, (name, grown, settled)
+        since = result["marks"][f"{name}_settled"]
+        settled = stats_after(series, since)
+        when = concealments(series, since, result["marks"])
+        assert grown["packetsLost_total"] == 0 and settled["concealedSamples"] == 0, (name, grown, settled, when)
     heard_whole(result, audio, "b3", long_ref, *second)
     check_device_plays(long_ref, clip(result, audio, "device", *second)[0])
 

@@ -2,10 +2,10 @@
 
 ::
 
-    audio consumer ──(stage tee ring, shm)──► StageFeed thread ──call_soon_threadsafe──► Listeners
-      renders every block,                   read as it arrives,                        one ListenerTrack
-      silence too: the clock                 soxr → 48 kHz, cut into 960-sample frames  per browser; aiortc
-                                                                                        encodes Opus, sends RTP
+    audio consumer ──(stage tee ring, shm)──► StageFeed thread ─────────────call_soon_threadsafe──► Listeners
+      renders every block,                   read as it arrives, soxr → 48 kHz,                      one ListenerTrack
+      silence too: the clock                 cut into 960-sample frames; with listeners,             per browser; aiortc
+                                             each frame Opus-encoded once (OpusFrames)               packs RTP, sends
 
 * **Paced by the stage clock.** The audio consumer publishes, with the tee, when its device plays
   tee frame 0 (``PcmRing.publish_clock``, from the DAC times of its callback). ``StageFeed`` reads
@@ -13,7 +13,12 @@
   the listeners follow the DAC's clock, not the bursts in which a deep device buffer asks for
   audio, and nothing sleeps to guess a rate (no drift). All listeners get the same frame at the
   same moment (one fan-out), so they stay in step with each other and with the room's speakers.
-* **Live point.** A listener that joins, or that fell behind (its encoder was starved), plays from
+* **Encoded once.** Every listener hears the same frames, so each frame is encoded to Opus once,
+  on the feed thread, and the packet goes to every track; aiortc only packs it into RTP (a track
+  that yields ``av.Packet`` skips aiortc's own encoder, which would resample and encode each
+  frame again per listener, on its thread pool). An Opus decoder can start at any packet, so a
+  listener joining mid-stream decodes from its first one, as behind an SFU.
+* **Live point.** A listener that joins, or that fell behind (its sender was starved), plays from
   the newest frames: its queue holds at most ``MAX_QUEUED_FRAMES`` and drops the oldest; when the
   web actor itself was stalled (SIGSTOP), ``StageFeed`` skips what the tee holds beyond
   ``LIVE_WINDOW_S`` so everyone resumes at the stage's present, not two seconds behind it.
@@ -21,7 +26,7 @@
   ``Location: /whep/<id>`` and the answer (ICE gathered, no trickle); ``DELETE /whep/<id>`` ends
   it; ``web.max_listeners`` bounds them (503 beyond). A session whose connection fails or closes
   is dropped at once, one that never connects or stops pulling frames after
-  ``web.listener_timeout_s``: its encoder is freed and the others never notice.
+  ``web.listener_timeout_s``: its sender is freed and the others never notice.
 * **Loopback.** aioice leaves 127.0.0.1 out of its host candidates; when the gateway is bound to
   a loopback address (browsers on the same machine) it is offered too, so a browser connects with
   no STUN server and no network. ``web.ice_servers`` names STUN/TURN servers for real networks.
@@ -50,7 +55,7 @@ log = logging.getLogger("skald.web.webrtc")
 
 OPUS_RATE = 48000
 FRAME_SAMPLES = 960  # 20 ms at 48 kHz: Opus's usual packet, one RTP packet per frame
-#: A track holds at most this many frames (100 ms) for an encoder that lags; older ones are dropped.
+#: A track holds at most this many frames (100 ms) for a sender that lags; older ones are dropped.
 MAX_QUEUED_FRAMES = 5
 #: After a stall of the web actor, audio older than this in the tee is skipped (back to live).
 LIVE_WINDOW_S = 0.5
@@ -59,6 +64,9 @@ _POLL_S = 0.005
 LEAD_WINDOW_S = 5.0
 #: A frame sent this much after its due time counts as late (``StageFeed.late_frames``).
 LATE_S = 0.02
+#: Opus bit rate of the listeners' stream (mono speech: 64 kbit/s is transparent for narration;
+#: aiortc's own encoder would send 128 kbit/s stereo of a mono stage).
+OPUS_BITRATE = 64_000
 _TIME_BASE = fractions.Fraction(1, OPUS_RATE)
 
 
@@ -177,14 +185,56 @@ class StageFeed:
             self._stop.wait(wait)
 
 
+class OpusFrames:
+    """The listeners' one Opus encoder: a 20 ms frame of 48 kHz s16 mono → one Opus packet.
+
+    Used from the ``StageFeed`` thread only (``Listeners.push_threadsafe``). libopus is
+    synchronous here: one frame in, one packet out, no frame held back."""
+
+    def __init__(self, bit_rate: int = OPUS_BITRATE) -> None:
+        import av
+
+        codec: Any = av.CodecContext.create("libopus", "w")
+        codec.format = "s16"
+        codec.layout = "mono"
+        codec.sample_rate = OPUS_RATE
+        codec.bit_rate = bit_rate
+        codec.time_base = _TIME_BASE
+        codec.options = {"frame_duration": "20", "application": "audio"}
+        codec.open()
+        self._codec = codec
+        self._pts = 0
+        self.packets = 0
+        self.encode_s = 0.0  # CPU time spent encoding (thread time), for the metrics
+
+    def encode(self, pcm: bytes) -> bytes | None:
+        """One 20 ms frame (960 s16 samples) → its Opus packet (None if libopus held it back)."""
+        from av import AudioFrame
+
+        started = time.thread_time()
+        frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+        frame.planes[0].update(pcm)
+        frame.sample_rate = OPUS_RATE
+        frame.time_base = _TIME_BASE
+        frame.pts = self._pts
+        self._pts += FRAME_SAMPLES
+        packets = self._codec.encode(frame)
+        self.encode_s += time.thread_time() - started
+        if not packets:
+            return None
+        self.packets += 1
+        return b"".join(bytes(p) for p in packets)
+
+
 def _listener_track_class() -> type:
     """``ListenerTrack``, built on first use so that importing this module does not import aiortc."""
     from aiortc import MediaStreamTrack
     from aiortc.mediastreams import MediaStreamError
-    from av import AudioFrame
+    from av import Packet
 
     class ListenerTrack(MediaStreamTrack):
-        """One listener's audio track: the stage's 20 ms frames, in order, from the live point."""
+        """One listener's audio track: the stage's 20 ms Opus packets, in order, from the live
+        point. It yields ``av.Packet``: aiortc packs it into RTP as it is (no encoder of its own)."""
 
         kind = "audio"
 
@@ -192,7 +242,7 @@ def _listener_track_class() -> type:
             super().__init__()
             self.queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=MAX_QUEUED_FRAMES)
             self.pts = 0
-            self.dropped = 0  # frames this listener missed because its encoder lagged
+            self.dropped = 0  # frames this listener missed because its sender lagged
             self.last_pull = time.monotonic()
             self.pulled = 0
 
@@ -221,13 +271,11 @@ def _listener_track_class() -> type:
                 raise MediaStreamError
             self.pulled += 1
             self.last_pull = time.monotonic()
-            frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
-            frame.planes[0].update(data)
-            frame.sample_rate = OPUS_RATE
-            frame.time_base = _TIME_BASE
-            frame.pts = self.pts  # continuous even across dropped frames: the browser sees no gap
+            packet = Packet(data)
+            packet.time_base = _TIME_BASE
+            packet.pts = self.pts  # continuous even across dropped frames: the browser sees no gap
             self.pts += FRAME_SAMPLES
-            return frame
+            return packet
 
     return ListenerTrack
 
@@ -304,21 +352,28 @@ class Listeners:
         self.loopback = loopback
         self.joined = 0
         self.dropped_sessions = 0
-        # Frames of ended sessions whose encoder lagged: the count stays a counter when they leave.
+        # Frames of ended sessions whose sender lagged: the count stays a counter when they leave.
         self.frames_dropped_ended = 0
         self.feed: StageFeed | None = None  # set by the gateway once the tee is read
+        self.opus: OpusFrames | None = None  # made by the feed thread when the first listener joins
         self._watchdog: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ stage frames
     def push_threadsafe(self, frame: bytes) -> None:
-        """From the ``StageFeed`` thread: one frame for every listener (a no-op with none)."""
-        if self.sessions:
+        """From the ``StageFeed`` thread: one 20 ms frame, encoded once, for every listener (a
+        no-op with none: nothing is encoded for nobody)."""
+        if not self.sessions:
+            return
+        if self.opus is None:
+            self.opus = OpusFrames()
+        packet = self.opus.encode(frame)
+        if packet is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closing
-                self.loop.call_soon_threadsafe(self._fan_out, frame)
+                self.loop.call_soon_threadsafe(self._fan_out, packet)
 
-    def _fan_out(self, frame: bytes) -> None:
+    def _fan_out(self, packet: bytes) -> None:
         for listener in list(self.sessions.values()):
-            listener.track.offer(frame)
+            listener.track.offer(packet)
 
     # ------------------------------------------------------------------ WHEP
     async def create(self, offer_sdp: str) -> tuple[str, str]:
@@ -413,6 +468,11 @@ class Listeners:
             "listeners_timed_out": self.dropped_sessions,
             "listener_frames_dropped": self.frames_dropped_ended
             + sum(x.track.dropped for x in list(self.sessions.values())),
+            **(
+                {"opus_packets": self.opus.packets, "opus_encode_cpu_s": round(self.opus.encode_s, 3)}
+                if self.opus is not None
+                else {}
+            ),
             **(
                 {
                     "stage_frames": self.feed.frames_out,
