@@ -294,7 +294,9 @@ def check_browser_plays(reference: np.ndarray, recording: np.ndarray, min_window
     return offset, worst[1]
 
 
-def check_browser_hears_stretched(reference: np.ndarray, recording: np.ndarray, max_drift_s: float = 0.15) -> float:
+def check_browser_hears_stretched(
+    reference: np.ndarray, recording: np.ndarray, max_drift_s: float = 0.15
+) -> tuple[int, float]:
     """The browser recording holds ``reference`` whole though Chromium's jitter buffer time-stretched
     it (NetEq inserts or removes pitch periods to grow or shrink its buffer, counted in getStats as
     insertedSamplesForDeceleration / removedSamplesForAcceleration): the content is all there, but
@@ -306,9 +308,19 @@ def check_browser_hears_stretched(reference: np.ndarray, recording: np.ndarray, 
     check's bound) moves the prediction. The slide must stay within ``max_drift_s``; a window that
     holds a stretch point matches nowhere (measured 0.18-0.6), so one at a time and one in ten
     overall may miss. Speech lost, doubled or replaced beyond that fails: a gap moves the slide past
-    the stretch Chromium reported, two windows in a row missing fail."""
+    the stretch Chromium reported, two windows in a row missing fail.
+
+    The first second anchors the search. NetEq sheds a jitter buffer that grew in a silence (all
+    three browsers' grew by ~45 ms at once in a 50-ms stall of the whole VM; it stays there through
+    the silence) by accelerating the next speech's first second, which then matches one offset at
+    only 0.79-0.81 while every window of it is there (three-listener runs, 2026-12-01). So with
+    stretch allowed the anchor needs 0.5 (unrelated speech scores < 0.3), and the windows from the
+    first one on decide. Returns (where the first voiced window is in the recording: the onset,
+    the final slide in s)."""
     offset, score = align(reference[:RATE], recording, RATE)  # where its first second is
-    assert score >= 0.9, f"correlation {score:.4f}: the narration's start is not in the recording"
+    least = 0.5 if max_drift_s > 0.0025 else 0.9
+    assert score >= least, f"correlation {score:.4f}: the narration's start is not in the recording"
+    onset: int | None = None
     ref = _lowpass(reference.astype(np.float64), RATE, 4000.0)
     rec = _lowpass(recording.astype(np.float64) / 32768.0, RATE, 4000.0)
     window, limit = RATE // 10, int(max_drift_s * RATE)
@@ -327,12 +339,15 @@ def check_browser_hears_stretched(reference: np.ndarray, recording: np.ndarray, 
         k = int(np.argmax(scores))
         if scores[k] >= 0.75:
             drift, missed_in_a_row = lo + k - (offset + start), 0
+            if onset is None:
+                onset = lo + k - start  # where the reference's start is, by its first voiced window
             assert abs(drift) <= limit, f"the recording slid {drift / RATE * 1000:.0f} ms by {start / RATE:.1f} s"
         else:
             missed, missed_in_a_row = missed + 1, missed_in_a_row + 1
             assert missed_in_a_row <= 1, f"the speech at {start / RATE:.1f} s is not in the recording"
     assert voiced > 10 and missed <= voiced // 10, f"{missed} of {voiced} windows not in the recording"
-    return drift / RATE
+    assert onset is not None
+    return onset, drift / RATE
 
 
 def check_device_plays(reference: np.ndarray, recording: np.ndarray) -> int:
@@ -379,8 +394,7 @@ def test_chromium_hears_the_narration_whole_and_stop_silences_it(tmp_path: Path)
     # target of `scripts/bench webrtc` (issue 13).
     narration = stats_after(series, result["narration"].get("playback_started", span[0]), span[1])
     stretched = narration["inserted"] + narration["removed"]
-    slide = check_browser_hears_stretched(ref, rec_b1, max_drift_s=stretch_allowance_s(narration))
-    offset, _ = align(ref[:RATE], rec_b1, RATE)
+    offset, slide = check_browser_hears_stretched(ref, rec_b1, max_drift_s=stretch_allowance_s(narration))
     heard = f"Chromium stretched {stretched} samples (48 kHz), slide {1000 * slide:.1f} ms"
     rec_dev, t0_dev = clip(result, audio, "device", *span)
     device_offset, _ = align(ref, rec_dev, RATE)  # where the device played it (for the figure)
@@ -417,8 +431,7 @@ def heard_whole(
     rec, t0 = clip(result, audio, name, t_from, t_to)
     span = stats_after(result["stats"][name], t_from, float("inf") if t_to is None else t_to)
     if span["inserted"] + span["removed"]:
-        check_browser_hears_stretched(reference, rec, max_drift_s=stretch_allowance_s(span))
-        offset, _ = align(reference[:RATE], rec, RATE)
+        offset, _ = check_browser_hears_stretched(reference, rec, max_drift_s=stretch_allowance_s(span))
     else:
         offset, _ = check_browser_plays(reference, rec, min_windows)
     return t0 + offset / RATE
@@ -444,7 +457,10 @@ def test_three_listeners_in_step_a_mid_join_and_a_killed_one(tmp_path: Path) -> 
     assert 0 < cut < len(long_ref) - 2 * RATE, "b4 joined after the narration"
     tail = long_ref[cut:]
     b4_tail_at = heard_whole(result, audio, "b4", tail, *second, min_windows=10)
-    lag_ms = 1000.0 * (b4_tail_at - (b1_onset + cut / RATE))
+    # Against where b1 plays that same tail, not b1's onset + the cut: b1's jitter buffer may have
+    # shrunk (accelerated) in between, after a stall that grew it before b4 joined (2026-12-01).
+    b1_tail_at = heard_whole(result, audio, "b1", tail, *second, min_windows=10)
+    lag_ms = 1000.0 * (b4_tail_at - b1_tail_at)
     print(f"mid-join listener vs b1 {lag_ms:.1f} ms")
     assert abs(lag_ms) <= 30.0, "the joining listener is not at the live point"
     # Killing b2's browser changed nothing for b1, b3, b4: their stats stay clean throughout (no
@@ -515,7 +531,7 @@ def test_packet_loss_is_concealed_then_clean_again_and_the_device_never_notices(
         # After a loss Chromium may time-stretch for seconds as its jitter buffer settles: the
         # narration must be whole, sliding by no more than it reports (+2 ms).
         after = stats_after(series, marks["clean_start"])
-        slide = check_browser_hears_stretched(
+        _, slide = check_browser_hears_stretched(
             audio["ref_narration"],
             clip(result, audio, name, marks["clean_start"])[0],
             max_drift_s=max(0.15, stretch_allowance_s(after)),
