@@ -9,7 +9,10 @@ listeners, N requests heard whole and N cancelled 0.8 s into their audio:
   the device's recording; ``browser_ttfa_ms_p50/p95``: sent → where that same first 0.5 s of
   audio starts in each browser's recording (cross-correlation: the previous request's tail may
   still sound there); ``browser_minus_device_ms_p50``: the median per-request difference.
-* ``listener_onset_spread_ms``: per request, latest − earliest browser onset (N = 3), median.
+* ``listener_onset_spread_ms``: per request, latest − earliest browser onset (N = 3), median;
+  ``listener_arrival_spread_ms``: the same of each onset less what that browser's NetEq held
+  over the second before it (getStats): the spread of the packets' arrival, the web actor's share
+  (each browser's NetEq rests at its own delay, a band around its target).
 * ``cancel_to_browser_silence_ms_p50/p95``: the cancel sent → the last audible sample after it.
 * ``concealed_per_min``: getStats concealedSamples per minute of listening (after the first
   100 ms), summed over listeners; ``cpu_per_listener_pct``: the web actor's CPU over the run / N.
@@ -68,6 +71,18 @@ def _find(template: np.ndarray, rec: np.ndarray, t0: float, t_from: float, t_to:
     return t0 + (lo + lag) / RATE if score > 0.8 else None
 
 
+def _neteq_hold_s(series: list[dict[str, Any]], before: float) -> float | None:
+    """How long a browser's NetEq held each sample (getStats jitterBufferDelay per emitted
+    sample, s) over the second before ``before``: its share of when it plays what arrived."""
+    window = [x for x in series if (before - 1.0) * 1000 <= x["t"] <= before * 1000]
+    if len(window) < 2:
+        return None
+    emitted = window[-1]["jitterBufferEmittedCount"] - window[0]["jitterBufferEmittedCount"]
+    if emitted <= 0:
+        return None
+    return float((window[-1]["jitterBufferDelay"] - window[0]["jitterBufferDelay"]) / emitted)
+
+
 def _last_loud(rec: np.ndarray, t0: float, t_from: float, t_to: float) -> float | None:
     lo, hi = max(0, int((t_from - t0) * RATE)), min(len(rec), int((t_to - t0) * RATE))
     loud = np.flatnonzero(np.abs(rec[lo:hi].astype(np.int32)) > LOUD)
@@ -92,7 +107,7 @@ def run(listeners: int, requests: int) -> dict[str, Any]:
     names = [f"b{i}" for i in range(1, listeners + 1)]
     items = bench["played"] + bench["cancelled"]
     ends = [it["t_send"] for it in items[1:]] + [result["marks"]["measure_end"]]
-    browser_ttfa, device_ttfa, diffs, spreads = [], [], [], []
+    browser_ttfa, device_ttfa, diffs, spreads, arrival_spreads = [], [], [], [], []
     for item, end in zip(bench["played"], ends, strict=False):
         dev = _first_loud(audio["rec_device"], t0["device"], item["t_send"], end)
         if dev is None:
@@ -111,6 +126,11 @@ def run(listeners: int, requests: int) -> dict[str, Any]:
         diffs += [1000 * (o - dev) for o in heard]
         if len(heard) > 1:
             spreads.append(1000 * (max(heard) - min(heard)))
+            # The same, less what each browser's NetEq held then: when the packets arrived.
+            holds = [(o, _neteq_hold_s(result["stats"][n], o)) for n, o in zip(names, onsets, strict=True)]
+            arrived = [o - h for o, h in holds if o is not None and h is not None]
+            if len(arrived) > 1:
+                arrival_spreads.append(1000 * (max(arrived) - min(arrived)))
     silences = []
     for item, end in zip(bench["cancelled"], ends[len(bench["played"]) :], strict=False):
         for n in names:
@@ -140,6 +160,7 @@ def run(listeners: int, requests: int) -> dict[str, Any]:
         "device_ttfa_ms_p50": round(percentile(device_ttfa, 0.5), 1),
         "browser_minus_device_ms_p50": round(percentile(diffs, 0.5), 1),
         "listener_onset_spread_ms": round(percentile(spreads, 0.5), 1) if spreads else 0.0,
+        "listener_arrival_spread_ms": round(percentile(arrival_spreads, 0.5), 1) if arrival_spreads else 0.0,
         "cancel_to_browser_silence_ms_p50": round(percentile(silences, 0.5), 1),
         "cancel_to_browser_silence_ms_p95": round(percentile(silences, 0.95), 1),
         "concealed_per_min": round(concealed / minutes, 1) if minutes else None,
@@ -182,6 +203,7 @@ def main(argv: list[str] | None = None) -> int:
         "device_ttfa_ms_p50": first["device_ttfa_ms_p50"],
         "browser_minus_device_ms_p50": first["browser_minus_device_ms_p50"],
         "listener_onset_spread_ms": top["listener_onset_spread_ms"],
+        "listener_arrival_spread_ms": top["listener_arrival_spread_ms"],
         "cancel_to_browser_silence_ms_p50": first["cancel_to_browser_silence_ms_p50"],
         "concealed_per_min": top["concealed_per_min"],
         "cpu_per_listener_pct": top["cpu_per_listener_pct"],
