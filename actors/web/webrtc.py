@@ -92,7 +92,6 @@ class StageFeed:
         self._resampler = soxr.ResampleStream(self.rate, OPUS_RATE, 1, dtype="float32")
         self._buf = np.zeros(max(1024, ring.capacity_frames), dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
-        self._rng = np.random.default_rng()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="web-stage-feed", daemon=True)
 
@@ -104,14 +103,6 @@ class StageFeed:
         self._stop.set()
         if self._thread.is_alive():
             self._thread.join(2.0)
-
-    def _to_int16(self, block: np.ndarray) -> bytes:
-        """48 kHz float → s16 with TPDF dither of ±1 LSB (-90 dBFS): the stage's idle silence
-        reaches the browsers as the faintest noise, not digital zeros, which NetEq treats as
-        passive signal it may time-stretch, so a jitter buffer that grew in a stall shrinks back
-        in the silence instead of in the next narration's first second."""
-        noise = self._rng.random(len(block), dtype=np.float32) - self._rng.random(len(block), dtype=np.float32)
-        return np.clip(np.round(block * 32767.0 + noise), -32768, 32767).astype("<i2").tobytes()
 
     def spacing_ms(self) -> dict[str, float]:
         """p50/p99/max spacing of the last frames sent (20 ms each when the stage is smooth)."""
@@ -179,7 +170,7 @@ class StageFeed:
                     if not now - 1.0 < due < now + 1.0:
                         due = now  # a clock that jumped (a restarted consumer): never hold a frame long
                     made += FRAME_SAMPLES
-                    ready.append((due, self._to_int16(block)))
+                    ready.append((due, np.clip(np.round(block * 32767.0), -32768, 32767).astype("<i2").tobytes()))
                 self._pending = pending[n * FRAME_SAMPLES :].copy()
             while ready and ready[0][0] <= time.monotonic():
                 sent = time.monotonic()
