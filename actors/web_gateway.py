@@ -118,8 +118,8 @@ class WebGateway:
             max_workers=4, thread_name_prefix="web-render", initializer=_lower_thread_priority
         )
         # Calls to the supervisor wait on its answers (and on each other, under the control lock).
-        # They have their own threads: aiortc encodes every listener's frames on the loop's default
-        # executor, and a pile of waiting status polls there would stop every listener's audio.
+        # They have their own threads, not the loop's default executor, which aiortc and asyncio
+        # use too: a pile of waiting status polls there would hold up whatever else queues on it.
         self._control_pool = concurrent.futures.ThreadPoolExecutor(max_workers=8, thread_name_prefix="web-control")
 
     @property
@@ -350,8 +350,9 @@ class _QuietServer(uvicorn.Server):
 _T = TypeVar("_T")
 
 #: The gateway encodes renders (opus, mp3 ...) on its render threads: that work, too, yields to
-#: the stage. Only those threads: the loop and aiortc's encoders send the WebRTC listeners' audio,
-#: which is the stage for them, and a niced process starves it into concealment on a busy machine.
+#: the stage. Only those threads: the loop and the stage feed (which encodes the listeners' Opus)
+#: send the WebRTC listeners' audio, which is the stage for them, and a niced process starves it
+#: into concealment on a busy machine.
 WEB_NICENESS = 5
 
 
