@@ -71,18 +71,6 @@ def _find(template: np.ndarray, rec: np.ndarray, t0: float, t_from: float, t_to:
     return t0 + (lo + lag) / RATE if score > 0.8 else None
 
 
-def _neteq_hold_s(series: list[dict[str, Any]], before: float) -> float | None:
-    """How long a browser's NetEq held each sample (getStats jitterBufferDelay per emitted
-    sample, s) over the second before ``before``: its share of when it plays what arrived."""
-    window = [x for x in series if (before - 1.0) * 1000 <= x["t"] <= before * 1000]
-    if len(window) < 2:
-        return None
-    emitted = window[-1]["jitterBufferEmittedCount"] - window[0]["jitterBufferEmittedCount"]
-    if emitted <= 0:
-        return None
-    return float((window[-1]["jitterBufferDelay"] - window[0]["jitterBufferDelay"]) / emitted)
-
-
 def _last_loud(rec: np.ndarray, t0: float, t_from: float, t_to: float) -> float | None:
     lo, hi = max(0, int((t_from - t0) * RATE)), min(len(rec), int((t_to - t0) * RATE))
     loud = np.flatnonzero(np.abs(rec[lo:hi].astype(np.int32)) > LOUD)
@@ -90,6 +78,8 @@ def _last_loud(rec: np.ndarray, t0: float, t_from: float, t_to: float) -> float 
 
 
 def run(listeners: int, requests: int) -> dict[str, Any]:
+    from tests.browser_rig import neteq_hold_s
+
     out = Path(tempfile.mkdtemp(prefix="skald-bench-webrtc-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_REQUESTS": str(requests)}
     proc = subprocess.run(
@@ -127,8 +117,9 @@ def run(listeners: int, requests: int) -> dict[str, Any]:
         if len(heard) > 1:
             spreads.append(1000 * (max(heard) - min(heard)))
             # The same, less what each browser's NetEq held then: when the packets arrived.
-            holds = [(o, _neteq_hold_s(result["stats"][n], o)) for n, o in zip(names, onsets, strict=True)]
-            arrived = [o - h for o, h in holds if o is not None and h is not None]
+            found = [(n, o) for n, o in zip(names, onsets, strict=True) if o is not None]
+            held = [(o, neteq_hold_s(result["stats"][n], o)) for n, o in found]
+            arrived = [o - h for o, h in held if h is not None]
             if len(arrived) > 1:
                 arrival_spreads.append(1000 * (max(arrived) - min(arrived)))
     silences = []

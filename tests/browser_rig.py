@@ -238,3 +238,16 @@ STATS_PROBE = """
   return true;
 })()
 """
+
+
+def neteq_hold_s(series: list[dict[str, Any]], before: float) -> float | None:
+    """How long a browser's NetEq held each sample over the second before ``before`` (wall s):
+    the growth of STATS_PROBE's ``jitterBufferDelay`` per emitted sample, in s; its share of when
+    it plays what arrived. None when the probe has no samples there or nothing was emitted."""
+    window = [x for x in series if (before - 1.0) * 1000 <= x["t"] <= before * 1000]
+    if len(window) < 2:
+        return None
+    emitted = window[-1]["jitterBufferEmittedCount"] - window[0]["jitterBufferEmittedCount"]
+    if emitted <= 0:
+        return None
+    return float((window[-1]["jitterBufferDelay"] - window[0]["jitterBufferDelay"]) / emitted)
