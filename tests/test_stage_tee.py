@@ -229,3 +229,87 @@ def test_no_listener_no_encoding() -> None:
         assert listeners.opus is None and "opus_packets" not in listeners.metrics()
     finally:
         loop.close()
+
+
+def test_a_frame_that_fails_is_counted_and_the_feed_goes_on() -> None:
+    """One listener-side failure (here: ``on_frame`` raising for frames 3 and 4) costs the
+    listeners those frames, not the feed: every later frame still goes out, and the failures are
+    counted for ``skald status``."""
+    import threading
+
+    handed: list[int] = []
+    enough = threading.Event()
+
+    def on_frame(_frame: bytes) -> None:
+        handed.append(len(handed))
+        if len(handed) in (4, 5):
+            raise RuntimeError("a listener-side failure")
+        if len(handed) >= 12:
+            enough.set()
+
+    with _feeding(on_frame) as (producer, feed):
+        x = tone(440.0, 0.3)
+        assert producer.push(x) == len(x)
+        assert enough.wait(30.0), f"the feed stopped after {len(handed)} frames"
+    assert feed.frame_errors == 2 and feed.restarts == 0, (feed.frame_errors, feed.restarts)
+
+
+def test_a_feed_loop_that_fails_starts_again_at_the_live_point() -> None:
+    """Should the feed's loop itself fail, it is started again with the tee cleared, and frames go
+    out again. No real input makes soxr or the ring fail here, so the failure is the loop's first
+    run raising (a subclass in this test only)."""
+    import threading
+
+    from actors.web.webrtc import StageFeed
+
+    class FailsOnce(StageFeed):
+        def _feed(self) -> None:
+            if self.restarts == 0:
+                raise OSError("the first run fails")
+            super()._feed()
+
+    got = threading.Event()
+    owner, producer = _tee_ring(seconds=2.0)
+    reader = PcmRing.attach(owner.name, "consumer")
+    feed = FailsOnce(reader, lambda _frame: got.set())
+    try:
+        feed.start()
+        while not got.is_set():  # until the restarted loop hands a frame out
+            x = tone(440.0, 0.05)
+            producer.push(x)
+            got.wait(0.05)
+        assert feed.restarts == 1 and feed.frames_out >= 1
+    finally:
+        feed.stop()
+        reader.close()
+        producer.close()
+        owner.close()
+        owner.unlink()
+
+
+def test_a_frame_libopus_fails_on_is_lost_alone_and_the_encoder_is_made_afresh() -> None:
+    """A frame that fails to encode raises to the feed (which counts it) and is lost; the encoder
+    is opened afresh and the next frame reaches every track, timestamps in place."""
+    import asyncio
+
+    import pytest
+
+    from actors.web.webrtc import FRAME_SAMPLES, Listener, Listeners, _listener_track_class
+    from config.settings import Settings
+
+    loop = asyncio.new_event_loop()
+    try:
+        listeners = Listeners(Settings(), loop, loopback=True)
+        track = _listener_track_class()()
+        listeners.sessions["s"] = Listener("s", None, track)
+        with pytest.raises(ValueError, match="need 1920 bytes"):
+            listeners.push_threadsafe(b"\x00" * 10)  # a short frame: PyAV refuses it
+        listeners.push_threadsafe(bytes(2 * FRAME_SAMPLES))
+        loop.run_until_complete(asyncio.sleep(0))
+        packet = loop.run_until_complete(track.recv())
+        assert len(bytes(packet)) > 0 and packet.pts == 0
+        metrics = listeners.metrics()
+        assert metrics["opus_encode_errors"] == 1 and metrics["opus_packets"] == 1, metrics
+        track.end()
+    finally:
+        loop.close()

@@ -68,6 +68,10 @@ LATE_S = 0.02
 #: aiortc's own encoder would send 128 kbit/s stereo of a mono stage).
 OPUS_BITRATE = 64_000
 _TIME_BASE = fractions.Fraction(1, OPUS_RATE)
+#: A failing frame is logged at most this often (the counter counts every one).
+ERROR_LOG_INTERVAL_S = 5.0
+#: After the feed loop itself failed, it starts again (at the live point) after this pause.
+RESTART_PAUSE_S = 0.1
 
 
 class StageFeed:
@@ -75,8 +79,6 @@ class StageFeed:
     48 kHz s16 mono and hands each to ``on_frame`` (from that thread) as soon as it is complete."""
 
     def __init__(self, ring: PcmRing, on_frame: Callable[[bytes], None]) -> None:
-        import soxr
-
         self.ring = ring
         self.on_frame = on_frame
         self.rate = ring.sample_rate
@@ -89,7 +91,13 @@ class StageFeed:
         # jitter buffer (~40-50 ms on a clean link) conceals what arrives later than it holds.
         self.late_frames = 0
         self.max_late_ms = 0.0
-        self._resampler = soxr.ResampleStream(self.rate, OPUS_RATE, 1, dtype="float32")
+        # Frames whose hand-off raised (the listeners miss that frame, the feed goes on), and times
+        # the loop itself failed and started again: one failed frame or library call must never
+        # silence the listeners for good while the device plays on.
+        self.frame_errors = 0
+        self.restarts = 0
+        self._error_logged = -ERROR_LOG_INTERVAL_S
+        self._resampler: Any = None  # soxr.ResampleStream, made by each (re)start of the loop
         self._buf = np.zeros(max(1024, ring.capacity_frames), dtype=np.float32)
         self._pending = np.zeros(0, dtype=np.float32)
         self._stop = threading.Event()
@@ -119,8 +127,34 @@ class StageFeed:
         }
 
     def _run(self) -> None:
+        """The thread: ``_feed`` until stopped. Should the loop fail (a library error, a bad read),
+        it is logged, counted and started again at the live point; the stage goes on either way."""
+        while not self._stop.is_set():
+            try:
+                self._feed()
+            except Exception:
+                self.restarts += 1
+                log.exception("web: the stage feed failed; it starts again at the live point")
+                self._stop.wait(RESTART_PAUSE_S)
+                self.ring.clear()  # what the tee took meanwhile is past: restart at the present
+
+    def _hand_off(self, frame: bytes) -> None:
+        """``on_frame(frame)``; a frame that fails there is counted and logged (at most every
+        ``ERROR_LOG_INTERVAL_S``), and the next one goes out as usual."""
+        try:
+            self.on_frame(frame)
+        except Exception:
+            self.frame_errors += 1
+            now = time.monotonic()
+            if now - self._error_logged >= ERROR_LOG_INTERVAL_S:
+                self._error_logged = now
+                log.exception("web: a stage frame failed (%d so far); the listeners miss it", self.frame_errors)
+
+    def _feed(self) -> None:
         import soxr
 
+        self._resampler = soxr.ResampleStream(self.rate, OPUS_RATE, 1, dtype="float32")
+        self._pending = np.zeros(0, dtype=np.float32)
         live = int(LIVE_WINDOW_S * self.rate)
         ratio = self.rate / OPUS_RATE
         ready: collections.deque[tuple[float, bytes]] = collections.deque()  # (due, frame)
@@ -180,7 +214,7 @@ class StageFeed:
                 self.max_late_ms = max(self.max_late_ms, 1000.0 * late)
                 self.sent_at[self.frames_out % len(self.sent_at)] = sent
                 self.frames_out += 1
-                self.on_frame(ready.popleft()[1])
+                self._hand_off(ready.popleft()[1])
             wait = _POLL_S if not ready else min(_POLL_S, max(0.0, ready[0][0] - time.monotonic()))
             self._stop.wait(wait)
 
@@ -192,34 +226,48 @@ class OpusFrames:
     synchronous here: one frame in, one packet out, no frame held back."""
 
     def __init__(self, bit_rate: int = OPUS_BITRATE) -> None:
+        self.bit_rate = bit_rate
+        self._codec = self._open()
+        self._pts = 0
+        self.packets = 0
+        self.errors = 0  # frames that failed to encode (each lost to the listeners, nothing else)
+        self.encode_s = 0.0  # CPU time spent encoding (thread time), for the metrics
+
+    def _open(self) -> Any:
         import av
 
         codec: Any = av.CodecContext.create("libopus", "w")
         codec.format = "s16"
         codec.layout = "mono"
         codec.sample_rate = OPUS_RATE
-        codec.bit_rate = bit_rate
+        codec.bit_rate = self.bit_rate
         codec.time_base = _TIME_BASE
         codec.options = {"frame_duration": "20", "application": "audio"}
         codec.open()
-        self._codec = codec
-        self._pts = 0
-        self.packets = 0
-        self.encode_s = 0.0  # CPU time spent encoding (thread time), for the metrics
+        return codec
 
     def encode(self, pcm: bytes) -> bytes | None:
-        """One 20 ms frame (960 s16 samples) → its Opus packet (None if libopus held it back)."""
+        """One 20 ms frame (960 s16 samples) → its Opus packet (None if libopus held it back).
+
+        A frame that fails raises; the encoder is then opened afresh (its state may be spoilt) and
+        the frame's timestamp slot stays used, so the next packets keep their place in time."""
         from av import AudioFrame
 
         started = time.thread_time()
-        frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
-        frame.planes[0].update(pcm)
-        frame.sample_rate = OPUS_RATE
-        frame.time_base = _TIME_BASE
-        frame.pts = self._pts
-        self._pts += FRAME_SAMPLES
-        packets = self._codec.encode(frame)
-        self.encode_s += time.thread_time() - started
+        pts, self._pts = self._pts, self._pts + FRAME_SAMPLES
+        try:
+            frame = AudioFrame(format="s16", layout="mono", samples=FRAME_SAMPLES)
+            frame.planes[0].update(pcm)
+            frame.sample_rate = OPUS_RATE
+            frame.time_base = _TIME_BASE
+            frame.pts = pts
+            packets = self._codec.encode(frame)
+        except Exception:
+            self.errors += 1
+            self._codec = self._open()
+            raise
+        finally:
+            self.encode_s += time.thread_time() - started
         if not packets:
             return None
         self.packets += 1
@@ -469,7 +517,11 @@ class Listeners:
             "listener_frames_dropped": self.frames_dropped_ended
             + sum(x.track.dropped for x in list(self.sessions.values())),
             **(
-                {"opus_packets": self.opus.packets, "opus_encode_cpu_s": round(self.opus.encode_s, 3)}
+                {
+                    "opus_packets": self.opus.packets,
+                    "opus_encode_errors": self.opus.errors,
+                    "opus_encode_cpu_s": round(self.opus.encode_s, 3),
+                }
                 if self.opus is not None
                 else {}
             ),
@@ -479,6 +531,8 @@ class Listeners:
                     "stage_skipped_frames": self.feed.skipped_frames,
                     "stage_late_frames": self.feed.late_frames,
                     "stage_max_late_ms": round(self.feed.max_late_ms, 2),
+                    "stage_frame_errors": self.feed.frame_errors,
+                    "stage_feed_restarts": self.feed.restarts,
                     **self.feed.spacing_ms(),
                 }
                 if self.feed is not None
