@@ -39,6 +39,7 @@ import contextlib
 import json
 import os
 import platform
+import shutil
 import signal
 import statistics
 import subprocess
@@ -124,6 +125,36 @@ class ServedSkald:
             self.process.terminate()
             self.process.wait(30)
         self._log.close()
+
+
+@contextlib.contextmanager
+def run_folder(prefix: str, name: str = "bench", keep: bool = False) -> Iterator[Path]:
+    """A fresh folder ``/tmp/<prefix>XXXXXXXX`` for one run (a server's run dir and server.log,
+    recordings), removed when the block ends. When the block raises (an error, ^C, a SystemExit
+    with a failure status) the folder stays for a look at what failed: one line on stderr names it,
+    and the exception goes on; an empty one goes all the same. ``keep`` keeps it after a normal end
+    too (a ``--keep`` option). Enter it before whatever writes there (``with run_folder(...) as
+    parent, ServedSkald(parent, ...)``), so that those are stopped before the folder goes."""
+    path = Path(tempfile.mkdtemp(prefix=prefix, dir="/tmp"))
+    failed: BaseException | None = None
+    try:
+        yield path
+    except SystemExit as exc:
+        if exc.code not in (None, 0):
+            failed = exc
+        raise
+    except BaseException as exc:
+        failed = exc
+        raise
+    finally:
+        held = sorted(p.name for p in path.iterdir()) if path.is_dir() else []
+        if held and (failed is not None or keep):
+            why = "as asked" if failed is None else "for the failed run"
+            if isinstance(failed, KeyboardInterrupt):
+                why = "for the interrupted run"
+            print(f"{name}: kept {path} ({', '.join(held)}) {why}", file=sys.stderr, flush=True)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -259,13 +290,17 @@ class RawStreamingPiper:
 
 
 def bench_core(args: argparse.Namespace, observe: bool = False) -> dict[str, Any]:
+    with run_folder("skb") as parent:  # the figures read server.log after the server has stopped
+        return _bench_core(args, observe, parent)
+
+
+def _bench_core(args: argparse.Namespace, observe: bool, parent: Path) -> dict[str, Any]:
     import re
 
     from actors import wire
     from actors.client import SkaldClient
 
     text = (ROOT / "config" / "samples" / "crypt.txt").read_text(encoding="utf-8")
-    parent = Path(tempfile.mkdtemp(prefix="skb", dir="/tmp"))
     run_dir = parent / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
     streaming = args.piper_streaming == "on"

@@ -26,7 +26,6 @@ import random
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -36,19 +35,23 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import events_until, machine, of_request, percentile  # noqa: E402  (scripts/ is on sys.path: run through scripts/bench)
+from bench import events_until, machine, of_request, percentile, run_folder  # noqa: E402  (scripts/ is on sys.path: run through scripts/bench)
 
 SHORT = "Enough. The guard lowers his spear."
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
+    with run_folder("skc", "bench cancel") as parent:  # outlives the server and the rig in _run
+        return _run(args, parent)
+
+
+def _run(args: argparse.Namespace, parent: Path) -> dict[str, Any]:
     from actors import wire
     from actors.client import SkaldClient
     from tests.audio_rig import MonitorRecorder, PulseNullSink, align
 
     rng = random.Random(args.seed)
     text = (ROOT / "config" / "samples" / "crypt.txt").read_text(encoding="utf-8")
-    parent = Path(tempfile.mkdtemp(prefix="skc", dir="/tmp"))
     run_dir = parent / "run"
     rig: PulseNullSink | None = None
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}

@@ -27,7 +27,6 @@ import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -36,7 +35,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import RawPiper, machine, percentile, server_env  # noqa: E402  (scripts/ is on sys.path: run through scripts/bench)
+from bench import RawPiper, machine, percentile, run_folder, server_env  # noqa: E402  (scripts/ is on sys.path: run through scripts/bench)
 
 
 def _free_port() -> int:
@@ -80,12 +79,16 @@ def _first_chunk(seen: list[Any], request_id: str, timeout_s: float = 5.0) -> st
 
 
 def bench_http(args: argparse.Namespace) -> dict[str, Any]:
+    with run_folder("skh", "bench http") as parent:  # outlives the server _bench_http stops
+        return _bench_http(args, parent)
+
+
+def _bench_http(args: argparse.Namespace, parent: Path) -> dict[str, Any]:
     from actors import wire
     from actors.client import SkaldClient
 
     text = (ROOT / "config" / "samples" / "crypt.txt").read_text(encoding="utf-8")
     long_text = (ROOT / "config" / "samples" / "forest-long.txt").read_text(encoding="utf-8")
-    parent = Path(tempfile.mkdtemp(prefix="skb", dir="/tmp"))
     run_dir = parent / "run"
     port = _free_port()
     url = f"http://127.0.0.1:{port}"

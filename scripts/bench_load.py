@@ -16,7 +16,6 @@ import os
 import random
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -25,7 +24,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import ServedSkald  # noqa: E402
+from bench import ServedSkald, run_folder  # noqa: E402
 
 from actors import wire  # noqa: E402
 from actors.client import SkaldClient, SkaldClientError  # noqa: E402
@@ -90,8 +89,7 @@ def client_loop(run_dir: Path, n: int, seconds: float, seed: int, out: dict[str,
     out.update(answered=answered, unanswered=unanswered, errors=errors, latencies=latencies, requests=len(mine))
 
 
-def bench_load(args: argparse.Namespace) -> dict[str, Any]:
-    parent = Path(tempfile.mkdtemp(prefix="skl", dir="/tmp"))
+def bench_load(args: argparse.Namespace, parent: Path) -> dict[str, Any]:
     run_dir = parent / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
     with ServedSkald(parent, "null", env, "bench load") as server:
@@ -158,15 +156,18 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--seconds", type=float, default=10.0)
     parser.add_argument("--json", help="also write the figures to this file")
     args = parser.parse_args(argv)
-    result = bench_load(args)
-    print(json.dumps(result, indent=2))
-    print(
-        f"load: {result['answered']}/{result['messages']} answered in {result['burst_s']} s from "
-        f"{result['clients']} clients (reply p50 {result['reply_ms_p50']} ms, max {result['reply_ms_max']} ms); "
-        f"after: {result['active_after']} active, ring {result['ring_buffered_s_after']} s, next request "
-        f"{result['next_request']}"
-    )
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    ok = result["unanswered"] == 0 and result["active_after"] == 0 and result["next_request"] == "done"
-    return 0 if ok else 1
+    with run_folder("skl", "bench load") as parent:  # kept, server.log and all, when the run fails
+        result = bench_load(args, parent)
+        print(json.dumps(result, indent=2))
+        print(
+            f"load: {result['answered']}/{result['messages']} answered in {result['burst_s']} s from "
+            f"{result['clients']} clients (reply p50 {result['reply_ms_p50']} ms, max {result['reply_ms_max']} ms); "
+            f"after: {result['active_after']} active, ring {result['ring_buffered_s_after']} s, next request "
+            f"{result['next_request']}"
+        )
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        ok = result["unanswered"] == 0 and result["active_after"] == 0 and result["next_request"] == "done"
+        if not ok:
+            raise SystemExit(1)
+    return 0

@@ -30,7 +30,6 @@ import os
 import re
 import shutil
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -38,7 +37,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import ServedSkald, cpu_hog, events_until, machine, of_request, write_json  # noqa: E402
+from bench import ServedSkald, cpu_hog, events_until, machine, of_request, run_folder, write_json  # noqa: E402
 
 from actors import wire  # noqa: E402
 from actors.client import SkaldClient  # noqa: E402
@@ -84,23 +83,20 @@ def serve_cells(
     rig_env: dict[str, str], settings: dict[str, str], prebuffers: tuple[float, ...], text: str, label: str
 ) -> dict[str, Any]:
     """One server with ``settings``: every pre-buffer quiet, then every pre-buffer with the hog."""
-    parent = Path(tempfile.mkdtemp(prefix="skm", dir="/tmp"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
     env.update(rig_env)
     env.update({"SKALD_PREBUFFER_ADAPTIVE": "false", **settings})
     out: dict[str, Any] = {"quiet": {}, "hog": {}}
-    try:
-        with (
-            ServedSkald(parent, "device", env, "bench matrix"),
-            SkaldClient.for_run_dir(str(parent / "run"), timeout_s=10) as ctl,
-        ):
-            for phase in ("quiet", "hog"):
-                with cpu_hog(HOGS if phase == "hog" else 0):
-                    for pb in prebuffers:
-                        out[phase][f"{pb:g}"] = result = cell(ctl, text, pb)
-                        print(f"  {label}, pre-buffer {pb:g} s, {phase}: {result}", file=sys.stderr)
-    finally:
-        shutil.rmtree(parent, ignore_errors=True)
+    with (
+        run_folder("skm", "bench matrix") as parent,
+        ServedSkald(parent, "device", env, "bench matrix"),
+        SkaldClient.for_run_dir(str(parent / "run"), timeout_s=10) as ctl,
+    ):
+        for phase in ("quiet", "hog"):
+            with cpu_hog(HOGS if phase == "hog" else 0):
+                for pb in prebuffers:
+                    out[phase][f"{pb:g}"] = result = cell(ctl, text, pb)
+                    print(f"  {label}, pre-buffer {pb:g} s, {phase}: {result}", file=sys.stderr)
     return out
 
 

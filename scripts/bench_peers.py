@@ -48,12 +48,10 @@ import contextlib
 import http.client
 import json
 import os
-import shutil
 import socket
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -65,7 +63,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import events_until, machine, of_request, percentile  # noqa: E402  (scripts/ is on sys.path: via scripts/bench)
+from bench import events_until, machine, of_request, percentile, run_folder  # noqa: E402  (scripts/ is on sys.path: via scripts/bench)
 
 RATE = 22050
 GAP_MS = 20.0  # a silence this much longer than the reference's is a gap
@@ -126,13 +124,13 @@ def run_skald(text: str, runs: int, marks: list[float], watch: ProcessWatch, nar
     from actors.client import SkaldClient
     from tests.test_speech_output import DETERMINISTIC, joined_from_events
 
-    parent = Path(tempfile.mkdtemp(prefix="skp", dir="/tmp"))
     # Noise off: the narration's reference is its chunks re-synthesized by raw Piper.
     env = {**{k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}, **DETERMINISTIC}
     reported: list[float] = []
     cancels: list[float] = []
     first_chunk = ""
     with (
+        run_folder("skp", "bench peers") as parent,
         ServedSkald(parent, "device", env, "bench peers") as server,
         SkaldClient.for_run_dir(str(server.run_dir), timeout_s=10) as client,
     ):
@@ -176,29 +174,29 @@ FLOOR_CHILD = "--floor-child"
 def run_floor(first_chunk: str, runs: int, marks: list[float], watch: ProcessWatch, narration: str) -> dict[str, Any]:
     """The floor speaker in a child process of its own (so its memory and CPU are its own): this
     script with ``--floor-child``, told what to say on stdin, its marks back on stdout."""
-    out = Path(tempfile.mkdtemp(prefix="skfloor", dir="/tmp")) / "narration.npy"
-    job = {"first_chunk": first_chunk, "runs": runs, "narration": narration, "out": str(out)}
-    child = subprocess.Popen(
-        [sys.executable, __file__, FLOOR_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    watch.add(child.pid)
-    assert child.stdin is not None and child.stdout is not None
-    child.stdin.write(json.dumps(job))
-    child.stdin.close()
-    narrated: dict[str, Any] = {}
-    for line in child.stdout:
-        msg = json.loads(line)
-        if "mark" in msg:
-            marks.append(msg["mark"])
-        elif "narration_mark" in msg:
-            narrated = {"mark": msg["narration_mark"], "cpu_s": 0.0, "wall_s": 0.0, "cpu0": watch.cpu_s()}
-        elif "narration_done" in msg:
-            narrated["cpu_s"] = watch.cpu_s() - narrated.pop("cpu0")
-            narrated["wall_s"] = msg["narration_done"] - narrated["mark"]
-    if child.wait(60) != 0 or not narrated:
-        raise PeerFailed(f"the floor speaker exited {child.returncode}")
-    narrated["reference"] = np.load(out)
-    shutil.rmtree(out.parent, ignore_errors=True)
+    with run_folder("skfloor", "bench peers") as folder:
+        out = folder / "narration.npy"
+        job = {"first_chunk": first_chunk, "runs": runs, "narration": narration, "out": str(out)}
+        child = subprocess.Popen(
+            [sys.executable, __file__, FLOOR_CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+        watch.add(child.pid)
+        assert child.stdin is not None and child.stdout is not None
+        child.stdin.write(json.dumps(job))
+        child.stdin.close()
+        narrated: dict[str, Any] = {}
+        for line in child.stdout:
+            msg = json.loads(line)
+            if "mark" in msg:
+                marks.append(msg["mark"])
+            elif "narration_mark" in msg:
+                narrated = {"mark": msg["narration_mark"], "cpu_s": 0.0, "wall_s": 0.0, "cpu0": watch.cpu_s()}
+            elif "narration_done" in msg:
+                narrated["cpu_s"] = watch.cpu_s() - narrated.pop("cpu0")
+                narrated["wall_s"] = msg["narration_done"] - narrated["mark"]
+        if child.wait(60) != 0 or not narrated:
+            raise PeerFailed(f"the floor speaker exited {child.returncode}")
+        narrated["reference"] = np.load(out)
     return {"text": first_chunk, "narration": narrated}
 
 
@@ -240,30 +238,29 @@ def served(cmd: list[str], port: int, health: str, env: dict[str, str] | None = 
     """The peer's server, up (its ``health`` URL answers) for the ``with`` block. A failure inside
     the block is re-raised as ``PeerFailed`` with the last line of the server's log (its reason).
     The ``with`` target is the server's pid."""
-    log = tempfile.NamedTemporaryFile(prefix="peer-", suffix=".log", delete=False)  # noqa: SIM115
-    proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=log)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
+    with run_folder("skpeer", "bench peers") as folder, (folder / "server.log").open("wb") as log:
+        proc = subprocess.Popen(cmd, cwd=ROOT, env={**os.environ, **(env or {})}, stdout=log, stderr=log)
+        try:
+            deadline = time.monotonic() + 120
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{port}{health}", timeout=2):
+                        break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        raise PeerFailed(f"{cmd[2]} did not start: {_last_line(log.name)}") from None
+                    time.sleep(0.2)
             try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}{health}", timeout=2):
-                    break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise PeerFailed(f"{cmd[2]} did not start: {_last_line(log.name)}") from None
-                time.sleep(0.2)
-        try:
-            yield proc.pid
-        except (OSError, http.client.HTTPException) as exc:
-            raise PeerFailed(f"{type(exc).__name__} from {cmd[2]}; its log ends: {_last_line(log.name)}") from exc
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+                yield proc.pid
+            except (OSError, http.client.HTTPException) as exc:
+                raise PeerFailed(f"{type(exc).__name__} from {cmd[2]}; its log ends: {_last_line(log.name)}") from exc
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(15)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
 
 
 def _last_line(path: str) -> str:

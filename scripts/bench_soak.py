@@ -36,7 +36,6 @@ import json
 import os
 import statistics
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -45,7 +44,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import ServedSkald  # noqa: E402
+from bench import ServedSkald, run_folder  # noqa: E402
 
 from actors import wire  # noqa: E402
 from actors.client import SkaldClient  # noqa: E402
@@ -108,8 +107,7 @@ class Narrator(threading.Thread):
             self.stop.set()
 
 
-def bench_soak(args: argparse.Namespace) -> dict[str, Any]:
-    parent = Path(tempfile.mkdtemp(prefix="sks", dir="/tmp"))
+def bench_soak(args: argparse.Namespace, parent: Path) -> dict[str, Any]:
     run_dir = parent / "run"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
     stop = threading.Event()
@@ -215,27 +213,30 @@ def main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     if args.minutes < 1:
         parser.error("--minutes must be at least 1")
-    result = bench_soak(args)
-    print(json.dumps({k: v for k, v in result.items() if k != "per_minute"}, indent=2))
-    worst = max(result["rss_growth_pct_after_warm_up"].values(), default=0.0)
-    worst_floor = max(result["rss_floor_growth_pct_after_warm_up"].values(), default=0.0)
-    worst_envelope = max(result["rss_envelope_growth_pct_after_warm_up"].values(), default=0.0)
-    fds = max(result["fd_range_after_warm_up"].values(), default=0)
-    print(
-        f"soak: {result['minutes_run']} min, {result['requests']} requests ({result['audio_s']} s of audio), "
-        f"{result['underruns']} underruns, {result['requests_not_done']} not done; worst RSS growth after "
-        f"warm-up: floor {worst_floor:+.2f} %, envelope {worst_envelope:+.2f} % (median {worst:+.2f} %), "
-        f"fd range {fds}; TTFA p50 {result['ttfa_ms_p50_first']} -> "
-        f"{result['ttfa_ms_p50_last']} ms",
-        file=sys.stderr,
-    )
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
-    ok = (
-        not result["narrator_error"]
-        and result["underruns"] == 0
-        and worst_floor <= 5.0
-        and worst_envelope <= 5.0
-        and fds == 0
-    )
-    return 0 if ok else 1
+    with run_folder("sks", "bench soak") as parent:  # kept, server.log and all, when the soak fails
+        result = bench_soak(args, parent)
+        print(json.dumps({k: v for k, v in result.items() if k != "per_minute"}, indent=2))
+        worst = max(result["rss_growth_pct_after_warm_up"].values(), default=0.0)
+        worst_floor = max(result["rss_floor_growth_pct_after_warm_up"].values(), default=0.0)
+        worst_envelope = max(result["rss_envelope_growth_pct_after_warm_up"].values(), default=0.0)
+        fds = max(result["fd_range_after_warm_up"].values(), default=0)
+        print(
+            f"soak: {result['minutes_run']} min, {result['requests']} requests ({result['audio_s']} s of audio), "
+            f"{result['underruns']} underruns, {result['requests_not_done']} not done; worst RSS growth after "
+            f"warm-up: floor {worst_floor:+.2f} %, envelope {worst_envelope:+.2f} % (median {worst:+.2f} %), "
+            f"fd range {fds}; TTFA p50 {result['ttfa_ms_p50_first']} -> "
+            f"{result['ttfa_ms_p50_last']} ms",
+            file=sys.stderr,
+        )
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+        ok = (
+            not result["narrator_error"]
+            and result["underruns"] == 0
+            and worst_floor <= 5.0
+            and worst_envelope <= 5.0
+            and fds == 0
+        )
+        if not ok:
+            raise SystemExit(1)
+    return 0

@@ -19,14 +19,13 @@ import os
 import shutil
 import statistics
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import ServedSkald, cpu_hog, server_env  # noqa: E402
+from bench import ServedSkald, cpu_hog, run_folder, server_env  # noqa: E402
 
 from actors import wire  # noqa: E402
 from actors.client import SkaldClient  # noqa: E402
@@ -59,10 +58,9 @@ def bench_starve(args: argparse.Namespace) -> dict[str, Any]:
     if shutil.which("stress-ng") is None:
         raise SystemExit("bench starve: stress-ng is missing (run scripts/install-audio-deps)")
     text = (ROOT / "config" / "samples" / "crypt.txt").read_text(encoding="utf-8")
-    parent = Path(tempfile.mkdtemp(prefix="skv", dir="/tmp"))
-    run_dir = parent / "run"
     results: dict[str, Any] = {}
-    with PulseNullSink() as rig:
+    with run_folder("skv", "bench starve") as parent, PulseNullSink() as rig:
+        run_dir = parent / "run"
         env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
         env.update(rig.env)
         env.update(server_env(args.server_env))

@@ -43,12 +43,10 @@ import ast
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 import wave
@@ -200,12 +198,18 @@ def _seam(samples: Any, rate: int, audio_s: float, opener: str, chunks: list[dic
 
 
 def bench_turn(args: argparse.Namespace) -> dict[str, Any]:
-    from bench import machine, percentile  # scripts/bench.py, on sys.path when dispatched by scripts/bench
+    from bench import run_folder  # scripts/bench.py, on sys.path when dispatched by scripts/bench
+
+    with run_folder("skt", keep=args.keep) as parent:  # outlives the processes _turns stops
+        return _turns(args, parent)
+
+
+def _turns(args: argparse.Namespace, parent: Path) -> dict[str, Any]:
+    from bench import machine, percentile
 
     from actors import wire
     from actors.client import SkaldClient
 
-    parent = Path(tempfile.mkdtemp(prefix="skt", dir="/tmp"))
     procs: list[subprocess.Popen[bytes]] = []
     try:
         model = args.model
@@ -355,10 +359,6 @@ def bench_turn(args: argparse.Namespace) -> dict[str, Any]:
     finally:
         for proc in procs:
             _stop(proc)
-        if not args.keep:
-            shutil.rmtree(parent, ignore_errors=True)
-        else:
-            print(f"bench: kept {parent}", file=sys.stderr)
 
 
 def main(argv: list[str]) -> int:
@@ -372,7 +372,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--threads", type=int, default=0, help="torch threads per text actor (0 = torch default)")
     parser.add_argument("--prelude-words", type=int, default=12)
     parser.add_argument("--narrative-tokens", type=int, default=48)
-    parser.add_argument("--keep", action="store_true", help="keep the temp dir (recording, logs)")
+    parser.add_argument("--keep", action="store_true", help="keep the temp dir (recording, logs) after a good run too")
     args = parser.parse_args(argv)
     result = bench_turn(args)
     print(json.dumps({k: v for k, v in result.items() if k != "turns"}, indent=2))

@@ -35,10 +35,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -47,7 +45,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench import machine, percentile  # noqa: E402  (scripts/ is on sys.path: run through scripts/bench)
+from bench import machine, percentile, run_folder  # noqa: E402  (scripts/ is on sys.path: run through scripts/bench)
 
 RATE = 22050
 LOUD = 500  # int16: well above the null sink's digital silence and Opus's noise floor
@@ -80,18 +78,19 @@ def _last_loud(rec: np.ndarray, t0: float, t_from: float, t_to: float) -> float 
 def run(listeners: int, requests: int) -> dict[str, Any]:
     from tests.browser_rig import neteq_hold_s
 
-    out = Path(tempfile.mkdtemp(prefix="skald-bench-webrtc-"))
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_REQUESTS": str(requests)}
-    proc = subprocess.run(
-        ["unshare", "-n", sys.executable, "-m", "tests.webrtc_scenario", f"bench{listeners}", str(out)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
-    )  # fmt: skip
-    result = json.loads((out / "result.json").read_text())
-    if proc.returncode != 0:  # the recordings stay for a look at what failed
-        raise SystemExit(f"bench{listeners} failed: {result.get('error')} (recordings in {out})\n{proc.stderr[-2000:]}")
-    with np.load(out / "audio.npz") as data:
-        audio = {k: data[k] for k in data.files}
-    shutil.rmtree(out, ignore_errors=True)
+    # The recordings are read into memory here: the folder goes when this block ends well, and stays
+    # (named on stderr) for a look at what failed otherwise.
+    with run_folder("skald-bench-webrtc-", "bench webrtc") as out:
+        proc = subprocess.run(
+            ["unshare", "-n", sys.executable, "-m", "tests.webrtc_scenario", f"bench{listeners}", str(out)],
+            cwd=ROOT, env=env, capture_output=True, text=True, timeout=1800,
+        )  # fmt: skip
+        result = json.loads((out / "result.json").read_text())
+        if proc.returncode != 0:
+            raise SystemExit(f"bench{listeners} failed: {result.get('error')}\n{proc.stderr[-2000:]}")
+        with np.load(out / "audio.npz") as data:
+            audio = {k: data[k] for k in data.files}
     bench = result["bench"]
     t0 = result["rec_t0"]
     names = [f"b{i}" for i in range(1, listeners + 1)]

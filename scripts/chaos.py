@@ -24,7 +24,6 @@ import random
 import signal
 import subprocess
 import sys
-import tempfile
 import threading
 import time
 from pathlib import Path
@@ -32,6 +31,8 @@ from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench import run_folder  # noqa: E402  (scripts/bench.py: scripts/ is on sys.path, this script's folder)
 
 from actors.client import SkaldClient  # noqa: E402
 from tests.event_log import EventLog, alnum, final_plan, planned_sources  # noqa: E402
@@ -110,9 +111,8 @@ def leftovers(supervisor_pid: int, run_dir: Path, session: str) -> dict[str, lis
     return {"processes": procs, "shm": shm, "ipc": ipc}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+def run(args: argparse.Namespace, parent: Path) -> dict[str, Any]:
     rng = random.Random(args.seed)
-    parent = Path(tempfile.mkdtemp(prefix="skc", dir="/tmp"))
     run_dir = parent / "run"
     session = f"{os.getpid()}-{args.seed}"
     env = {k: v for k, v in os.environ.items() if not k.startswith("SKALD_")}
@@ -250,19 +250,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--http", action="store_true", help="run the gateway too: its actors are victims, renders run")
     parser.add_argument("--json", help="also write the report here")
     args = parser.parse_args(argv)
-    report = run(args)
-    print(json.dumps(report, indent=2))
-    bad = report["lost_chunks"] or report["not_recovered"] or report["orphans"] or report["leaked_shm"]
-    bad = bad or report["leaked_ipc"] or any(o.get("status") not in ("done", None) for o in report["requests"])
-    print(
-        f"chaos: {report['kills_total']} kills, recovery median {report['recovery_s_median']} s, max "
-        f"{report['recovery_s_max']} s; {report['requests_done']}/{len(report['requests'])} requests done "
-        f"({report['requests_resumed']} resumed); lost chunks {report['lost_chunks']}; orphans "
-        f"{len(report['orphans'])}; leaked shm {len(report['leaked_shm'])}, ipc {len(report['leaked_ipc'])}"
-    )
-    if args.json:
-        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
-    return 1 if bad else 0
+    # The server's folder (its run dir and server.log) goes when the run passes, and stays, named
+    # on stderr, when it fails: then the report's server_log is there to read.
+    with run_folder("skc", "chaos") as parent:
+        report = run(args, parent)
+        print(json.dumps(report, indent=2))
+        bad = report["lost_chunks"] or report["not_recovered"] or report["orphans"] or report["leaked_shm"]
+        bad = bad or report["leaked_ipc"] or any(o.get("status") not in ("done", None) for o in report["requests"])
+        print(
+            f"chaos: {report['kills_total']} kills, recovery median {report['recovery_s_median']} s, max "
+            f"{report['recovery_s_max']} s; {report['requests_done']}/{len(report['requests'])} requests done "
+            f"({report['requests_resumed']} resumed); lost chunks {report['lost_chunks']}; orphans "
+            f"{len(report['orphans'])}; leaked shm {len(report['leaked_shm'])}, ipc {len(report['leaked_ipc'])}"
+        )
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+        if bad:
+            raise SystemExit(1)
+    return 0
 
 
 if __name__ == "__main__":
