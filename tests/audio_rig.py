@@ -158,12 +158,19 @@ class PulseNullSink:
 
     BINARIES = ("pulseaudio", "pactl", "parec")
 
-    def __init__(self, sink_name: str = "vsink", rate: int = 48000, start_timeout_s: float = 10.0) -> None:
+    def __init__(
+        self, sink_name: str = "vsink", rate: int = 48000, start_timeout_s: float = 10.0, log_underruns: bool = False
+    ) -> None:
         self.sink_name = sink_name
         self.rate = rate
         self.start_timeout_s = start_timeout_s
+        #: Log at debug level with times: the daemon's log is the only place that tells when a
+        #: client's stream ran dry (``stream_underruns``), i.e. when this machine did not run a
+        #: player (a browser, skald's device) in time to fill its buffer.
+        self.log_underruns = log_underruns
         self._dir: Path | None = None
         self._pid: int | None = None
+        self._log_anchor: tuple[float, float] | None = None  # (wall s, daemon log s) of one moment
 
     # -- discovery ---------------------------------------------------------------------------------
 
@@ -222,6 +229,41 @@ class PulseNullSink:
             return "(no daemon log)"
         return "\n".join(path.read_text(errors="replace").splitlines()[-n:])
 
+    def _timed_log(self) -> list[tuple[float, str]]:
+        """(daemon seconds, text) of each line of a ``--log-time`` log: ``(   1.916|   0.002) D: ...``."""
+        path = self.log_path
+        if path is None or not path.exists():
+            return []
+        lines = []
+        for line in path.read_text(errors="replace").splitlines():
+            head, sep, text = line.partition(")")
+            with contextlib.suppress(ValueError):
+                if sep and head.startswith("("):
+                    lines.append((float(head[1:].partition("|")[0]), text))
+        return lines
+
+    def stream_underruns(self) -> list[tuple[float, float, str]]:
+        """When a client's playback stream ran dry, from the daemon's log (``log_underruns``):
+        (wall start, wall end, the stream's media name: Chromium's is "Playback", skald's device's
+        "ALSA Playback"). The sink plays silence for that stream meanwhile, so its recording
+        slides by about that long: the machine did not run the player in time. The daemon names
+        the stream when the underrun starts, not when it ends; each end is matched to the
+        earliest open start."""
+        if self._log_anchor is None:
+            return []
+        wall0, log0 = self._log_anchor
+        found: list[list[Any]] = []
+        open_ones: list[list[Any]] = []
+        for t, text in self._timed_log():
+            at = wall0 + t - log0
+            if "Implicit underrun of '" in text or "Underrun on '" in text:
+                entry = [at, at, text.split("'")[1]]
+                found.append(entry)
+                open_ones.append(entry)
+            elif "end of underrun" in text and open_ones:
+                open_ones.pop(0)[1] = at
+        return [(start, end, name) for start, end, name in found]
+
     def pactl(self, *args: str, timeout_s: float = 5.0, check: bool = True) -> subprocess.CompletedProcess[str]:
         """Run ``pactl`` against this daemon."""
         return subprocess.run(
@@ -273,6 +315,7 @@ class PulseNullSink:
             "--no-cpu-limit",  # the default RLIMIT_CPU watchdog can kill it on a loaded CI box
             "-n",  # no default.pa: exactly the modules below, no hardware probing, no D-Bus
             f"--log-target=newfile:{self._dir / 'pulseaudio.log'}",
+            *(["--log-level=debug", "--log-time=1"] if self.log_underruns else []),
             # auth-anonymous: the socket is in a 0700 dir, so only this user can reach it anyway, and
             # clients then need no cookie even if PULSE_COOKIE is not passed on.
             "--load=module-native-protocol-unix auth-anonymous=1",
@@ -295,6 +338,15 @@ class PulseNullSink:
         self._pid = int((self._dir / "pulse" / "pid").read_text().strip())
         self.pactl("set-default-sink", self.sink_name)
         self.pactl("set-default-source", self.monitor_source)
+        if self.log_underruns:
+            # The daemon logs the change before it answers: its log time then is (within pactl's
+            # round trip, ~1 ms) this wall time.
+            said = [
+                t
+                for t, text in self._timed_log()
+                if f"configured_default_source: (unset) -> {self.monitor_source}" in text
+            ]
+            self._log_anchor = (time.time(), said[-1]) if said else None
 
     def stop(self, timeout_s: float = 3.0) -> None:
         """Stop the daemon (SIGTERM, then SIGKILL) and remove the temp dir.  Idempotent."""

@@ -62,9 +62,13 @@ class Chromium:
 
     def __init__(self, url: str, env: dict[str, str], name: str = "chromium") -> None:
         self.url = url
-        self.env = {**env, "PULSE_LATENCY_MSEC": "40"}
         self.name = name
         self.dir = Path(tempfile.mkdtemp(prefix="skald-chromium-"))
+        # Chromium's temp files go in this browser's own folder, removed with it: in the system's,
+        # each browser left a /tmp/org.chromium.Chromium.* folder (its profile's SingletonSocket)
+        # behind, which a killed browser never removes.
+        (self.dir / "tmp").mkdir()
+        self.env = {**env, "PULSE_LATENCY_MSEC": "40", "TMPDIR": str(self.dir / "tmp")}
         self.proc: subprocess.Popen[bytes] | None = None
         self._session: aiohttp.ClientSession | None = None
         self._ws: aiohttp.ClientWebSocketResponse | None = None

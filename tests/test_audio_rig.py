@@ -223,3 +223,34 @@ def test_install_script_uses_sudo_when_not_root(tmp_path: Path) -> None:
     result = _run_script(_shim_env(tmp_path, installed=False, fail_install_until_update=False, uid=1000))
     assert result.returncode == 0, result.stderr
     assert "sudo env DEBIAN_FRONTEND=noninteractive apt-get install" in (tmp_path / "calls").read_text()
+
+
+@pytest.mark.device
+def test_stream_underruns_puts_a_player_that_ran_dry_on_the_wall_clock() -> None:
+    """A player that stops writing (``pacat`` fed from a pipe, then not fed for 1 s) runs its stream
+    dry: ``stream_underruns`` reads that from the daemon's log, names the stream, and puts the
+    underrun on the wall clock inside the pause (the browser tests tell a stall of the machine from
+    skald's own gaps with it)."""
+    import time
+
+    require_audio_stack()
+    with PulseNullSink(sink_name="starve", log_underruns=True) as sink:
+        cmd = ["pacat", "--raw", "--format=s16le", "--rate=48000", "--channels=1", "--latency-msec=20",
+               "--stream-name=starved-player"]  # fmt: skip
+        player = subprocess.Popen(cmd, stdin=subprocess.PIPE, env={**os.environ, **sink.env})
+        assert player.stdin is not None
+        try:
+            player.stdin.write(bytes(2 * 9600))  # 0.2 s
+            player.stdin.flush()
+            paused = time.time()
+            time.sleep(1.0)  # the stimulus, not a wait: a player that is not run for 1 s
+            resumed = time.time()
+            player.stdin.write(bytes(2 * 9600))
+        finally:
+            player.stdin.close()
+            player.wait(10)
+        underruns = sink.stream_underruns()
+    starved = [(start, end) for start, end, name in underruns if name == "starved-player"]
+    assert starved, underruns
+    start, end = starved[0]
+    assert paused < start < resumed and start <= end, (paused, starved, resumed)

@@ -45,12 +45,13 @@ RATE = 22050
 
 
 def _chromium_leftovers() -> list[str]:
-    """Browsers (and their profile dirs) of tests/browser_rig.py still around."""
+    """Browsers (and their profile and temp dirs) of tests/browser_rig.py still around."""
     import glob
 
     import psutil
 
     found = glob.glob(os.path.join(tempfile.gettempdir(), "skald-chromium-*"))
+    found += glob.glob(os.path.join(tempfile.gettempdir(), "org.chromium.Chromium.*"))  # Chromium's own temp
     for proc in psutil.process_iter(["pid", "cmdline"]):
         with contextlib.suppress(psutil.Error):
             if any("skald-chromium-" in part for part in proc.info["cmdline"] or []):
@@ -261,6 +262,63 @@ def stretch_allowance_s(span: dict[str, float]) -> float:
     return (span["inserted"] + span["removed"]) / 48000 + 0.002
 
 
+#: PulseAudio underruns less than this apart are one stall of the machine.
+STALL_GAP_S = 0.2
+#: The null sink mixes in blocks: a stream starved at all may lose up to about one block more.
+SINK_BLOCK_S = 0.02
+#: Chromium's own stream and skald's device stream (through PortAudio's ALSA plug-in), as PulseAudio names them.
+BROWSER_STREAM, DEVICE_STREAM = "Playback", "ALSA Playback"
+
+
+def machine_stalls(result: dict[str, Any], stream: str | None = None) -> list[tuple[float, float]]:
+    """(wall start, end) of each stall of this machine that PulseAudio saw starve a player's stream
+    (``stream``'s, or any), from its log (``PulseNullSink.stream_underruns``).
+
+    A player whose stream runs dry was not run in time to fill its buffer (Chromium's is 40 ms,
+    raised in priority: tests/browser_rig.py); the sink plays silence for it meanwhile and its
+    recording slides by as long. On the 2-vCPU test VM the machine stalls all its processes at
+    once now and then (all three browsers' and the device's streams ran dry within 80 ms of each
+    other, 2026-12-02), which skald cannot prevent on a machine it shares with four browsers. The
+    daemon names a stream when its underrun starts, not when it ends, and the three browsers'
+    streams share one name, so a stall is measured whole: underruns less than ``STALL_GAP_S``
+    apart, from the first start to the last end + ``SINK_BLOCK_S``."""
+    stalls: list[tuple[float, float, set[str]]] = []
+    for start, end, name in sorted(result.get("pulse_underruns", [])):
+        if stalls and start <= stalls[-1][1] + STALL_GAP_S:
+            first, last, names = stalls[-1]
+            stalls[-1] = (first, max(last, end), names | {name})
+        else:
+            stalls.append((start, end, {name}))
+    return [(first, last + SINK_BLOCK_S) for first, last, names in stalls if stream is None or stream in names]
+
+
+def starved_s(result: dict[str, Any], t_from: float, t_to: float | None, stream: str) -> float:
+    """How long the machine stalled ``stream``'s player between two wall times (see ``machine_stalls``)."""
+    end = float("inf") if t_to is None else t_to
+    return sum(last - first for first, last in machine_stalls(result, stream) if last >= t_from and first <= end)
+
+
+def unexplained_concealment(result: dict[str, Any], name: str, since: float, until: float = float("inf")) -> int:
+    """Samples ``name``'s browser concealed between two wall times, less those concealed in a getStats
+    interval that ends within 1 s after a stall of the machine (``machine_stalls``: a machine that
+    did not run the players in time did not run the web actor's sends or the browser's decoder in
+    time either); the excused ones are printed."""
+    stalls = machine_stalls(result)
+    total = 0
+    for a, b in itertools.pairwise(result["stats"][name]):
+        concealed = int(b["concealedSamples"] - a["concealedSamples"])
+        if not since <= b["t"] / 1000 <= until or concealed <= 0:
+            continue
+        t = b["t"] / 1000
+        stall = next(((first, last) for first, last in stalls if first - 0.1 <= t <= last + 1.0), None)
+        if stall is None:
+            total += concealed
+        else:
+            print(f"{name}: {concealed} samples concealed {t - stall[0]:.2f} s after the machine stalled "
+                  f"({1000 * (stall[1] - stall[0]):.0f} ms, PulseAudio's underruns): not counted")  # fmt: skip
+    return total
+
+
 def clip(
     result: dict[str, Any], audio: dict[str, np.ndarray], name: str, t_from: float, t_to: float | None = None
 ) -> tuple[np.ndarray, float]:
@@ -325,8 +383,15 @@ def check_browser_hears_stretched(
     stretch allowed the anchor needs 0.5 (unrelated speech scores < 0.3), and the windows from the
     first one on decide. Returns (where the first voiced window is in the recording: the onset,
     the final slide in s)."""
-    offset, score = align(reference[:RATE], recording, RATE)  # where its first second is
     least = 0.5 if max_drift_s > 0.0025 else 0.9
+    # Where its first second is; where it may slide (a stall of the machine can fall inside that
+    # second: a tail's first second, split 0.25 s in by a 41-ms stall, matched one offset at 0.44),
+    # else where the second after that half or whole second is, less that much.
+    for lo in (0, RATE // 2, RATE) if least < 0.9 else (0,):
+        found, score = align(reference[lo : lo + RATE], recording, RATE)
+        offset = found - lo
+        if score >= least:
+            break
     assert score >= least, f"correlation {score:.4f}: the narration's start is not in the recording"
     onset: int | None = None
     ref = _lowpass(reference.astype(np.float64), RATE, 4000.0)
@@ -358,6 +423,26 @@ def check_browser_hears_stretched(
     return onset, drift / RATE
 
 
+def device_heard(
+    result: dict[str, Any],
+    audio: dict[str, np.ndarray],
+    reference: np.ndarray,
+    t_from: float,
+    t_to: float | None = None,
+) -> None:
+    """The device recording between two wall times holds ``reference`` whole and unslipped; where
+    PulseAudio saw the machine stall skald's device stream there (``machine_stalls``: the pulse
+    plug-in's thread in the audio consumer was not run in time; skald's own callback counts no
+    underrun), it may slide by as long, window by window, and nothing more."""
+    recording = clip(result, audio, "device", t_from, t_to)[0]
+    starved = starved_s(result, t_from, t_to, DEVICE_STREAM)
+    if starved:
+        print(f"device: the machine stalled the device's stream for {1000 * starved:.0f} ms (PulseAudio's underruns)")
+        check_browser_hears_stretched(reference, recording, max_drift_s=starved + 0.002)
+    else:
+        check_device_plays(reference, recording)
+
+
 def check_device_plays(reference: np.ndarray, recording: np.ndarray) -> int:
     offset, score = align(reference, recording, RATE)
     assert score >= 0.98, f"device correlation {score:.4f}"
@@ -382,7 +467,9 @@ def test_chromium_hears_the_narration_whole_and_stop_silences_it(tmp_path: Path)
     playing = stats_after(series, settled)
     clicks = {k: result[k]["t_click"] for k in ("narration", "stop")}
     when = concealments(series, settled, result["marks"] | clicks)
-    assert playing["concealedSamples"] == 0, f"concealed (s after settling, samples or mark): {when}"
+    assert playing["concealedSamples"] == 0 or unexplained_concealment(result, "b1", settled) == 0, (
+        f"concealed (s after settling, samples or mark): {when}"
+    )
     # The page's narration, heard by Chromium through PulseAudio, is the reference, whole.
     ref = audio["ref_narration"]
     span = (result["narration"]["t_click"], result["stop"]["t_click"])
@@ -398,8 +485,10 @@ def test_chromium_hears_the_narration_whole_and_stop_silences_it(tmp_path: Path)
     # target of `scripts/bench webrtc` (issue 13).
     narration = stats_after(series, result["narration"].get("playback_started", span[0]), span[1])
     stretched = narration["inserted"] + narration["removed"]
-    offset, slide = check_browser_hears_stretched(ref, rec_b1, max_drift_s=stretch_allowance_s(narration))
-    heard = f"Chromium stretched {stretched} samples (48 kHz), slide {1000 * slide:.1f} ms"
+    starved = starved_s(result, *span, BROWSER_STREAM)  # a stall of the machine slides it by as long
+    offset, slide = check_browser_hears_stretched(ref, rec_b1, max_drift_s=stretch_allowance_s(narration) + starved)
+    heard = f"Chromium stretched {stretched} samples (48 kHz), the machine stalled {1000 * starved:.0f} ms"
+    heard += f", slide {1000 * slide:.1f} ms"
     rec_dev, t0_dev = clip(result, audio, "device", *span)
     device_offset, _ = align(ref, rec_dev, RATE)  # where the device played it (for the figure)
     onset_browser = t0_b1 + offset / RATE
@@ -434,8 +523,12 @@ def heard_whole(
     (+2 ms, as in the one-listener test: a gap or lost speech of skald's moves it further)."""
     rec, t0 = clip(result, audio, name, t_from, t_to)
     span = stats_after(result["stats"][name], t_from, float("inf") if t_to is None else t_to)
-    if span["inserted"] + span["removed"]:
-        offset, _ = check_browser_hears_stretched(reference, rec, max_drift_s=stretch_allowance_s(span))
+    # A stall of the machine that starved the browsers' output slides the recording by as long.
+    starved = starved_s(result, t_from, t_to, BROWSER_STREAM)
+    if starved:
+        print(f"{name}: the machine stalled the browsers' output for {1000 * starved:.0f} ms (PulseAudio's underruns)")
+    if span["inserted"] + span["removed"] or starved:
+        offset, _ = check_browser_hears_stretched(reference, rec, max_drift_s=stretch_allowance_s(span) + starved)
     else:
         offset, _ = check_browser_plays(reference, rec, min_windows)
     return t0 + offset / RATE
@@ -488,9 +581,11 @@ def test_three_listeners_in_step_a_mid_join_and_a_killed_one(tmp_path: Path) -> 
         since = result["marks"][f"{name}_settled"]
         settled = stats_after(series, since)
         when = concealments(series, since, result["marks"])
-        assert grown["packetsLost_total"] == 0 and settled["concealedSamples"] == 0, (name, grown, settled, when)
+        unexplained = unexplained_concealment(result, name, since) if settled["concealedSamples"] else 0
+        assert grown["packetsLost_total"] == 0 and unexplained == 0, (name, grown, settled, when)
     heard_whole(result, audio, "b3", long_ref, *second)
-    check_device_plays(long_ref, clip(result, audio, "device", *second)[0])
+    device_heard(result, audio, long_ref, *second)
+    assert result["long"]["underruns"] == 0, result["long"]
 
 
 @pytest.mark.device
@@ -505,7 +600,7 @@ def test_a_stalled_web_actor_never_reaches_the_device_and_listeners_resume(tmp_p
     device_onset = result["rec_t0"]["device"] + onset / RATE
     cut = int((marks["sigstop"] - 0.5 - device_onset) * RATE)
     assert 0 < cut < len(ref) - 5 * RATE, "the SIGSTOP did not fall inside the narration"
-    check_device_plays(ref[cut:], clip(result, audio, "device", marks["sigstop"] - 1.5)[0])
+    device_heard(result, audio, ref[cut:], marks["sigstop"] - 1.5)
     assert long["status"] == "done" and long["underruns"] == 0, long
     # After SIGCONT the browser hears the stage again, from its live point: the speech envelope the
     # device played in the 3 s after SIGCONT + 1 s is in the browser's recording less than 0.6 s
@@ -529,7 +624,8 @@ def test_a_stalled_web_actor_never_reaches_the_device_and_listeners_resume(tmp_p
     assert scores[best] > 0.45 and 10 * best < 600, (best, scores[best])  # unrelated speech: r < 0.3
     series = result["stats"]["b1"]
     after = stats_after(series, t_from)
-    assert after["packetsReceived"] > 100 and after["packetsLost_total"] == 0 and after["concealedSamples"] == 0, after
+    assert after["packetsReceived"] > 100 and after["packetsLost_total"] == 0, after
+    assert after["concealedSamples"] == 0 or unexplained_concealment(result, "b1", t_from) == 0, after
     # PortAudio's own count (the rig's callback was late): last, as in the device tests.
     assert long["device_underflows"] == 0, long
 
@@ -543,7 +639,10 @@ def test_packet_loss_is_concealed_then_clean_again_and_the_device_never_notices(
         during = stats_after(series, marks["loss_on"], marks["loss_off"] + 0.5)
         assert during["packetsLost"] > 0, f"{name}: the nftables rule dropped nothing"
         clean = stats_after(series, marks["clean_start"], marks["clean_end"])
-        assert clean["packetsLost"] == 0 and clean["concealedSamples"] == 0, (name, clean)
+        assert clean["packetsLost"] == 0, (name, clean)
+        assert clean["concealedSamples"] == 0 or not unexplained_concealment(
+            result, name, marks["clean_start"], marks["clean_end"]
+        ), (name, clean)
         # After a loss Chromium may time-stretch for seconds as its jitter buffer settles: the
         # narration must be whole, sliding by no more than it reports (+2 ms).
         after = stats_after(series, marks["clean_start"])
@@ -553,5 +652,5 @@ def test_packet_loss_is_concealed_then_clean_again_and_the_device_never_notices(
             max_drift_s=max(0.15, stretch_allowance_s(after)),
         )
         print(f"{name}: clean narration after the loss, slide {1000 * slide:.0f} ms, {clean}")
-    check_device_plays(audio["ref_long"], clip(result, audio, "device", 0.0, marks["clean_start"])[0])
-    check_device_plays(audio["ref_narration"], clip(result, audio, "device", marks["clean_start"])[0])
+    device_heard(result, audio, audio["ref_long"], 0.0, marks["clean_start"])
+    device_heard(result, audio, audio["ref_narration"], marks["clean_start"])

@@ -103,7 +103,9 @@ class Stage:
     def __init__(self, out: Path, n_browsers: int) -> None:
         self.out = out
         self.n = n_browsers
-        self.pulse = PulseNullSink()
+        # Its log tells when this machine did not run a player (a browser, the device) in time:
+        # the tests tell such stalls from skald's own gaps (tests/test_webrtc.py, machine_stalls).
+        self.pulse = PulseNullSink(log_underruns=True)
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.server: conftest.Server | None = None
@@ -206,6 +208,7 @@ class Stage:
         if self.server is not None:
             self.result["server_exit"] = await asyncio.to_thread(self.server.stop)
             self.result["server_log_tail"] = self.server.log()[-3000:]
+        self.result["pulse_underruns"] = self.pulse.stream_underruns()
         self.pulse.stop()
         with contextlib.suppress(OSError):
             for p in self._run_parent.iterdir():
