@@ -30,13 +30,14 @@ def _tee_ring(seconds: float = 1.0) -> tuple[PcmRing, PcmRing]:
 
 
 @contextlib.contextmanager
-def _feeding(on_frame: Callable[[bytes], None]) -> Iterator[tuple[PcmRing, Any]]:
-    """A tee ring (2 s) read by a started ``StageFeed``: (producer handle, feed); all closed after."""
+def _feeding(on_frame: Callable[[bytes], None], feed_class: Any = None) -> Iterator[tuple[PcmRing, Any]]:
+    """A tee ring (2 s) read by a started ``StageFeed`` (or ``feed_class``): (producer handle, feed);
+    all closed after."""
     from actors.web.webrtc import StageFeed
 
     owner, producer = _tee_ring(seconds=2.0)
     reader = PcmRing.attach(owner.name, "consumer")
-    feed = StageFeed(reader, on_frame)
+    feed = (feed_class or StageFeed)(reader, on_frame)
     try:
         feed.start()
         yield producer, feed
@@ -269,22 +270,11 @@ def test_a_feed_loop_that_fails_starts_again_at_the_live_point() -> None:
             super()._feed()
 
     got = threading.Event()
-    owner, producer = _tee_ring(seconds=2.0)
-    reader = PcmRing.attach(owner.name, "consumer")
-    feed = FailsOnce(reader, lambda _frame: got.set())
-    try:
-        feed.start()
+    with _feeding(lambda _frame: got.set(), FailsOnce) as (producer, feed):
         while not got.is_set():  # until the restarted loop hands a frame out
-            x = tone(440.0, 0.05)
-            producer.push(x)
+            producer.push(tone(440.0, 0.05))
             got.wait(0.05)
         assert feed.restarts == 1 and feed.frames_out >= 1
-    finally:
-        feed.stop()
-        reader.close()
-        producer.close()
-        owner.close()
-        owner.unlink()
 
 
 def test_a_frame_libopus_fails_on_is_lost_alone_and_the_encoder_is_made_afresh() -> None:
