@@ -15,7 +15,11 @@ listeners, N requests heard whole and N cancelled 0.8 s into their audio:
   (each browser's NetEq rests at its own delay, a band around its target).
 * ``cancel_to_browser_silence_ms_p50/p95``: the cancel sent → the last audible sample after it.
 * ``concealed_per_min``: getStats concealedSamples per minute of listening (after the first
-  100 ms), summed over listeners; ``cpu_per_listener_pct``: the web actor's CPU over the run / N.
+  100 ms), summed over listeners; ``concealed_per_min_outside_stalls``: the same less what was
+  concealed within 1 s after a stall of the machine, and ``machine_stalls`` / ``machine_stalled_ms``:
+  how many and how long, as the rig's PulseAudio saw a player's stream run dry while measuring
+  (``tests/browser_rig.py`` ``machine_stalls``: the 2-vCPU test VM stalls all its processes now
+  and then); ``cpu_per_listener_pct``: the web actor's CPU over the run / N.
 * ``browser_jitter_buffer_ms`` / ``browser_playout_delay_ms``: getStats' mean jitter-buffer delay
   and Chromium's mean audio-output delay after it (media-playout), per sample, mean of listeners:
   the browser's share of ``browser_minus_device_ms``; ``browser_jitter_target_ms``: NetEq's mean
@@ -33,6 +37,7 @@ Recordings are at 22.05 kHz, each placed on the wall clock by its recorder's fir
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import subprocess
@@ -76,7 +81,7 @@ def _last_loud(rec: np.ndarray, t0: float, t_from: float, t_to: float) -> float 
 
 
 def run(listeners: int, requests: int) -> dict[str, Any]:
-    from tests.browser_rig import neteq_hold_s
+    from tests.browser_rig import machine_stalls, near_a_stall, neteq_hold_s
 
     env = {**os.environ, "PYTHONPATH": str(ROOT), "BENCH_REQUESTS": str(requests)}
     # The recordings are read into memory here: the folder goes when this block ends well, and stays
@@ -127,13 +132,22 @@ def run(listeners: int, requests: int) -> dict[str, Any]:
             last = _last_loud(audio[f"rec_{n}"], t0[n], item["t_cancel"], end)
             if last is not None:
                 silences.append(1000 * (last - item["t_cancel"]))
-    concealed, minutes = 0.0, 0.0
+    measuring = (result["marks"]["measure_start"], result["marks"]["measure_end"])
+    stalls = [
+        (a, b) for a, b in machine_stalls(result.get("pulse_underruns", [])) if measuring[0] <= b and a <= measuring[1]
+    ]
+    concealed, minutes, concealed_in_stalls = 0.0, 0.0, 0.0
     jb, target, playout = [], [], []  # per listener: mean jitter-buffer delay, NetEq's target, output delay, ms
     for n in names:
         series = [s for s in result["stats"][n] if result["marks"]["measure_start"] * 1000 <= s["t"]]
         if len(series) >= 2:
             first, last = series[0], series[-1]
             concealed += last["concealedSamples"] - first["concealedSamples"]
+            concealed_in_stalls += sum(
+                b["concealedSamples"] - a["concealedSamples"]
+                for a, b in itertools.pairwise(series)
+                if near_a_stall(b["t"] / 1000.0, stalls) is not None
+            )
             minutes += (last["t"] - first["t"]) / 60000.0
             emitted = last["jitterBufferEmittedCount"] - first["jitterBufferEmittedCount"]
             if emitted > 0:
@@ -154,6 +168,9 @@ def run(listeners: int, requests: int) -> dict[str, Any]:
         "cancel_to_browser_silence_ms_p50": round(percentile(silences, 0.5), 1),
         "cancel_to_browser_silence_ms_p95": round(percentile(silences, 0.95), 1),
         "concealed_per_min": round(concealed / minutes, 1) if minutes else None,
+        "concealed_per_min_outside_stalls": round((concealed - concealed_in_stalls) / minutes, 1) if minutes else None,
+        "machine_stalls": len(stalls),
+        "machine_stalled_ms": round(1000.0 * sum(b - a for a, b in stalls), 1),
         # Where the browser's share of browser - device goes (getStats, averaged over the samples):
         # NetEq's jitter buffer, then Chromium's audio output after it (media-playout).
         "browser_jitter_buffer_ms": round(float(np.mean(jb)), 1) if jb else None,
@@ -196,6 +213,8 @@ def main(argv: list[str] | None = None) -> int:
         "listener_arrival_spread_ms": top["listener_arrival_spread_ms"],
         "cancel_to_browser_silence_ms_p50": first["cancel_to_browser_silence_ms_p50"],
         "concealed_per_min": top["concealed_per_min"],
+        "concealed_per_min_outside_stalls": top["concealed_per_min_outside_stalls"],
+        "machine_stalled_ms": top["machine_stalled_ms"],
         "cpu_per_listener_pct": top["cpu_per_listener_pct"],
         "runs": runs,
     }

@@ -244,6 +244,44 @@ STATS_PROBE = """
 """
 
 
+#: PulseAudio underruns less than this apart are one stall of the machine.
+STALL_GAP_S = 0.2
+#: The null sink mixes in blocks: a stream starved at all may lose up to about one block more.
+SINK_BLOCK_S = 0.02
+#: Chromium's own stream and skald's device stream (through PortAudio's ALSA plug-in), as PulseAudio names them.
+BROWSER_STREAM, DEVICE_STREAM = "Playback", "ALSA Playback"
+
+
+def machine_stalls(underruns: list[Any], stream: str | None = None) -> list[tuple[float, float]]:
+    """(wall start, end) of each stall of this machine that PulseAudio saw starve a player's stream
+    (``stream``'s, or any), from the underruns in its log (``PulseNullSink.stream_underruns``,
+    kept by the scenarios as ``pulse_underruns``).
+
+    A player whose stream runs dry was not run in time to fill its buffer (Chromium's is 40 ms,
+    raised in priority: tests/browser_rig.py); the sink plays silence for it meanwhile and its
+    recording slides by as long. On the 2-vCPU test VM the machine stalls all its processes at
+    once now and then (all three browsers' and the device's streams ran dry within 80 ms of each
+    other, 2026-12-02), which skald cannot prevent on a machine it shares with four browsers. The
+    daemon names a stream when its underrun starts, not when it ends, and the three browsers'
+    streams share one name, so a stall is measured whole: underruns less than ``STALL_GAP_S``
+    apart, from the first start to the last end + ``SINK_BLOCK_S``."""
+    stalls: list[tuple[float, float, set[str]]] = []
+    for start, end, name in sorted(tuple(u) for u in underruns):
+        if stalls and start <= stalls[-1][1] + STALL_GAP_S:
+            first, last, names = stalls[-1]
+            stalls[-1] = (first, max(last, end), names | {name})
+        else:
+            stalls.append((start, end, {name}))
+    return [(first, last + SINK_BLOCK_S) for first, last, names in stalls if stream is None or stream in names]
+
+
+def near_a_stall(t: float, stalls: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """The stall (``machine_stalls``) that a browser's concealment at wall time ``t`` follows, if
+    any: from 0.1 s before it to 1 s after (a machine that did not run the players in time did
+    not run the web actor's sends or the browser's decoder in time either)."""
+    return next(((first, last) for first, last in stalls if first - 0.1 <= t <= last + 1.0), None)
+
+
 def neteq_hold_s(series: list[dict[str, Any]], before: float) -> float | None:
     """How long a browser's NetEq held each sample over the second before ``before`` (wall s):
     the growth of STATS_PROBE's ``jitterBufferDelay`` per emitted sample, in s; its share of when
