@@ -185,7 +185,7 @@ def run(listeners: int, requests: int) -> dict[str, Any]:
             k: bench.get("web_metrics", {}).get(k)
             for k in (
                 "feed_spacing_ms_p99", "feed_spacing_ms_max", "stage_late_frames", "stage_max_late_ms",
-                "stage_skipped_frames", "listener_frames_dropped",
+                "stage_skipped_frames", "listener_frames_dropped", "fanout_lag_ms_max", "fanout_late",
             )
         },
     }

@@ -201,6 +201,7 @@ def test_listeners_encode_each_frame_once_and_every_track_gets_the_same_opus_pac
         assert [bytes(p) for p in got[0]] == [bytes(p) for p in got[1]]
         assert [p.pts for p in got[0]] == [k * FRAME_SAMPLES for k in range(30)]
         assert listeners.metrics()["opus_packets"] == 30
+        assert listeners.metrics()["fanout_lag_ms_max"] >= 0.0  # each packet's wait for the loop, measured
         decoder: Any = av.CodecContext.create("libopus", "r")
         decoder.layout, decoder.sample_rate = "mono", OPUS_RATE
         decoded = np.concatenate([f.to_ndarray().ravel() for p in got[0] for f in decoder.decode(p)])

@@ -404,6 +404,11 @@ class Listeners:
         self.frames_dropped_ended = 0
         self.feed: StageFeed | None = None  # set by the gateway once the tee is read
         self.opus: OpusFrames | None = None  # made by the feed thread when the first listener joins
+        # How long packets waited for the loop between the feed's hand-off and the fan-out (the
+        # loop also serves HTTP and events): time a browser's jitter buffer must cover on top of
+        # the feed's own lateness.
+        self.fanout_lag_max_ms = 0.0
+        self.fanout_late = 0  # packets that waited more than LATE_S
         self._watchdog: asyncio.Task[None] | None = None
 
     # ------------------------------------------------------------------ stage frames
@@ -417,9 +422,13 @@ class Listeners:
         packet = self.opus.encode(frame)
         if packet is not None:
             with contextlib.suppress(RuntimeError):  # the loop is closing
-                self.loop.call_soon_threadsafe(self._fan_out, packet)
+                self.loop.call_soon_threadsafe(self._fan_out, packet, time.monotonic())
 
-    def _fan_out(self, packet: bytes) -> None:
+    def _fan_out(self, packet: bytes, handed: float) -> None:
+        lag = time.monotonic() - handed
+        if lag > LATE_S:
+            self.fanout_late += 1
+        self.fanout_lag_max_ms = max(self.fanout_lag_max_ms, 1000.0 * lag)
         for listener in list(self.sessions.values()):
             listener.track.offer(packet)
 
@@ -514,6 +523,8 @@ class Listeners:
             "listeners": len(self.sessions),
             "listeners_joined": self.joined,
             "listeners_timed_out": self.dropped_sessions,
+            "fanout_lag_ms_max": round(self.fanout_lag_max_ms, 2),
+            "fanout_late": self.fanout_late,
             "listener_frames_dropped": self.frames_dropped_ended
             + sum(x.track.dropped for x in list(self.sessions.values())),
             **(
