@@ -364,8 +364,10 @@ def check_browser_hears_stretched(
     the final slide in s).
 
     ``stalls`` (s from the recording's start; ``stalls_in``): where the machine stalled the
-    player, whose recording then slides by as long. From each stall on (not before: a gap of
-    skald's own ahead of a stall still fails), the slide may be that much larger."""
+    player, whose recording then slides by as long. In the windows next to a stall (100 ms either
+    side) the slide may change by up to that stall's length more; elsewhere, before and after
+    it, as without stalls (a gap of skald's own away from a stall still fails). The slide is
+    measured from the first voiced window."""
     least = 0.5 if max_drift_s > 0.0025 or stalls else 0.9
     # Where its first second is; where it may slide (a stall of the machine can fall inside that
     # second: a tail's first second, split 0.25 s in by a 41-ms stall, matched one offset at 0.44),
